@@ -1,0 +1,296 @@
+// CUDA side of the core runtime: device discovery, the caching allocator, the per-thread stream,
+// strided copies with dtype conversion, fill and Philox random fills.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "lrsa/core/cuda_backend.h"
+#include "lrsa/core/rng.h"
+
+namespace lrsa::cuda {
+
+int device_count(std::string* reason) {
+  int n = 0;
+  cudaError_t status = cudaGetDeviceCount(&n);
+  if (status != cudaSuccess || n == 0) {
+    if (reason != nullptr)
+      *reason = status != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(status)
+                                      : std::string("no CUDA device found");
+    cudaGetLastError();  // clear the sticky error of a failed driver query
+    return 0;
+  }
+  return n;
+}
+
+namespace {
+
+void set_device(int index) { LRSA_CUDA_CHECK(cudaSetDevice(index)); }
+
+// Caching allocator: freed blocks go to a free list keyed by rounded size and are reused for the
+// same rounded size. All runtime work runs on one stream per device, so a block freed by the host
+// may be handed out again at once: later kernels on that stream are ordered after earlier ones.
+class CachingAllocator final : public Allocator {
+ public:
+  explicit CachingAllocator(int index) : index_(index) {}
+
+  void* allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    const size_t rounded = round_size(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    void* ptr = nullptr;
+    auto it = free_.find(rounded);
+    if (it != free_.end() && !it->second.empty()) {
+      ptr = it->second.back();
+      it->second.pop_back();
+    } else {
+      set_device(index_);
+      cudaError_t status = cudaMalloc(&ptr, rounded);
+      if (status != cudaSuccess) {  // give the cache back to the driver and try once more
+        cudaGetLastError();
+        release_locked();
+        status = cudaMalloc(&ptr, rounded);
+      }
+      if (status != cudaSuccess) {
+        cudaGetLastError();
+        fail("cuda:{} out of memory allocating {:.1f} MiB ({:.1f} MiB in use, {:.1f} MiB reserved): {}", index_,
+             double(bytes) / (1 << 20), double(stats().current_bytes) / (1 << 20),
+             double(reserved_) / (1 << 20), cudaGetErrorString(status));
+      }
+      reserved_ += int64_t(rounded);
+      set_reserved(reserved_);
+    }
+    record_alloc(rounded);
+    return ptr;
+  }
+
+  void deallocate(void* ptr, size_t bytes) override {
+    if (ptr == nullptr) return;
+    const size_t rounded = round_size(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_[rounded].push_back(ptr);
+    record_free(rounded);
+  }
+
+  void release_cached() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    release_locked();
+  }
+
+  Device device() const override { return Device::cuda(index_); }
+
+ private:
+  // Small blocks round to 512 B, large ones to 2 MiB, so similar sizes share free lists.
+  static size_t round_size(size_t bytes) {
+    const size_t unit = bytes < (size_t(1) << 20) ? 512 : (size_t(2) << 20);
+    return (bytes + unit - 1) / unit * unit;
+  }
+
+  void release_locked() {
+    set_device(index_);
+    LRSA_CUDA_CHECK(cudaDeviceSynchronize());
+    for (auto& [size, blocks] : free_) {
+      for (void* p : blocks) {
+        LRSA_CUDA_CHECK(cudaFree(p));
+        reserved_ -= int64_t(size);
+      }
+      blocks.clear();
+    }
+    set_reserved(reserved_);
+  }
+
+  int index_;
+  std::mutex mutex_;
+  std::map<size_t, std::vector<void*>> free_;
+  int64_t reserved_ = 0;
+};
+
+int current_device() {
+  int d = 0;
+  LRSA_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+constexpr int kMaxDims = 8;
+struct StridedLayout {
+  int64_t shape[kMaxDims];
+  int64_t dst_strides[kMaxDims];
+  int64_t src_strides[kMaxDims];
+  int dims;
+};
+
+template <typename T>
+__device__ __forceinline__ float load_float(const T* p, int64_t i) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(p[i]);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(p[i]);
+  else return float(p[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_float(T* p, int64_t i, float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) p[i] = __float2bfloat16(v);
+  else if constexpr (std::is_same_v<T, __half>) p[i] = __float2half(v);
+  else p[i] = T(v);
+}
+
+template <typename T>
+constexpr bool is_float_type = std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+
+template <typename Dst, typename Src>
+__global__ void copy_strided_kernel(Dst* dst, const Src* src, int64_t n, StridedLayout layout) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t rest = i, d_off = 0, s_off = 0;
+    for (int d = layout.dims - 1; d >= 0; --d) {
+      const int64_t idx = rest % layout.shape[d];
+      rest /= layout.shape[d];
+      d_off += idx * layout.dst_strides[d];
+      s_off += idx * layout.src_strides[d];
+    }
+    if constexpr (is_float_type<Dst> || is_float_type<Src>) store_float(dst, d_off, load_float(src, s_off));
+    else dst[d_off] = Dst(src[s_off]);
+  }
+}
+
+template <typename T>
+__global__ void fill_kernel(T* dst, int64_t n, double value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    if constexpr (is_float_type<T>) store_float(dst, i, float(value));
+    else dst[i] = T(value);
+  }
+}
+
+template <typename T>
+__global__ void random_kernel(T* dst, int64_t n, uint64_t seed, uint64_t stream, float a, float b, bool normal) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = normal ? a + b * philox_normal(seed, stream, uint64_t(i))
+                           : a + (b - a) * philox_uniform(seed, stream, uint64_t(i));
+    store_float(dst, i, v);
+  }
+}
+
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  return unsigned(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+// Calls fn(T*) with T the CUDA type of dtype.
+template <typename Fn>
+void dispatch_type(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::F32: fn(static_cast<float*>(nullptr)); break;
+    case DType::BF16: fn(static_cast<__nv_bfloat16*>(nullptr)); break;
+    case DType::F16: fn(static_cast<__half*>(nullptr)); break;
+    case DType::I32: fn(static_cast<int32_t*>(nullptr)); break;
+    case DType::I64: fn(static_cast<int64_t*>(nullptr)); break;
+    case DType::U8: fn(static_cast<uint8_t*>(nullptr)); break;
+  }
+}
+
+}  // namespace
+
+Allocator& caching_allocator(int index) {
+  static std::mutex mutex;
+  static std::map<int, std::unique_ptr<CachingAllocator>> allocators;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = allocators[index];
+  if (!slot) {
+    std::string reason;
+    const int n = device_count(&reason);
+    LRSA_CHECK(index >= 0 && index < n, "cuda:{} is not available ({} devices{}{})", index, n,
+               reason.empty() ? "" : ": ", reason);
+    slot = std::make_unique<CachingAllocator>(index);
+  }
+  return *slot;
+}
+
+cudaStream_t current_stream() {
+  thread_local std::map<int, cudaStream_t> streams;
+  const int device = current_device();
+  auto it = streams.find(device);
+  if (it != streams.end()) return it->second;
+  cudaStream_t s = nullptr;
+  LRSA_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  streams[device] = s;
+  return s;
+}
+
+void synchronize() { LRSA_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
+
+void memcpy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  set_device(dst_device.is_cuda() ? dst_device.index : src_device.index);
+  cudaStream_t s = current_stream();
+  if (dst_device.is_cuda() && src_device.is_cuda() && dst_device.index != src_device.index) {
+    LRSA_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device.index, src, src_device.index, bytes, s));
+  } else {
+    LRSA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
+  }
+  if (dst_device.is_cpu() || src_device.is_cpu()) LRSA_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void copy_strided(const Tensor& dst, const Tensor& src) {
+  LRSA_CHECK(dst.dim() <= kMaxDims, "copy: {} has more than {} dimensions", dst.describe(), kMaxDims);
+  set_device(dst.device().index);
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
+    LRSA_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), dst.nbytes(), cudaMemcpyDeviceToDevice, current_stream()));
+    return;
+  }
+  StridedLayout layout{};
+  layout.dims = int(dst.dim());
+  for (int d = 0; d < layout.dims; ++d) {
+    layout.shape[d] = dst.size(d);
+    layout.dst_strides[d] = dst.stride(d);
+    layout.src_strides[d] = src.stride(d);
+  }
+  dispatch_type(dst.dtype(), [&](auto* dst_tag) {
+    using Dst = std::remove_pointer_t<decltype(dst_tag)>;
+    dispatch_type(src.dtype(), [&](auto* src_tag) {
+      using Src = std::remove_pointer_t<decltype(src_tag)>;
+      copy_strided_kernel<<<grid_for(n), 256, 0, current_stream()>>>(static_cast<Dst*>(dst.data()),
+                                                                       static_cast<const Src*>(src.data()), n, layout);
+    });
+  });
+  LRSA_CUDA_CHECK_LAUNCH("copy_strided");
+}
+
+void fill(const Tensor& dst, double value) {
+  set_device(dst.device().index);
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  dispatch_type(dst.dtype(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    fill_kernel<<<grid_for(n), 256, 0, current_stream()>>>(static_cast<T*>(dst.data()), n, value);
+  });
+  LRSA_CUDA_CHECK_LAUNCH("fill");
+}
+
+namespace {
+void fill_random(const Tensor& dst, uint64_t seed, uint64_t stream, float a, float b, bool normal) {
+  LRSA_CHECK(is_floating(dst.dtype()) && dst.is_contiguous(), "random fill: needs a contiguous float tensor, got {}",
+             dst.describe());
+  set_device(dst.device().index);
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  dispatch_type(dst.dtype(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if constexpr (is_float_type<T>)
+      random_kernel<<<grid_for(n), 256, 0, current_stream()>>>(static_cast<T*>(dst.data()), n, seed, stream, a, b, normal);
+  });
+  LRSA_CUDA_CHECK_LAUNCH("fill_random");
+}
+}  // namespace
+
+void fill_uniform(const Tensor& dst, uint64_t seed, uint64_t stream, float lo, float hi) {
+  fill_random(dst, seed, stream, lo, hi, false);
+}
+void fill_normal(const Tensor& dst, uint64_t seed, uint64_t stream, float mean, float std) {
+  fill_random(dst, seed, stream, mean, std, true);
+}
+
+}  // namespace lrsa::cuda

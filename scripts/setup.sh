@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the build needs from Debian packages. Idempotent: installs only what is missing.
+# The CUDA toolkit is used from /usr/local/cuda when present (CMake finds nvcc there).
+set -euo pipefail
+
+packages=(cmake g++ ninja-build make pkg-config nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
+          catch2 libopenmpi-dev openmpi-bin python3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  echo "setup: CUDA toolkit $(/usr/local/cuda/bin/nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') at /usr/local/cuda"
+else
+  echo "setup: no CUDA toolkit at /usr/local/cuda: building the CPU backend only"
+fi
