@@ -1,0 +1,98 @@
+#pragma once
+// The one attention interface of the model: dense causal or LRSA (../shared/lrsa-spec.md, copied
+// in docs/lrsa-spec.md), over a packed batch of documents, native GQA, fp32 accumulation.
+//
+// Layout: q [T, Hq, D], k and v [T, Hk, D], out [T, Hq, D] (f32 or bf16, one dtype; the last two
+// dimensions contiguous, so q/k/v may be views into one fused QKV buffer), Hq % Hk == 0.
+// Documents: cu_seqlens [B + 1] (0 = s_0 < s_1 < ... < s_B = T); positions, partitions,
+// selection and visibility restart at every document start; no key is visible across documents.
+// Saved for backward: out, lse [Hq, T] f32 (log-sum-exp of the scaled scores in natural log) and
+// the LRSA selection. Never a T x T tensor.
+#include <cstdint>
+#include <vector>
+
+#include "lrsa/core/tensor.h"
+
+namespace lrsa::attn {
+
+enum class Mode { Dense, Lrsa };
+
+struct LrsaParams {
+  int64_t sink = 16;          // S >= 0
+  int64_t lag = 1024;         // L >= 1
+  double ratio = 0.25;        // 0 < r <= 1
+  float score_v_ratio = 1.0f; // lambda
+  int64_t kept() const;       // K = floor(r * L)
+  void validate() const;      // rejects K < 1, L < 1, S < 0, r outside (0, 1] with a clear error
+};
+
+struct AttentionConfig {
+  Mode mode = Mode::Dense;
+  LrsaParams lrsa;
+  bool deterministic = false;  // CUDA: no atomics in reductions whose order could vary
+};
+
+// Document boundaries of a packed batch, on the host and (for CUDA) on the device.
+struct SeqLayout {
+  std::vector<int64_t> cu_seqlens;  // [B + 1]
+  Tensor cu_seqlens_device;         // i32 [B + 1] on the attention device (undefined on CPU)
+  int64_t total() const { return cu_seqlens.empty() ? 0 : cu_seqlens.back(); }
+  int64_t max_seqlen() const;
+  static SeqLayout single(int64_t tokens, Device device = Device::cpu());
+  static SeqLayout from_lengths(const std::vector<int64_t>& lengths, Device device = Device::cpu());
+};
+
+// Selected rows of one layer (LRSA). For document b, its selectable partitions p = 0 ..
+// n_b - 1 (n_b = max(0, floor((N_b - S) / L) - 1): those whose successor is complete) occupy
+// rows part_offset[b] .. part_offset[b + 1] - 1 of `indices`.
+// indices: i32 [Hk, num_parts, K], absolute row numbers in the packed batch, ascending in each
+// partition (spec: ties to the lower position, kept sorted by position).
+struct LrsaSelection {
+  Tensor indices;
+  std::vector<int64_t> part_offset;  // [B + 1]
+  int64_t num_parts() const { return part_offset.empty() ? 0 : part_offset.back(); }
+};
+
+// Number of selectable partitions of a document of n tokens.
+int64_t selectable_partitions(int64_t n, const LrsaParams& p);
+
+// LagKV selection (spec "Selection") from this layer's post-RoPE keys and values.
+LrsaSelection lrsa_select(const Tensor& k, const Tensor& v, const SeqLayout& layout, const LrsaParams& params);
+
+struct AttentionForward {
+  Tensor out;             // [T, Hq, D]
+  Tensor lse;             // [Hq, T] f32
+  LrsaSelection selection;  // empty for dense
+};
+
+// out and lse are written into `result` (allocated when undefined, else reused).
+void attention_forward(const AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                       const SeqLayout& layout, AttentionForward& result);
+
+// dq [T, Hq, D], dk and dv [T, Hk, D] are overwritten (same layout rules as q/k/v).
+void attention_backward(const AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const SeqLayout& layout, const AttentionForward& saved, const Tensor& dout, Tensor& dq,
+                        Tensor& dk, Tensor& dv);
+
+// Naive reference: explicit visibility per (query, key) pair evaluated on the fly, fp64
+// arithmetic. Returns out (and lse) in f64 on the CPU. For tests and debugging only.
+struct ReferenceResult {
+  std::vector<double> out;  // [T, Hq, D]
+  std::vector<double> lse;  // [Hq, T]
+  std::vector<double> dq, dk, dv;  // filled when dout was given
+};
+ReferenceResult attention_reference(const AttentionConfig& config, const Tensor& q, const Tensor& k,
+                                    const Tensor& v, const SeqLayout& layout, const Tensor* dout = nullptr);
+
+// The spec's visibility rule for one document: may a query at position t see key j (positions
+// relative to the document start)? `selected(j)` tells whether j is in Sel(part(j)).
+template <typename IsSelected>
+bool lrsa_visible(int64_t t, int64_t j, const LrsaParams& p, IsSelected&& selected) {
+  if (j > t) return false;
+  if (j < p.sink || t < p.sink) return true;
+  const int64_t pt = (t - p.sink) / p.lag, pj = (j - p.sink) / p.lag;
+  if (pj >= pt - 1) return true;
+  return selected(j);
+}
+
+}  // namespace lrsa::attn

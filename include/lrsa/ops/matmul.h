@@ -1,0 +1,27 @@
+#pragma once
+// Matrix products with fp32 accumulation. Shapes (row-major, contiguous):
+//   op(A) [..., M, K], op(B) [..., K, N], C [..., M, N], op(X) = X^T when trans_x.
+// A batch dimension (leading dims) must agree between A, B and C, or A or B may be 2-D and shared
+// by every batch entry. A and B share one dtype (f32 or bf16); C is f32 or bf16.
+#include "lrsa/core/tensor.h"
+
+namespace lrsa::ops {
+
+// C = alpha * op(A) @ op(B) + beta * C (beta = 1 accumulates, e.g. into an f32 gradient).
+void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a = false, bool trans_b = false,
+            float alpha = 1.0f, float beta = 0.0f);
+
+// Backward of C = op(A) @ op(B): dA and dB (each skipped when undefined) are accumulated with
+// beta_a / beta_b (0 overwrites).
+void matmul_backward(const Tensor& dc, const Tensor& a, const Tensor& b, Tensor& da, Tensor& db,
+                     bool trans_a = false, bool trans_b = false, float beta_a = 0.0f, float beta_b = 0.0f);
+
+// Linear layer in the Hugging Face layout: y [N, out] = x [N, in] @ W^T [in, out] + bias [out].
+// bias may be undefined.
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+
+// dx = dy @ W (overwritten; skipped when undefined); dw += dy^T @ x and dbias += sum_rows(dy)
+// (accumulated: gradients sum over micro-batches; skipped when undefined).
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias);
+
+}  // namespace lrsa::ops
