@@ -379,6 +379,19 @@ Tensor Tensor::unsqueeze(int64_t d) const {
   return t;
 }
 
+Tensor Tensor::unflatten(int64_t d, const Shape& sizes) const {
+  d = wrap_dim(d);
+  const Shape split = infer_shape(sizes, shape_[size_t(d)], describe());
+  Tensor t = *this;
+  Shape split_strides = contiguous_strides(split);
+  for (int64_t& s : split_strides) s *= strides_[size_t(d)];
+  t.shape_.erase(t.shape_.begin() + d);
+  t.strides_.erase(t.strides_.begin() + d);
+  t.shape_.insert(t.shape_.begin() + d, split.begin(), split.end());
+  t.strides_.insert(t.strides_.begin() + d, split_strides.begin(), split_strides.end());
+  return t;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Copies
 

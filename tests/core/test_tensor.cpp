@@ -59,6 +59,14 @@ TEST_CASE("views share storage and follow strides", "[core]") {
   CHECK_THROWS_WITH(t.slice(1, 2, 4), Catch::Contains("out of range"));
   CHECK(t.transpose(0, 2).shape() == Shape{4, 3, 2});
   CHECK(t.unsqueeze(1).shape() == Shape{2, 1, 3, 4});
+
+  // A [2, 12] buffer sliced to its last 8 columns and unflattened to [2, 2, 4] heads.
+  Tensor fused = Tensor::from_floats(v, {2, 12});
+  Tensor heads = fused.slice(1, 4, 12).unflatten(1, {2, -1});
+  CHECK(heads.shape() == Shape{2, 2, 4});
+  CHECK(heads.strides() == Shape{12, 4, 1});
+  CHECK(heads.select(0, 1).select(0, 1).to_floats() == std::vector<float>{20, 21, 22, 23});
+  CHECK_THROWS_WITH(fused.unflatten(1, {5, -1}), Catch::Contains("cannot infer"));
 }
 
 TEST_CASE("copies convert between dtypes and into strided destinations", "[core]") {

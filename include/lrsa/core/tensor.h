@@ -97,6 +97,9 @@ class Tensor {
   Tensor permute(const std::vector<int64_t>& order) const;
   Tensor transpose(int64_t d0, int64_t d1) const;
   Tensor unsqueeze(int64_t d) const;
+  // Splits dimension d into `sizes` (one -1 allowed), keeping strides: [T, 3*H*D] sliced to
+  // [T, H*D] unflattens to [T, H, D] with stride(0) = 3*H*D. Needs d's elements to be evenly strided.
+  Tensor unflatten(int64_t d, const Shape& sizes) const;
 
   // --- copies ---
   Tensor reshape(const Shape& shape) const;  // a view when possible, else a contiguous copy
