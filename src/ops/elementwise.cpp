@@ -1,0 +1,58 @@
+#include "lrsa/ops/elementwise.h"
+
+#include "lrsa/core/dispatch.h"
+#include "ops/cpu_common.h"
+
+namespace lrsa::ops {
+
+namespace {
+
+// out = a + b elementwise in fp32, rounded once (out may alias a or b).
+void add_cpu(const Tensor& a, const Tensor& b, Tensor& out) {
+  const int64_t n = out.numel();
+  cpu::visit_float(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = a.data_as<T>();
+    const T* pb = b.data_as<T>();
+    T* po = out.data_as<T>();
+#pragma omp parallel for if (n > cpu::kParallelElements)
+    for (int64_t i = 0; i < n; ++i) cpu::store(po, i, cpu::load(pa, i) + cpu::load(pb, i));
+  });
+}
+
+void check_add(const char* op, const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+               const Tensor& out) {
+  check_tensor(a, op, a_name, {DType::F32, DType::BF16});
+  check_tensor(b, op, b_name, {a.dtype()});
+  check_tensor(out, op, "out", {a.dtype()});
+  check_shape(b, op, b_name, a.shape());
+  check_shape(out, op, "out", a.shape());
+  check_same_device(op, {&a, &b, &out});
+}
+
+}  // namespace
+
+void add_(Tensor& y, const Tensor& x) {
+  check_add("add_", y, "y", x, "x", y);
+  LRSA_DISPATCH_CUDA(y.device(), "add_", cuda::add(y, x, y));
+  add_cpu(y, x, y);
+}
+
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_add("add", a, "a", b, "b", out);
+  LRSA_DISPATCH_CUDA(out.device(), "add", cuda::add(a, b, out));
+  add_cpu(a, b, out);
+}
+
+void scale_(Tensor& x, float s) {
+  check_tensor(x, "scale_", "x", {DType::F32, DType::BF16});
+  LRSA_DISPATCH_CUDA(x.device(), "scale_", cuda::scale_(x, s));
+  const int64_t n = x.numel();
+  cpu::visit_float(x.dtype(), [&](auto tag) {
+    auto* p = x.data_as<decltype(tag)>();
+#pragma omp parallel for if (n > cpu::kParallelElements)
+    for (int64_t i = 0; i < n; ++i) cpu::store(p, i, cpu::load(p, i) * s);
+  });
+}
+
+}  // namespace lrsa::ops
