@@ -100,8 +100,9 @@ struct Gemm {
     }
     const bool parallel = double(M) * double(N) * double(K) > double(1 << 18);
     const int64_t threads = parallel ? omp_get_max_threads() : 1;
-    // Row blocks: a multiple of the thread count, so that threads get equal work.
-    int64_t blocks = (M + kMCMax - 1) / kMCMax;
+    // Row blocks: a multiple of the thread count and at least 4 per thread, so that the dynamic
+    // schedule keeps every thread busy even when one of them is slowed (shared CI cores).
+    int64_t blocks = std::max((M + kMCMax - 1) / kMCMax, 4 * threads);
     blocks = (blocks + threads - 1) / threads * threads;
     const int64_t mc = std::min(kMCMax, ((M + blocks - 1) / blocks + kMR - 1) / kMR * kMR);
     const int64_t row_blocks = (M + mc - 1) / mc;
