@@ -40,6 +40,9 @@ struct SeqLayout {
   int64_t max_seqlen() const;
   static SeqLayout single(int64_t tokens, Device device = Device::cpu());
   static SeqLayout from_lengths(const std::vector<int64_t>& lengths, Device device = Device::cpu());
+  // Throws (naming `op`) unless cu_seqlens starts at 0, is strictly increasing and ends at
+  // `tokens`, and, for a CUDA `device`, cu_seqlens_device is i32 [B + 1] on it.
+  void validate(const char* op, int64_t tokens, Device device) const;
 };
 
 // Selected rows of one layer (LRSA). For document b, its selectable partitions p = 0 ..
@@ -56,7 +59,8 @@ struct LrsaSelection {
 // Number of selectable partitions of a document of n tokens.
 int64_t selectable_partitions(int64_t n, const LrsaParams& p);
 
-// LagKV selection (spec "Selection") from this layer's post-RoPE keys and values.
+// LagKV selection (spec "Selection") from this layer's post-RoPE keys and values. For CUDA
+// tensors it fills part_offset, allocates indices, then calls cuda::lrsa_select.
 LrsaSelection lrsa_select(const Tensor& k, const Tensor& v, const SeqLayout& layout, const LrsaParams& params);
 
 struct AttentionForward {
@@ -65,24 +69,38 @@ struct AttentionForward {
   LrsaSelection selection;  // empty for dense
 };
 
-// out and lse are written into `result` (allocated when undefined, else reused).
+// out and lse are written into `result` (allocated when undefined, else reused). The public
+// function validates, allocates out/lse and (Mode::Lrsa) fills result.selection with
+// lrsa_select before dispatching, so cuda::attention_forward receives all three ready.
 void attention_forward(const AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                        const SeqLayout& layout, AttentionForward& result);
 
-// dq [T, Hq, D], dk and dv [T, Hk, D] are overwritten (same layout rules as q/k/v).
+// dq [T, Hq, D], dk and dv [T, Hk, D] are overwritten (same layout rules as q/k/v; allocated
+// when undefined). Deterministic on the CPU: every gradient row is summed in a fixed order.
 void attention_backward(const AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                         const SeqLayout& layout, const AttentionForward& saved, const Tensor& dout, Tensor& dq,
                         Tensor& dk, Tensor& dv);
 
 // Naive reference: explicit visibility per (query, key) pair evaluated on the fly, fp64
-// arithmetic. Returns out (and lse) in f64 on the CPU. For tests and debugging only.
+// arithmetic, one score row at a time. Returns out (and lse) in f64 on the CPU. For tests and
+// debugging only.
 struct ReferenceResult {
   std::vector<double> out;  // [T, Hq, D]
   std::vector<double> lse;  // [Hq, T]
   std::vector<double> dq, dk, dv;  // filled when dout was given
 };
+// Exact: every intermediate in fp64 (the ground truth). Bf16: rounds to bf16 what a
+// straightforward bf16 implementation stores (scores, probabilities, out, dP, dS and the
+// gradients), the baseline of the FlashAttention tolerance rule. The selection is the same.
+enum class ReferenceRounding { Exact, Bf16 };
 ReferenceResult attention_reference(const AttentionConfig& config, const Tensor& q, const Tensor& k,
-                                    const Tensor& v, const SeqLayout& layout, const Tensor* dout = nullptr);
+                                    const Tensor& v, const SeqLayout& layout, const Tensor* dout = nullptr,
+                                    ReferenceRounding rounding = ReferenceRounding::Exact);
+
+// The spec's selection computed independently in fp64 with a full sort (the reference of
+// attention_reference): absolute rows [Hk, num_parts, K], same order as LrsaSelection::indices.
+std::vector<int64_t> lrsa_select_reference(const Tensor& k, const Tensor& v, const SeqLayout& layout,
+                                           const LrsaParams& params);
 
 // The spec's visibility rule for one document: may a query at position t see key j (positions
 // relative to the document start)? `selected(j)` tells whether j is in Sel(part(j)).
