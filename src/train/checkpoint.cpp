@@ -1,0 +1,157 @@
+#include "lrsa/train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "lrsa/core/error.h"
+
+namespace lrsa::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+
+void fsync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  LRSA_CHECK(fd >= 0, "checkpoint: cannot open {} for fsync: {}", path.string(), std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  LRSA_CHECK(rc == 0, "checkpoint: fsync of {} failed: {}", path.string(), std::strerror(err));
+}
+
+std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
+
+std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
+
+}  // namespace
+
+uint64_t file_hash(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  LRSA_CHECK(in.good(), "checkpoint: cannot read {}", path.string());
+  std::vector<char> buffer(size_t(1) << 20);
+  uint64_t h = 0x9E3779B97F4A7C15ull, length = 0;
+  while (in) {
+    in.read(buffer.data(), std::streamsize(buffer.size()));
+    const size_t n = size_t(in.gcount());
+    length += n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, buffer.data() + i, 8);
+      h = (h ^ w) * 0xFF51AFD7ED558CCDull;
+      h = (h << 31) | (h >> 33);
+    }
+    for (; i < n; ++i) h = (h ^ uint8_t(buffer[i])) * 0x100000001B3ull;
+  }
+  h ^= length;
+  h = (h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53ull;
+  return h ^ (h >> 33);
+}
+
+int64_t checkpoint_step(const fs::path& dir) {
+  const std::string name = dir.filename().string();
+  if (name.size() != 13 || name.rfind("step-", 0) != 0) return -1;
+  const std::string digits = name.substr(5);
+  if (digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
+}
+
+fs::path publish_checkpoint(const fs::path& root, int64_t step, const std::function<void(const fs::path&)>& write) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  LRSA_CHECK(!ec, "checkpoint: cannot create {}: {}", root.string(), ec.message());
+  const fs::path tmp = root / fmt::format(".tmp-{}-{}", step_name(step), ::getpid());
+  fs::remove_all(tmp, ec);
+  fs::create_directory(tmp, ec);
+  LRSA_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
+  try {
+    write(tmp);
+    nlohmann::ordered_json manifest;
+    manifest["step"] = step;
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::directory_iterator(tmp))
+      if (entry.is_regular_file() && entry.path().filename() != kManifest) files.push_back(entry.path());
+    std::sort(files.begin(), files.end());
+    for (const fs::path& f : files) {
+      manifest["files"][f.filename().string()] = {{"bytes", fs::file_size(f)}, {"hash", hex64(file_hash(f))}};
+      fsync_path(f, false);
+    }
+    {
+      std::ofstream out(tmp / kManifest);
+      out << manifest.dump(2) << "\n";
+      LRSA_CHECK(out.good(), "checkpoint: cannot write {}", (tmp / kManifest).string());
+    }
+    fsync_path(tmp / kManifest, false);
+    fsync_path(tmp, true);
+    const fs::path final_dir = root / step_name(step);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir, ec);
+    LRSA_CHECK(!ec, "checkpoint: cannot publish {}: {}", final_dir.string(), ec.message());
+    fsync_path(root, true);
+    return final_dir;
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+std::string verify_checkpoint(const fs::path& dir) {
+  const fs::path manifest_path = dir / kManifest;
+  if (!fs::exists(manifest_path)) return "no manifest.json (incomplete checkpoint)";
+  nlohmann::json manifest;
+  try {
+    std::ifstream in(manifest_path);
+    manifest = nlohmann::json::parse(in);
+    if (!manifest.contains("files") || !manifest["files"].is_object()) return "manifest.json has no file list";
+    for (const auto& [name, info] : manifest["files"].items()) {
+      const fs::path f = dir / name;
+      if (!fs::exists(f)) return fmt::format("{} is missing", name);
+      if (fs::file_size(f) != info.at("bytes").get<uint64_t>())
+        return fmt::format("{} has {} bytes, manifest says {}", name, fs::file_size(f), info.at("bytes").get<uint64_t>());
+      if (hex64(file_hash(f)) != info.at("hash").get<std::string>()) return fmt::format("{} is corrupt (hash mismatch)", name);
+    }
+  } catch (const std::exception& e) {
+    return fmt::format("manifest.json unreadable: {}", e.what());
+  }
+  return "";
+}
+
+std::vector<fs::path> list_checkpoints(const fs::path& root) {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return dirs;
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && checkpoint_step(entry.path()) >= 0) dirs.push_back(entry.path());
+  std::sort(dirs.begin(), dirs.end(), [](const fs::path& a, const fs::path& b) { return checkpoint_step(a) > checkpoint_step(b); });
+  return dirs;
+}
+
+std::optional<fs::path> latest_valid_checkpoint(const fs::path& root, const std::function<void(const std::string&)>& warn) {
+  std::error_code ec;
+  if (fs::is_directory(root, ec)) {
+    for (const auto& entry : fs::directory_iterator(root))
+      if (entry.is_directory() && entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+  }
+  for (const fs::path& dir : list_checkpoints(root)) {
+    const std::string problem = verify_checkpoint(dir);
+    if (problem.empty()) return dir;
+    warn(fmt::format("skipping checkpoint {}: {}", dir.string(), problem));
+  }
+  return std::nullopt;
+}
+
+void prune_checkpoints(const fs::path& root, int64_t keep_last) {
+  if (keep_last <= 0) return;
+  const std::vector<fs::path> dirs = list_checkpoints(root);
+  for (size_t i = size_t(keep_last); i < dirs.size(); ++i) fs::remove_all(dirs[i]);
+}
+
+}  // namespace lrsa::train
