@@ -13,14 +13,17 @@ namespace lrsa::ops {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// CPU GEMM, GotoBLAS structure: C is computed in NC-column slabs; for each KC-deep slice of K a
-// KC x NC block of op(B) is packed (f32, NR-column micro-panels, shared by all threads), and each
-// thread packs an MC x KC block of op(A) (f32, MR-row micro-panels) and runs the MR x NR register
-// kernel over it. Packing converts bf16 to f32 and absorbs the transposes, so one kernel serves
-// every case. Sizes: the A block (MC x KC = 120 KiB) stays in L2, a B micro-panel (KC x NR =
-// 16 KiB) in L1, the B block (2 MiB) in L3.
+// CPU GEMM, GotoBLAS structure. C is computed in column slabs of up to NC columns. For each slab
+// all of op(B)[:, slab] is packed first (f32, NR-column micro-panels per KC-deep slice, shared by
+// the threads); then the threads take row blocks dynamically, and for each KC slice pack their
+// MC x KC block of op(A) (f32, MR-row micro-panels) and run the MR x NR register kernel over it.
+// Packing converts bf16 to f32 and absorbs the transposes, so one kernel serves every case.
+// Threads meet only twice per slab (after packing B, after the row blocks): on shared CI cores a
+// barrier can wait a whole scheduler time slice. Sizes: an A block (MC x KC = 120 KiB) stays in
+// L2, a B micro-panel (KC x NR = 16 KiB) in L1, a B slice (KC x NC = 2 MiB) in L3.
 constexpr int64_t kMR = 6, kNR = 16;
 constexpr int64_t kKC = 256, kMCMax = 120, kNC = 2048;
+constexpr int64_t kSlabFloats = int64_t(4) << 20;  // packed B slab <= 16 MiB: narrower slabs for large K
 static_assert(kMCMax % kMR == 0 && kNC % kNR == 0);
 
 // GCC/Clang vector extensions: the compiler emits AVX2/FMA (or SSE) for the selected clone. They
@@ -106,78 +109,79 @@ struct Gemm {
     blocks = (blocks + threads - 1) / threads * threads;
     const int64_t mc = std::min(kMCMax, ((M + blocks - 1) / blocks + kMR - 1) / kMR * kMR);
     const int64_t row_blocks = (M + mc - 1) / mc;
-    const int64_t nc_max = std::min(kNC, (N + kNR - 1) / kNR * kNR);
-    const int64_t kc_max = std::min(kKC, K);
+    const int64_t kc_max = std::min(kKC, K), k_blocks = (K + kKC - 1) / kKC;
+    const int64_t nc_max = std::min({kNC, (N + kNR - 1) / kNR * kNR, std::max(16 * kNR, kSlabFloats / K / kNR * kNR)});
 
-    // Scratch (counted by the CPU allocator): shared B block, one A block per thread, and for a
-    // bf16 C an f32 slab that holds the sums over K so that C is rounded once.
+    // Scratch (counted by the CPU allocator): the packed B slab, and per thread an A block plus,
+    // for a bf16 C, an f32 tile that holds a row block's sums over K so that C is rounded once.
     constexpr bool c_is_f32 = std::is_same_v<TC, float>;
-    const int64_t ws_elems = c_is_f32 ? 0 : M * nc_max;
-    Tensor scratch = Tensor::empty({kc_max * nc_max + threads * mc * kc_max + ws_elems}, DType::F32);
+    const int64_t per_thread = mc * kc_max + (c_is_f32 ? 0 : mc * nc_max);
+    Tensor scratch = Tensor::empty({K * nc_max + threads * per_thread}, DType::F32);
     float* bpack = scratch.data_as<float>();
-    float* apacks = bpack + kc_max * nc_max;
-    float* ws = apacks + threads * mc * kc_max;
 
 #pragma omp parallel num_threads(int(threads)) if (parallel)
     {
-      float* apack = apacks + int64_t(omp_get_thread_num()) * mc * kc_max;
-      for (int64_t jc = 0; jc < N; jc += kNC) {
-        const int64_t nc = std::min(kNC, N - jc);
-        // Destination of the kernel: C itself (f32) or the f32 slab (bf16 C, alpha applied,
-        // beta applied at conversion).
-        float* dst;
-        int64_t ldd;
-        float dst_beta;
-        if constexpr (c_is_f32) {
-          dst = c + jc;
-          ldd = ldc;
-          dst_beta = beta;
-        } else {
-          dst = ws;
-          ldd = nc_max;
-          dst_beta = 0.0f;
-        }
-        for (int64_t pc = 0; pc < K; pc += kKC) {
-          const int64_t kc = std::min(kKC, K - pc);
-          const int64_t col_panels = (nc + kNR - 1) / kNR;
-#pragma omp for schedule(static)
+      float* apack = bpack + K * nc_max + int64_t(omp_get_thread_num()) * per_thread;
+      float* sums = apack + mc * kc_max;  // bf16 C only
+      for (int64_t jc = 0; jc < N; jc += nc_max) {
+        const int64_t nc = std::min(nc_max, N - jc), col_panels = (nc + kNR - 1) / kNR, ncr = col_panels * kNR;
+        // Slice kb of the slab starts at kb * KC * ncr; its panel q at q * NR * kc within it.
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t kb = 0; kb < k_blocks; ++kb) {
           for (int64_t q = 0; q < col_panels; ++q) {
-            const int64_t j0 = jc + q * kNR;
-            pack_panel(b + j0 * b_cs + pc * b_ks, b_cs, b_ks, std::min(kNR, N - j0), kNR, kc, bpack + q * kNR * kc);
+            const int64_t pc = kb * kKC, kc = std::min(kKC, K - pc), j0 = jc + q * kNR;
+            pack_panel(b + j0 * b_cs + pc * b_ks, b_cs, b_ks, std::min(kNR, N - j0), kNR, kc,
+                       bpack + pc * ncr + q * kNR * kc);
           }
-          const float kernel_beta = pc == 0 ? dst_beta : 1.0f;
+        }
 #pragma omp for schedule(dynamic)
-          for (int64_t blk = 0; blk < row_blocks; ++blk) {
-            const int64_t i0 = blk * mc, mb = std::min(mc, M - i0);
+        for (int64_t blk = 0; blk < row_blocks; ++blk) {
+          const int64_t i0 = blk * mc, mb = std::min(mc, M - i0);
+          // The kernel writes C itself (f32) or the f32 sums (bf16 C: alpha applied, beta below).
+          float* dst;
+          int64_t ldd;
+          float dst_beta;
+          if constexpr (c_is_f32) {
+            dst = c + i0 * ldc + jc;
+            ldd = ldc;
+            dst_beta = beta;
+          } else {
+            dst = sums;
+            ldd = ncr;
+            dst_beta = 0.0f;
+          }
+          for (int64_t pc = 0; pc < K; pc += kKC) {
+            const int64_t kc = std::min(kKC, K - pc);
+            const float kernel_beta = pc == 0 ? dst_beta : 1.0f;
             for (int64_t r = 0; r < mb; r += kMR)
               pack_panel(a + (i0 + r) * a_rs + pc * a_ks, a_rs, a_ks, std::min(kMR, mb - r), kMR, kc, apack + r * kc);
             for (int64_t q = 0; q < col_panels; ++q) {
+              const float* bp = bpack + pc * ncr + q * kNR * kc;
               const int64_t nr = std::min(kNR, nc - q * kNR);
               for (int64_t r = 0; r < mb; r += kMR) {
                 const int64_t mr = std::min(kMR, mb - r);
-                float* d = dst + (i0 + r) * ldd + q * kNR;
+                float* d = dst + r * ldd + q * kNR;
                 if (mr == kMR && nr == kNR) {
-                  micro_kernel(kc, apack + r * kc, bpack + q * kNR * kc, d, ldd, alpha, kernel_beta);
+                  micro_kernel(kc, apack + r * kc, bp, d, ldd, alpha, kernel_beta);
                   continue;
                 }
                 // Edge tile: run the full kernel on a local tile, copy the valid part.
                 alignas(32) float tile[kMR * kNR] = {};
                 if (kernel_beta != 0.0f)
                   for (int64_t i = 0; i < mr; ++i) std::memcpy(tile + i * kNR, d + i * ldd, size_t(nr) * sizeof(float));
-                micro_kernel(kc, apack + r * kc, bpack + q * kNR * kc, tile, kNR, alpha, kernel_beta);
+                micro_kernel(kc, apack + r * kc, bp, tile, kNR, alpha, kernel_beta);
                 for (int64_t i = 0; i < mr; ++i) std::memcpy(d + i * ldd, tile + i * kNR, size_t(nr) * sizeof(float));
               }
             }
           }
-        }
-        if constexpr (!c_is_f32) {
-#pragma omp for schedule(static)
-          for (int64_t i = 0; i < M; ++i)
-            for (int64_t j = 0; j < nc; ++j) {
-              const int64_t ci = i * ldc + jc + j;
-              const float old = beta == 0.0f ? 0.0f : beta * cpu::load(c, ci);
-              cpu::store(c, ci, ws[i * ldd + j] + old);
-            }
+          if constexpr (!c_is_f32) {
+            for (int64_t i = 0; i < mb; ++i)
+              for (int64_t j = 0; j < nc; ++j) {
+                const int64_t ci = (i0 + i) * ldc + jc + j;
+                const float old = beta == 0.0f ? 0.0f : beta * cpu::load(c, ci);
+                cpu::store(c, ci, sums[i * ldd + j] + old);
+              }
+          }
         }
       }
     }
