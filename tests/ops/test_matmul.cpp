@@ -72,7 +72,7 @@ Outcome run_matmul(const Problem& p, DType ab, DType c_dtype, uint64_t seed, Dev
 
 std::vector<Problem> shape_grid() {
   std::vector<Problem> problems;
-  // Odd sizes, K across the 256-deep panel, M across 120-row blocks, N across 2048-column slabs.
+  // Odd sizes, K across the 256-deep slices, M across row blocks, N across 2048-column slabs.
   const int64_t sizes[][3] = {{1, 1, 1}, {5, 3, 7}, {13, 29, 17}, {67, 300, 35}, {130, 257, 20}, {7, 5, 2100}};
   for (const auto& s : sizes)
     for (int t = 0; t < 4; ++t)
@@ -90,6 +90,11 @@ TEST_CASE("matmul f32 matches an fp64 reference: all transposes, odd shapes, alp
     const Outcome r = run_matmul(p, DType::F32, DType::F32, seed += 3);
     check_rule(r.ours, r.baseline, r.reference, 1e-5);
     check_close(r.ours, r.reference, 1e-5);
+  }
+  // K = 2500 narrows the column slabs to 1664, so N = 1700 takes two of them.
+  for (bool tb : {false, true}) {
+    const Outcome r = run_matmul(Problem{{}, 2, 1700, 2500, false, tb, 1.0f, 0.5f}, DType::F32, DType::F32, seed += 3);
+    check_rule(r.ours, r.baseline, r.reference, 1e-5);
   }
 }
 
