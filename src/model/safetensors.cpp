@@ -23,6 +23,7 @@ namespace {
 
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr int kMaxHeaderDepth = 3;
 
 struct DTypeName {
   DType dtype;
@@ -194,9 +195,17 @@ SafetensorsContents parse_safetensors(const void* data, size_t size, std::string
   LRSA_CHECK(header_len <= size - 8, "{}: header length {} runs past the end of the file ({} bytes)", source,
              header_len, size);
 
+  // A header nests three levels deep ({name: {"shape": [..]}}); refusing anything deeper while
+  // parsing bounds the memory that a hostile header of deeply nested brackets could claim.
+  const auto depth_limit = [source](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= kMaxHeaderDepth)
+      fail("{}: header nests deeper than a safetensors header ({} levels)", source, kMaxHeaderDepth);
+    return true;
+  };
   json header;
   try {
-    header = json::parse(bytes + 8, bytes + 8 + header_len);
+    header = json::parse(bytes + 8, bytes + 8 + header_len, depth_limit);
   } catch (const json::exception& e) {
     fail("{}: header is not valid JSON: {}", source, e.what());
   }
@@ -245,10 +254,9 @@ SafetensorsContents read_safetensors(const std::filesystem::path& path) {
     fail("{}: not a regular file", source);
   }
   const size_t size = size_t(st.st_size);
-  if (size < 8) {  // mmap cannot map an empty file; the parser reports the short file
+  if (size < 8) {  // too short to hold the header length (and mmap cannot map an empty file)
     ::close(fd);
-    const uint8_t none[1] = {0};
-    return parse_safetensors(none, size, source, nullptr);
+    fail("{}: file is {} bytes, too short for the 8-byte header length", source, size);
   }
   void* mapping = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   const int err = errno;

@@ -215,6 +215,10 @@ TEST_CASE("malformed safetensors files are rejected with the file and tensor nam
   CHECK_THAT(read_error(path), Contains(file + ": header length 4611686018427387904 exceeds the limit"));
   write_raw(path, "{\"w\": {\"dtype\": ", 0);
   CHECK_THAT(read_error(path), Contains(file + ": header is not valid JSON"));
+  write_raw(path, std::string(100000, '[') + std::string(100000, ']'), 0);
+  CHECK_THAT(read_error(path), Contains(file + ": header nests deeper than a safetensors header (3 levels)"));
+  write_raw(path, header_of({{"w", {{"dtype", "F32"}, {"shape", {{2}}}, {"data_offsets", {0, 8}}}}}), 8);
+  CHECK_THAT(read_error(path), Contains(file + ": header nests deeper"));
   write_raw(path, "[1, 2]", 0);
   CHECK_THAT(read_error(path), Contains(file + ": header must be a JSON object, got array"));
 
