@@ -1,7 +1,9 @@
 #pragma once
 // Unicode support for the tokenizer: UTF-8 decoding that tolerates invalid bytes, the character
-// classes of the pre-tokenizer regexes, and NFC normalization. Tables are generated from Python's
-// unicodedata by scripts/fixtures/make_unicode_tables.py (src/data/unicode_tables.cpp).
+// classes of the pre-tokenizer regexes, and NFC normalization. The tables
+// (src/data/unicode_tables.cpp, made by scripts/fixtures/make_unicode_tables.py) reproduce HF
+// tokenizers: classes from Unicode 16.0 (its Oniguruma), NFC with the older Unicode data of its
+// normalizer (combining marks added after about Unicode 9.0 are neither reordered nor composed).
 #include <cstddef>
 #include <cstdint>
 #include <string>

@@ -27,6 +27,7 @@ TEST_CASE("character classes match the regex definitions", "[data]") {
   CHECK(unicode::char_class(0x001C) == unicode::kOther);  // Python's isspace() says yes; \s does not
   CHECK(unicode::char_class(0x0301) == unicode::kOther);  // combining acute (Mn)
   CHECK(unicode::char_class(0x1F600) == unicode::kOther);
+  CHECK(unicode::char_class(0x14256) == unicode::kLetter);  // Egyptian hieroglyph, new in Unicode 16.0
 }
 
 TEST_CASE("nfc composes, reorders and leaves normalized text alone", "[data]") {
@@ -39,6 +40,11 @@ TEST_CASE("nfc composes, reorders and leaves normalized text alone", "[data]") {
   CHECK(unicode::nfc("\xEF\xAC\x81") == "\xEF\xAC\x81");          // ﬁ: compatibility only, untouched
   CHECK(unicode::nfc("\xE0\xA5\x98") == "\xE0\xA4\x95\xE0\xA4\xBC");  // excluded composite stays decomposed
   CHECK(unicode::nfc("x\xFF" "e\xCC\x81") == "x\xFF\xC3\xA9");    // invalid bytes pass through
+  // As in HF tokenizers, a mark newer than its normalizer's data (U+1AC6, class 230 since
+  // Unicode 14) is not moved behind a following U+0339 (class 220).
+  CHECK(unicode::combining_class(0x1AC6) == 0);
+  CHECK(unicode::combining_class(0x0339) == 220);
+  CHECK(unicode::nfc("a\xE1\xAB\x86\xCC\xB9") == "a\xE1\xAB\x86\xCC\xB9");
   CHECK(unicode::is_nfc_quick("plain ascii, caf\xC3\xA9"));
   CHECK_FALSE(unicode::is_nfc_quick("e\xCC\x81"));
 }
