@@ -361,7 +361,8 @@ Dataset load_jsonl(const std::vector<std::string>& paths, const Tokenizer& token
       r = LineResult{};  // free the tokens as they are copied
     }
   }
-  LRSA_CHECK(dataset.size() > 0, "data: no training documents in {} ({})", fmt::join(paths, ", "), stats.summary());
+  LRSA_CHECK(dataset.size() > 0, "data: no training documents in {} ({}){}", fmt::join(paths, ", "), stats.summary(),
+             stats.bad_line_errors.empty() ? "" : "; first bad line: " + stats.bad_line_errors.front());
   return dataset;
 }
 

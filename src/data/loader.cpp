@@ -169,12 +169,13 @@ Batch DataLoader::next() {
   std::unique_lock lock(mutex_);
   cv_.wait(lock, [&] { return !ready_.empty() || error_; });
   if (ready_.empty()) std::rethrow_exception(error_);
-  Batch b = std::move(ready_.front());
+  Prefetched p = std::move(ready_.front());
   ready_.pop_front();
-  advance(epoch_, index_);
+  epoch_ = p.epoch_after;
+  index_ = p.index_after;
   lock.unlock();
   cv_.notify_all();
-  return b;
+  return std::move(p.batch);
 }
 
 void DataLoader::worker() {
@@ -198,7 +199,7 @@ void DataLoader::worker() {
     if (error) {
       error_ = error;
     } else {
-      ready_.push_back(std::move(b));
+      ready_.push_back(Prefetched{std::move(b), epoch, index});
       produce_epoch_ = epoch;
       produce_index_ = index;
     }

@@ -160,6 +160,7 @@ class MergeTable {
     }
   }
   const Entry* find(int32_t left, int32_t right) const {
+    if (slots_.empty()) return nullptr;
     const uint64_t key = pack(left, right);
     for (size_t i = hash(key) & mask_;; i = (i + 1) & mask_) {
       if (slots_[i].key == key) return &slots_[i];

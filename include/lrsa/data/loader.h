@@ -97,10 +97,15 @@ class DataLoader {
   // Consumer position (next batch next() returns).
   int64_t epoch_ = 0, index_ = 0;
 
-  // Prefetch: the worker builds batches from (produce_epoch_, produce_index_) into ready_.
+  // Prefetch: the worker builds batches from (produce_epoch_, produce_index_) into ready_,
+  // each with the position after it (so the consumer never needs an epoch plan).
+  struct Prefetched {
+    Batch batch;
+    int64_t epoch_after, index_after;
+  };
   mutable std::mutex mutex_;
   std::condition_variable cv_;
-  std::deque<Batch> ready_;
+  std::deque<Prefetched> ready_;
   int64_t produce_epoch_ = 0, produce_index_ = 0;
   uint64_t generation_ = 0;  // bumped by restore(): a batch built for an older one is dropped
   bool stop_ = false;
