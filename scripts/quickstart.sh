@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The README's main-job command: install, build, run the built-in default job.
+# The README's main-job command: install, build, generate a small synthetic passkey QA set,
+# fine-tune a tiny model with LRSA attention (configs/quickstart.json; GPU when present, else
+# CPU), and evaluate it. Extra arguments go to `lrsa-train train` (e.g. --set schedule.max_steps=50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-"${BUILD_DIR:-build}"/lrsa-smoke
+bin="${BUILD_DIR:-build}"/lrsa-train
+# Passkey retrieval: a 5-digit key hidden at a random depth of ~300 tokens of filler.
+[ -s data/quickstart/train.jsonl ] || "$bin" make-data --kind passkey --out data/quickstart/train.jsonl \
+  --samples 2000 --context-tokens 300 --seed 1
+[ -s data/quickstart/eval.jsonl ] || "$bin" make-data --kind passkey --out data/quickstart/eval.jsonl \
+  --samples 64 --context-tokens 300 --seed 2
+"$bin" train --config configs/quickstart.json "$@"
