@@ -50,7 +50,8 @@ nlohmann::json tiny_tokenizer(bool pair_merges, bool ignore_merges, const std::s
   return {
       {"added_tokens",
        {{{"id", 262}, {"content", "<|end|>"}, {"special", true}, {"normalized", false}},
-        {{"id", 263}, {"content", "<tag>"}, {"special", false}, {"normalized", false}}}},
+        {{"id", 263}, {"content", "<tag>"}, {"special", false}, {"normalized", false}},
+        {{"id", 264}, {"content", "<n>"}, {"special", false}, {"normalized", true}}}},
       {"normalizer", nullptr},
       {"pre_tokenizer",
        {{"type", "Sequence"},
@@ -98,6 +99,8 @@ TEST_CASE("BPE merges by rank, leftmost first, with either merge serialization",
     CHECK(t.encode("bcd") == V{'b', 'c', 'd'});     // in the vocab, but merges cannot build it
     CHECK(t.encode("a<|end|>b<tag>") == V{'a', 262, 'b', 263});
     CHECK(t.encode("a<|end|>b<tag>", false) == V{'a', '<', '|', 'e', 'n', 'd', '|', '>', 'b', 263});
+    CHECK(t.encode("x<n>abc<|end|>") == V{'x', 264, 257, 262});  // matched after normalization
+    CHECK(t.vocab_size() == 265);
     CHECK(t.decode(t.encode("x aaaaa abc")) == "x aaaaa abc");
   }
 }
