@@ -1,15 +1,11 @@
 // CUDA side of the core runtime: device discovery, the caching allocator, the per-thread stream,
 // strided copies with dtype conversion, fill and Philox random fills.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
 
-#include "lrsa/core/cuda_backend.h"
+#include "cuda_common.cuh"
 #include "lrsa/core/rng.h"
 
 namespace lrsa::cuda {
@@ -123,23 +119,6 @@ struct StridedLayout {
   int dims;
 };
 
-template <typename T>
-__device__ __forceinline__ float load_float(const T* p, int64_t i) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(p[i]);
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(p[i]);
-  else return float(p[i]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store_float(T* p, int64_t i, float v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) p[i] = __float2bfloat16(v);
-  else if constexpr (std::is_same_v<T, __half>) p[i] = __float2half(v);
-  else p[i] = T(v);
-}
-
-template <typename T>
-constexpr bool is_float_type = std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
-
 template <typename Dst, typename Src>
 __global__ void copy_strided_kernel(Dst* dst, const Src* src, int64_t n, StridedLayout layout) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -150,15 +129,25 @@ __global__ void copy_strided_kernel(Dst* dst, const Src* src, int64_t n, Strided
       d_off += idx * layout.dst_strides[d];
       s_off += idx * layout.src_strides[d];
     }
-    if constexpr (is_float_type<Dst> || is_float_type<Src>) store_float(dst, d_off, load_float(src, s_off));
+    if constexpr (is_float_type<Dst> || is_float_type<Src>) dst[d_off] = from_float<Dst>(to_float(src[s_off]));
     else dst[d_off] = Dst(src[s_off]);
+  }
+}
+
+// Contiguous dtype conversion (the "cast" op): K elements per thread and step, 16-byte accesses.
+template <int K, typename Dst, typename Src>
+__global__ void cast_kernel(Dst* dst, const Src* src, int64_t packs) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < packs; i += int64_t(gridDim.x) * blockDim.x) {
+    float v[K];
+    load_floats<K>(src + i * K, v);
+    store_floats<K>(dst + i * K, v);
   }
 }
 
 template <typename T>
 __global__ void fill_kernel(T* dst, int64_t n, double value) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    if constexpr (is_float_type<T>) store_float(dst, i, float(value));
+    if constexpr (is_float_type<T>) dst[i] = from_float<T>(float(value));
     else dst[i] = T(value);
   }
 }
@@ -168,13 +157,8 @@ __global__ void random_kernel(T* dst, int64_t n, uint64_t seed, uint64_t stream,
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float v = normal ? a + b * philox_normal(seed, stream, uint64_t(i))
                            : a + (b - a) * philox_uniform(seed, stream, uint64_t(i));
-    store_float(dst, i, v);
+    dst[i] = from_float<T>(v);
   }
-}
-
-unsigned grid_for(int64_t n) {
-  const int64_t blocks = (n + 255) / 256;
-  return unsigned(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
 }
 
 // Calls fn(T*) with T the CUDA type of dtype.
@@ -218,6 +202,17 @@ cudaStream_t current_stream() {
   return s;
 }
 
+int multiprocessor_count() {
+  thread_local std::map<int, int> counts;
+  const int device = current_device();
+  auto it = counts.find(device);
+  if (it != counts.end()) return it->second;
+  int n = 0;
+  LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  counts[device] = n;
+  return n;
+}
+
 void synchronize() { LRSA_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
 
 void memcpy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
@@ -241,6 +236,23 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
     LRSA_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), dst.nbytes(), cudaMemcpyDeviceToDevice, current_stream()));
     return;
   }
+  if (is_floating(dst.dtype()) && is_floating(src.dtype()) && dst.is_contiguous() && src.is_contiguous()) {
+    const bool vector = packable(n, {dst.data(), src.data()});
+    dispatch_type(dst.dtype(), [&](auto* dst_tag) {
+      using Dst = std::remove_pointer_t<decltype(dst_tag)>;
+      dispatch_type(src.dtype(), [&](auto* src_tag) {
+        using Src = std::remove_pointer_t<decltype(src_tag)>;
+        if constexpr (is_float_type<Dst> && is_float_type<Src>) {
+          Dst* d = static_cast<Dst*>(dst.data());
+          const Src* s = static_cast<const Src*>(src.data());
+          if (vector) cast_kernel<kPack><<<grid_size(n / kPack, 256), 256, 0, current_stream()>>>(d, s, n / kPack);
+          else cast_kernel<1><<<grid_size(n, 256), 256, 0, current_stream()>>>(d, s, n);
+        }
+      });
+    });
+    LRSA_CUDA_CHECK_LAUNCH("cast");
+    return;
+  }
   StridedLayout layout{};
   layout.dims = int(dst.dim());
   for (int d = 0; d < layout.dims; ++d) {
@@ -252,7 +264,7 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
     using Dst = std::remove_pointer_t<decltype(dst_tag)>;
     dispatch_type(src.dtype(), [&](auto* src_tag) {
       using Src = std::remove_pointer_t<decltype(src_tag)>;
-      copy_strided_kernel<<<grid_for(n), 256, 0, current_stream()>>>(static_cast<Dst*>(dst.data()),
+      copy_strided_kernel<<<grid_size(n, 256), 256, 0, current_stream()>>>(static_cast<Dst*>(dst.data()),
                                                                        static_cast<const Src*>(src.data()), n, layout);
     });
   });
@@ -265,7 +277,7 @@ void fill(const Tensor& dst, double value) {
   if (n == 0) return;
   dispatch_type(dst.dtype(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    fill_kernel<<<grid_for(n), 256, 0, current_stream()>>>(static_cast<T*>(dst.data()), n, value);
+    fill_kernel<<<grid_size(n, 256), 256, 0, current_stream()>>>(static_cast<T*>(dst.data()), n, value);
   });
   LRSA_CUDA_CHECK_LAUNCH("fill");
 }
@@ -280,7 +292,7 @@ void fill_random(const Tensor& dst, uint64_t seed, uint64_t stream, float a, flo
   dispatch_type(dst.dtype(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     if constexpr (is_float_type<T>)
-      random_kernel<<<grid_for(n), 256, 0, current_stream()>>>(static_cast<T*>(dst.data()), n, seed, stream, a, b, normal);
+      random_kernel<<<grid_size(n, 256), 256, 0, current_stream()>>>(static_cast<T*>(dst.data()), n, seed, stream, a, b, normal);
   });
   LRSA_CUDA_CHECK_LAUNCH("fill_random");
 }

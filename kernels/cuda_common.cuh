@@ -1,0 +1,174 @@
+#pragma once
+// Device helpers shared by the CUDA kernels of the runtime (core_*.cu, ops_*.cu): conversions
+// between the storage types and fp32, 16-byte vector access, launch sizing, dtype dispatch and
+// block reductions.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "lrsa/core/cuda_backend.h"
+
+namespace lrsa::cuda {
+
+template <typename T>
+constexpr bool is_float_type = std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+
+// Storage element <-> fp32. bf16/f16 conversions round to nearest even, like the host's.
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(v);
+  else if constexpr (std::is_same_v<T, __half>) return __float2half(v);
+  else return T(v);
+}
+
+// K consecutive elements starting at p, converted to fp32. K == 1 is a plain scalar access; for
+// K > 1 the K elements span whole 16-byte words and p must be 16-byte aligned (see aligned16).
+// The words are taken apart as raw bits, so no type punning of the storage types is needed.
+template <int K, typename T>
+__device__ __forceinline__ void load_floats(const T* p, float (&out)[K]) {
+  if constexpr (K == 1) {
+    out[0] = to_float(p[0]);
+  } else {
+    static_assert(K * sizeof(T) % 16 == 0, "vector access must cover whole 16-byte words");
+    constexpr int kWords = int(K * sizeof(T) / 4);
+    uint32_t w[kWords];
+#pragma unroll
+    for (int i = 0; i < kWords / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if constexpr (sizeof(T) == 4) {
+        out[j] = __uint_as_float(w[j]);
+      } else {
+        const unsigned short bits = (unsigned short)(w[j / 2] >> (16 * (j % 2)));  // little endian
+        if constexpr (std::is_same_v<T, __nv_bfloat16>) out[j] = __uint_as_float(uint32_t(bits) << 16);
+        else out[j] = __half2float(__ushort_as_half(bits));
+      }
+    }
+  }
+}
+
+template <int K, typename T>
+__device__ __forceinline__ void store_floats(T* p, const float (&in)[K]) {
+  if constexpr (K == 1) {
+    p[0] = from_float<T>(in[0]);
+  } else {
+    static_assert(K * sizeof(T) % 16 == 0, "vector access must cover whole 16-byte words");
+    constexpr int kWords = int(K * sizeof(T) / 4);
+    uint32_t w[kWords];
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if constexpr (sizeof(T) == 4) {
+        w[j] = __float_as_uint(in[j]);
+      } else {
+        uint32_t bits;
+        if constexpr (std::is_same_v<T, __nv_bfloat16>) bits = __bfloat16_as_ushort(__float2bfloat16(in[j]));
+        else bits = __half_as_ushort(__float2half(in[j]));
+        if (j % 2 == 0) w[j / 2] = bits;
+        else w[j / 2] |= bits << 16;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kWords / 4; ++i)
+      reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  }
+}
+
+// Elements per 16-byte vector access of the kernels' "pack" width: 8 covers one 16-byte word of
+// a 16-bit type and two of f32, so mixed-type kernels (bf16 in, f32 out) use one index space.
+constexpr int kPack = 8;
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// True when every pointer is 16-byte aligned and n is a multiple of kPack: the pack path applies.
+inline bool packable(int64_t n, std::initializer_list<const void*> pointers) {
+  if (n % kPack != 0) return false;
+  for (const void* p : pointers)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
+// Makes t's device the calling thread's current device: kernels launch on current_stream(),
+// the stream of the current device.
+inline void use_device(const Tensor& t) {
+  int current = 0;
+  LRSA_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != t.device().index) LRSA_CUDA_CHECK(cudaSetDevice(t.device().index));
+}
+
+// Streaming multiprocessors of the current device (cached per device; kernels/core_runtime.cu).
+int multiprocessor_count();
+
+// Blocks for a grid-stride loop over `items` work items: enough to fill every SM once at full
+// occupancy, never more than the work needs.
+inline unsigned grid_size(int64_t items, int threads_per_block) {
+  const int64_t needed = (items + threads_per_block - 1) / threads_per_block;
+  const int64_t resident = int64_t(multiprocessor_count()) * (2048 / threads_per_block);
+  return unsigned(needed < 1 ? 1 : (needed < resident ? needed : resident));
+}
+
+// Blocks of a grid-stride kernel: as many as the device holds at once at this block size and
+// shared memory (the kernel's occupancy), at most `needed`.
+template <typename Kernel>
+unsigned resident_grid(Kernel kernel, int threads, size_t smem, int64_t needed) {
+  int per_sm = 0;
+  LRSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  const int64_t resident = int64_t(multiprocessor_count()) * (per_sm > 0 ? per_sm : 1);
+  return unsigned(needed < 1 ? 1 : (needed < resident ? needed : resident));
+}
+
+// Calls fn(T*) (a null pointer of the CUDA type) for the floating dtypes the ops accept.
+template <typename Fn>
+void dispatch_float(DType dtype, const char* op, Fn&& fn) {
+  switch (dtype) {
+    case DType::F32: fn(static_cast<float*>(nullptr)); return;
+    case DType::BF16: fn(static_cast<__nv_bfloat16*>(nullptr)); return;
+    default: fail("{}: unsupported dtype {} (expected f32 or bf16)", op, dtype_name(dtype));
+  }
+}
+
+// Calls fn(std::integral_constant<int, V>) for the V among Values equal to value, so that a
+// runtime choice (vector width, passes per row) selects a kernel instantiation.
+template <int... Values, typename Fn>
+void dispatch_int(int value, const char* what, Fn&& fn) {
+  const bool found = ((value == Values ? (fn(std::integral_constant<int, Values>{}), true) : false) || ...);
+  if (!found) fail("internal: no kernel instantiation for {} = {}", what, value);
+}
+
+// Sum over the block of every thread's v; the result is returned to every thread. Fixed
+// reduction tree, so the result is the same bits on every run. Needs blockDim.x % 32 == 0 and
+// may be called repeatedly (it synchronizes before reusing its shared memory).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32), warps = int(blockDim.x / 32);
+  v = warp_sum(v);
+  __syncthreads();  // a previous call may still be reading partial[]
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+}  // namespace lrsa::cuda

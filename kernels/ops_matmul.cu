@@ -1,0 +1,273 @@
+// Matrix products on cuBLASLt, and the bias add/backward of the linear layer.
+//
+// Our tensors are row-major; cuBLASLt is column-major. A row-major X [r, c] is the column-major
+// X^T [c, r], so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: cuBLASLt's first
+// operand is our B, its second our A, and its column-major C [N, M] is our row-major C [M, N].
+// The handle, a workspace per stream and the plans (descriptors + heuristic algorithm) per shape
+// are created once and kept for the life of the process.
+#include <cublasLt.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+
+#include "cuda_common.cuh"
+#include "lrsa/ops/cuda_ops.h"
+#include "ops_common.cuh"
+
+#define LRSA_CUBLAS_CHECK(call)                                                                            \
+  do {                                                                                                     \
+    cublasStatus_t lrsa_cublas_status_ = (call);                                                           \
+    if (lrsa_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                                      \
+      ::lrsa::fail("cuBLASLt error {} ({}) at {}:{}: {}", int(lrsa_cublas_status_),                        \
+                   cublasLtGetStatusString(lrsa_cublas_status_), __FILE__, __LINE__, #call);               \
+  } while (0)
+
+namespace lrsa::cuda {
+namespace {
+
+// Hopper kernels want up to 32 MiB of workspace for split-K and stream-K schedules.
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+int current_device_index() {
+  int d = 0;
+  LRSA_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+// Largest power of two (<= 256) dividing the address: what the heuristic may assume.
+int64_t pointer_alignment(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int64_t align = 256;
+  while (align > 1 && (a % uintptr_t(align)) != 0) align /= 2;
+  return align;
+}
+
+cudaDataType_t cuda_type(DType t) { return t == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+// Everything a plan depends on: device, types, cuBLASLt transposes and sizes (m, n, k), batch,
+// batch strides of the three matrices and pointer alignments.
+using PlanKey = std::array<int64_t, 15>;
+
+struct Plan {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+};
+
+// Process-wide state. Descriptors and handles are deliberately never destroyed: destroying them
+// from static destructors would race with the CUDA runtime's own teardown at exit.
+struct LtState {
+  std::mutex mutex;
+  std::map<int, cublasLtHandle_t> handles;
+  std::map<cudaStream_t, void*> workspaces;
+  std::map<PlanKey, Plan> plans;
+};
+
+LtState& lt_state() {
+  static LtState* state = new LtState();
+  return *state;
+}
+
+cublasLtMatrixLayout_t make_layout(DType dtype, int64_t rows, int64_t cols, int64_t batch, int64_t batch_stride) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  LRSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, cuda_type(dtype), uint64_t(rows), uint64_t(cols), rows));
+  const int32_t count = int32_t(batch);
+  LRSA_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  LRSA_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                     &batch_stride, sizeof(batch_stride)));
+  return layout;
+}
+
+// One column-major product D = alpha * op(A) @ op(B) + beta * C with D == C, as cuBLASLt sees it.
+struct LtProblem {
+  DType ab_type, c_type;
+  bool trans_a, trans_b;          // cuBLASLt's operands (our B and A)
+  int64_t m, n, k, batch;         // op(A) [m, k], op(B) [k, n], C [m, n]
+  int64_t stride_a, stride_b, stride_c;  // batch strides in elements (0: shared by the batch)
+  const void* a;
+  const void* b;
+  void* c;
+};
+
+Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p) {
+  const int64_t align_a = pointer_alignment(p.a), align_b = pointer_alignment(p.b), align_c = pointer_alignment(p.c);
+  const PlanKey key = {int64_t(current_device_index()), int64_t(p.ab_type), int64_t(p.c_type), p.trans_a, p.trans_b,
+                       p.m, p.n, p.k, p.batch, p.stride_a, p.stride_b, p.stride_c, align_a, align_b, align_c};
+  auto it = state.plans.find(key);
+  if (it != state.plans.end()) return it->second;
+
+  Plan plan{};
+  LRSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_a = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  LRSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  LRSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  // Stored (pre-transpose) shapes; leading dimension = stored rows (dense column-major).
+  plan.a = p.trans_a ? make_layout(p.ab_type, p.k, p.m, p.batch, p.stride_a) : make_layout(p.ab_type, p.m, p.k, p.batch, p.stride_a);
+  plan.b = p.trans_b ? make_layout(p.ab_type, p.n, p.k, p.batch, p.stride_b) : make_layout(p.ab_type, p.k, p.n, p.batch, p.stride_b);
+  plan.c = make_layout(p.c_type, p.m, p.n, p.batch, p.stride_c);
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t workspace = kWorkspaceBytes;
+  LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                         sizeof(workspace)));
+  const uint32_t aligns[4] = {uint32_t(align_a), uint32_t(align_b), uint32_t(align_c), uint32_t(align_c)};
+  const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (int i = 0; i < 4; ++i)
+    LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(aligns[i])));
+
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
+  LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0)
+    fail("matmul: cuBLASLt has no algorithm for {} x {} x {} (batch {}, {} inputs, {} output, alignments {}/{}/{}): {}",
+         p.m, p.n, p.k, p.batch, dtype_name(p.ab_type), dtype_name(p.c_type), align_a, align_b, align_c,
+         cublasLtGetStatusString(status));
+  plan.algo = result.algo;
+  return state.plans.emplace(key, plan).first->second;
+}
+
+void run_lt(const LtProblem& p, float alpha, float beta) {
+  LtState& state = lt_state();
+  cudaStream_t stream = current_stream();
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  Plan plan{};
+  {
+    std::lock_guard<std::mutex> lock(state.mutex);
+    const int device = current_device_index();
+    cublasLtHandle_t& h = state.handles[device];
+    if (h == nullptr) LRSA_CUBLAS_CHECK(cublasLtCreate(&h));
+    handle = h;
+    // One workspace per stream: two threads (streams) must never share scratch memory.
+    void*& ws = state.workspaces[stream];
+    if (ws == nullptr) ws = allocator_for(Device::cuda(device)).allocate(kWorkspaceBytes);
+    workspace = ws;
+    plan = plan_for(state, handle, p);
+  }
+  LRSA_CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, p.a, plan.a, p.b, plan.b, &beta, p.c, plan.c, p.c, plan.c,
+                                   &plan.algo, workspace, kWorkspaceBytes, stream));
+}
+
+// Product of the dimensions before the last two (1 for a matrix).
+int64_t batch_of(const Tensor& t) {
+  int64_t n = 1;
+  for (int64_t d = 0; d + 2 < t.dim(); ++d) n *= t.size(d);
+  return n;
+}
+
+}  // namespace
+
+void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float alpha, float beta) {
+  const char* op = "matmul";
+  check_tensor(a, op, "a", {DType::F32, DType::BF16});
+  check_tensor(b, op, "b", {a.dtype()});
+  check_tensor(c, op, "c", {DType::F32, DType::BF16});
+  use_device(c);
+  LRSA_CHECK(a.dim() >= 2 && b.dim() >= 2 && c.dim() >= 2, "matmul: a {}, b {} and c {} must have >= 2 dimensions",
+             a.describe(), b.describe(), c.describe());
+  // op(A) [M, K], op(B) [K, N], C [M, N]
+  const int64_t M = trans_a ? a.size(-1) : a.size(-2), K = trans_a ? a.size(-2) : a.size(-1);
+  const int64_t Kb = trans_b ? b.size(-1) : b.size(-2), N = trans_b ? b.size(-2) : b.size(-1);
+  const int64_t batch = batch_of(c);
+  const bool a_shared = a.dim() == 2, b_shared = b.dim() == 2;
+  LRSA_CHECK(K == Kb && c.size(-2) == M && c.size(-1) == N && (a_shared || batch_of(a) == batch) &&
+                 (b_shared || batch_of(b) == batch),
+             "matmul: shapes do not agree: a {} (trans {}), b {} (trans {}), c {}", a.describe(), int(trans_a),
+             b.describe(), int(trans_b), c.describe());
+  if (M == 0 || N == 0 || batch == 0) return;
+  if (K == 0) {  // empty sum: C = beta * C, where beta == 0 must not read C (it may hold NaN)
+    if (beta == 0.0f) fill(c, 0.0);
+    else scale_(c, beta);
+    return;
+  }
+  if (a.dtype() == DType::F32 && c.dtype() == DType::BF16) {
+    // cuBLASLt has no f32 x f32 -> bf16 kernel: accumulate in an f32 copy and round once.
+    Tensor c32 = Tensor::empty(c.shape(), DType::F32, c.device());
+    if (beta != 0.0f) copy_strided(c32, c);
+    matmul(a, b, c32, trans_a, trans_b, alpha, beta);
+    copy_strided(c, c32);
+    return;
+  }
+  // A batched, untransposed A against a shared B is one product with batch * M rows.
+  const bool fold = !a_shared && b_shared && !trans_a;
+  const int64_t rows = fold ? batch * M : M, lt_batch = fold ? 1 : batch;
+  LtProblem p{};
+  p.ab_type = a.dtype();
+  p.c_type = c.dtype();
+  p.trans_a = trans_b;
+  p.trans_b = trans_a;
+  p.m = N;
+  p.n = rows;
+  p.k = K;
+  p.batch = lt_batch;
+  p.stride_a = b_shared ? 0 : K * N;
+  p.stride_b = a_shared ? 0 : rows * K;
+  p.stride_c = rows * N;
+  p.a = b.data();
+  p.b = a.data();
+  p.c = c.data();
+  run_lt(p, alpha, beta);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias: y [N, C] += bias [C]; dbias [C] += column sums of dy [N, C].
+
+namespace {
+
+template <int K, typename TY, typename TB>
+__global__ void add_bias_kernel(TY* y, const TB* bias, int64_t packs, int64_t cols) {
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < packs; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = p * K;
+    float v[K], b[K];
+    load_floats<K>(y + i, v);
+    load_floats<K>(bias + i % cols, b);  // cols % K == 0: a pack never crosses a row
+#pragma unroll
+    for (int j = 0; j < K; ++j) v[j] += b[j];
+    store_floats<K>(y + i, v);
+  }
+}
+
+}  // namespace
+
+void add_bias(Tensor& y, const Tensor& bias) {
+  const char* op = "add_bias";
+  check_tensor(y, op, "y", {DType::F32, DType::BF16});
+  check_tensor(bias, op, "bias", {DType::F32, DType::BF16});
+  use_device(y);
+  const int64_t cols = bias.numel(), n = y.numel();
+  LRSA_CHECK(y.dim() >= 1 && y.size(-1) == cols, "add_bias: bias {} does not match the last dimension of y {}",
+             bias.describe(), y.describe());
+  if (n == 0) return;
+  const bool vector = packable(n, {y.data(), bias.data()}) && cols % kPack == 0;
+  dispatch_float(y.dtype(), op, [&](auto* ytag) {
+    using TY = std::remove_pointer_t<decltype(ytag)>;
+    dispatch_float(bias.dtype(), op, [&](auto* btag) {
+      using TB = std::remove_pointer_t<decltype(btag)>;
+      TY* yp = static_cast<TY*>(y.data());
+      const TB* bp = static_cast<const TB*>(bias.data());
+      if (vector) add_bias_kernel<kPack><<<grid_size(n / kPack, 256), 256, 0, current_stream()>>>(yp, bp, n / kPack, cols);
+      else add_bias_kernel<1><<<grid_size(n, 256), 256, 0, current_stream()>>>(yp, bp, n, cols);
+    });
+  });
+  LRSA_CUDA_CHECK_LAUNCH("add_bias");
+}
+
+void bias_backward(const Tensor& dy, Tensor& dbias) {
+  const char* op = "bias_backward";
+  check_tensor(dy, op, "dy", {DType::F32, DType::BF16});
+  check_tensor(dbias, op, "dbias", {DType::F32, DType::BF16});
+  use_device(dy);
+  const int64_t cols = dbias.numel();
+  LRSA_CHECK(dy.dim() >= 1 && dy.size(-1) == cols, "bias_backward: dbias {} does not match the last dimension of dy {}",
+             dbias.describe(), dy.describe());
+  if (dy.numel() == 0) return;
+  accumulate_column_sums(dy.view({-1, cols}), dbias);
+}
+
+}  // namespace lrsa::cuda

@@ -1,0 +1,236 @@
+// RMSNorm forward and backward, fused. A row is owned by one warp (rows of up to 32 * 8 packs:
+// no block barrier per row) or, for longer rows, by one block (grid-stride over rows either way).
+// Each thread keeps its P packs of K columns of the row in registers, so x (and dy) are read from
+// memory once; the row statistic is a warp or block reduction. The weight gradient is summed per
+// thread in registers over all rows its warp/block visits, merged per block in a fixed warp
+// order, written as per-block fp32 partials and added up in a fixed order by
+// accumulate_partials: deterministic, no atomics.
+#include "cuda_common.cuh"
+#include "lrsa/ops/cuda_ops.h"
+#include "ops_common.cuh"
+
+namespace lrsa::cuda {
+namespace {
+
+// Who owns which row. kWarpRows: warp w of block b starts at row b * warps + w; otherwise block b
+// starts at row b. `lane` indexes the row's threads, `width` counts them.
+template <bool kWarpRows>
+struct RowMap {
+  __device__ static int64_t first() {
+    return kWarpRows ? int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32 : int64_t(blockIdx.x);
+  }
+  __device__ static int64_t stride() { return kWarpRows ? int64_t(gridDim.x) * (blockDim.x / 32) : int64_t(gridDim.x); }
+  __device__ static int lane() { return kWarpRows ? int(threadIdx.x % 32) : int(threadIdx.x); }
+  __device__ static int width() { return kWarpRows ? 32 : int(blockDim.x); }
+  __device__ static float sum(float v) { return kWarpRows ? warp_sum(v) : block_sum(v); }
+};
+
+// Thread `lane` owns packs lane, lane + width, ..., lane + (P - 1) * width (K columns each).
+template <int K, int P, bool kWarpRows, typename T, typename TW>
+__global__ void __launch_bounds__(kWarpRows ? 256 : 1024)
+    rmsnorm_forward_kernel(const T* x, const TW* w, T* y, float* rstd, int64_t rows, int cols, float eps) {
+  using Map = RowMap<kWarpRows>;
+  for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
+    float v[P][K];
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (Map::lane() + i * Map::width()) * K;
+      if (c < cols) {
+        load_floats<K>(x + r * cols + c, v[i]);
+#pragma unroll
+        for (int j = 0; j < K; ++j) sum_sq += v[i][j] * v[i][j];
+      }
+    }
+    sum_sq = Map::sum(sum_sq);
+    const float rs = 1.0f / sqrtf(sum_sq / float(cols) + eps);
+    if (Map::lane() == 0) rstd[r] = rs;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (Map::lane() + i * Map::width()) * K;
+      if (c < cols) {
+        float wv[K], out[K];
+        load_floats<K>(w + c, wv);
+#pragma unroll
+        for (int j = 0; j < K; ++j) out[j] = v[i][j] * rs * wv[j];
+        store_floats<K>(y + r * cols + c, out);
+      }
+    }
+  }
+}
+
+// dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)); dw += dy * x * rs. dw_partials [gridDim.x,
+// cols]; with kWarpRows the block's warps are merged in shared memory (dynamic, cols floats).
+template <int K, int P, bool kWarpRows, typename T, typename TW>
+__global__ void __launch_bounds__(kWarpRows ? 256 : 1024)
+    rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, T* dx, float* dw_partials,
+                            int64_t rows, int cols) {
+  using Map = RowMap<kWarpRows>;
+  float dw_acc[P][K] = {};
+  for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
+    const float rs = rstd[r];
+    float xv[P][K], gv[P][K];  // x and w * dy
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (Map::lane() + i * Map::width()) * K;
+      if (c < cols) {
+        float dyv[K], wv[K];
+        load_floats<K>(x + r * cols + c, xv[i]);
+        load_floats<K>(dy + r * cols + c, dyv);
+        load_floats<K>(w + c, wv);
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+          gv[i][j] = wv[j] * dyv[j];
+          dot += gv[i][j] * xv[i][j];
+          dw_acc[i][j] += dyv[j] * xv[i][j] * rs;
+        }
+      }
+    }
+    dot = Map::sum(dot);
+    const float coef = rs * rs * dot / float(cols);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (Map::lane() + i * Map::width()) * K;
+      if (c < cols) {
+        float out[K];
+#pragma unroll
+        for (int j = 0; j < K; ++j) out[j] = rs * (gv[i][j] - xv[i][j] * coef);
+        store_floats<K>(dx + r * cols + c, out);
+      }
+    }
+  }
+  float* partial = dw_partials + int64_t(blockIdx.x) * cols;
+  if constexpr (kWarpRows) {
+    extern __shared__ float merged[];  // [cols]: warp 0 writes, warps 1.. add in order
+    const int warp = int(threadIdx.x / 32), warps = int(blockDim.x / 32);
+    for (int turn = 0; turn < warps; ++turn) {
+      if (warp == turn) {
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
+          const int c = (Map::lane() + i * Map::width()) * K;
+          if (c < cols) {
+#pragma unroll
+            for (int j = 0; j < K; ++j) merged[c + j] = turn == 0 ? dw_acc[i][j] : merged[c + j] + dw_acc[i][j];
+          }
+        }
+      }
+      __syncthreads();
+    }
+    for (int c = int(threadIdx.x); c < cols; c += int(blockDim.x)) partial[c] = merged[c];
+  } else {
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (Map::lane() + i * Map::width()) * K;
+      if (c < cols) store_floats<K>(partial + c, dw_acc[i]);
+    }
+  }
+}
+
+// Launch shape of rows of `cols` columns: vector width K, packs per thread P, a warp or a block
+// per row, threads per block.
+struct RowLaunch {
+  int k, passes;
+  bool warp_rows;
+  int threads;
+};
+
+RowLaunch row_launch(const char* op, int64_t cols, bool vector) {
+  const int k = vector ? kPack : 1;
+  const int64_t packs = (cols + k - 1) / k;
+  int passes = 1;
+  if (packs <= 32 * 8) {  // a warp per row, 8 rows per block
+    while (int64_t(passes) * 32 < packs) passes *= 2;
+    return {k, passes, true, 256};
+  }
+  while (passes < 8 && packs > int64_t(passes) * 1024) passes *= 2;
+  LRSA_CHECK(packs <= int64_t(passes) * 1024, "{}: rows of {} columns are too long (at most {})", op, cols,
+             int64_t(8) * 1024 * k);
+  const int64_t per_pass = (packs + passes - 1) / passes;
+  return {k, passes, false, int((per_pass + 31) / 32 * 32)};
+}
+
+// Calls fn(K, P, warp_rows) (as integral constants) for the launch shape.
+template <typename Fn>
+void dispatch_row_launch(const RowLaunch& launch, Fn&& fn) {
+  dispatch_int<kPack, 1>(launch.k, "vector width", [&](auto k) {
+    dispatch_int<1, 2, 4, 8>(launch.passes, "passes", [&](auto passes) {
+      dispatch_int<1, 0>(int(launch.warp_rows), "warp rows", [&](auto warp_rows) { fn(k, passes, warp_rows); });
+    });
+  });
+}
+
+// Blocks for a grid-stride loop over `rows`: what is resident at once, never more than needed.
+template <typename Kernel>
+unsigned row_grid(Kernel kernel, const RowLaunch& launch, int64_t rows, size_t smem) {
+  const int64_t rows_per_block = launch.warp_rows ? launch.threads / 32 : 1;
+  return resident_grid(kernel, launch.threads, smem, (rows + rows_per_block - 1) / rows_per_block);
+}
+
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
+  const char* op = "rmsnorm_forward";
+  check_tensor(x, op, "x", {DType::F32, DType::BF16});
+  check_tensor(w, op, "w", {x.dtype(), DType::F32});
+  check_tensor(y, op, "y", {x.dtype()});
+  check_tensor(rstd, op, "rstd", {DType::F32});
+  use_device(x);
+  const int64_t cols = w.numel(), rows = cols > 0 ? x.numel() / cols : 0;
+  LRSA_CHECK(x.dim() >= 1 && x.size(-1) == cols && y.shape() == x.shape() && rstd.numel() == rows,
+             "{}: shapes do not agree: x {}, w {}, y {}, rstd {}", op, x.describe(), w.describe(), y.describe(),
+             rstd.describe());
+  if (rows == 0) return;
+  const RowLaunch launch = row_launch(op, cols, packable(cols, {x.data(), w.data(), y.data()}));
+  dispatch_float(x.dtype(), op, [&](auto* xtag) {
+    using T = std::remove_pointer_t<decltype(xtag)>;
+    dispatch_float(w.dtype(), op, [&](auto* wtag) {
+      using TW = std::remove_pointer_t<decltype(wtag)>;
+      dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
+        const auto kernel = rmsnorm_forward_kernel<k(), passes(), bool(warp_rows()), T, TW>;
+        kernel<<<row_grid(kernel, launch, rows, 0), launch.threads, 0, current_stream()>>>(
+            static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()), static_cast<T*>(y.data()),
+            rstd.data_as<float>(), rows, int(cols), eps);
+      });
+    });
+  });
+  LRSA_CUDA_CHECK_LAUNCH(op);
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw) {
+  const char* op = "rmsnorm_backward";
+  check_tensor(x, op, "x", {DType::F32, DType::BF16});
+  check_tensor(dy, op, "dy", {x.dtype()});
+  check_tensor(w, op, "w", {x.dtype(), DType::F32});
+  check_tensor(rstd, op, "rstd", {DType::F32});
+  check_tensor(dx, op, "dx", {x.dtype()});
+  check_tensor(dw, op, "dw", {DType::F32});
+  use_device(x);
+  const int64_t cols = w.numel(), rows = cols > 0 ? x.numel() / cols : 0;
+  LRSA_CHECK(x.dim() >= 1 && x.size(-1) == cols && dy.shape() == x.shape() && dx.shape() == x.shape() &&
+                 rstd.numel() == rows && dw.numel() == cols,
+             "{}: shapes do not agree: dy {}, x {}, w {}, rstd {}, dx {}, dw {}", op, dy.describe(), x.describe(),
+             w.describe(), rstd.describe(), dx.describe(), dw.describe());
+  if (rows == 0) return;
+  const RowLaunch launch = row_launch(op, cols, packable(cols, {dy.data(), x.data(), w.data(), dx.data()}));
+  const size_t smem = launch.warp_rows ? size_t(cols) * sizeof(float) : 0;  // <= 2048 floats
+  Tensor partials;
+  dispatch_float(x.dtype(), op, [&](auto* xtag) {
+    using T = std::remove_pointer_t<decltype(xtag)>;
+    dispatch_float(w.dtype(), op, [&](auto* wtag) {
+      using TW = std::remove_pointer_t<decltype(wtag)>;
+      dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
+        const auto kernel = rmsnorm_backward_kernel<k(), passes(), bool(warp_rows()), T, TW>;
+        const unsigned grid = row_grid(kernel, launch, rows, smem);
+        partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
+        kernel<<<grid, launch.threads, smem, current_stream()>>>(
+            static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()),
+            rstd.data_as<float>(), static_cast<T*>(dx.data()), partials.data_as<float>(), rows, int(cols));
+      });
+    });
+  });
+  LRSA_CUDA_CHECK_LAUNCH(op);
+  accumulate_partials(partials, dw);
+}
+
+}  // namespace lrsa::cuda

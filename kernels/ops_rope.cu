@@ -1,0 +1,79 @@
+// Rotary position embedding in place ("rotate half"). A thread owns one token and K adjacent
+// frequencies: it computes their K angles once (fp32, as the contract says) and applies them to
+// that token's every head, reading x[..., i .. i+K) and x[..., i+D/2 .. i+D/2+K) as 16-byte packs.
+#include "cuda_common.cuh"
+#include "lrsa/ops/cuda_ops.h"
+
+namespace lrsa::cuda {
+namespace {
+
+// x [T, H, D] with token stride token_stride (elements; the last two dimensions contiguous).
+// sin_sign = -1 rotates by -angle (the backward).
+template <int K, typename T>
+__global__ void rope_kernel(T* x, const int32_t* positions, const float* inv_freq, int64_t tokens, int heads,
+                            int head_dim, int64_t token_stride, float sin_sign) {
+  const int half = head_dim / 2, packs = half / K;
+  for (int64_t item = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; item < tokens * packs;
+       item += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = item / packs;
+    const int i0 = int(item % packs) * K;
+    const float pos = float(positions[t]);
+    float freq[K], cosv[K], sinv[K];
+    load_floats<K>(inv_freq + i0, freq);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      sincosf(pos * freq[j], &sinv[j], &cosv[j]);
+      sinv[j] *= sin_sign;
+    }
+    T* row = x + t * token_stride + i0;
+    for (int h = 0; h < heads; ++h) {
+      T* lo = row + int64_t(h) * head_dim;
+      float a[K], b[K], out_a[K], out_b[K];
+      load_floats<K>(lo, a);
+      load_floats<K>(lo + half, b);
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        out_a[j] = a[j] * cosv[j] - b[j] * sinv[j];
+        out_b[j] = b[j] * cosv[j] + a[j] * sinv[j];
+      }
+      store_floats<K>(lo, out_a);
+      store_floats<K>(lo + half, out_b);
+    }
+  }
+}
+
+}  // namespace
+
+void rope_apply(Tensor& x, const Tensor& positions, const Tensor& inv_freq, bool inverse) {
+  const char* op = inverse ? "rope_backward" : "rope_forward";
+  check_tensor(x, op, "x", {DType::F32, DType::BF16}, false);
+  check_tensor(positions, op, "positions", {DType::I32});
+  check_tensor(inv_freq, op, "inv_freq", {DType::F32});
+  use_device(x);
+  LRSA_CHECK(x.dim() == 3, "{}: x must be [T, H, D], got {}", op, x.describe());
+  const int64_t tokens = x.size(0), heads = x.size(1), head_dim = x.size(2);
+  LRSA_CHECK(x.stride(2) == 1 && (heads == 1 || x.stride(1) == head_dim) && (tokens == 1 || x.stride(0) >= heads * head_dim),
+             "{}: the last two dimensions of x must be contiguous, got {} with strides {}", op, x.describe(),
+             shape_str(x.strides()));
+  LRSA_CHECK(head_dim % 2 == 0 && inv_freq.numel() == head_dim / 2 && positions.numel() == tokens,
+             "{}: shapes do not agree: x {}, positions {}, inv_freq {}", op, x.describe(), positions.describe(),
+             inv_freq.describe());
+  const int64_t half = head_dim / 2, token_stride = x.stride(0);
+  if (tokens == 0 || heads == 0 || half == 0) return;
+  // 16-byte packs need every row start and both halves aligned: half % K == 0 and aligned strides.
+  const bool vector = half % kPack == 0 && (token_stride * int64_t(x.element_size())) % 16 == 0 &&
+                      aligned16(x.data()) && aligned16(inv_freq.data());
+  const float sin_sign = inverse ? -1.0f : 1.0f;
+  dispatch_float(x.dtype(), op, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+      const int64_t items = tokens * (half / k());
+      rope_kernel<k()><<<grid_size(items, 256), 256, 0, current_stream()>>>(
+          static_cast<T*>(x.data()), positions.data_as<int32_t>(), inv_freq.data_as<float>(), tokens, int(heads),
+          int(head_dim), token_stride, sin_sign);
+    });
+  });
+  LRSA_CUDA_CHECK_LAUNCH(op);
+}
+
+}  // namespace lrsa::cuda

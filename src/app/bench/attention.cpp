@@ -1,0 +1,305 @@
+// lrsa-bench attention: the CUDA attention kernels, dense causal vs LRSA, at the Qwen2.5 head
+// shapes (14:2 x d64 as in 0.5B, 28:4 x d128 as in 7B) over one long document.
+//
+// 1. Self-check: small packed problems (dense and LRSA, GQA, d64 and d128, both backward
+//    modes) run on the GPU and through the CPU implementation (the same public attn:: calls,
+//    dispatched by device); out, lse, dq, dk, dv are compared, the LRSA selection must be equal,
+//    and the deterministic backward must repeat bit for bit.
+// 2. Per shape and T: forward, backward and forward + backward times (CUDA events, median) for
+//    dense and LRSA, and the LagKV selection alone. Throughput counts the (query, key) pairs the
+//    visibility rule admits, exactly: forward 4 * pairs * D * Hq FLOPs (Q K^T and P V), backward
+//    10 * pairs * D * Hq (the recomputed Q K^T, dV, dP, dK, dQ). The LRSA rows name dense as
+//    their reference (vs ref = dense time / LRSA time) and note the dense-equivalent rate (the
+//    dense problem's FLOPs over the LRSA time).
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "app/bench/bench.h"
+#include "lrsa/attn/attention.h"
+
+namespace lrsa::bench {
+namespace {
+
+struct HeadShape {
+  std::string name;
+  int64_t hq, hk, d;
+};
+const std::vector<HeadShape> kShapes = {{"14:2xd64", 14, 2, 64}, {"28:4xd128", 28, 4, 128}};
+
+struct AttentionOptions {
+  CommonOptions common;
+  std::vector<std::string> shapes = {"14:2xd64", "28:4xd128"};
+  std::vector<int64_t> tokens = {8192, 16384, 32768, 65536, 131072};
+  int64_t sink = 16, lag = 1024;
+  double ratio = 0.25;
+  bool deterministic = false;
+  bool skip_checks = false;
+};
+
+const Device kGpu = Device::cuda(0);
+const Device kCpu = Device::cpu();
+
+// GPU vs CPU, both bf16 with fp32 accumulation: they differ by bf16 roundings of intermediates
+// (P, dS) taken at different points. A kernel bug shows up as O(1) errors.
+constexpr double kRtol = 2e-2, kAtol = 2e-2;
+
+attn::AttentionConfig lrsa_config(int64_t sink, int64_t lag, double ratio) {
+  attn::AttentionConfig c;
+  c.mode = attn::Mode::Lrsa;
+  c.lrsa.sink = sink;
+  c.lrsa.lag = lag;
+  c.lrsa.ratio = ratio;
+  return c;
+}
+
+// The (query, key) pairs the visibility rule admits (docs/lrsa-spec.md, "Visibility"), summed
+// over the documents, per head.
+double visible_pairs(const attn::AttentionConfig& config, const std::vector<int64_t>& cu_seqlens) {
+  double pairs = 0;
+  const attn::LrsaParams& p = config.lrsa;
+  for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b) {
+    const int64_t n = cu_seqlens[b + 1] - cu_seqlens[b];
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t q = t < p.sink ? 0 : (t - p.sink) / p.lag;
+      if (config.mode == attn::Mode::Dense || q <= 1) pairs += double(t + 1);
+      else pairs += double(p.sink + p.kept() * (q - 1) + p.lag + (t - p.sink - q * p.lag + 1));
+    }
+  }
+  return pairs;
+}
+
+struct Problem {
+  Tensor q, k, v, dout;
+  attn::SeqLayout layout;
+};
+
+Problem make_problem(const HeadShape& s, const std::vector<int64_t>& lengths, Device device, uint64_t seed) {
+  int64_t T = 0;
+  for (int64_t n : lengths) T += n;
+  Problem p;
+  p.q = Tensor::normal({T, s.hq, s.d}, seed, 1, 0.0f, 1.0f, DType::BF16, device);
+  p.k = Tensor::normal({T, s.hk, s.d}, seed, 2, 0.0f, 1.0f, DType::BF16, device);
+  p.v = Tensor::normal({T, s.hk, s.d}, seed, 3, 0.0f, 1.0f, DType::BF16, device);
+  p.dout = Tensor::normal({T, s.hq, s.d}, seed, 4, 0.0f, 1.0f, DType::BF16, device);
+  p.layout = attn::SeqLayout::from_lengths(lengths, device);
+  return p;
+}
+
+struct Grads {
+  attn::AttentionForward fwd;
+  Tensor dq, dk, dv;
+};
+
+Grads run(const attn::AttentionConfig& config, const Problem& p) {
+  Grads g;
+  attn::attention_forward(config, p.q, p.k, p.v, p.layout, g.fwd);
+  attn::attention_backward(config, p.q, p.k, p.v, p.layout, g.fwd, p.dout, g.dq, g.dk, g.dv);
+  return g;
+}
+
+Check equal_ints(const std::string& name, const Tensor& gpu, const Tensor& cpu) {
+  Check c;
+  c.name = name;
+  const std::vector<int64_t> g = gpu.to_ints(), h = cpu.to_ints();
+  for (size_t i = 0; i < g.size() && c.pass; ++i) {
+    if (g[i] != h[i]) {
+      c.pass = false;
+      c.max_error = 1;
+      c.detail = fmt::format("element {}: gpu {} cpu {}", i, g[i], h[i]);
+    }
+  }
+  if (g.size() != h.size()) {
+    c.pass = false;
+    c.detail = fmt::format("{} vs {} elements", g.size(), h.size());
+  }
+  return c;
+}
+
+// Returns whether every check passed.
+bool run_checks(Report& report) {
+  struct Case {
+    const char* name;
+    int64_t hq, hk, d;
+    std::vector<int64_t> lengths;
+    attn::AttentionConfig config;
+  };
+  const std::vector<Case> cases = {
+      {"dense 4:2xd64 packed", 4, 2, 64, {700, 333}, attn::AttentionConfig{}},
+      {"dense 4:1xd128", 4, 1, 128, {500}, attn::AttentionConfig{}},
+      {"lrsa S16 L128 r.25 4:2xd64 packed", 4, 2, 64, {1100, 450}, lrsa_config(16, 128, 0.25)},
+      {"lrsa S5 L64 r.3 4:1xd128", 4, 1, 128, {900}, lrsa_config(5, 64, 0.3)},
+      {"lrsa S0 L64 r1 (== dense) 2:2xd64", 2, 2, 64, {400}, lrsa_config(0, 64, 1.0)},
+  };
+  bool all = true;
+  uint64_t seed = 9100;
+  for (const Case& c : cases) {
+    const HeadShape shape{c.name, c.hq, c.hk, c.d};
+    const Problem cpu = make_problem(shape, c.lengths, kCpu, seed);
+    const Problem gpu = make_problem(shape, c.lengths, kGpu, seed++);
+    const Grads want = run(c.config, cpu);
+    for (bool deterministic : {false, true}) {
+      attn::AttentionConfig config = c.config;
+      config.deterministic = deterministic;
+      const Grads got = run(config, gpu);
+      const std::string tag = std::string(c.name) + (deterministic ? " det" : "");
+      std::vector<Check> checks = {compare("attention out: " + tag, got.fwd.out, want.fwd.out, kRtol, kAtol),
+                                   compare("attention lse: " + tag, got.fwd.lse, want.fwd.lse, kRtol, kAtol),
+                                   compare("attention dq: " + tag, got.dq, want.dq, kRtol, kAtol),
+                                   compare("attention dk: " + tag, got.dk, want.dk, kRtol, kAtol),
+                                   compare("attention dv: " + tag, got.dv, want.dv, kRtol, kAtol)};
+      if (config.mode == attn::Mode::Lrsa)
+        checks.push_back(equal_ints("lrsa selection: " + tag, got.fwd.selection.indices, want.fwd.selection.indices));
+      if (deterministic) {
+        const Grads again = run(config, gpu);
+        checks.push_back(compare("deterministic dq repeats: " + tag, again.dq, got.dq, 0, 0));
+        checks.push_back(compare("deterministic dk repeats: " + tag, again.dk, got.dk, 0, 0));
+        checks.push_back(compare("deterministic dv repeats: " + tag, again.dv, got.dv, 0, 0));
+      }
+      for (const Check& k : checks) {
+        report.add_check(k);
+        all = all && k.pass;
+      }
+    }
+  }
+  return all;
+}
+
+class Bench {
+ public:
+  Bench(Report& report, const AttentionOptions& options, std::string check)
+      : report_(report), options_(options), check_(std::move(check)) {}
+
+  void shape(const HeadShape& s, int64_t T) {
+    const Problem p = make_problem(s, {T}, kGpu, 42);
+    const attn::AttentionConfig dense = config(attn::AttentionConfig{});
+    const attn::AttentionConfig lrsa = config(lrsa_config(options_.sink, options_.lag, options_.ratio));
+    const double dense_pairs = visible_pairs(dense, p.layout.cu_seqlens);
+    const Times d = measure(dense, p);
+    add(s, T, "dense", d, dense_pairs, dense_pairs, nullptr);
+    const Times l = measure(lrsa, p);
+    const double sel_ms = time_ms([&] { attn::lrsa_select(p.k, p.v, p.layout, lrsa.lrsa); }, options_.common.warmup,
+                                  options_.common.repeats);
+    add(s, T, "lrsa", l, visible_pairs(lrsa, p.layout.cu_seqlens), dense_pairs, &d);
+    // Selection reads every candidate and reference row of K and V once (rows of the last
+    // partitions that are neither are not counted).
+    const int64_t parts = attn::selectable_partitions(T, lrsa.lrsa);
+    Row row = base_row(s, T, "lrsa select");
+    row.ms = sel_ms;
+    row.bytes = 2.0 * 2.0 * double(parts) * double(options_.lag) * double(s.hk * s.d) * 2.0;
+    row.formula = "bytes = 2 (K, V) * 2 (candidate + reference partition) * partitions * L * Hk * D * 2 B";
+    row.note = fmt::format("{:.1f}% of the LRSA forward ({} partitions x {} KV heads)", 100.0 * sel_ms / l.fwd,
+                           parts, s.hk);
+    report_.add(row);
+  }
+
+ private:
+  struct Times {
+    double fwd = 0, bwd = 0, both = 0;
+  };
+
+  attn::AttentionConfig config(attn::AttentionConfig c) const {
+    c.deterministic = options_.deterministic;
+    return c;
+  }
+
+  Times measure(const attn::AttentionConfig& config, const Problem& p) const {
+    const int warmup = options_.common.warmup, repeats = options_.common.repeats;
+    Grads g = run(config, p);  // allocates the outputs, reused below
+    Times t;
+    t.fwd = time_ms([&] { attn::attention_forward(config, p.q, p.k, p.v, p.layout, g.fwd); }, warmup, repeats);
+    t.bwd = time_ms([&] { attn::attention_backward(config, p.q, p.k, p.v, p.layout, g.fwd, p.dout, g.dq, g.dk, g.dv); },
+                    warmup, repeats);
+    t.both = time_ms(
+        [&] {
+          attn::attention_forward(config, p.q, p.k, p.v, p.layout, g.fwd);
+          attn::attention_backward(config, p.q, p.k, p.v, p.layout, g.fwd, p.dout, g.dq, g.dk, g.dv);
+        },
+        warmup, repeats);
+    return t;
+  }
+
+  Row base_row(const HeadShape& s, int64_t T, const std::string& op) const {
+    Row row;
+    row.family = "attention";
+    row.op = op;
+    row.config = s.name;
+    row.tokens = T;
+    row.shape = fmt::format("Hq {} Hk {} D {}", s.hq, s.hk, s.d);
+    row.dtype = "bf16";
+    row.check = check_;
+    return row;
+  }
+
+  // Three rows (fwd, bwd, fwd+bwd) of one mode; `dense` (for LRSA) is the reference.
+  void add(const HeadShape& s, int64_t T, const std::string& mode, const Times& t, double pairs, double dense_pairs,
+           const Times* dense) {
+    const double per_pair = double(s.d * s.hq);
+    const struct {
+      std::string name;
+      double ms, flops_per_pair, dense_ms;
+      std::string formula;
+    } phases[] = {
+        {"fwd", t.fwd, 4, dense ? dense->fwd : 0, "4 * visible pairs * D * Hq (Q K^T, P V)"},
+        {"bwd", t.bwd, 10, dense ? dense->bwd : 0, "10 * visible pairs * D * Hq (Q K^T recomputed, dV, dP, dK, dQ)"},
+        {"fwd+bwd", t.both, 14, dense ? dense->both : 0, "14 * visible pairs * D * Hq"},
+    };
+    for (const auto& ph : phases) {
+      Row row = base_row(s, T, "attn " + ph.name + " " + mode);
+      row.ms = ph.ms;
+      row.flops = ph.flops_per_pair * pairs * per_pair;
+      row.formula = ph.formula + (mode == "lrsa" ? ", LRSA forward includes the selection" : "");
+      if (dense != nullptr) {
+        row.ref_ms = ph.dense_ms;
+        row.ref_name = "dense (ours)";
+        const double dense_equiv = ph.flops_per_pair * dense_pairs * per_pair / (ph.ms * 1e-3) / 1e12;
+        row.note = fmt::format("dense-equiv {:.1f} TFLOP/s, LRSA/dense time {:.3f}, pairs {:.3f} of dense",
+                               dense_equiv, ph.ms / ph.dense_ms, pairs / dense_pairs);
+      }
+      report_.add(row);
+    }
+  }
+
+  Report& report_;
+  const AttentionOptions& options_;
+  std::string check_;
+};
+
+int run_attention(const AttentionOptions& options) {
+  if (!require_gpu("lrsa-bench attention")) return 2;
+  std::vector<HeadShape> shapes;
+  for (const std::string& name : options.shapes) {
+    auto it = std::find_if(kShapes.begin(), kShapes.end(), [&](const HeadShape& s) { return s.name == name; });
+    LRSA_CHECK(it != kShapes.end(), "lrsa-bench attention: unknown shape '{}' (expected 14:2xd64 or 28:4xd128)", name);
+    shapes.push_back(*it);
+  }
+  const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
+  Report report("attention", options.common, ceilings);
+  std::string check;
+  if (!options.skip_checks) check = run_checks(report) ? "PASS" : "FAIL";
+  std::printf("\nLRSA: sink %lld, lag %lld, ratio %.3g (K = %lld); backward dQ %s\n", (long long)options.sink,
+              (long long)options.lag, options.ratio, (long long)lrsa_config(options.sink, options.lag, options.ratio).lrsa.kept(),
+              options.deterministic ? "deterministic (separate dQ pass)" : "atomic (f32 accumulator)");
+  Bench bench(report, options, check);
+  for (const HeadShape& s : shapes)
+    for (int64_t T : options.tokens) bench.shape(s, T);
+  return report.finish();
+}
+
+}  // namespace
+
+Subcommand register_attention(CLI::App& app) {
+  auto options = std::make_shared<AttentionOptions>();
+  CLI::App* sub = app.add_subcommand("attention", "CUDA attention: dense causal vs LRSA, forward/backward, selection");
+  add_common_options(sub, options->common);
+  sub->add_option("--shapes", options->shapes, "head shapes among 14:2xd64, 28:4xd128");
+  sub->add_option("--tokens", options->tokens, "sequence lengths T (one document each)");
+  sub->add_option("--sink", options->sink, "LRSA sink S");
+  sub->add_option("--lag", options->lag, "LRSA lag L (a multiple of 64 on the GPU)");
+  sub->add_option("--ratio", options->ratio, "LRSA kept ratio r");
+  sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
+  sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
+  return {sub, [options] { return run_attention(*options); }};
+}
+
+}  // namespace lrsa::bench
