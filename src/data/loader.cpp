@@ -1,5 +1,6 @@
 #include "lrsa/data/loader.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "lrsa/core/error.h"

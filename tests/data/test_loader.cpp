@@ -1,6 +1,7 @@
 // Packing, shuffling, sharding, cursor save/restore and prefetch of the DataLoader.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
