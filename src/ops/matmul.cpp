@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "lrsa/core/dispatch.h"
 #include "ops/cpu_common.h"
