@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh "$@"
-ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "${JOBS:-$(nproc)}"
+# ctest runs test files in parallel, each with OpenMP threads: sleeping (not spinning) waiters
+# keep oversubscribed cores doing work.
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "${JOBS:-$(nproc)}"

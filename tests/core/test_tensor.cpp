@@ -58,6 +58,8 @@ TEST_CASE("views share storage and follow strides", "[core]") {
   CHECK_THROWS_WITH(t.view({5, -1}), Catch::Contains("cannot infer"));
   CHECK_THROWS_WITH(t.slice(1, 2, 4), Catch::Contains("out of range"));
   CHECK(t.transpose(0, 2).shape() == Shape{4, 3, 2});
+  CHECK(t.slice(1, 1, 1).is_contiguous());  // empty views are contiguous
+  CHECK(Tensor::empty({3, 0}, DType::F32).transpose(0, 1).is_contiguous());
   CHECK(t.unsqueeze(1).shape() == Shape{2, 1, 3, 4});
 
   // A [2, 12] buffer sliced to its last 8 columns and unflattened to [2, 2, 4] heads.
