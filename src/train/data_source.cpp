@@ -29,7 +29,7 @@ data::DatasetOptions dataset_options(const RunConfig& config) {
   o.skip_bad_lines = config.data.skip_bad_lines;
   if (config.tokenizer.chat_template == ChatTemplate::Qwen) o.chat_format = data::ChatFormat::ChatML;
   if (config.tokenizer.chat_template == ChatTemplate::Llama3) o.chat_format = data::ChatFormat::Llama3;
-  // The byte tokenizer has no chat special tokens: QA renders as plain prompt + answer.
+  // The byte tokenizer is for from-scratch demos: QA renders as plain prompt + answer there.
   if (config.tokenizer.path == "builtin:bytes") o.qa_style = data::QaStyle::Plain;
   return o;
 }
