@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -507,8 +508,13 @@ class Reader {
 ordered_json to_json_value(int64_t v) { return v; }
 ordered_json to_json_value(double v) { return v; }
 // A float printed with its shortest decimal form (0.1, not 0.10000000149011612), which reads back
-// to the same float.
-ordered_json to_json_value(float v) { return std::stod(fmt::format("{}", v)); }
+// to the same float. from_chars, unlike stod, ignores the C locale.
+ordered_json to_json_value(float v) {
+  const std::string text = fmt::format("{}", v);
+  double d = 0;
+  std::from_chars(text.data(), text.data() + text.size(), d);
+  return d;
+}
 ordered_json to_json_value(bool v) { return v; }
 ordered_json to_json_value(const std::optional<bool>& v) { return v ? ordered_json(*v) : ordered_json(); }
 ordered_json to_json_value(const std::string& v) { return v; }
