@@ -245,8 +245,9 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
         if constexpr (is_float_type<Dst> && is_float_type<Src>) {
           Dst* d = static_cast<Dst*>(dst.data());
           const Src* s = static_cast<const Src*>(src.data());
-          if (vector) cast_kernel<kPack><<<grid_size(n / kPack, 256), 256, 0, current_stream()>>>(d, s, n / kPack);
-          else cast_kernel<1><<<grid_size(n, 256), 256, 0, current_stream()>>>(d, s, n);
+          dispatch_pack<Dst, Src>(vector, [&](auto k) {
+            cast_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(d, s, n / k());
+          });
         }
       });
     });

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -32,17 +33,21 @@ __device__ __forceinline__ T from_float(float v) {
   else return T(v);
 }
 
-// K consecutive elements starting at p, converted to fp32. K == 1 is a plain scalar access; for
-// K > 1 the K elements span whole 16-byte words and p must be 16-byte aligned (see aligned16).
-// The words are taken apart as raw bits, so no type punning of the storage types is needed.
+// The K * sizeof(T) bytes at p as 32-bit words, read or written with one 8-byte or one or more
+// 16-byte accesses (p aligned to that size). The words are taken apart as raw bits below, so no
+// type punning of the storage types is needed.
 template <int K, typename T>
-__device__ __forceinline__ void load_floats(const T* p, float (&out)[K]) {
-  if constexpr (K == 1) {
-    out[0] = to_float(p[0]);
+constexpr int words_of = int(K * sizeof(T) / 4);
+
+template <int K, typename T>
+__device__ __forceinline__ void load_words(const T* p, uint32_t (&w)[words_of<K, T>]) {
+  constexpr int kWords = words_of<K, T>;
+  if constexpr (kWords == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x;
+    w[1] = v.y;
   } else {
-    static_assert(K * sizeof(T) % 16 == 0, "vector access must cover whole 16-byte words");
-    constexpr int kWords = int(K * sizeof(T) / 4);
-    uint32_t w[kWords];
+    static_assert(kWords % 4 == 0, "vector access must cover 8 bytes or whole 16-byte words");
 #pragma unroll
     for (int i = 0; i < kWords / 4; ++i) {
       const uint4 v = reinterpret_cast<const uint4*>(p)[i];
@@ -51,6 +56,32 @@ __device__ __forceinline__ void load_floats(const T* p, float (&out)[K]) {
       w[4 * i + 2] = v.z;
       w[4 * i + 3] = v.w;
     }
+  }
+}
+
+template <int K, typename T>
+__device__ __forceinline__ void store_words(T* p, const uint32_t (&w)[words_of<K, T>]) {
+  constexpr int kWords = words_of<K, T>;
+  if constexpr (kWords == 2) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+  } else {
+    static_assert(kWords % 4 == 0, "vector access must cover 8 bytes or whole 16-byte words");
+#pragma unroll
+    for (int i = 0; i < kWords / 4; ++i)
+      reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  }
+}
+
+// K consecutive elements starting at p, converted to fp32. K == 1 is a plain scalar access; for
+// K > 1 the K elements span 8 bytes or whole 16-byte words and p must be 16-byte aligned (see
+// aligned16 / packable).
+template <int K, typename T>
+__device__ __forceinline__ void load_floats(const T* p, float (&out)[K]) {
+  if constexpr (K == 1) {
+    out[0] = to_float(p[0]);
+  } else {
+    uint32_t w[words_of<K, T>];
+    load_words<K>(p, w);
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       if constexpr (sizeof(T) == 4) {
@@ -69,9 +100,7 @@ __device__ __forceinline__ void store_floats(T* p, const float (&in)[K]) {
   if constexpr (K == 1) {
     p[0] = from_float<T>(in[0]);
   } else {
-    static_assert(K * sizeof(T) % 16 == 0, "vector access must cover whole 16-byte words");
-    constexpr int kWords = int(K * sizeof(T) / 4);
-    uint32_t w[kWords];
+    uint32_t w[words_of<K, T>];
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       if constexpr (sizeof(T) == 4) {
@@ -84,19 +113,25 @@ __device__ __forceinline__ void store_floats(T* p, const float (&in)[K]) {
         else w[j / 2] |= bits << 16;
       }
     }
-#pragma unroll
-    for (int i = 0; i < kWords / 4; ++i)
-      reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+    store_words<K>(p, w);
   }
 }
 
-// Elements per 16-byte vector access of the kernels' "pack" width: 8 covers one 16-byte word of
-// a 16-bit type and two of f32, so mixed-type kernels (bf16 in, f32 out) use one index space.
+// The largest pack any kernel uses: 8 elements (one 16-byte word of a 16-bit type). packable()
+// checks sizes against it, so every smaller pack_of width divides the sizes too.
 constexpr int kPack = 8;
+
+// Elements per thread access for a kernel over these storage types: one 16-byte access of the
+// widest type (8 for 16-bit types, 4 when f32 is involved, whose partners then move 8 bytes).
+// Two 16-byte f32 words per thread would make every warp-wide access touch every other 16 bytes,
+// and such half-covered sectors cost write bandwidth.
+template <typename... Ts>
+constexpr int pack_of = int(16 / std::max({sizeof(Ts)...}));
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// True when every pointer is 16-byte aligned and n is a multiple of kPack: the pack path applies.
+// True when every pointer is 16-byte aligned and n is a multiple of kPack: the pack path (any
+// pack_of width) applies.
 inline bool packable(int64_t n, std::initializer_list<const void*> pointers) {
   if (n % kPack != 0) return false;
   for (const void* p : pointers)
@@ -141,6 +176,14 @@ void dispatch_float(DType dtype, const char* op, Fn&& fn) {
     case DType::BF16: fn(static_cast<__nv_bfloat16*>(nullptr)); return;
     default: fail("{}: unsupported dtype {} (expected f32 or bf16)", op, dtype_name(dtype));
   }
+}
+
+// Calls fn(std::integral_constant<int, K>) with K = pack_of<Ts...> when `vector`, else K = 1
+// (the scalar fallback for odd sizes or misaligned pointers).
+template <typename... Ts, typename Fn>
+void dispatch_pack(bool vector, Fn&& fn) {
+  if (vector) fn(std::integral_constant<int, pack_of<Ts...>>{});
+  else fn(std::integral_constant<int, 1>{});
 }
 
 // Calls fn(std::integral_constant<int, V>) for the V among Values equal to value, so that a

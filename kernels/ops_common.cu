@@ -33,12 +33,27 @@ __global__ void check_indices_kernel(const int32_t* indices, int64_t n, int64_t 
   }
 }
 
+// Block of kTile x kTile threads per kTile columns: thread (x, y) sums the splits s = y, y + kTile,
+// ... of column x in order, then column x's kTile sums are added in order of y. The work per
+// thread is splits / kTile independent loads, not a serial walk over all splits.
+constexpr int kTile = 32;
+
 template <typename TO>
-__global__ void accumulate_partials_kernel(const float* partials, TO* out, int64_t splits, int64_t cols) {
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t s = 0; s < splits; ++s) acc += partials[s * cols + c];
-    out[c] = from_float<TO>(to_float(out[c]) + acc);
+__global__ void __launch_bounds__(kTile * kTile)
+    accumulate_partials_kernel(const float* partials, TO* out, int64_t splits, int64_t cols) {
+  __shared__ float sums[kTile][kTile + 1];
+  const int64_t c = int64_t(blockIdx.x) * kTile + threadIdx.x;
+  float acc = 0.0f;
+  if (c < cols) {
+#pragma unroll 4
+    for (int64_t s = threadIdx.y; s < splits; s += kTile) acc += partials[s * cols + c];
+  }
+  sums[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.0f;
+    for (int y = 0; y < kTile; ++y) total += sums[y][threadIdx.x];
+    out[c] = from_float<TO>(to_float(out[c]) + total);
   }
 }
 
@@ -54,7 +69,7 @@ void accumulate_partials(const Tensor& partials, const Tensor& out) {
   if (cols == 0) return;
   dispatch_float(out.dtype(), op, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    accumulate_partials_kernel<<<grid_size(cols, 256), 256, 0, current_stream()>>>(
+    accumulate_partials_kernel<<<unsigned((cols + kTile - 1) / kTile), dim3{kTile, kTile}, 0, current_stream()>>>(
         partials.data_as<float>(), static_cast<TO*>(out.data()), partials.size(0), cols);
   });
   LRSA_CUDA_CHECK_LAUNCH(op);
@@ -68,7 +83,7 @@ void accumulate_column_sums(const Tensor& x, const Tensor& out) {
   const int64_t rows = x.size(0), cols = x.size(1);
   if (rows == 0 || cols == 0) return;
   const bool vector = cols % kPack == 0 && aligned16(x.data());
-  const int k = vector ? kPack : 1, threads = 128;
+  const int k = vector ? 4 : 1, threads = 128;  // 4 = pack_of<T, float>: the partials are f32
   const int64_t col_blocks = (cols + int64_t(threads) * k - 1) / (int64_t(threads) * k);
   // About four blocks per SM in all; each split sums at least 16 rows.
   int64_t splits = (int64_t(4) * multiprocessor_count() + col_blocks - 1) / col_blocks;
@@ -80,8 +95,11 @@ void accumulate_column_sums(const Tensor& x, const Tensor& out) {
   dispatch_float(x.dtype(), op, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* xp = static_cast<const T*>(x.data());
-    if (vector) column_partials_kernel<kPack><<<grid, threads, 0, current_stream()>>>(xp, partials.data_as<float>(), rows, cols, rows_per);
-    else column_partials_kernel<1><<<grid, threads, 0, current_stream()>>>(xp, partials.data_as<float>(), rows, cols, rows_per);
+    static_assert(pack_of<T, float> == 4);
+    dispatch_pack<T, float>(vector, [&](auto kk) {
+      column_partials_kernel<kk()><<<grid, threads, 0, current_stream()>>>(xp, partials.data_as<float>(), rows, cols,
+                                                                           rows_per);
+    });
   });
   LRSA_CUDA_CHECK_LAUNCH(op);
   accumulate_partials(partials, out);

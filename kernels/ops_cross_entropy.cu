@@ -113,7 +113,7 @@ void cross_entropy(const Tensor& logits, const Tensor& labels, float grad_scale,
     dispatch_float(dtype_d, op, [&](auto* dtag) {
       using TD = std::remove_pointer_t<decltype(dtag)>;
       TD* dp = dlogits == nullptr ? nullptr : static_cast<TD*>(dlogits->data());
-      dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+      dispatch_pack<TL, TD>(vector, [&](auto k) {
         const auto kernel = cross_entropy_kernel<k(), TL, TD>;
         kernel<<<resident_grid(kernel, kCeThreads, 0, rows), kCeThreads, 0, current_stream()>>>(
             static_cast<const TL*>(logits.data()), labels.data_as<int32_t>(), grad_scale, nll.data_as<float>(), dp,

@@ -49,7 +49,7 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
       using TB = std::remove_pointer_t<decltype(btag)>;
       dispatch_float(out.dtype(), op, [&](auto* otag) {
         using TO = std::remove_pointer_t<decltype(otag)>;
-        dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+        dispatch_pack<TA, TB, TO>(vector, [&](auto k) {
           add_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(
               static_cast<const TA*>(a.data()), static_cast<const TB*>(b.data()), static_cast<TO*>(out.data()), n / k());
         });
@@ -68,7 +68,7 @@ void scale_(Tensor& x, float s) {
   const bool vector = packable(n, {x.data()});
   dispatch_float(x.dtype(), op, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+    dispatch_pack<T>(vector, [&](auto k) {
       scale_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(static_cast<T*>(x.data()), s, n / k());
     });
   });

@@ -73,7 +73,7 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
     using TO = std::remove_pointer_t<decltype(otag)>;
     dispatch_float(table.dtype(), op, [&](auto* ttag) {
       using TT = std::remove_pointer_t<decltype(ttag)>;
-      dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+      dispatch_pack<TO, TT>(vector, [&](auto k) {
         embedding_forward_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(
             ids.data_as<int32_t>(), static_cast<const TT*>(table.data()), static_cast<TO*>(out.data()), n / k(), cols);
       });
@@ -116,7 +116,7 @@ void embedding_backward(const Tensor& dout, const Tensor& ids, Tensor& dtable) {
   const int threads = 128;
   dispatch_float(dout.dtype(), op, [&](auto* tag) {
     using TD = std::remove_pointer_t<decltype(tag)>;
-    dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+    dispatch_pack<float, TD>(vector, [&](auto k) {
       const int64_t chunk = int64_t(threads) * k();
       const dim3 grid{unsigned(n), unsigned((cols + chunk - 1) / chunk)};
       embedding_backward_kernel<k()><<<grid, threads, 0, stream>>>(sorted_ids.data_as<int32_t>(),

@@ -251,8 +251,9 @@ void add_bias(Tensor& y, const Tensor& bias) {
       using TB = std::remove_pointer_t<decltype(btag)>;
       TY* yp = static_cast<TY*>(y.data());
       const TB* bp = static_cast<const TB*>(bias.data());
-      if (vector) add_bias_kernel<kPack><<<grid_size(n / kPack, 256), 256, 0, current_stream()>>>(yp, bp, n / kPack, cols);
-      else add_bias_kernel<1><<<grid_size(n, 256), 256, 0, current_stream()>>>(yp, bp, n, cols);
+      dispatch_pack<TY, TB>(vector, [&](auto k) {
+        add_bias_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(yp, bp, n / k(), cols);
+      });
     });
   });
   LRSA_CUDA_CHECK_LAUNCH("add_bias");

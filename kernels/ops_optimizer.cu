@@ -1,8 +1,9 @@
 // Multi-tensor AdamW, the global gradient norm and device sums.
 //
-// A list of tensors is described to the device by a table of slots (pointers, size and the index
-// of the tensor's first chunk of kChunk elements); a block finds the slot of its chunk by binary
-// search, so a whole parameter list is one launch per dtype group and no per-chunk table exists.
+// A list of tensors reaches the device as kernel parameters: batches of up to kSlotsPerLaunch
+// slots (pointers, size and the global index of the tensor's first chunk of kChunk elements); a
+// block finds the slot of its chunk by binary search. A parameter list is thus one launch per
+// dtype group and 64 tensors, with no table to upload and no host synchronization.
 // Reductions are two-stage and deterministic: one fp32 partial per chunk (fixed thread order and
 // block tree), then one block adds the partials in a fixed order in fp64.
 #include <cmath>
@@ -16,7 +17,7 @@ namespace lrsa::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kChunk = 16384;  // elements per chunk: 8 packs of 8 per thread
+constexpr int64_t kChunk = 16384;  // elements per chunk: 16 to 8 packs per thread
 
 struct Slot {
   const void* grad;  // also the input of the sums
@@ -28,30 +29,36 @@ struct Slot {
   int64_t first_chunk;
 };
 
-struct SlotTable {
-  Tensor device;  // the slots, as raw bytes on the device
-  int count = 0;
-  int64_t first_chunk = 0, chunks = 0;
+// 64 slots of 56 bytes: the batch stays under the classic 4 KiB kernel-parameter limit.
+constexpr int kSlotsPerLaunch = 64;
+
+struct SlotBatch {
+  Slot slots[kSlotsPerLaunch];
+  int count;
+  int64_t first_chunk, chunks;  // global index of slots[0]'s first chunk; chunks in the batch
 };
 
-// Numbers the chunks of the slots (continuing at *next_chunk) and copies the table to the device.
-SlotTable upload_slots(std::vector<Slot> slots, int64_t* next_chunk, Device device) {
-  SlotTable table;
-  const int64_t first = *next_chunk;
-  for (Slot& s : slots) {
+// Batches of the slots with their chunks numbered globally from *next_chunk on.
+std::vector<SlotBatch> make_batches(const std::vector<Slot>& slots, int64_t* next_chunk) {
+  std::vector<SlotBatch> batches;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (i % kSlotsPerLaunch == 0) {
+      batches.push_back(SlotBatch{});
+      batches.back().first_chunk = *next_chunk;
+    }
+    SlotBatch& b = batches.back();
+    Slot& s = b.slots[b.count++];
+    s = slots[i];
     s.first_chunk = *next_chunk;
-    *next_chunk += (s.n + kChunk - 1) / kChunk;
+    const int64_t chunks = (s.n + kChunk - 1) / kChunk;
+    *next_chunk += chunks;
+    b.chunks += chunks;
   }
-  table.count = int(slots.size());
-  table.first_chunk = first;
-  table.chunks = *next_chunk - first;
-  table.device = Tensor::empty({int64_t(slots.size() * sizeof(Slot))}, DType::U8, device);
-  memcpy_bytes(table.device.data(), device, slots.data(), Device::cpu(), slots.size() * sizeof(Slot));
-  return table;
+  return batches;
 }
 
 // The slot holding global chunk ci (slots sorted by first_chunk, none empty).
-__device__ __forceinline__ Slot find_slot(const Slot* slots, int count, int64_t ci) {
+__device__ __forceinline__ const Slot& find_slot(const Slot* slots, int count, int64_t ci) {
   int lo = 0, hi = count - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -70,10 +77,9 @@ struct NoParam {};
 
 // Same arithmetic, in the same order, as the CPU implementation (src/ops/optimizer.cpp).
 template <int K, typename TG, typename TP>
-__global__ void __launch_bounds__(kThreads)
-    adamw_kernel(const Slot* slots, int count, int64_t first_chunk, int64_t chunks, AdamWArgs a) {
-  for (int64_t ci = first_chunk + blockIdx.x; ci < first_chunk + chunks; ci += gridDim.x) {
-    const Slot s = find_slot(slots, count, ci);
+__global__ void __launch_bounds__(kThreads) adamw_kernel(const __grid_constant__ SlotBatch batch, AdamWArgs a) {
+  for (int64_t ci = batch.first_chunk + blockIdx.x; ci < batch.first_chunk + batch.chunks; ci += gridDim.x) {
+    const Slot& s = find_slot(batch.slots, batch.count, ci);
     const int64_t begin = (ci - s.first_chunk) * kChunk, end = min(s.n, begin + kChunk);
     for (int64_t i = begin + int64_t(threadIdx.x) * K; i < end; i += int64_t(blockDim.x) * K) {
       float g[K], m[K], v[K], w[K];
@@ -99,10 +105,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // partials[ci] = sum over chunk ci of x (kSquare: x^2), fp32.
 template <int K, bool kSquare, typename T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_sums_kernel(const Slot* slots, int count, int64_t first_chunk, int64_t chunks, float* partials) {
-  for (int64_t ci = first_chunk + blockIdx.x; ci < first_chunk + chunks; ci += gridDim.x) {
-    const Slot s = find_slot(slots, count, ci);
+__global__ void __launch_bounds__(kThreads) chunk_sums_kernel(const __grid_constant__ SlotBatch batch, float* partials) {
+  for (int64_t ci = batch.first_chunk + blockIdx.x; ci < batch.first_chunk + batch.chunks; ci += gridDim.x) {
+    const Slot& s = find_slot(batch.slots, batch.count, ci);
     const int64_t begin = (ci - s.first_chunk) * kChunk, end = min(s.n, begin + kChunk);
     float acc = 0.0f;
     for (int64_t i = begin + int64_t(threadIdx.x) * K; i < end; i += int64_t(blockDim.x) * K) {
@@ -158,20 +163,18 @@ double device_sum(const char* op, const std::vector<Tensor>& tensors) {
   }
   if (groups.empty()) return 0.0;
   use_device(tensors.front());
-  std::vector<SlotTable> tables;
+  std::vector<std::pair<GroupKey, std::vector<SlotBatch>>> launches;
   int64_t chunks = 0;
-  for (auto& [key, slots] : groups) tables.push_back(upload_slots(slots, &chunks, device));
+  for (const auto& [key, slots] : groups) launches.emplace_back(key, make_batches(slots, &chunks));
   Tensor partials = Tensor::empty({chunks}, DType::F32, device);
-  size_t g = 0;
-  for (auto& [key, slots] : groups) {
-    const SlotTable& table = tables[g++];
+  for (const auto& [key, batches] : launches) {
     const bool vector = std::get<2>(key);
     dispatch_float(DType(std::get<0>(key)), op, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
-        chunk_sums_kernel<k(), kSquare, T><<<chunk_grid(table.chunks), kThreads, 0, current_stream()>>>(
-            static_cast<const Slot*>(table.device.data()), table.count, table.first_chunk, table.chunks,
-            partials.data_as<float>());
+      dispatch_pack<T>(vector, [&](auto k) {
+        for (const SlotBatch& batch : batches)
+          chunk_sums_kernel<k(), kSquare, T><<<chunk_grid(batch.chunks), kThreads, 0, current_stream()>>>(
+              batch, partials.data_as<float>());
       });
     });
     LRSA_CUDA_CHECK_LAUNCH(op);
@@ -190,7 +193,6 @@ double device_sum(const char* op, const std::vector<Tensor>& tensors) {
 void adamw_step(const std::vector<ops::AdamWTensors>& tensors, const ops::AdamWConfig& config, float grad_scale) {
   const char* op = "adamw_step";
   std::map<GroupKey, std::vector<Slot>> groups;
-  Device device = Device::cpu();
   for (const ops::AdamWTensors& t : tensors) {
     check_tensor(t.master, op, "master", {DType::F32});
     check_tensor(t.m, op, "m", {DType::F32});
@@ -202,7 +204,6 @@ void adamw_step(const std::vector<ops::AdamWTensors>& tensors, const ops::AdamWC
                "{}: sizes differ: master {}, m {}, v {}, grad {}, param {}", op, t.master.describe(), t.m.describe(),
                t.v.describe(), t.grad.describe(), t.param.describe());
     if (n == 0) continue;
-    device = t.master.device();
     Slot s{t.grad.data(), t.master.data_as<float>(), t.m.data_as<float>(), t.v.data_as<float>(),
            t.param.defined() ? t.param.data() : nullptr, n, 0};
     groups[{int(t.grad.dtype()), t.param.defined() ? int(t.param.dtype()) : -1, slot_packable(s)}].push_back(s);
@@ -218,17 +219,17 @@ void adamw_step(const std::vector<ops::AdamWTensors>& tensors, const ops::AdamWC
   args.bias_correction1 = float(1.0 - std::pow(double(config.beta1), double(config.step)));
   args.bias_correction2 = float(1.0 - std::pow(double(config.beta2), double(config.step)));
   args.grad_scale = grad_scale;
-  int64_t chunks = 0;
-  for (auto& [key, slots] : groups) {
-    const SlotTable table = upload_slots(slots, &chunks, device);
+  int64_t chunks = 0;  // numbering only: AdamW keeps no per-chunk results
+  for (const auto& [key, slots] : groups) {
+    const std::vector<SlotBatch> batches = make_batches(slots, &chunks);
     const auto [grad_dtype, param_dtype, vector] = key;
     dispatch_float(DType(grad_dtype), op, [&](auto* gtag) {
       using TG = std::remove_pointer_t<decltype(gtag)>;
       auto launch = [&](auto* ptag) {
         using TP = std::remove_pointer_t<decltype(ptag)>;
-        dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
-          adamw_kernel<k(), TG, TP><<<chunk_grid(table.chunks), kThreads, 0, current_stream()>>>(
-              static_cast<const Slot*>(table.device.data()), table.count, table.first_chunk, table.chunks, args);
+        dispatch_pack<TG, float, TP>(vector, [&](auto k) {
+          for (const SlotBatch& batch : batches)
+            adamw_kernel<k(), TG, TP><<<chunk_grid(batch.chunks), kThreads, 0, current_stream()>>>(batch, args);
         });
       };
       if (param_dtype < 0) launch(static_cast<NoParam*>(nullptr));

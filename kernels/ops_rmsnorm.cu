@@ -1,5 +1,7 @@
 // RMSNorm forward and backward, fused. A row is owned by one warp (rows of up to 32 * 8 packs:
-// no block barrier per row) or, for longer rows, by one block (grid-stride over rows either way).
+// no block barrier per row) or, for longer rows, by one block of 128 threads (256 beyond 2048
+// packs); grid-stride over rows either way. Few threads per row with several packs each keep
+// many rows' loads in flight per SM, which is what a memory-bound row kernel needs.
 // Each thread keeps its P packs of K columns of the row in registers, so x (and dy) are read from
 // memory once; the row statistic is a warp or block reduction. The weight gradient is summed per
 // thread in registers over all rows its warp/block visits, merged per block in a fixed warp
@@ -27,7 +29,7 @@ struct RowMap {
 
 // Thread `lane` owns packs lane, lane + width, ..., lane + (P - 1) * width (K columns each).
 template <int K, int P, bool kWarpRows, typename T, typename TW>
-__global__ void __launch_bounds__(kWarpRows ? 256 : 1024)
+__global__ void __launch_bounds__(256)
     rmsnorm_forward_kernel(const T* x, const TW* w, T* y, float* rstd, int64_t rows, int cols, float eps) {
   using Map = RowMap<kWarpRows>;
   for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(kWarpRows ? 256 : 1024)
 // dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)); dw += dy * x * rs. dw_partials [gridDim.x,
 // cols]; with kWarpRows the block's warps are merged in shared memory (dynamic, cols floats).
 template <int K, int P, bool kWarpRows, typename T, typename TW>
-__global__ void __launch_bounds__(kWarpRows ? 256 : 1024)
+__global__ void __launch_bounds__(256)
     rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, T* dx, float* dw_partials,
                             int64_t rows, int cols) {
   using Map = RowMap<kWarpRows>;
@@ -135,28 +137,34 @@ struct RowLaunch {
   int threads;
 };
 
+constexpr int kMaxBlockPasses = 16;
+
 RowLaunch row_launch(const char* op, int64_t cols, bool vector) {
   const int k = vector ? kPack : 1;
   const int64_t packs = (cols + k - 1) / k;
   int passes = 1;
-  if (packs <= 32 * 8) {  // a warp per row, 8 rows per block
+  if (packs <= 32 * 8) {  // a warp per row, 8 rows per block: passes 1, 2, 4 or 8
     while (int64_t(passes) * 32 < packs) passes *= 2;
     return {k, passes, true, 256};
   }
-  while (passes < 8 && packs > int64_t(passes) * 1024) passes *= 2;
-  LRSA_CHECK(packs <= int64_t(passes) * 1024, "{}: rows of {} columns are too long (at most {})", op, cols,
-             int64_t(8) * 1024 * k);
-  const int64_t per_pass = (packs + passes - 1) / passes;
-  return {k, passes, false, int((per_pass + 31) / 32 * 32)};
+  // A block per row: 128 threads with 4, 8 or 16 passes, or 256 threads with 16.
+  LRSA_CHECK(packs <= int64_t(256) * kMaxBlockPasses, "{}: rows of {} columns are too long (at most {})", op,
+             cols, int64_t(256) * kMaxBlockPasses * k);
+  const int threads = packs <= int64_t(128) * kMaxBlockPasses ? 128 : 256;
+  passes = 4;
+  while (int64_t(passes) * threads < packs) passes *= 2;
+  return {k, passes, false, threads};
 }
 
 // Calls fn(K, P, warp_rows) (as integral constants) for the launch shape.
 template <typename Fn>
 void dispatch_row_launch(const RowLaunch& launch, Fn&& fn) {
   dispatch_int<kPack, 1>(launch.k, "vector width", [&](auto k) {
-    dispatch_int<1, 2, 4, 8>(launch.passes, "passes", [&](auto passes) {
-      dispatch_int<1, 0>(int(launch.warp_rows), "warp rows", [&](auto warp_rows) { fn(k, passes, warp_rows); });
-    });
+    if (launch.warp_rows) {
+      dispatch_int<1, 2, 4, 8>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::true_type{}); });
+    } else {
+      dispatch_int<4, 8, kMaxBlockPasses>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::false_type{}); });
+    }
   });
 }
 
@@ -187,7 +195,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
     dispatch_float(w.dtype(), op, [&](auto* wtag) {
       using TW = std::remove_pointer_t<decltype(wtag)>;
       dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
-        const auto kernel = rmsnorm_forward_kernel<k(), passes(), bool(warp_rows()), T, TW>;
+        const auto kernel = rmsnorm_forward_kernel<k(), passes(), warp_rows(), T, TW>;
         kernel<<<row_grid(kernel, launch, rows, 0), launch.threads, 0, current_stream()>>>(
             static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()), static_cast<T*>(y.data()),
             rstd.data_as<float>(), rows, int(cols), eps);
@@ -220,7 +228,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     dispatch_float(w.dtype(), op, [&](auto* wtag) {
       using TW = std::remove_pointer_t<decltype(wtag)>;
       dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
-        const auto kernel = rmsnorm_backward_kernel<k(), passes(), bool(warp_rows()), T, TW>;
+        const auto kernel = rmsnorm_backward_kernel<k(), passes(), warp_rows(), T, TW>;
         const unsigned grid = row_grid(kernel, launch, rows, smem);
         partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
         kernel<<<grid, launch.threads, smem, current_stream()>>>(

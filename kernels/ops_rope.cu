@@ -1,11 +1,15 @@
 // Rotary position embedding in place ("rotate half"). A thread owns one token and K adjacent
 // frequencies: it computes their K angles once (fp32, as the contract says) and applies them to
-// that token's every head, reading x[..., i .. i+K) and x[..., i+D/2 .. i+D/2+K) as 16-byte packs.
+// that token's every head, reading x[..., i .. i+K) and x[..., i+D/2 .. i+D/2+K) as 8-byte packs
+// (half a 16-byte pack: twice the threads per token, and few enough registers that many threads
+// are resident, each with its head group's loads in flight).
 #include "cuda_common.cuh"
 #include "lrsa/ops/cuda_ops.h"
 
 namespace lrsa::cuda {
 namespace {
+
+constexpr int kHeadGroup = 4;
 
 // x [T, H, D] with token stride token_stride (elements; the last two dimensions contiguous).
 // sin_sign = -1 rotates by -angle (the backward).
@@ -26,18 +30,30 @@ __global__ void rope_kernel(T* x, const int32_t* positions, const float* inv_fre
       sinv[j] *= sin_sign;
     }
     T* row = x + t * token_stride + i0;
-    for (int h = 0; h < heads; ++h) {
-      T* lo = row + int64_t(h) * head_dim;
-      float a[K], b[K], out_a[K], out_b[K];
-      load_floats<K>(lo, a);
-      load_floats<K>(lo + half, b);
+    // Heads in groups of kHeadGroup: the group's loads are all issued before its first store, so
+    // a thread keeps 2 * kHeadGroup accesses in flight.
+    for (int h0 = 0; h0 < heads; h0 += kHeadGroup) {
+      float a[kHeadGroup][K], b[kHeadGroup][K];
 #pragma unroll
-      for (int j = 0; j < K; ++j) {
-        out_a[j] = a[j] * cosv[j] - b[j] * sinv[j];
-        out_b[j] = b[j] * cosv[j] + a[j] * sinv[j];
+      for (int u = 0; u < kHeadGroup; ++u) {
+        if (h0 + u < heads) {
+          load_floats<K>(row + int64_t(h0 + u) * head_dim, a[u]);
+          load_floats<K>(row + int64_t(h0 + u) * head_dim + half, b[u]);
+        }
       }
-      store_floats<K>(lo, out_a);
-      store_floats<K>(lo + half, out_b);
+#pragma unroll
+      for (int u = 0; u < kHeadGroup; ++u) {
+        if (h0 + u < heads) {
+          float out_a[K], out_b[K];
+#pragma unroll
+          for (int j = 0; j < K; ++j) {
+            out_a[j] = a[u][j] * cosv[j] - b[u][j] * sinv[j];
+            out_b[j] = b[u][j] * cosv[j] + a[u][j] * sinv[j];
+          }
+          store_floats<K>(row + int64_t(h0 + u) * head_dim, out_a);
+          store_floats<K>(row + int64_t(h0 + u) * head_dim + half, out_b);
+        }
+      }
     }
   }
 }
@@ -60,13 +76,15 @@ void rope_apply(Tensor& x, const Tensor& positions, const Tensor& inv_freq, bool
              inv_freq.describe());
   const int64_t half = head_dim / 2, token_stride = x.stride(0);
   if (tokens == 0 || heads == 0 || half == 0) return;
-  // 16-byte packs need every row start and both halves aligned: half % K == 0 and aligned strides.
+  // Packs need every row start and both halves aligned: half % K == 0 and aligned strides (checked
+  // for 16-byte packs, which covers the 8-byte ones).
   const bool vector = half % kPack == 0 && (token_stride * int64_t(x.element_size())) % 16 == 0 &&
                       aligned16(x.data()) && aligned16(inv_freq.data());
   const float sin_sign = inverse ? -1.0f : 1.0f;
   dispatch_float(x.dtype(), op, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+    constexpr int kHalfPack = 8 / int(sizeof(T));
+    dispatch_int<kHalfPack, 1>(vector ? kHalfPack : 1, "vector width", [&](auto k) {
       const int64_t items = tokens * (half / k());
       rope_kernel<k()><<<grid_size(items, 256), 256, 0, current_stream()>>>(
           static_cast<T*>(x.data()), positions.data_as<int32_t>(), inv_freq.data_as<float>(), tokens, int(heads),

@@ -67,7 +67,7 @@ void swiglu_forward(const Tensor& gate_up, Tensor& h) {
   const bool vector = width % kPack == 0 && packable(n, {gate_up.data(), h.data()});
   dispatch_float(h.dtype(), op, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+    dispatch_pack<T>(vector, [&](auto k) {
       swiglu_forward_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(
           static_cast<const T*>(gate_up.data()), static_cast<T*>(h.data()), n / k(), width);
     });
@@ -88,7 +88,7 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate_up, Tensor& dgate_up) 
   const bool vector = width % kPack == 0 && packable(n, {dh.data(), gate_up.data(), dgate_up.data()});
   dispatch_float(dh.dtype(), op, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    dispatch_int<kPack, 1>(vector ? kPack : 1, "vector width", [&](auto k) {
+    dispatch_pack<T>(vector, [&](auto k) {
       swiglu_backward_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(
           static_cast<const T*>(dh.data()), static_cast<const T*>(gate_up.data()), static_cast<T*>(dgate_up.data()),
           n / k(), width);
