@@ -90,6 +90,7 @@ const BwdTile* WorkTables::bwd_comp() const {
   return reinterpret_cast<const BwdTile*>(device.data_as<int32_t>() + comp_off);
 }
 const int* WorkTables::part_start() const { return device.data_as<int32_t>() + part_off; }
+const int* WorkTables::slot_first() const { return device.data_as<int32_t>() + slot_off; }
 
 namespace {
 
@@ -107,6 +108,7 @@ WorkTables upload_tables(const WorkPlan& plan, Device device) {
   w.n_bwd_raw = int(plan.raw.size());
   w.n_bwd_comp = int(plan.comp.size());
   w.n_parts = int(plan.part_start.size());
+  w.n_slots = plan.slots();
   std::vector<int64_t> flat;
   auto append = [&flat](const int* p, size_t n) {
     const int64_t off = int64_t(flat.size());
@@ -119,6 +121,7 @@ WorkTables upload_tables(const WorkPlan& plan, Device device) {
   w.raw_off = append(reinterpret_cast<const int*>(plan.raw.data()), plan.raw.size() * kBwdInts);
   w.comp_off = append(reinterpret_cast<const int*>(plan.comp.data()), plan.comp.size() * kBwdInts);
   w.part_off = append(plan.part_start.data(), plan.part_start.size());
+  w.slot_off = append(plan.slot_first.data(), plan.slot_first.size());
   w.device = Tensor::from_ints(flat, {int64_t(flat.size())}, DType::I32, device);
   return w;
 }

@@ -1,7 +1,9 @@
 #pragma once
-// Shared pieces of the CUDA attention kernels (kernels/attn_*.cu): tile shapes, the host-built
-// work tables, PTX wrappers (cp.async, ldmatrix, mma.sync m16n8k16 bf16), the swizzled shared
-// memory layout, and the host helpers that validate tensors and convert f32 inputs to bf16.
+// Shared pieces of the CUDA attention kernels (kernels/attn_*.cu): PTX wrappers (cp.async,
+// ldmatrix, mma.sync m16n8k16 bf16), the swizzled shared-memory layout, the warp-level MMA
+// building blocks, the key loop of the forward and dQ kernels, and the host helpers (argument
+// checks, f32 -> bf16, gather of the selected rows, the device copy of the work plan of
+// attn_plan.h).
 //
 // Fragment layouts of mma.sync.m16n8k16 (g = lane / 4, c = lane % 4), used throughout:
 //   A (16x16, row):  a0 = (g, 2c..2c+1)  a1 = (g+8, 2c..)  a2 = (g, 2c+8..)  a3 = (g+8, 2c+8..)
@@ -315,13 +317,14 @@ Compact gather_selected(const Tensor& k, const Tensor& v, const attn::LrsaSelect
 
 // The plan of one batch layout on the device, uploaded once and cached per layout.
 struct WorkTables {
-  int n_fwd = 0, n_bwd_raw = 0, n_bwd_comp = 0, n_parts = 0;
+  int n_fwd = 0, n_bwd_raw = 0, n_bwd_comp = 0, n_parts = 0, n_slots = 0;
   Tensor device;  // i32, the tables back to back
   const FwdTile* fwd() const;
   const BwdTile* bwd_raw() const;
   const BwdTile* bwd_comp() const;
   const int* part_start() const;  // [n_parts] first row of each selectable partition
-  int64_t fwd_off = 0, raw_off = 0, comp_off = 0, part_off = 0;  // in i32 units
+  const int* slot_first() const;  // [compact blocks + 1] partial-sum slots of each compact block
+  int64_t fwd_off = 0, raw_off = 0, comp_off = 0, part_off = 0, slot_off = 0;  // in i32 units
 };
 const WorkTables& work_tables(const attn::AttentionConfig& config, const attn::SeqLayout& layout, Device device);
 

@@ -8,9 +8,10 @@
 //      a [T, Hq, D] accumulator (fast, order not deterministic), or left to pass 3.
 //   3. deterministic mode: flash_dq_kernel, shaped like the forward (a query tile walks its
 //      visible keys), accumulates dQ in registers; no atomics anywhere.
-// LRSA: the compacted blocks run first and leave dKc/dVc (f32, [Hk, rows, D]); the raw blocks'
-// epilogue adds them to the original rows (each selected row has exactly one compact row, found
-// through an inverse map), so gradients from both paths meet without atomics.
+// LRSA: the compacted blocks run first, each (block, query chunk) leaving its partial dK/dV in a
+// slot (f32, [Hk, slots, kBlockN, D]; attn_plan.h); the raw blocks' epilogue adds a selected
+// row's slots, in slot order, to its raw gradient (each selected row has exactly one compact row,
+// found through an inverse map), so gradients from both paths meet without atomics.
 //
 // Per warp (16 keys) in the main kernel, with the query tile Q, dO in shared memory:
 //   S^T = K Q^T,  P^T = exp2(S^T * scale*log2e - lse*log2e),  dV += P^T dO,
@@ -78,9 +79,11 @@ struct BwdArgs {
   void* dk;            // raw blocks: [T, Hk, D] Out
   void* dv;
   int64_t dk_stride, dv_stride;
-  const int* inv;  // [Hk, T] or null (no compacted history)
-  float* dkc;      // [Hk, comp rows, D]
-  float* dvc;
+  const int* inv;         // [Hk, T] or null (no compacted history)
+  float* part_dk;         // [Hk, slots, kBlockN, D] partial sums of the compact blocks
+  float* part_dv;
+  const int* slot_first;  // [compact blocks + 1]
+  int slots, kept;
   const BwdTile* tiles;
   int T, Hq, Hk, group;
   float scale, scale_log2;
@@ -227,40 +230,48 @@ __global__ void __launch_bounds__(kThreads, 2) flash_backward_kernel(const BwdAr
   }
   cp_async_wait<0>();  // a block no query sees (steps == 0) still has its K/V copy in flight
 
-  // Epilogue: dK = scale * (dS^T Q), dV; compact blocks leave f32 for the raw epilogue.
+  // Epilogue: dK = scale * (dS^T Q), dV. Compact blocks leave f32 partial sums in their slot;
+  // raw blocks add the slots of their selected rows and write the output dtype.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int key = key0 + g + 8 * i;
     if (key >= key_rows) continue;
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d) {
+      dk[d][2 * i] *= a.scale;
+      dk[d][2 * i + 1] *= a.scale;
+    }
     if constexpr (kCompact) {
-      float* dkp = a.dkc + (int64_t(hk) * a.kv.comp_rows + t.k0 + key) * D + 2 * c;
-      float* dvp = a.dvc + (int64_t(hk) * a.kv.comp_rows + t.k0 + key) * D + 2 * c;
+      const int64_t off = ((int64_t(hk) * a.slots + t.slot) * kBlockN + key) * D + 2 * c;
 #pragma unroll
       for (int d = 0; d < D / 8; ++d) {
-        store2(dkp + 8 * d, dk[d][2 * i] * a.scale, dk[d][2 * i + 1] * a.scale);
-        store2(dvp + 8 * d, dv[d][2 * i], dv[d][2 * i + 1]);
+        store2(a.part_dk + off + 8 * d, dk[d][2 * i], dk[d][2 * i + 1]);
+        store2(a.part_dv + off + 8 * d, dv[d][2 * i], dv[d][2 * i + 1]);
       }
     } else {
       const int row = t.k0 + key;
       const int ci = a.inv != nullptr ? a.inv[int64_t(hk) * a.T + row] : -1;
-      const float* ck = ci >= 0 ? a.dkc + (int64_t(hk) * a.kv.comp_rows + ci) * D + 2 * c : nullptr;
-      const float* cv = ci >= 0 ? a.dvc + (int64_t(hk) * a.kv.comp_rows + ci) * D + 2 * c : nullptr;
+      if (ci >= 0) {
+        const int block = compact_block_of(ci, a.kept), r = compact_row_in_block(ci, a.kept);
+        for (int slot = a.slot_first[block]; slot < a.slot_first[block + 1]; ++slot) {
+          const int64_t off = ((int64_t(hk) * a.slots + slot) * kBlockN + r) * D + 2 * c;
+#pragma unroll
+          for (int d = 0; d < D / 8; ++d) {
+            const float2 xk = *reinterpret_cast<const float2*>(a.part_dk + off + 8 * d);
+            const float2 xv = *reinterpret_cast<const float2*>(a.part_dv + off + 8 * d);
+            dk[d][2 * i] += xk.x;
+            dk[d][2 * i + 1] += xk.y;
+            dv[d][2 * i] += xv.x;
+            dv[d][2 * i + 1] += xv.y;
+          }
+        }
+      }
       Out* dkp = static_cast<Out*>(a.dk) + int64_t(row) * a.dk_stride + int64_t(hk) * D + 2 * c;
       Out* dvp = static_cast<Out*>(a.dv) + int64_t(row) * a.dv_stride + int64_t(hk) * D + 2 * c;
 #pragma unroll
       for (int d = 0; d < D / 8; ++d) {
-        float k0 = dk[d][2 * i] * a.scale, k1 = dk[d][2 * i + 1] * a.scale;
-        float v0 = dv[d][2 * i], v1 = dv[d][2 * i + 1];
-        if (ci >= 0) {
-          const float2 xk = *reinterpret_cast<const float2*>(ck + 8 * d);
-          const float2 xv = *reinterpret_cast<const float2*>(cv + 8 * d);
-          k0 += xk.x;
-          k1 += xk.y;
-          v0 += xv.x;
-          v1 += xv.y;
-        }
-        store2(dkp + 8 * d, k0, k1);
-        store2(dvp + 8 * d, v0, v1);
+        store2(dkp + 8 * d, dk[d][2 * i], dk[d][2 * i + 1]);
+        store2(dvp + 8 * d, dv[d][2 * i], dv[d][2 * i + 1]);
       }
     }
   }
@@ -415,15 +426,15 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
                            ? gather_selected(kb, vb, saved.selection, config.lrsa.kept())
                            : Compact{};
   const bool has_compact = comp.rows > 0;
-  Tensor inv, dkc, dvc;
+  Tensor inv, part_dk, part_dv;
   if (has_compact) {
     inv = Tensor::empty({Hk, T}, DType::I32, q.device());
     fill(inv, -1.0);
     inverse_map_kernel<<<grid_size(Hk * comp.rows, 256), 256, 0, current_stream()>>>(
         saved.selection.indices.data_as<int32_t>(), comp.rows, int(Hk), int(T), inv.data_as<int32_t>());
     LRSA_CUDA_CHECK_LAUNCH("flash_backward: inverse map");
-    dkc = Tensor::empty({Hk, comp.rows, D}, DType::F32, q.device());
-    dvc = Tensor::empty({Hk, comp.rows, D}, DType::F32, q.device());
+    part_dk = Tensor::empty({Hk, tables.n_slots, kBlockN, D}, DType::F32, q.device());
+    part_dv = Tensor::empty({Hk, tables.n_slots, kBlockN, D}, DType::F32, q.device());
   }
   Tensor dq_acc;
   if (!config.deterministic) {
@@ -453,8 +464,11 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
   a.dk_stride = row_stride(dk);
   a.dv_stride = row_stride(dv);
   a.inv = has_compact ? inv.data_as<int32_t>() : nullptr;
-  a.dkc = has_compact ? dkc.data_as<float>() : nullptr;
-  a.dvc = has_compact ? dvc.data_as<float>() : nullptr;
+  a.part_dk = part_dk.defined() ? part_dk.data_as<float>() : nullptr;
+  a.part_dv = part_dv.defined() ? part_dv.data_as<float>() : nullptr;
+  a.slot_first = tables.slot_first();
+  a.slots = tables.n_slots;
+  a.kept = int(config.lrsa.kept());
   a.T = int(T);
   a.Hq = int(Hq);
   a.Hk = int(Hk);

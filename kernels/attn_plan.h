@@ -12,7 +12,11 @@
 //     sink-region tiles: raw [doc start, tile), causal.
 //   backward raw key block of partition p: queries [block start, end of partition p + 1);
 //     sink (and dense) blocks: every later query of the document.
-//   backward compacted block (<= 64 selected rows of partition p): queries of partitions >= p + 2.
+//   backward compacted block (<= 64 selected rows of partition p): queries of partitions >= p + 2,
+//     split into at most kCompactChunks chunks of whole partitions. Early partitions' blocks are
+//     seen by almost every query: unsplit, their CTAs would run long after all others finish.
+//     Each chunk writes its partial dK/dV to its own slot; the raw blocks' epilogue sums a
+//     row's slots in slot order (deterministic, no atomics).
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -47,10 +51,21 @@ struct alignas(16) FwdTile {
 
 // One backward work item: at most kBlockN keys and the queries [q0, q1) that see them. Raw
 // blocks: keys are absolute rows [k0, k1), causal against the queries. Compact blocks: keys
-// are compact rows [k0, k1) of one partition, seen whole by every query of the range.
+// are compact rows [k0, k1) of one partition, seen whole by every query of the range; their
+// partial dK/dV go to partial-sum slot `slot`.
 struct alignas(16) BwdTile {
-  int k0, k1, q0, q1;
+  int k0, k1, q0, q1, slot, unused[3];
 };
+
+// Compact key blocks are partition-aligned: a partition's K rows form ceil(K / kBlockN) blocks.
+// Block id (over all partitions, in order) and row within the block of compact row ci.
+constexpr int kCompactChunks = 8;
+LRSA_ATTN_HD int compact_blocks_per_part(int K) { return (K + kBlockN - 1) / kBlockN; }
+LRSA_ATTN_HD int compact_block_of(int ci, int K) {
+  const int part = ci / K;
+  return part * compact_blocks_per_part(K) + (ci - part * K) / kBlockN;
+}
+LRSA_ATTN_HD int compact_row_in_block(int ci, int K) { return (ci % K) % kBlockN; }
 
 // The key blocks of a forward tile: its three ranges in blocks of kBlockN, as one sequence.
 struct KeyBlocks {
@@ -108,11 +123,14 @@ LRSA_ATTN_HD bool bwd_visible(bool compact, int k0, int key, int key_rows, int q
 
 // The work items of one call: forward / dQ-pass query tiles, backward raw and compacted key
 // blocks (each list heaviest first: the grid runs in order, so long items do not trail at the
-// end), and the first row of each selectable partition (selection).
+// end), the first row of each selectable partition (selection), and the partial-sum slots of
+// the compact blocks: block b owns slots [slot_first[b], slot_first[b + 1]).
 struct WorkPlan {
   std::vector<FwdTile> fwd;
   std::vector<BwdTile> raw, comp;
   std::vector<int> part_start;
+  std::vector<int> slot_first{0};
+  int slots() const { return slot_first.back(); }
 };
 
 inline WorkPlan plan_work(const attn::AttentionConfig& config, const std::vector<int64_t>& cu_seqlens) {
@@ -142,17 +160,22 @@ inline WorkPlan plan_work(const attn::AttentionConfig& config, const std::vector
     for (int64_t m0 = 0; m0 < split; m0 += kBlockM) query_tile(m0, split);
     for (int64_t m0 = split; m0 < N; m0 += kBlockM) query_tile(m0, N);
     for (int64_t j0 = 0; j0 < split; j0 += kBlockN)
-      w.raw.push_back({i32(ds + j0), i32(ds + std::min(j0 + kBlockN, split)), i32(ds + j0), i32(ds + N)});
+      w.raw.push_back({i32(ds + j0), i32(ds + std::min(j0 + kBlockN, split)), i32(ds + j0), i32(ds + N), 0, {0, 0, 0}});
     for (int64_t j0 = split; j0 < N; j0 += kBlockN) {
       const int64_t q_end = lrsa ? std::min(S + ((j0 - S) / L + 2) * L, N) : N;
-      w.raw.push_back({i32(ds + j0), i32(ds + std::min(j0 + kBlockN, N)), i32(ds + j0), i32(ds + q_end)});
+      w.raw.push_back({i32(ds + j0), i32(ds + std::min(j0 + kBlockN, N)), i32(ds + j0), i32(ds + q_end), 0, {0, 0, 0}});
     }
     const int64_t parts = lrsa ? attn::selectable_partitions(N, config.lrsa) : 0;
+    const int64_t chunk = L * std::max<int64_t>(1, (parts + 2 + kCompactChunks - 1) / kCompactChunks);
     for (int64_t p = 0; p < parts; ++p) {
       w.part_start.push_back(i32(ds + S + p * L));
-      for (int64_t i0 = 0; i0 < K; i0 += kBlockN)
-        w.comp.push_back({i32((po + p) * K + i0), i32((po + p) * K + std::min(i0 + kBlockN, K)),
-                          i32(ds + S + (p + 2) * L), i32(ds + N)});
+      for (int64_t i0 = 0; i0 < K; i0 += kBlockN) {
+        int slot = w.slot_first.back();
+        for (int64_t a = S + (p + 2) * L; a < N; a += chunk)
+          w.comp.push_back({i32((po + p) * K + i0), i32((po + p) * K + std::min(i0 + kBlockN, K)), i32(ds + a),
+                            i32(ds + std::min(a + chunk, N)), slot++, {0, 0, 0}});
+        w.slot_first.push_back(slot);
+      }
     }
     po += parts;
   }

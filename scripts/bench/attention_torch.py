@@ -132,11 +132,17 @@ def sdpa_flash_dense(group):
 
 def flex_lrsa(selected, T, Hq, sink, lag, group, device):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    import torch._functorch.config as functorch_config
+    # measure() runs autograd.grad repeatedly on one retained graph; a compiled backward that
+    # donates its saved buffers refuses that (PyTorch >= 2.6 "donated buffer" error).
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
     mask_mod = lrsa_mask_fn(selected, sink, lag, group)
-    try:  # compiled mask construction: never materializes [Hq, T, T]
+    # Compiled mask construction never materializes [Hq, T, T]; PyTorch 2.5 spelled it _compile.
+    try:
+        block_mask = torch.compile(create_block_mask)(mask_mod, None, Hq, T, T, device=device)
+    except Exception:  # noqa: BLE001 - older PyTorch cannot compile create_block_mask itself
         block_mask = create_block_mask(mask_mod, None, Hq, T, T, device=device, _compile=True)
-    except TypeError:
-        block_mask = create_block_mask(mask_mod, None, Hq, T, T, device=device)
     compiled = torch.compile(flex_attention)
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
 

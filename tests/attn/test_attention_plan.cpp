@@ -1,8 +1,9 @@
 // The CUDA attention kernels' work plan (kernels/attn_plan.h), checked on the host: walking the
 // plan exactly as the kernels do (key blocks, per-warp mask decisions, per-element masks), every
 // query must meet exactly the keys the spec's visibility rule admits, once each, in the forward
-// (and dQ pass) and in the backward (raw plus compacted key blocks); every raw key row and every
-// compact row is owned by exactly one backward block; padding is never left unmasked.
+// (and dQ pass) and in the backward (raw plus compacted key blocks); every raw key row is owned
+// by exactly one backward block, every compact item by its own partial-sum slot of its block;
+// padding is never left unmasked.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -106,16 +107,29 @@ TEST_CASE("CUDA work plan: every query meets exactly its visible keys", "[attn]"
     const Walk w = walk(plan, T, compact_row_to_key);
     CHECK(w.padding == 0);
 
-    std::vector<int> query_owner(size_t(T), 0), key_owner(size_t(T), 0), compact_owner(compact_row_to_key.size(), 0);
+    std::vector<int> query_owner(size_t(T), 0), key_owner(size_t(T), 0);
     for (const FwdTile& t : plan.fwd)
       for (int q = t.q0; q < t.q1; ++q) ++query_owner[size_t(q)];
     for (const BwdTile& t : plan.raw)
       for (int k = t.k0; k < t.k1; ++k) ++key_owner[size_t(k)];
-    for (const BwdTile& t : plan.comp)
-      for (int k = t.k0; k < t.k1; ++k) ++compact_owner[size_t(k)];
     CHECK(std::count(query_owner.begin(), query_owner.end(), 1) == T);
     CHECK(std::count(key_owner.begin(), key_owner.end(), 1) == T);
-    CHECK(std::count(compact_owner.begin(), compact_owner.end(), 1) == int64_t(compact_row_to_key.size()));
+
+    // Partial-sum slots: each compact item writes its own slot, one of its block's, and a
+    // compact row's position in its block is where the item holding it writes that row.
+    const int64_t blocks = lrsa ? int64_t(compact_row_to_key.size()) / K * compact_blocks_per_part(int(K)) : 0;
+    REQUIRE(int64_t(plan.slot_first.size()) == blocks + 1);
+    std::vector<int> slot_owner(size_t(plan.slots()), 0);
+    int64_t misplaced = 0;
+    for (const BwdTile& t : plan.comp) {
+      const int block = compact_block_of(t.k0, int(K));
+      ++slot_owner[size_t(t.slot)];
+      misplaced += t.slot < plan.slot_first[size_t(block)] || t.slot >= plan.slot_first[size_t(block) + 1];
+      for (int k = t.k0; k < t.k1; ++k)
+        misplaced += compact_block_of(k, int(K)) != block || compact_row_in_block(k, int(K)) != k - t.k0;
+    }
+    CHECK(misplaced == 0);
+    CHECK(std::count(slot_owner.begin(), slot_owner.end(), 1) == plan.slots());
 
     int64_t wrong_fwd = 0, wrong_bwd = 0;
     for (size_t b = 0; b + 1 < cu.size(); ++b) {
@@ -151,5 +165,22 @@ TEST_CASE("CUDA work plan: heaviest items first, partitions listed for selection
   CHECK(plan.part_start[0] == 16);
   CHECK(plan.part_start[5] == 16 + 5 * 128);
   CHECK(plan.part_start[6] == 1000 + 16);
-  CHECK(plan.comp.size() == 10 * 1);  // K = 32 rows: one block per partition
+  // K = 32 rows: one block per partition. Queries of a partition-p block: partitions p + 2 ..;
+  // chunks of ceil((selectable + 2) / kCompactChunks) = 1 partition: 1000 - 16 tokens hold 7 whole
+  // partitions and 88 more rows (the 8th, partial), so p = 0 has 6 chunks, p = 5 one.
+  REQUIRE(plan.slot_first.size() == 11);
+  CHECK(plan.slot_first[1] - plan.slot_first[0] == 6);
+  CHECK(plan.slot_first[6] - plan.slot_first[5] == 1);
+}
+
+TEST_CASE("CUDA work plan: long documents split the compact blocks' queries", "[attn]") {
+  // 128K tokens, L = 1024: 126 selectable partitions; chunks of 16 partitions keep every
+  // compact item at most 16K queries long, 8 items for the earliest blocks.
+  const attn::AttentionConfig config = test::lrsa_config(16, 1024, 0.25);
+  const WorkPlan plan = plan_work(config, {0, 131072});
+  int longest = 0;
+  for (const BwdTile& t : plan.comp) longest = std::max(longest, t.q1 - t.q0);
+  CHECK(longest == 16 * 1024);
+  CHECK(plan.slot_first[1] - plan.slot_first[0] == 8);
+  CHECK(plan.slots() < 4 * 126 * 8);
 }
