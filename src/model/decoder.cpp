@@ -206,8 +206,10 @@ LossSums Decoder::forward_backward(const TokenBatch& batch, float grad_scale) {
     }
     dx = layer_backward(l, batch, acts[l], dx);
     acts[l] = LayerActs{};  // free as we go: peak memory is the forward's
+    if (grads_ready_) grads_ready_(int64_t(l));
   }
   ops::embedding_backward(dx, batch.ids, grads_.embed);
+  if (grads_ready_) grads_ready_(kNonLayerGrads);
   return {loss.loss_sum, loss.tokens};
 }
 

@@ -7,6 +7,7 @@
 // in fp32. No T x T tensor exists anywhere. Shapes: T tokens of one packed micro-batch, C hidden,
 // F intermediate, Hq/Hk heads of D dims, V vocabulary.
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "lrsa/attn/attention.h"
@@ -62,6 +63,13 @@ class Decoder {
   // grads() (so micro-batches accumulate; grad_scale = 1 / trained tokens of the global batch).
   LossSums forward_backward(const TokenBatch& batch, float grad_scale);
 
+  // Called during forward_backward as gradients become final for this micro-batch: with the
+  // layer index after each layer's backward (layers finish in reverse order), then with
+  // kNonLayerGrads once the embedding, final norm and lm_head gradients are complete. Lets data
+  // parallelism reduce a layer's gradients while the layers below it are still computing.
+  static constexpr int64_t kNonLayerGrads = -1;
+  void set_grads_ready_callback(std::function<void(int64_t layer)> callback) { grads_ready_ = std::move(callback); }
+
   // Forward only. nll_out (optional, [T] f32 on the device) receives every position's nll.
   LossSums forward_loss(const TokenBatch& batch, Tensor* nll_out = nullptr);
 
@@ -80,6 +88,7 @@ class Decoder {
   Device device_;
   ParamSet params_, grads_;
   Tensor inv_freq_;  // [D/2] f32 on device
+  std::function<void(int64_t)> grads_ready_;
 };
 
 // Predicted device memory of training, printed before training starts.
