@@ -11,6 +11,7 @@ set(LRSA_TEST_LAYER_DEPS_attn lrsa_attn)
 set(LRSA_TEST_LAYER_DEPS_data lrsa_data)
 set(LRSA_TEST_LAYER_DEPS_model lrsa_model)
 set(LRSA_TEST_LAYER_DEPS_train lrsa_train)
+set(LRSA_TEST_LAYER_DEPS_infer lrsa_infer)
 
 file(GLOB LRSA_TEST_SUPPORT CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/support/*.cpp)
 foreach(layer core ops attn data model train dist infer)

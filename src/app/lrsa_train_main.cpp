@@ -1,4 +1,4 @@
-// lrsa-train: the command users run. Subcommands: train, eval, export, make-data, tokenize.
+// lrsa-train: the command users run. Subcommands: train, eval, eval-qa, export, make-data, tokenize.
 // Exit codes: 0 success, 1 runtime error, 2 usage or configuration error, 130 interrupted.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -10,6 +10,7 @@
 
 #include "lrsa/data/synthetic.h"
 #include "lrsa/data/tokenizer.h"
+#include "lrsa/infer/eval_qa.h"
 #include "lrsa/model/hf_export.h"
 #include "lrsa/train/config.h"
 #include "lrsa/train/trainer.h"
@@ -80,6 +81,21 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--weights", eval_weights, "checkpoint or HF directory to evaluate (default: the config's model)");
   eval_cmd->add_option("--per-token-out", per_token_out, "write {\"index\", \"nll\": [...]} per sample (JSONL)");
 
+  ConfigArgs qa_args;
+  infer::EvalQaOptions qa;
+  std::string qa_weights, qa_out, qa_ratios = "dense,0.5,0.25,0.125", qa_prefill = "whole";
+  CLI::App* qa_cmd = app.add_subcommand("eval-qa", "QA accuracy with greedy generation through the (LagKV) KV cache");
+  qa_args.add_to(qa_cmd);
+  qa_cmd->add_option("--weights", qa_weights, "checkpoint or HF directory (default: newest valid checkpoint, else the config's model)");
+  qa_cmd->add_option("--data", qa.data, "QA JSONL file (default: data.eval)");
+  qa_cmd->add_option("--ratios", qa_ratios, "comma-separated cache settings: 'dense' or a kept ratio in (0, 1]");
+  qa_cmd->add_option("--max-new-tokens", qa.max_new_tokens, "generated tokens per answer at most")->check(CLI::PositiveNumber);
+  qa_cmd->add_option("--max-samples", qa.max_samples, "evaluate the first N samples (default: eval.max_samples)");
+  qa_cmd->add_option("--batch", qa.batch, "prompts generated together")->check(CLI::PositiveNumber);
+  qa_cmd->add_option("--prefill", qa_prefill, "whole (one forward pass) or chunked (the spec's chunk-by-chunk reference)")
+      ->check(CLI::IsMember({"whole", "chunked"}));
+  qa_cmd->add_option("--out", qa_out, "per-sample results (JSONL)");
+
   std::string export_from, export_to, export_tokenizer;
   CLI::App* export_cmd = app.add_subcommand("export", "write a checkpoint's model as a Hugging Face directory");
   export_cmd->add_option("--checkpoint", export_from, "checkpoint directory (output_dir/checkpoints/step-N)")->required();
@@ -132,6 +148,15 @@ int main(int argc, char** argv) {
       const train::EvalResult eval = train::run_eval(config, eval_weights, per_token_out);
       spdlog::info("eval: loss {:.4f} perplexity {:.3f} over {} tokens ({} samples)", eval.mean_loss, eval.perplexity,
                    eval.tokens, eval.samples);
+    } else if (*qa_cmd) {
+      const train::RunConfig config = qa_args.load();
+      qa.weights = qa_weights;
+      qa.out = qa_out;
+      qa.prefill = qa_prefill == "chunked" ? infer::PrefillPath::Chunked : infer::PrefillPath::Whole;
+      qa.settings.clear();
+      std::stringstream list(qa_ratios);
+      for (std::string item; std::getline(list, item, ',');) qa.settings.push_back(item);
+      std::cout << infer::format_eval_qa_table(infer::run_eval_qa(config, qa)) << std::flush;
     } else if (*export_cmd) {
       const model::ModelConfig config = model::load_model_config(export_from);
       model::HfExportOptions options;

@@ -72,48 +72,47 @@ Decoder::Decoder(const ModelConfig& config, const DecoderOptions& options, DType
   inv_freq_ = rope_inv_freq(config_).to(device_);
 }
 
-Tensor Decoder::embed(const TokenBatch& batch) {
-  const int64_t T = batch.ids.size(0);
-  Tensor x = Tensor::empty({T, config_.hidden_size}, params_.flat.dtype(), device_);
-  ops::embedding_forward(batch.ids, params_.embed, x);
+Tensor Decoder::embed(const Tensor& ids) {
+  Tensor x = Tensor::empty({ids.size(0), config_.hidden_size}, params_.flat.dtype(), device_);
+  ops::embedding_forward(ids, params_.embed, x);
   return x;
 }
 
-namespace {
-// q [T, Hq, D], k and v [T, Hk, D] as views of the fused projection output [T, Hq*D + 2*Hk*D].
-struct QkvViews {
-  Tensor q, k, v;
-};
 QkvViews split_qkv(const Tensor& qkv, const ModelConfig& c) {
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), D = c.head_dim;
   return {qkv.slice(1, 0, qd).unflatten(1, {-1, D}), qkv.slice(1, qd, qd + kvd).unflatten(1, {-1, D}),
           qkv.slice(1, qd + kvd, qd + 2 * kvd).unflatten(1, {-1, D})};
 }
-}  // namespace
 
-Tensor Decoder::layer_forward(size_t l, const Tensor& x_in, const TokenBatch& batch, LayerActs& a) {
+// The layer up to attention's inputs: norm1, fused q/k/v projection, RoPE on q and k.
+void Decoder::layer_attention_input(size_t l, const Tensor& x_in, const Tensor& positions, LayerActs& a) {
   const LayerParams& p = params_.layers[l];
   const ModelConfig& c = config_;
-  const int64_t T = x_in.size(0), C = c.hidden_size, F = c.intermediate_size;
+  const int64_t T = x_in.size(0), C = c.hidden_size;
   const DType dt = x_in.dtype();
+  a.x_in = x_in;
+  a.norm1 = Tensor::empty({T, C}, dt, device_);
+  a.rstd1 = Tensor::empty({T}, DType::F32, device_);
+  ops::rmsnorm_forward(x_in, p.input_norm, float(c.rms_norm_eps), a.norm1, a.rstd1);
+  a.qkv = Tensor::empty({T, c.q_dim() + 2 * c.kv_dim()}, dt, device_);
+  ops::linear_forward(a.norm1, p.qkv_w, p.qkv_b, a.qkv);
+  QkvViews qkv = split_qkv(a.qkv, c);
+  ops::rope_forward(qkv.q, positions, inv_freq_);
+  ops::rope_forward(qkv.k, positions, inv_freq_);
+}
+
+// The layer after attention (a.x_in and a.attn.out set): o projection, residual, MLP, residual.
+Tensor Decoder::layer_attention_output(size_t l, LayerActs& a) {
+  const LayerParams& p = params_.layers[l];
+  const ModelConfig& c = config_;
+  const int64_t T = a.x_in.size(0), C = c.hidden_size, F = c.intermediate_size;
+  const DType dt = a.x_in.dtype();
   const float eps = float(c.rms_norm_eps);
   auto empty = [&](Shape shape, DType t) { return Tensor::empty(shape, t, device_); };
 
-  a.x_in = x_in;
-  a.norm1 = empty({T, C}, dt);
-  a.rstd1 = empty({T}, DType::F32);
-  ops::rmsnorm_forward(x_in, p.input_norm, eps, a.norm1, a.rstd1);
-
-  a.qkv = empty({T, c.q_dim() + 2 * c.kv_dim()}, dt);
-  ops::linear_forward(a.norm1, p.qkv_w, p.qkv_b, a.qkv);
-  QkvViews qkv = split_qkv(a.qkv, c);
-  ops::rope_forward(qkv.q, batch.positions, inv_freq_);
-  ops::rope_forward(qkv.k, batch.positions, inv_freq_);
-  attn::attention_forward(options_.attention, qkv.q, qkv.k, qkv.v, batch.layout, a.attn);
-
   a.x_mid = empty({T, C}, dt);
   ops::linear_forward(a.attn.out.view({T, c.q_dim()}), p.o_w, p.o_b, a.x_mid);
-  ops::add_(a.x_mid, x_in);
+  ops::add_(a.x_mid, a.x_in);
 
   a.norm2 = empty({T, C}, dt);
   a.rstd2 = empty({T}, DType::F32);
@@ -127,6 +126,26 @@ Tensor Decoder::layer_forward(size_t l, const Tensor& x_in, const TokenBatch& ba
   ops::linear_forward(a.h, p.down_w, Tensor(), x_out);
   ops::add_(x_out, a.x_mid);
   return x_out;
+}
+
+Tensor Decoder::layer_forward(size_t l, const Tensor& x_in, const TokenBatch& batch, LayerActs& a) {
+  layer_attention_input(l, x_in, batch.positions, a);
+  QkvViews qkv = split_qkv(a.qkv, config_);
+  attn::attention_forward(options_.attention, qkv.q, qkv.k, qkv.v, batch.layout, a.attn);
+  return layer_attention_output(l, a);
+}
+
+Tensor Decoder::layer_qkv(size_t l, const Tensor& x_in, const Tensor& positions) {
+  LayerActs a;
+  layer_attention_input(l, x_in, positions, a);
+  return a.qkv;
+}
+
+Tensor Decoder::layer_output(size_t l, const Tensor& x_in, const Tensor& attn_out) {
+  LayerActs a;
+  a.x_in = x_in;
+  a.attn.out = attn_out;
+  return layer_attention_output(l, a);
 }
 
 Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerActs& a, const Tensor& dx_out) {
@@ -168,8 +187,7 @@ Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerAct
 
 // Runs the layers and returns the final-normed hidden state [T, C]; saves what backward needs.
 Tensor Decoder::final_hidden(const TokenBatch& batch, std::vector<LayerActs>* saved, Tensor* pre_norm, Tensor* rstd) {
-  const int64_t T = batch.ids.size(0);
-  Tensor x = embed(batch);
+  Tensor x = embed(batch.ids);
   const int64_t every = options_.checkpoint_every;
   for (size_t l = 0; l < params_.layers.size(); ++l) {
     LayerActs scratch;
@@ -178,12 +196,26 @@ Tensor Decoder::final_hidden(const TokenBatch& batch, std::vector<LayerActs>* sa
     if (saved && every > 0 && int64_t(l) % every == 0) a.drop_all_but_input();
     x = next;
   }
-  Tensor normed = Tensor::empty({T, config_.hidden_size}, x.dtype(), device_);
-  Tensor r = Tensor::empty({T}, DType::F32, device_);
-  ops::rmsnorm_forward(x, params_.final_norm, float(config_.rms_norm_eps), normed, r);
+  Tensor r;
+  Tensor normed = final_norm(x, &r);
   if (pre_norm) *pre_norm = x;
   if (rstd) *rstd = r;
   return normed;
+}
+
+Tensor Decoder::final_norm(const Tensor& x, Tensor* rstd) {
+  const int64_t T = x.size(0);
+  Tensor normed = Tensor::empty({T, config_.hidden_size}, x.dtype(), device_);
+  Tensor r = Tensor::empty({T}, DType::F32, device_);
+  ops::rmsnorm_forward(x, params_.final_norm, float(config_.rms_norm_eps), normed, r);
+  if (rstd) *rstd = r;
+  return normed;
+}
+
+Tensor Decoder::lm_logits(const Tensor& normed) {
+  Tensor logits = Tensor::empty({normed.size(0), config_.vocab_size}, DType::F32, device_);
+  ops::matmul(normed, params_.lm_head, logits, false, true);
+  return logits;
 }
 
 LossSums Decoder::forward_backward(const TokenBatch& batch, float grad_scale) {

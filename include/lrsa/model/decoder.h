@@ -40,6 +40,12 @@ struct DecoderOptions {
   int64_t loss_chunk_rows = 4096;  // tokens per lm_head/cross-entropy chunk
 };
 
+// q [T, Hq, D], k and v [T, Hk, D] as views of the fused projection output [T, Hq*D + 2*Hk*D].
+struct QkvViews {
+  Tensor q, k, v;
+};
+QkvViews split_qkv(const Tensor& qkv, const ModelConfig& c);
+
 struct LossSums {
   double loss_sum = 0;  // sum of nll over trained tokens
   int64_t tokens = 0;
@@ -76,9 +82,21 @@ class Decoder {
   // Forward only, full logits [T, V] f32 (for tests and small inputs).
   Tensor forward_logits(const TokenBatch& batch);
 
+  // The forward pass in pieces, the same ops as above, for inference with a KV cache
+  // (lrsa/infer): embed -> per layer [layer_qkv -> attention -> layer_output] -> final_norm ->
+  // lm_logits.
+  Tensor embed(const Tensor& ids);  // ids [T] i32 -> x [T, C]
+  // Layer l up to attention: qkv [T, Hq*D + 2*Hk*D] (split_qkv), q and k after RoPE at `positions`.
+  Tensor layer_qkv(size_t l, const Tensor& x_in, const Tensor& positions);
+  // Layer l from the attention output attn_out [T, Hq, D] on: o projection, residual, MLP -> [T, C].
+  Tensor layer_output(size_t l, const Tensor& x_in, const Tensor& attn_out);
+  Tensor final_norm(const Tensor& x, Tensor* rstd = nullptr);  // [T, C] -> [T, C]
+  Tensor lm_logits(const Tensor& normed);  // [T, C] -> [T, V] f32 (products in the parameter dtype)
+
  private:
   struct LayerActs;
-  Tensor embed(const TokenBatch& batch);
+  void layer_attention_input(size_t l, const Tensor& x_in, const Tensor& positions, LayerActs& acts);
+  Tensor layer_attention_output(size_t l, LayerActs& acts);
   Tensor layer_forward(size_t l, const Tensor& x_in, const TokenBatch& batch, LayerActs& acts);
   Tensor layer_backward(size_t l, const TokenBatch& batch, const LayerActs& acts, const Tensor& dx_out);
   Tensor final_hidden(const TokenBatch& batch, std::vector<LayerActs>* saved, Tensor* pre_norm, Tensor* rstd);

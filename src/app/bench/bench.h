@@ -24,6 +24,7 @@ struct Subcommand {
 
 Subcommand register_ops(CLI::App& app);
 Subcommand register_attention(CLI::App& app);
+Subcommand register_infer(CLI::App& app);
 
 struct CommonOptions {
   std::string json;  // JSON lines output; empty: none

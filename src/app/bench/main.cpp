@@ -1,5 +1,6 @@
 // lrsa-bench: GPU benchmarks of the lrsa-train kernels, one subcommand per family.
 //   lrsa-bench ops [--json PATH] ...   runtime ops against the copy / GEMM ceilings and cuBLAS
+//   lrsa-bench infer [--tokens N ...]  KV-cache inference: LRSA vs dense prefill and decode step
 //   lrsa-bench --list                  the subcommand names, one per line (for scripts)
 #include <cstdio>
 
@@ -11,7 +12,8 @@ int main(int argc, char** argv) {
   bool list = false;
   app.add_flag("--list", list, "print the subcommand names, one per line, and exit");
   const std::vector<lrsa::bench::Subcommand> subcommands = {lrsa::bench::register_ops(app),
-                                                            lrsa::bench::register_attention(app)};
+                                                            lrsa::bench::register_attention(app),
+                                                            lrsa::bench::register_infer(app)};
   CLI11_PARSE(app, argc, argv);
   if (list) {
     for (const auto& s : subcommands) std::printf("%s\n", s.app->get_name().c_str());

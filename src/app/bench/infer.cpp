@@ -1,0 +1,220 @@
+// lrsa-bench infer: inference with the KV cache (lrsa/infer) at the Qwen2.5-0.5B shape (random
+// bf16 weights) over one long prompt.
+//
+// 1. Self-checks: the CUDA decode attention against the CPU one on a random cache (ragged row
+//    limits, GQA, d64); on a 4K-token prompt, the whole-prompt prefill's last logits against the
+//    chunked prefill's (the spec's reference procedure), LagKV and dense; the cache keeps at
+//    most --max-kept of the dense rows at --tokens.
+// 2. Prefill (one LRSA forward pass that builds the LagKV cache, vs our dense prefill into a
+//    dense cache): time per prompt, tokens/s; FLOPs counted as 2 * (layer + lm_head-row)
+//    parameters * T plus attention 4 * visible pairs * D * Hq per layer. Required: LRSA >= 1.3x
+//    dense.
+// 3. Decode: one greedy step (one token, every layer, lm_head) with the compressed cache vs the
+//    dense cache at the same context; bytes = weights + cache rows read. Required: compressed
+//    no slower than dense.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "app/bench/bench.h"
+#include "lrsa/infer/cache_ops.h"
+#include "lrsa/infer/engine.h"
+
+namespace lrsa::bench {
+namespace {
+
+struct InferOptions {
+  CommonOptions common;
+  std::vector<int64_t> tokens = {32768};
+  int64_t sink = 16, lag = 1024;
+  double ratio = 0.25;
+  double max_kept = 0.30;    // required: cache rows kept / dense rows at --tokens
+  double min_prefill = 1.3;  // required: LRSA prefill tokens/s over dense
+  bool skip_checks = false;
+};
+
+const Device kGpu = Device::cuda(0);
+
+model::ModelConfig qwen25_05b() {
+  model::ModelConfig c;
+  c.architecture = model::Architecture::Qwen2;
+  c.vocab_size = 151936;
+  c.hidden_size = 896;
+  c.intermediate_size = 4864;
+  c.num_hidden_layers = 24;
+  c.num_attention_heads = 14;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 1000000.0;
+  c.tie_word_embeddings = true;
+  c.attention_bias = true;
+  c.max_position_embeddings = 131072;
+  return c;
+}
+
+std::vector<int32_t> random_prompt(int64_t n, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> ids;
+  for (float x : Tensor::uniform({n}, seed, 0, 0.0f, float(vocab)).to_floats()) ids.push_back(int32_t(x));
+  return ids;
+}
+
+// Visible (query, key) pairs of one document of n tokens (docs/lrsa-spec.md, "Visibility").
+double visible_pairs(const infer::CacheSpec& spec, int64_t n) {
+  double pairs = 0;
+  for (int64_t t = 0; t < n; ++t) pairs += double(std::min<int64_t>(t + 1, infer::cache_rows(spec, t) + 1));
+  return pairs;
+}
+
+// ||ours - reference|| / ||reference|| <= tolerance.
+Check relative_check(const std::string& name, const Tensor& ours, const Tensor& reference, double tolerance) {
+  const std::vector<double> a = ours.to_doubles(), b = reference.to_doubles();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && a.size() == b.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  Check c;
+  c.name = name;
+  c.max_error = a.size() == b.size() && std::isfinite(num) ? std::sqrt(num / std::max(den, 1e-30)) : INFINITY;
+  c.pass = c.max_error <= tolerance;
+  if (!c.pass) c.detail = fmt::format("relative L2 error {:.3g} > {:.3g}", c.max_error, tolerance);
+  return c;
+}
+
+// Returns whether every check passed.
+bool run_checks(Report& report, model::Decoder& decoder, const infer::CacheSpec& lagkv) {
+  bool pass = true;
+  auto add = [&](const Check& c) {
+    pass = pass && c.pass;
+    report.add_check(c);
+  };
+  {
+    const int64_t B = 3, cap = 700, Hk = 2, Hq = 14, D = 64;
+    const Tensor kc = Tensor::normal({B, cap, Hk, D}, 3, 0, 0, 1, DType::BF16), vc = Tensor::normal({B, cap, Hk, D}, 3, 1, 0, 1, DType::BF16);
+    const Tensor q = Tensor::normal({4, Hq, D}, 3, 2, 0, 1, DType::BF16);
+    const Tensor seq = Tensor::from_ints({2, 0, 1, 2}, {4}), limit = Tensor::from_ints({700, 1, 333, 64}, {4});
+    Tensor cpu = Tensor::empty({4, Hq, D}, DType::BF16), gpu = Tensor::empty({4, Hq, D}, DType::BF16, kGpu);
+    infer::cache_attention(q, kc, vc, seq, limit, cpu);
+    infer::cache_attention(q.to(kGpu), kc.to(kGpu), vc.to(kGpu), seq.to(kGpu), limit.to(kGpu), gpu);
+    add(compare("cache_attention gpu vs cpu (bf16)", gpu.to(Device::cpu()), cpu, 2e-2, 2e-2));
+  }
+  const int64_t n = lagkv.lrsa.sink + 3 * lagkv.lrsa.lag + 100;
+  const std::vector<int32_t> prompt = random_prompt(n, decoder.config().vocab_size, 9);
+  for (const infer::CacheSpec& spec : {lagkv, infer::CacheSpec::dense()}) {
+    infer::Engine engine(decoder, spec);
+    infer::KvCache whole_cache = engine.make_cache(1, n), chunked_cache = engine.make_cache(1, n);
+    const Tensor whole = engine.prefill_whole(whole_cache, {prompt});
+    const Tensor chunked = engine.prefill_chunked(chunked_cache, 0, prompt, false);
+    add(relative_check(fmt::format("prefill whole vs chunked, {} ({} tokens)", spec.name(), n), whole, chunked, 2e-2));
+  }
+  return pass;
+}
+
+int run_infer(const InferOptions& options) {
+  if (!require_gpu("lrsa-bench infer")) return 2;
+  const model::ModelConfig c = qwen25_05b();
+  model::DecoderOptions decoder_options;
+  model::Decoder decoder(c, decoder_options, DType::BF16, kGpu);
+  model::init_params(decoder.params(), c, 1);
+  attn::LrsaParams params;
+  params.sink = options.sink;
+  params.lag = options.lag;
+  params.ratio = options.ratio;
+  const infer::CacheSpec lagkv = infer::CacheSpec::lagkv(params), dense = infer::CacheSpec::dense();
+
+  const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
+  Report report("infer", options.common, ceilings);
+  std::string check;
+  if (!options.skip_checks) check = run_checks(report, decoder, lagkv) ? "PASS" : "FAIL";
+  std::printf("\nQwen2.5-0.5B shape, random bf16 weights; LagKV: sink %lld, lag %lld, ratio %.3g (K = %lld)\n",
+              (long long)options.sink, (long long)options.lag, options.ratio, (long long)params.kept());
+
+  const int64_t layer_params = c.num_hidden_layers * (c.hidden_size * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * c.hidden_size +
+                                                      3 * c.hidden_size * c.intermediate_size);
+  const int64_t weight_bytes = model::parameter_count(c) * 2;
+  const int64_t row_bytes = c.num_hidden_layers * 2 * c.kv_dim() * 2;  // one cache row, all layers, K and V
+  const int repeats = options.common.repeats, warmup = options.common.warmup;
+  for (int64_t T : options.tokens) {
+    const std::vector<int32_t> prompt = random_prompt(T, c.vocab_size, 1);
+    const std::string shape = "hidden 896, 24 x (14:2 x d64)";
+    struct Measured {
+      double prefill_ms = 0, decode_ms = 0;
+      int64_t rows = 0;
+    };
+    Measured m[2];
+    for (int i = 0; i < 2; ++i) {
+      const infer::CacheSpec& spec = i == 0 ? dense : lagkv;
+      infer::Engine engine(decoder, spec);
+      std::unique_ptr<infer::KvCache> cache;
+      const int64_t capacity = T + warmup + repeats + 1;
+      m[i].prefill_ms = time_ms(
+          [&] {
+            cache.reset();
+            cache = std::make_unique<infer::KvCache>(engine.make_cache(1, capacity));
+            engine.prefill_whole(*cache, {prompt});
+          },
+          warmup, repeats);
+      m[i].rows = cache->rows(0);
+      m[i].decode_ms = time_ms([&] { engine.step(*cache, {0}, {prompt[0]}, false); }, warmup, repeats);
+
+      Row row;
+      row.family = "infer";
+      row.config = "0.5b";
+      row.tokens = T;
+      row.shape = shape;
+      row.dtype = "bf16";
+      row.check = check;
+      row.op = "prefill " + std::string(i == 0 ? "dense" : "lrsa");
+      row.ms = m[i].prefill_ms;
+      row.flops = 2.0 * double(layer_params) * double(T) + 2.0 * double(c.hidden_size * c.vocab_size) +
+                  4.0 * visible_pairs(spec, T) * double(c.head_dim * c.num_attention_heads * c.num_hidden_layers);
+      row.formula = "2 * layer params * T + 2 * lm_head (last row) + 4 * visible pairs * D * Hq * layers";
+      row.note = fmt::format("{:.0f} tokens/s, cache rows kept {:.1f}%", double(T) / (row.ms * 1e-3),
+                             100.0 * double(m[i].rows) / double(T));
+      if (i == 1) {
+        row.ref_ms = m[0].prefill_ms;
+        row.ref_name = "dense prefill (ours)";
+        row.min_ratio = options.min_prefill;
+      }
+      report.add(row);
+
+      Row step = row;
+      step.op = "decode step " + std::string(i == 0 ? "dense" : "lrsa");
+      step.ms = m[i].decode_ms;
+      step.flops = 0;
+      step.bytes = double(weight_bytes + m[i].rows * row_bytes);
+      step.formula = "weights + cache rows read (all layers, K and V)";
+      step.note = fmt::format("context {} tokens, {} cache rows", T, m[i].rows);
+      step.ref_ms = i == 1 ? m[0].decode_ms : 0;
+      step.ref_name = i == 1 ? "dense decode (ours)" : "";
+      step.min_ratio = i == 1 ? 1.0 : 0.0;
+      report.add(step);
+    }
+    Check kept;
+    kept.name = fmt::format("cache rows kept at {} tokens <= {:.0f}%", T, 100 * options.max_kept);
+    kept.max_error = double(m[1].rows) / double(T);
+    kept.pass = kept.max_error <= options.max_kept;
+    if (!kept.pass) kept.detail = fmt::format("{} of {} rows kept", m[1].rows, T);
+    report.add_check(kept);
+  }
+  return report.finish();
+}
+
+}  // namespace
+
+Subcommand register_infer(CLI::App& app) {
+  auto options = std::make_shared<InferOptions>();
+  CLI::App* sub = app.add_subcommand("infer", "KV-cache inference: LRSA vs dense prefill, compressed vs dense decode step");
+  add_common_options(sub, options->common);
+  sub->add_option("--tokens", options->tokens, "prompt lengths");
+  sub->add_option("--sink", options->sink, "LagKV sink S");
+  sub->add_option("--lag", options->lag, "LagKV lag L (a multiple of 64 on the GPU)");
+  sub->add_option("--ratio", options->ratio, "LagKV kept ratio r");
+  sub->add_option("--max-kept", options->max_kept, "required: cache rows kept / dense rows at most this");
+  sub->add_option("--min-prefill-speedup", options->min_prefill, "required: LRSA prefill at least this x dense");
+  sub->add_flag("--skip-checks", options->skip_checks, "skip the self-checks");
+  return {sub, [options] { return run_infer(*options); }};
+}
+
+}  // namespace lrsa::bench

@@ -1,0 +1,285 @@
+// The KV-cache inference path against the training forward pass (docs/inference.md): logits of
+// chunked prefill, whole-prompt prefill and token-by-token decoding over a LagKV cache equal
+// Decoder::forward_logits with LRSA attention on the same tokens; over a dense cache they equal it
+// with dense attention.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+#include "lrsa/infer/cache_ops.h"
+#include "lrsa/infer/engine.h"
+#include "support/compare.h"
+
+using namespace lrsa;
+using namespace lrsa::infer;
+
+namespace {
+
+model::ModelConfig tiny_config(int64_t head_dim, int64_t heads, int64_t kv_heads) {
+  model::ModelConfig c;
+  c.architecture = model::Architecture::Qwen2;
+  c.vocab_size = 61;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.hidden_size = heads * head_dim;
+  c.intermediate_size = 2 * c.hidden_size;
+  c.num_hidden_layers = 2;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000.0;
+  c.tie_word_embeddings = false;
+  c.attention_bias = true;
+  c.max_position_embeddings = 4096;
+  return c;
+}
+
+attn::LrsaParams lrsa_params(int64_t sink, int64_t lag, double ratio) {
+  attn::LrsaParams p;
+  p.sink = sink;
+  p.lag = lag;
+  p.ratio = ratio;
+  return p;
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> ids;
+  for (float x : Tensor::uniform({n}, seed, 0, 0.0f, float(vocab)).to_floats()) ids.push_back(int32_t(x));
+  return ids;
+}
+
+// Training forward logits [n, V] of one document (as doubles).
+std::vector<double> training_logits(model::Decoder& decoder, const std::vector<int32_t>& ids) {
+  const int64_t n = int64_t(ids.size());
+  const model::TokenBatch batch = model::TokenBatch::from_host(ids, ids, {0, n}, decoder.device());
+  return decoder.forward_logits(batch).to_doubles();
+}
+
+std::vector<double> rows_of(const std::vector<double>& logits, int64_t vocab, int64_t first, int64_t count) {
+  return {logits.begin() + first * vocab, logits.begin() + (first + count) * vocab};
+}
+
+struct Setup {
+  model::ModelConfig config;
+  model::Decoder decoder;
+  Setup(const model::ModelConfig& c, const CacheSpec& spec, DType dtype, Device device)
+      : config(c), decoder(c, options(spec), dtype, device) {
+    model::init_params(decoder.params(), c, 7, 0.2f);
+  }
+  static model::DecoderOptions options(const CacheSpec& spec) {
+    model::DecoderOptions o;
+    o.attention = spec.attention();
+    return o;
+  }
+};
+
+// Decoding token by token after a prefill of `prompt` tokens, through `path`: the logits of
+// every position, prefill's last one included, stacked [n - prompt + 1, V].
+std::vector<double> decode_logits(Engine& engine, const std::vector<int32_t>& ids, int64_t prompt, PrefillPath path) {
+  KvCache cache = engine.make_cache(1, int64_t(ids.size()));
+  const std::vector<int32_t> head(ids.begin(), ids.begin() + prompt);
+  const Tensor first = path == PrefillPath::Whole ? engine.prefill_whole(cache, {head})
+                                                  : engine.prefill_chunked(cache, 0, head, /*all_logits=*/false);
+  std::vector<double> out = first.to_doubles();
+  for (int64_t t = prompt; t < int64_t(ids.size()); ++t) {
+    const std::vector<double> step = engine.step(cache, {0}, {ids[size_t(t)]}, false).to_doubles();
+    out.insert(out.end(), step.begin(), step.end());
+  }
+  CHECK(cache.tokens(0) == int64_t(ids.size()));
+  CHECK(cache.rows(0) == cache_rows(engine.spec(), int64_t(ids.size())));
+  return out;
+}
+
+void check_close(const std::vector<double>& ours, const std::vector<double>& reference, double tolerance) {
+  REQUIRE(ours.size() == reference.size());
+  const double err = test::max_abs_diff(ours, reference);
+  INFO("max |ours - training forward| = " << err << " (tolerance " << tolerance << ")");
+  CHECK(err <= tolerance);
+}
+
+}  // namespace
+
+TEST_CASE("cache rows follow the spec's formula and steps may not cross a partition boundary", "[infer]") {
+  const CacheSpec spec = CacheSpec::lagkv(lrsa_params(4, 16, 0.25));  // K = 4
+  CHECK(cache_rows(spec, 3) == 3);
+  CHECK(cache_rows(spec, 35) == 35);                    // S + 2L - 1: nothing compressed yet
+  CHECK(cache_rows(spec, 36) == 4 + 4 * 1 + 16 + 0);    // partition 0 compressed
+  CHECK(cache_rows(spec, 4 + 16 * 5 + 7) == 4 + 4 * 4 + 16 + 7);
+  CHECK(cache_rows(CacheSpec::dense(), 1000) == 1000);
+  CHECK(step_fits(spec, 0, 36));
+  CHECK_FALSE(step_fits(spec, 0, 37));
+  CHECK(step_fits(spec, 36, 16));
+  CHECK_FALSE(step_fits(spec, 35, 2));
+  CHECK(step_fits(spec, 40, 12));
+  CHECK_FALSE(step_fits(spec, 40, 13));
+  CHECK(step_fits(CacheSpec::dense(), 35, 1000));
+
+  const model::ModelConfig c = tiny_config(8, 4, 2);
+  Setup s(c, spec, DType::F32, Device::cpu());
+  Engine engine(s.decoder, spec);
+  KvCache cache = engine.make_cache(1, 200);
+  const std::vector<int32_t> ids = random_tokens(40, c.vocab_size, 3);
+  engine.prefill_chunked(cache, 0, std::span(ids).first(35), false);
+  CHECK_THROWS_WITH(engine.step(cache, {0, 0}, {1, 2}, false), Catch::Contains("crosses a partition boundary"));
+  engine.step(cache, {0}, {1}, false);
+  const CacheUsage u = cache.usage();
+  CHECK(u.rows == 24);
+  CHECK(u.dense_rows == 36);
+  CHECK(u.bytes == 24 * c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4);
+}
+
+TEST_CASE("cache attention equals softmax attention over the first rows of each sequence", "[infer]") {
+  const int64_t B = 2, cap = 9, Hk = 2, Hq = 4, D = 8;
+  const Tensor kc = Tensor::normal({B, cap, Hk, D}, 5, 0, 0, 1), vc = Tensor::normal({B, cap, Hk, D}, 5, 1, 0, 1);
+  const Tensor q = Tensor::normal({3, Hq, D}, 5, 2, 0, 1);
+  const std::vector<int64_t> seq{1, 0, 1}, limit{9, 4, 1};
+  Tensor out = Tensor::empty({3, Hq, D}, DType::F32);
+  cache_attention(q, kc, vc, Tensor::from_ints(seq, {3}), Tensor::from_ints(limit, {3}), out);
+  const std::vector<double> K = kc.to_doubles(), V = vc.to_doubles(), Q = q.to_doubles(), O = out.to_doubles();
+  for (int64_t n = 0; n < 3; ++n)
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int64_t g = h / (Hq / Hk), b = seq[size_t(n)];
+      std::vector<double> p;
+      double total = 0;
+      for (int64_t r = 0; r < limit[size_t(n)]; ++r) {
+        double s = 0;
+        for (int64_t d = 0; d < D; ++d) s += Q[size_t((n * Hq + h) * D + d)] * K[size_t(((b * cap + r) * Hk + g) * D + d)];
+        p.push_back(std::exp(s / std::sqrt(double(D))));
+        total += p.back();
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        double o = 0;
+        for (int64_t r = 0; r < limit[size_t(n)]; ++r) o += p[size_t(r)] / total * V[size_t(((b * cap + r) * Hk + g) * D + d)];
+        CHECK(std::abs(O[size_t((n * Hq + h) * D + d)] - o) < 1e-5);
+      }
+    }
+  CHECK_THROWS_WITH(cache_attention(q, kc, vc, Tensor::from_ints(seq, {3}), Tensor::from_ints({9, 10, 1}, {3}), out),
+                    Catch::Contains("row limit 10 outside the cache"));
+}
+
+TEST_CASE("LagKV cache inference equals the LRSA training forward (CPU fp32)", "[infer]") {
+  const model::ModelConfig c = tiny_config(8, 4, 2);
+  for (double ratio : {0.25, 0.5}) {
+    const CacheSpec spec = CacheSpec::lagkv(lrsa_params(4, 16, ratio));
+    Setup s(c, spec, DType::F32, Device::cpu());
+    Engine engine(s.decoder, spec);
+    // 4 + 16 * 5 + 7 tokens: partitions 0..3 compressed by the end, the last one partial.
+    const std::vector<int32_t> ids = random_tokens(91, c.vocab_size, 11);
+    const int64_t n = int64_t(ids.size()), V = c.vocab_size;
+    const std::vector<double> reference = training_logits(s.decoder, ids);
+    INFO("ratio " << ratio);
+    {
+      KvCache cache = engine.make_cache(1, n);
+      check_close(engine.prefill_chunked(cache, 0, ids, /*all_logits=*/true).to_doubles(), reference, 1e-4);
+      CHECK(cache.rows(0) == 4 + spec.lrsa.kept() * 4 + 16 + 7);
+    }
+    // Prompts ending before, on and after partition boundaries, then one token at a time.
+    for (int64_t prompt : {1, 23, 36, 57, 68}) {
+      INFO("prompt " << prompt);
+      const std::vector<double> tail = rows_of(reference, V, prompt - 1, n - prompt + 1);
+      check_close(decode_logits(engine, ids, prompt, PrefillPath::Chunked), tail, 1e-4);
+      check_close(decode_logits(engine, ids, prompt, PrefillPath::Whole), tail, 1e-4);
+    }
+  }
+}
+
+TEST_CASE("a batch of sequences decodes together as each would alone", "[infer]") {
+  const model::ModelConfig c = tiny_config(8, 4, 2);
+  const CacheSpec spec = CacheSpec::lagkv(lrsa_params(4, 16, 0.25));
+  Setup s(c, spec, DType::F32, Device::cpu());
+  Engine engine(s.decoder, spec);
+  const std::vector<std::vector<int32_t>> docs = {random_tokens(80, c.vocab_size, 21), random_tokens(70, c.vocab_size, 22)};
+  const std::vector<int64_t> prompt = {45, 30};
+  KvCache cache = engine.make_cache(2, 80);
+  const std::vector<double> first =
+      engine.prefill_whole(cache, {{docs[0].begin(), docs[0].begin() + 45}, {docs[1].begin(), docs[1].begin() + 30}})
+          .to_doubles();
+  std::vector<std::vector<double>> ours(2);
+  for (int b = 0; b < 2; ++b) ours[size_t(b)] = rows_of(first, c.vocab_size, b, 1);
+  for (int64_t i = 0; i < 40; ++i) {
+    std::vector<int64_t> seqs;
+    std::vector<int32_t> ids;
+    for (int b = 0; b < 2; ++b)
+      if (prompt[size_t(b)] + i < int64_t(docs[size_t(b)].size())) {
+        seqs.push_back(b);
+        ids.push_back(docs[size_t(b)][size_t(prompt[size_t(b)] + i)]);
+      }
+    const std::vector<double> step = engine.step(cache, seqs, ids, false).to_doubles();
+    for (size_t j = 0; j < seqs.size(); ++j) {
+      const std::vector<double> row = rows_of(step, c.vocab_size, int64_t(j), 1);
+      ours[size_t(seqs[j])].insert(ours[size_t(seqs[j])].end(), row.begin(), row.end());
+    }
+  }
+  for (int b = 0; b < 2; ++b) {
+    const std::vector<int32_t>& ids = docs[size_t(b)];
+    const std::vector<double> reference = training_logits(s.decoder, ids);
+    INFO("sequence " << b);
+    check_close(ours[size_t(b)], rows_of(reference, c.vocab_size, prompt[size_t(b)] - 1,
+                                         int64_t(ids.size()) - prompt[size_t(b)] + 1), 1e-4);
+  }
+}
+
+TEST_CASE("dense cache inference equals the dense forward pass; ratio 1 equals dense", "[infer]") {
+  const model::ModelConfig c = tiny_config(8, 4, 2);
+  const std::vector<int32_t> ids = random_tokens(75, c.vocab_size, 31);
+  Setup s(c, CacheSpec::dense(), DType::F32, Device::cpu());
+  const std::vector<double> reference = training_logits(s.decoder, ids);
+  for (const CacheSpec& spec : {CacheSpec::dense(), CacheSpec::lagkv(lrsa_params(4, 16, 1.0))}) {
+    INFO(spec.name());
+    Engine engine(s.decoder, spec);
+    engine.dense_chunk = 20;
+    KvCache cache = engine.make_cache(1, 75);
+    check_close(engine.prefill_chunked(cache, 0, ids, true).to_doubles(), reference, 1e-4);
+    check_close(decode_logits(engine, ids, 30, PrefillPath::Whole), rows_of(reference, c.vocab_size, 29, 46), 1e-4);
+  }
+}
+
+TEST_CASE("greedy generation stops on a stop token and reports the cache", "[infer]") {
+  const model::ModelConfig c = tiny_config(8, 4, 2);
+  const CacheSpec spec = CacheSpec::lagkv(lrsa_params(4, 16, 0.25));
+  Setup s(c, spec, DType::F32, Device::cpu());
+  Engine engine(s.decoder, spec);
+  const std::vector<std::vector<int32_t>> prompts = {random_tokens(50, c.vocab_size, 41), random_tokens(20, c.vocab_size, 42)};
+  GenerateOptions options;
+  options.max_new_tokens = 12;
+  const GenerateResult free_run = generate(engine, prompts, options);
+  for (const Generation& g : free_run.outputs) {
+    CHECK(g.tokens.size() == 12);
+    CHECK_FALSE(g.stopped);
+  }
+  // Greedy: the first token is the argmax of the prompt's last logits.
+  const std::vector<double> last = rows_of(training_logits(s.decoder, prompts[1]), c.vocab_size, 19, 1);
+  CHECK(free_run.outputs[1].tokens[0] == int32_t(std::max_element(last.begin(), last.end()) - last.begin()));
+  CHECK(free_run.prefill_cache.rows == cache_rows(spec, 50) + cache_rows(spec, 20));
+  CHECK(free_run.prefill_cache.dense_rows == 70);
+  // Stopping on the third token of the first sequence: its two first tokens remain.
+  options.stop_tokens = {free_run.outputs[0].tokens[2]};
+  options.prefill = PrefillPath::Chunked;
+  const GenerateResult stopped = generate(engine, prompts, options);
+  const std::vector<int32_t>& first = free_run.outputs[0].tokens;
+  const auto stop_at = std::find(first.begin(), first.end(), options.stop_tokens[0]) - first.begin();
+  CHECK(stopped.outputs[0].stopped);
+  CHECK(stopped.outputs[0].tokens == std::vector<int32_t>(first.begin(), first.begin() + stop_at));
+}
+
+TEST_CASE("LagKV cache inference equals the LRSA training forward on CUDA (bf16)", "[infer][cuda]") {
+  // The CUDA attention kernels need lag % 64 == 0 and head dim 64 or 128.
+  const model::ModelConfig c = tiny_config(64, 4, 2);
+  for (const CacheSpec& spec : {CacheSpec::lagkv(lrsa_params(16, 64, 0.25)), CacheSpec::dense()}) {
+    INFO(spec.name());
+    Setup s(c, spec, DType::BF16, Device::cuda(0));
+    Engine engine(s.decoder, spec);
+    engine.dense_chunk = 64;
+    const std::vector<int32_t> ids = random_tokens(16 + 64 * 4 + 21, c.vocab_size, 51);
+    const int64_t n = int64_t(ids.size()), prompt = 16 + 64 * 2 + 5;
+    const std::vector<double> reference = training_logits(s.decoder, ids);
+    const std::vector<double> tail = rows_of(reference, c.vocab_size, prompt - 1, n - prompt + 1);
+    KvCache cache = engine.make_cache(1, n);
+    const std::vector<double> chunked = engine.prefill_chunked(cache, 0, ids, true).to_doubles();
+    // bf16 storage: the rule of thumb of the attention tests (relative L2 error of a bf16
+    // computation of the whole model).
+    CHECK(test::rel_l2(chunked, reference) < 2e-2);
+    CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Whole), tail) < 2e-2);
+    CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Chunked), tail) < 2e-2);
+  }
+}
