@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake g++ ninja-build make pkg-config nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
-          catch2 libopenmpi-dev openmpi-bin python3)
+          catch2 libopenmpi-dev openmpi-bin python3
+          clang libclang-rt-dev)  # libFuzzer and the sanitizer runtimes for scripts/fuzz.sh
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
