@@ -40,12 +40,11 @@ def read_metrics(path):
 
 
 def moving_average(values, n):
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= n:
-            total -= values[i - n]
-        out.append(total / min(i + 1, n))
+    """Centered: step i averages steps i - n/2 .. i + n/2 (fewer at the ends), so it does not lag."""
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - n // 2) : i + n // 2 + 1]
+        out.append(sum(window) / len(window))
     return out
 
 
@@ -53,7 +52,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="output_dir of a run, or its metrics.jsonl")
     parser.add_argument("--out", help="PNG path (default: metrics.png next to metrics.jsonl)")
-    parser.add_argument("--smooth", type=int, default=20, help="moving-average window for the loss (steps)")
+    parser.add_argument("--smooth", type=int, default=20, help="centered moving-average window for the loss (steps)")
     args = parser.parse_args()
     path = os.path.join(args.run, "metrics.jsonl") if os.path.isdir(args.run) else args.run
     if not os.path.isfile(path):
@@ -64,8 +63,8 @@ def main():
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        sys.exit("plot_metrics: matplotlib is not installed: apt-get install python3-matplotlib "
-                 "(or pip install matplotlib)")
+        sys.exit(f"plot_metrics: matplotlib is not installed for {sys.executable}: apt-get install "
+                 f"python3-matplotlib (for /usr/bin/python3) or {sys.executable} -m pip install matplotlib")
 
     rows = read_metrics(path)
     steps = [r["step"] for r in rows]
