@@ -13,3 +13,5 @@ bin="${BUILD_DIR:-build}"/lrsa-train
 [ -s data/quickstart/eval.jsonl ] || "$bin" make-data --kind passkey --out data/quickstart/eval.jsonl \
   --samples 64 --context-tokens 300 --seed 2
 "$bin" train --config configs/quickstart.json "$@"
+# QA accuracy of the fine-tuned model through the KV cache: dense and LagKV 2x / 4x / 8x (docs/inference.md).
+"$bin" eval-qa --config configs/quickstart.json --max-new-tokens 8 --out runs/quickstart/eval_qa.jsonl

@@ -121,7 +121,8 @@ void KvCache::compress_oldest(int64_t b) {
 void KvCache::load_prefill(size_t layer, int64_t b, const Tensor& k, const Tensor& v, int64_t start, int64_t count,
                            const attn::LrsaSelection& selection, int64_t doc) {
   LRSA_CHECK(tokens(b) == 0, "KvCache::load_prefill: sequence {} is not empty", b);
-  LRSA_CHECK(count <= capacity_, "KvCache::load_prefill: {} tokens exceed the capacity {}", count, capacity_);
+  LRSA_CHECK(cache_rows(spec_, count) <= capacity_, "KvCache::load_prefill: {} tokens need {} rows, the capacity is {}",
+             count, cache_rows(spec_, count), capacity_);
   const int64_t S = spec_.lrsa.sink, L = spec_.lrsa.lag;
   const int64_t parts = spec_.compress ? attn::selectable_partitions(count, spec_.lrsa) : 0;
   const int64_t sink = parts > 0 ? S : 0, history = parts * kept_, tail_from = sink + parts * L;

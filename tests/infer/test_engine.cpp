@@ -126,6 +126,12 @@ TEST_CASE("cache rows follow the spec's formula and steps may not cross a partit
   CHECK(u.rows == 24);
   CHECK(u.dense_rows == 36);
   CHECK(u.bytes == 24 * c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4);
+
+  // A LagKV cache holds fewer rows than tokens: a long prompt fits a smaller capacity.
+  KvCache small = engine.make_cache(1, 200);
+  CHECK(small.capacity() < 200);
+  engine.prefill_whole(small, {random_tokens(200, c.vocab_size, 4)});
+  CHECK(small.rows(0) == cache_rows(spec, 200));
 }
 
 TEST_CASE("cache attention equals softmax attention over the first rows of each sequence", "[infer]") {
