@@ -1,4 +1,4 @@
-// lrsa-train: the command users run. Subcommands: train, eval, eval-qa, export, make-data, tokenize.
+// lrsa-train: the command users run. Subcommands: train, eval, eval-qa, generate, export, make-data, tokenize.
 // Exit codes: 0 success, 1 runtime error, 2 usage or configuration error, 130 interrupted.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -96,6 +96,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"whole", "chunked"}));
   qa_cmd->add_option("--out", qa_out, "per-sample results (JSONL)");
 
+  ConfigArgs gen_args;
+  infer::GenerateCommandOptions gen;
+  std::string gen_weights;
+  CLI::App* gen_cmd = app.add_subcommand("generate", "greedy answers to prompts through the (LagKV) KV cache");
+  gen_args.add_to(gen_cmd);
+  gen_cmd->add_option("--weights", gen_weights, "checkpoint or HF directory (default: newest valid checkpoint, else the config's model)");
+  gen_cmd->add_option("--prompt", gen.prompts, "a user message (repeatable: generated as one batch)")->required();
+  gen_cmd->add_option("--cache", gen.setting, "'dense' or a LagKV kept ratio in (0, 1] (sink and lag from the config)");
+  gen_cmd->add_option("--max-new-tokens", gen.max_new_tokens, "generated tokens at most")->check(CLI::PositiveNumber);
+
   std::string export_from, export_to, export_tokenizer;
   CLI::App* export_cmd = app.add_subcommand("export", "write a checkpoint's model as a Hugging Face directory");
   export_cmd->add_option("--checkpoint", export_from, "checkpoint directory (output_dir/checkpoints/step-N)")->required();
@@ -157,6 +167,14 @@ int main(int argc, char** argv) {
       std::stringstream list(qa_ratios);
       for (std::string item; std::getline(list, item, ',');) qa.settings.push_back(item);
       std::cout << infer::format_eval_qa_table(infer::run_eval_qa(config, qa)) << std::flush;
+    } else if (*gen_cmd) {
+      const train::RunConfig config = gen_args.load();
+      gen.weights = gen_weights;
+      for (const infer::GeneratedText& t : infer::run_generate(config, gen))
+        std::cout << nlohmann::json{{"text", t.text}, {"stopped", t.stopped}, {"cache_rows", t.cache.rows},
+                                    {"dense_rows", t.cache.dense_rows}}
+                         .dump()
+                  << "\n";
     } else if (*export_cmd) {
       const model::ModelConfig config = model::load_model_config(export_from);
       model::HfExportOptions options;

@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <charconv>
+#include <optional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "lrsa/data/chat.h"
 #include "lrsa/data/dataset.h"
 #include "lrsa/model/safetensors.h"
 #include "lrsa/train/checkpoint.h"
@@ -71,17 +74,25 @@ void load_weights(model::Decoder& decoder, const train::RunConfig& config, const
       dir = *latest;
   }
   if (dir.empty()) {
-    spdlog::info("eval-qa: no checkpoint under {}: the config's model", config.checkpoint.dir);
+    spdlog::info("no checkpoint under {}: the config's model", config.checkpoint.dir);
     train::init_or_load_weights(decoder, config);
     return;
   }
-  spdlog::info("eval-qa: weights from {}", dir.string());
+  spdlog::info("weights from {}", dir.string());
   model::load_hf_weights(decoder.params(), decoder.config(), model::load_safetensors_checkpoint(dir), dir.string());
 }
 
 std::string trim(const std::string& s) {
   const size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// The tokenizer's end tokens: generation stops on any of them.
+std::vector<int32_t> stop_tokens(const data::Tokenizer& tokenizer) {
+  std::vector<int32_t> ids;
+  for (const char* stop : {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>"})
+    if (auto id = tokenizer.find_token(stop)) ids.push_back(*id);
+  return ids;
 }
 
 }  // namespace
@@ -111,8 +122,7 @@ std::vector<SettingResult> run_eval_qa(const train::RunConfig& config, const Eva
   GenerateOptions gen;
   gen.max_new_tokens = options.max_new_tokens;
   gen.prefill = options.prefill;
-  for (const char* stop : {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>"})
-    if (auto id = tokenizer.find_token(stop)) gen.stop_tokens.push_back(*id);
+  gen.stop_tokens = stop_tokens(tokenizer);
 
   std::ofstream out;
   if (!options.out.empty()) {
@@ -167,6 +177,45 @@ std::vector<SettingResult> run_eval_qa(const train::RunConfig& config, const Eva
     results.push_back(r);
   }
   return results;
+}
+
+std::vector<GeneratedText> run_generate(const train::RunConfig& config, const GenerateCommandOptions& options) {
+  LRSA_CHECK(!options.prompts.empty(), "generate: no prompt given");
+  const train::ModelSetup setup = train::resolve_model(config);
+  model::Decoder decoder(setup.config, setup.options, setup.param_dtype, setup.device);
+  load_weights(decoder, config, options.weights);
+  const data::Tokenizer tokenizer = train::load_tokenizer(config);
+  const data::DatasetOptions dataset = train::dataset_options(config);
+  std::optional<data::ChatTemplate> chat;
+  if (dataset.qa_style == data::QaStyle::Chat) {
+    const std::optional<data::ChatFormat> format = dataset.chat_format ? dataset.chat_format : data::detect_chat_format(tokenizer);
+    LRSA_CHECK(format, "generate: tokenizer '{}' has no known chat tokens; set tokenizer.chat_template", tokenizer.source());
+    chat.emplace(tokenizer, *format, dataset.default_system_prompt);
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::string& p : options.prompts) {
+    const std::vector<data::ChatMessage> messages{{"user", p}};
+    prompts.push_back(chat ? chat->render_prompt(messages) : tokenizer.encode(p, /*parse_special=*/false));
+  }
+  const CacheSpec spec = parse_cache_setting(options.setting, config.attention.lrsa);
+  Engine engine(decoder, spec);
+  GenerateOptions gen;
+  gen.max_new_tokens = options.max_new_tokens;
+  gen.stop_tokens = stop_tokens(tokenizer);
+  const GenerateResult result = generate(engine, prompts, gen);
+  std::vector<GeneratedText> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GeneratedText t;
+    t.text = tokenizer.decode(result.outputs[i].tokens, /*skip_special=*/true);
+    t.stopped = result.outputs[i].stopped;
+    t.cache.rows = cache_rows(spec, int64_t(prompts[i].size()));
+    t.cache.dense_rows = int64_t(prompts[i].size());
+    out.push_back(t);
+  }
+  spdlog::info("generate ({}): prompts {} tokens, prefill {:.3f} s, {} decode steps in {:.3f} s, cache rows kept {:.1f}%",
+               spec.name(), result.prompt_tokens, result.prefill_s, result.decode_steps, result.decode_s,
+               100 * result.prefill_cache.kept_fraction());
+  return out;
 }
 
 std::string format_eval_qa_table(const std::vector<SettingResult>& results) {

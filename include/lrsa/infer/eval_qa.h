@@ -1,6 +1,7 @@
 #pragma once
 // `lrsa-train eval-qa`: greedy generation on a QA set through the KV cache at several cache
-// settings (dense and LagKV ratios), scored with qa_metrics.h (docs/inference.md).
+// settings (dense and LagKV ratios), scored with qa_metrics.h; `lrsa-train generate`: greedy
+// answers to user prompts (docs/inference.md).
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -45,5 +46,18 @@ struct SettingResult {
 
 std::vector<SettingResult> run_eval_qa(const train::RunConfig& config, const EvalQaOptions& options);
 std::string format_eval_qa_table(const std::vector<SettingResult>& results);
+
+struct GenerateCommandOptions {
+  std::filesystem::path weights;  // as EvalQaOptions::weights
+  std::vector<std::string> prompts;  // each a user message (chat template), or raw text for the byte tokenizer
+  std::string setting = "dense";     // "dense" or a LagKV kept ratio
+  int64_t max_new_tokens = 128;
+};
+struct GeneratedText {
+  std::string text;
+  bool stopped = false;
+  CacheUsage cache;  // after the prompt
+};
+std::vector<GeneratedText> run_generate(const train::RunConfig& config, const GenerateCommandOptions& options);
 
 }  // namespace lrsa::infer
