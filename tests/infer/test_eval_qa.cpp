@@ -1,0 +1,70 @@
+// eval-qa end to end on the CPU: a tiny random model (configs/tiny-cpu-smoke.json, S = 4,
+// L = 16) over synthetic passkey prompts long enough to compress several partitions.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "lrsa/data/synthetic.h"
+#include "lrsa/infer/eval_qa.h"
+
+using namespace lrsa;
+using namespace lrsa::infer;
+namespace fs = std::filesystem;
+
+TEST_CASE("eval-qa scores every setting, reports the cache and writes per-sample lines", "[infer]") {
+  const fs::path root = fs::temp_directory_path() / fmt::format("lrsa-eval-qa-{}", ::getpid());
+  fs::remove_all(root);
+  fs::create_directories(root);
+  data::SyntheticQaOptions synth;
+  synth.kind = "passkey";
+  synth.output_path = (root / "eval.jsonl").string();
+  synth.num_samples = 5;
+  synth.context_tokens = 80;
+  data::write_synthetic_qa(synth);
+  const train::RunConfig config = train::load_config(
+      std::string(LRSA_SOURCE_DIR) + "/configs/tiny-cpu-smoke.json",
+      {"output_dir=" + (root / "run").string(), "data.train=" + synth.output_path, "data.eval=" + synth.output_path},
+      train::ConfigContext{});
+
+  EvalQaOptions options;
+  options.settings = {"dense", "0.25"};
+  options.max_new_tokens = 6;
+  options.batch = 2;
+  options.out = root / "qa.jsonl";
+  const std::vector<SettingResult> results = run_eval_qa(config, options);
+  REQUIRE(results.size() == 2);
+  CHECK(results[0].name == "dense");
+  CHECK(results[1].name == "lagkv r=0.25");
+  for (const SettingResult& r : results) CHECK(r.scores.samples == 5);
+  CHECK(results[0].cache.rows == results[0].cache.dense_rows);
+  CHECK(results[1].cache.dense_rows == results[0].cache.dense_rows);
+  CHECK(results[1].cache.kept_fraction() < 0.8);
+
+  std::ifstream in(options.out);
+  int64_t lines = 0, rows = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    for (const char* key : {"setting", "index", "prediction", "answers", "exact_match", "f1", "recall", "stopped",
+                            "prompt_tokens", "cache_rows"})
+      CHECK(j.contains(key));
+    if (j["setting"] == "lagkv r=0.25") rows += j["cache_rows"].get<int64_t>();
+  }
+  CHECK(lines == 10);
+  CHECK(rows == results[1].cache.rows);
+  const std::string table = format_eval_qa_table(results);
+  CHECK(table.find("lagkv r=0.25") != std::string::npos);
+
+  // The chunked reference prefill generates the same answers.
+  options.prefill = PrefillPath::Chunked;
+  options.out.clear();
+  const std::vector<SettingResult> chunked = run_eval_qa(config, options);
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(chunked[i].scores.f1 == results[i].scores.f1);
+    CHECK(chunked[i].generated_tokens == results[i].generated_tokens);
+  }
+  fs::remove_all(root);
+}
