@@ -289,3 +289,28 @@ TEST_CASE("LagKV cache inference equals the LRSA training forward on CUDA (bf16)
     CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Chunked), tail) < 2e-2);
   }
 }
+
+TEST_CASE("CUDA cache attention and row gather equal the CPU ones", "[infer][cuda]") {
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t D : {64, 128}) {
+      INFO(dtype_name(dt) << " D " << D);
+      const int64_t B = 3, cap = 1500, Hk = 2, Hq = 14;
+      const Tensor kc = Tensor::normal({B, cap, Hk, D}, 8, 0, 0, 1, dt), vc = Tensor::normal({B, cap, Hk, D}, 8, 1, 0, 1, dt);
+      const Tensor q = Tensor::normal({5, Hq, D}, 8, 2, 0, 1, dt);
+      const Tensor seq = Tensor::from_ints({2, 0, 1, 2, 0}, {5}), limit = Tensor::from_ints({1500, 1, 777, 64, 1000}, {5});
+      Tensor cpu = Tensor::empty({5, Hq, D}, dt), gpu = Tensor::empty({5, Hq, D}, dt, Device::cuda(0));
+      cache_attention(q, kc, vc, seq, limit, cpu);
+      const Device g = Device::cuda(0);
+      cache_attention(q.to(g), kc.to(g), vc.to(g), seq.to(g), limit.to(g), gpu);
+      // fp32 arithmetic on both; bf16 outputs may differ by one rounding.
+      const double tolerance = dt == DType::F32 ? 1e-5 : 1e-2;
+      CHECK(test::max_abs_diff(gpu.to(Device::cpu()).to_doubles(), cpu.to_doubles()) <= tolerance);
+
+      const Tensor src = kc.select(0, 1);  // [cap, Hk, D]
+      const Tensor index = Tensor::from_ints({5, 9, 1400, 0, 3, 7, 8, 1499}, {Hk, 4});
+      Tensor gathered_cpu = Tensor::empty({4, Hk, D}, dt), gathered_gpu = Tensor::empty({4, Hk, D}, dt, g);
+      gather_head_rows(src, index, gathered_cpu);
+      gather_head_rows(src.to(g), index.to(g), gathered_gpu);
+      CHECK(gathered_gpu.to(Device::cpu()).to_doubles() == gathered_cpu.to_doubles());
+    }
+}
