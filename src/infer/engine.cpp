@@ -68,8 +68,14 @@ Tensor Engine::step(KvCache& cache, const std::vector<int64_t>& seqs, const std:
   }
   const model::ModelConfig& c = decoder_.config();
   const Device device = decoder_.device();
-  const Tensor pos_t = host_ints(positions, device), seq_t = host_ints(seqs, device), lim_t = host_ints(limits, device);
-  Tensor x = decoder_.embed(host_ints(std::vector<int64_t>(ids.begin(), ids.end()), device));
+  // ids, positions, sequences and row limits in one upload: [4, N] i32.
+  std::vector<int64_t> packed(ids.begin(), ids.end());
+  packed.insert(packed.end(), positions.begin(), positions.end());
+  packed.insert(packed.end(), seqs.begin(), seqs.end());
+  packed.insert(packed.end(), limits.begin(), limits.end());
+  const Tensor step_t = Tensor::from_ints(packed, {4, N}, DType::I32, device);
+  const Tensor pos_t = step_t.select(0, 1), seq_t = step_t.select(0, 2), lim_t = step_t.select(0, 3);
+  Tensor x = decoder_.embed(step_t.select(0, 0));
   for (size_t l = 0; l < size_t(c.num_hidden_layers); ++l) {
     const Tensor qkv = decoder_.layer_qkv(l, x, pos_t);
     const model::QkvViews views = model::split_qkv(qkv, c);
