@@ -12,6 +12,7 @@ set(LRSA_TEST_LAYER_DEPS_data lrsa_data)
 set(LRSA_TEST_LAYER_DEPS_model lrsa_model)
 set(LRSA_TEST_LAYER_DEPS_train lrsa_train)
 set(LRSA_TEST_LAYER_DEPS_infer lrsa_infer)
+set(LRSA_TEST_LAYER_DEPS_dist lrsa_train)
 
 file(GLOB LRSA_TEST_SUPPORT CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/support/*.cpp)
 foreach(layer core ops attn data model train dist infer)
@@ -27,6 +28,10 @@ foreach(layer core ops attn data model train dist infer)
     LRSA_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
     LRSA_SHARED_DIR="${PROJECT_SOURCE_DIR}/../shared")
   lrsa_target_defaults(${exe})
+  if(layer STREQUAL "dist")  # launches the built lrsa-train under mpirun
+    target_compile_definitions(${exe} PRIVATE LRSA_TRAIN_BINARY="$<TARGET_FILE:lrsa-train>")
+    add_dependencies(${exe} lrsa-train)
+  endif()
   foreach(file IN LISTS test_files)
     get_filename_component(stem ${file} NAME_WE)
     add_test(NAME ${layer}/${stem} COMMAND ${exe} "[#${stem}]~[cuda]" "-#" --order lex)

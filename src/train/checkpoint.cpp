@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lrsa/core/error.h"
+#include "model/file_io.h"
 
 namespace lrsa::train {
 
@@ -64,16 +65,39 @@ int64_t checkpoint_step(const fs::path& dir) {
   return std::stoll(digits);
 }
 
-fs::path publish_checkpoint(const fs::path& root, int64_t step, const std::function<void(const fs::path&)>& write) {
+fs::path publish_checkpoint(const fs::path& root, int64_t step, const std::function<void(const fs::path&)>& write,
+                            dist::Comm& group) {
   std::error_code ec;
-  fs::create_directories(root, ec);
-  LRSA_CHECK(!ec, "checkpoint: cannot create {}: {}", root.string(), ec.message());
-  const fs::path tmp = root / fmt::format(".tmp-{}-{}", step_name(step), ::getpid());
-  fs::remove_all(tmp, ec);
-  fs::create_directory(tmp, ec);
-  LRSA_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
+  std::string tmp_name, setup_error;
+  if (group.is_root()) {
+    fs::create_directories(root, ec);
+    tmp_name = fmt::format(".tmp-{}-{}", step_name(step), ::getpid());
+    if (ec) {
+      setup_error = fmt::format("checkpoint: cannot create {}: {}", root.string(), ec.message());
+    } else {
+      fs::remove_all(root / tmp_name, ec);
+      fs::create_directory(root / tmp_name, ec);
+      if (ec) setup_error = fmt::format("checkpoint: cannot create {}: {}", (root / tmp_name).string(), ec.message());
+    }
+  }
+  setup_error = group.broadcast(setup_error, 0, "checkpoint setup");
+  LRSA_CHECK(setup_error.empty(), "{}", setup_error);
+  const fs::path tmp = root / group.broadcast(tmp_name, 0, "checkpoint setup");
+  const fs::path final_dir = root / step_name(step);
+  std::exception_ptr write_error;
   try {
     write(tmp);
+  } catch (...) {
+    write_error = std::current_exception();
+  }
+  // Every rank's files are complete (or some rank failed) once all ranks get here.
+  if (!group.all_true(write_error == nullptr, "checkpoint write")) {
+    if (group.is_root()) fs::remove_all(tmp, ec);
+    if (write_error) std::rethrow_exception(write_error);
+    fail("checkpoint {}: another rank failed to write its files (see its log)", final_dir.string());
+  }
+  if (!group.is_root()) return final_dir;
+  try {
     nlohmann::ordered_json manifest;
     manifest["step"] = step;
     std::vector<fs::path> files;
@@ -84,14 +108,10 @@ fs::path publish_checkpoint(const fs::path& root, int64_t step, const std::funct
       manifest["files"][f.filename().string()] = {{"bytes", fs::file_size(f)}, {"hash", hex64(file_hash(f))}};
       fsync_path(f, false);
     }
-    {
-      std::ofstream out(tmp / kManifest);
-      out << manifest.dump(2) << "\n";
-      LRSA_CHECK(out.good(), "checkpoint: cannot write {}", (tmp / kManifest).string());
-    }
+    // Checked writes (a full disk is an error naming the file, never a truncated manifest).
+    model::write_file_atomic(tmp / kManifest, manifest.dump(2) + "\n");
     fsync_path(tmp / kManifest, false);
     fsync_path(tmp, true);
-    const fs::path final_dir = root / step_name(step);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(tmp, final_dir, ec);
     LRSA_CHECK(!ec, "checkpoint: cannot publish {}: {}", final_dir.string(), ec.message());

@@ -258,6 +258,7 @@ void schema(V& v, C& c) {
     v.field("backend", c.distributed.backend);
     v.field("zero1", c.distributed.zero1, {.aliases = "zero shard_optimizer"});
     v.field("bucket_mb", c.distributed.bucket_mb, {.range = closed(1, 1 << 20), .aliases = "bucket_size bucket_size_mb"});
+    v.field("timeout_s", c.distributed.timeout_s, {.range = closed(1, 86400), .aliases = "timeout collective_timeout"});
   });
   v.field("seed", c.seed, {.range = at_least(0), .aliases = "random_seed"});
   v.field("device", c.device);
@@ -712,6 +713,8 @@ void check_run_rules(const RunConfig& c, const ConfigContext& ctx) {
   if (backend == Backend::Nccl && !runs_on_cuda(c, ctx))
     config_fail("distributed.backend", "nccl needs CUDA, but the device is {}{}", choice_name(c.device),
                 c.device == DeviceChoice::Auto ? " (no GPU here)" : "");
+  if (backend == Backend::MpiCpu && runs_on_cuda(c, ctx))
+    config_fail("distributed.backend", "mpi_cpu reduces host memory, but the device is cuda: use nccl (or auto)");
 }
 
 std::string strip_json_exception_prefix(const char* what) {

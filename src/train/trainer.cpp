@@ -5,9 +5,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <fstream>
+#include <regex>
 
+#include "lrsa/dist/comm.h"
+#include "lrsa/dist/data_parallel.h"
 #include "lrsa/model/hf_export.h"
 #include "lrsa/ops/optimizer.h"
 #include "lrsa/train/checkpoint.h"
@@ -77,6 +81,7 @@ struct StepClock {
   double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
 };
 
+// One rank's optimizer shard: master weights and moments of flat elements [shard_begin, shard_end).
 void write_optimizer_state(const fs::path& path, Optimizer& optimizer) {
   model::write_safetensors(path, {{"master", optimizer.master()}, {"m", optimizer.m()}, {"v", optimizer.v()}},
                            {{"steps_taken", std::to_string(optimizer.steps_taken())},
@@ -84,18 +89,51 @@ void write_optimizer_state(const fs::path& path, Optimizer& optimizer) {
                             {"shard_end", std::to_string(optimizer.shard_end())}});
 }
 
-void read_optimizer_state(const fs::path& path, Optimizer& optimizer) {
-  const model::SafetensorsContents state = model::read_safetensors(path);
-  LRSA_CHECK(state.metadata.count("shard_begin") && std::stoll(state.metadata.at("shard_begin")) == optimizer.shard_begin() &&
-                 std::stoll(state.metadata.at("shard_end")) == optimizer.shard_end(),
-             "{}: optimizer shard does not match this run's parameter layout", path.string());
-  for (const char* name : {"master", "m", "v"}) {
-    LRSA_CHECK(state.tensors.count(name), "{}: missing tensor '{}'", path.string(), name);
+std::string optimizer_file_name(int rank) { return fmt::format("optimizer-rank{:05d}.safetensors", rank); }
+
+// Fills this optimizer's shard from the shards of checkpoint `dir`, whatever world size wrote
+// them (each file says which flat range it holds), so a run resumes on a different world size.
+void read_optimizer_state(const fs::path& dir, Optimizer& optimizer) {
+  const int64_t begin = optimizer.shard_begin(), end = optimizer.shard_end();
+  const std::regex pattern(R"(optimizer-rank\d{5}\.safetensors)");
+  int64_t covered = 0, steps = -1;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (!std::regex_match(name, pattern)) continue;
+    const model::SafetensorsContents state = model::read_safetensors(entry.path());
+    for (const char* key : {"shard_begin", "shard_end", "steps_taken"})
+      LRSA_CHECK(state.metadata.count(key), "{}: metadata lacks '{}'", entry.path().string(), key);
+    const int64_t file_begin = std::stoll(state.metadata.at("shard_begin")), file_end = std::stoll(state.metadata.at("shard_end"));
+    const int64_t file_steps = std::stoll(state.metadata.at("steps_taken"));
+    LRSA_CHECK(steps < 0 || steps == file_steps, "{}: steps_taken {} differs from the other shards' {}",
+               entry.path().string(), file_steps, steps);
+    steps = file_steps;
+    const int64_t lo = std::max(begin, file_begin), hi = std::min(end, file_end);
+    if (lo >= hi) continue;
+    for (const char* key : {"master", "m", "v"}) {
+      LRSA_CHECK(state.tensors.count(key) && state.tensors.at(key).numel() == file_end - file_begin,
+                 "{}: tensor '{}' missing or not [{}]", entry.path().string(), key, file_end - file_begin);
+      Tensor& dst = key[0] == 'm' && key[1] == 'a' ? optimizer.master() : key[0] == 'm' ? optimizer.m() : optimizer.v();
+      dst.slice(0, lo - begin, hi - begin).copy_(state.tensors.at(key).slice(0, lo - file_begin, hi - file_begin));
+    }
+    covered += hi - lo;
   }
-  optimizer.master().copy_(state.tensors.at("master"));
-  optimizer.m().copy_(state.tensors.at("m"));
-  optimizer.v().copy_(state.tensors.at("v"));
-  optimizer.set_steps_taken(std::stoll(state.metadata.at("steps_taken")));
+  LRSA_CHECK(covered == end - begin,
+             "{}: the optimizer shards cover {} of the {} elements [{}, {}) this rank needs (shards overlap or are "
+             "missing, or the model differs)", dir.string(), covered, end - begin, begin, end);
+  optimizer.set_steps_taken(steps);
+}
+
+// Each layer's range of the flat arena, in layer order (data-parallel buckets).
+std::vector<dist::Range> layer_ranges(const model::ModelConfig& c) {
+  std::vector<dist::Range> ranges(size_t(c.num_hidden_layers), dist::Range{INT64_MAX, 0});
+  for (const model::ParamEntry& e : model::parameter_layout(c)) {
+    if (!e.name.starts_with("layers.")) continue;
+    dist::Range& r = ranges[size_t(std::stoll(e.name.substr(7)))];
+    r.begin = std::min(r.begin, e.offset);
+    r.end = std::max(r.end, e.offset + shape_numel(e.shape));
+  }
+  return ranges;
 }
 
 // Keeps only the metrics lines of steps up to `last_step` (a resumed run rewrites the rest).
@@ -168,11 +206,51 @@ void init_or_load_weights(model::Decoder& decoder, const RunConfig& config) {
   }
 }
 
-TrainResult run_training(const RunConfig& config, const TrainOptions& options, std::unique_ptr<BatchSource> source) {
-  const ModelSetup setup = resolve_model(config);
-  const int64_t accumulation = config.batch.accumulation_steps(1);
+namespace {
+
+// The checkpoint to resume from, chosen by rank 0 and the same on every rank.
+std::optional<fs::path> choose_resume_dir(const TrainOptions& options, const fs::path& checkpoint_root, dist::Comm& comm) {
+  nlohmann::json choice = {{"dir", ""}, {"error", ""}};
+  if (comm.is_root()) {
+    if (options.resume == "auto") {
+      const auto found = latest_valid_checkpoint(checkpoint_root, [](const std::string& w) { spdlog::warn("{}", w); });
+      if (found) choice["dir"] = found->string();
+      else spdlog::info("resume auto: no valid checkpoint under {}, starting fresh", checkpoint_root.string());
+    } else if (!options.resume.empty()) {
+      const std::string problem = verify_checkpoint(options.resume);
+      if (problem.empty()) choice["dir"] = options.resume;
+      else choice["error"] = fmt::format("--resume {}: {}", options.resume, problem);
+    }
+  }
+  choice = nlohmann::json::parse(comm.broadcast(choice.dump(), 0, "broadcast of the resume checkpoint"));
+  LRSA_CHECK(choice["error"].get<std::string>().empty(), "{}", choice["error"].get<std::string>());
+  const std::string dir = choice["dir"].get<std::string>();
+  return dir.empty() ? std::nullopt : std::optional<fs::path>(dir);
+}
+
+TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, std::unique_ptr<BatchSource> source,
+                        dist::Comm& comm) {
+  const int world = comm.size(), rank = comm.rank();
+  if (!comm.is_root()) spdlog::set_level(spdlog::level::warn);  // rank 0 speaks for the job
+  LRSA_CHECK(config.batch.tokens_per_step % (config.batch.micro_batch_tokens * world) == 0,
+             "batch.tokens_per_step = {} is not a multiple of batch.micro_batch_tokens * world size = {} * {} (the config "
+             "was validated for another world size)", config.batch.tokens_per_step, config.batch.micro_batch_tokens, world);
+  ModelSetup setup = resolve_model(config);
+  const bool zero1 = config.distributed.zero1 && world > 1;
+  if (setup.device.is_cuda()) {
+#ifdef LRSA_WITH_CUDA
+    // One GPU per process: the node-local rank picks it.
+    int devices = 0;
+    LRSA_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    LRSA_CHECK(comm.local_rank() < devices, "rank {} is local rank {} on its host, which has only {} GPUs: launch at "
+               "most {} processes per host", rank, comm.local_rank(), devices, devices);
+    LRSA_CUDA_CHECK(cudaSetDevice(comm.local_rank()));
+    setup.device = Device::cuda(comm.local_rank());
+#endif
+  }
+  const int64_t accumulation = config.batch.accumulation_steps(world);
   const model::MemoryPlan plan = model::plan_memory(setup.config, setup.options, setup.param_dtype,
-                                                    config.batch.micro_batch_tokens, 1);
+                                                    config.batch.micro_batch_tokens, zero1 ? world : 1);
   spdlog::info("model: {} layers, hidden {}, {} heads ({} kv) x {}, vocab {}, {:.1f}M parameters, on {} in {}",
                setup.config.num_hidden_layers, setup.config.hidden_size, setup.config.num_attention_heads,
                setup.config.num_key_value_heads, setup.config.head_dim, setup.config.vocab_size,
@@ -185,7 +263,23 @@ TrainResult run_training(const RunConfig& config, const TrainOptions& options, s
 
   model::Decoder decoder(setup.config, setup.options, setup.param_dtype, setup.device);
   init_or_load_weights(decoder, config);
-  Optimizer optimizer(decoder, config.optim);
+  // Data parallel: gradients reduced while backward runs; ZeRO-1 shards the optimizer.
+  std::unique_ptr<dist::DataParallel> data_parallel;
+  dist::Range shard{0, decoder.params().flat.numel()};
+  if (world > 1) {
+    const dist::Transport transport = setup.device.is_cuda() ? dist::Transport::Nccl : dist::Transport::Mpi;
+    data_parallel = std::make_unique<dist::DataParallel>(comm, transport, decoder.grads().flat, decoder.params().flat,
+                                                         layer_ranges(setup.config),
+                                                         config.distributed.bucket_mb << 20, zero1);
+    shard = data_parallel->shard();
+    decoder.set_grads_ready_callback([&](int64_t layer) { data_parallel->on_grads_ready(layer); });
+    spdlog::info("data parallel: {} ranks over {}, {} gradient buckets of ~{} MiB{}", world,
+                 transport == dist::Transport::Nccl ? "NCCL" : "MPI", data_parallel->num_buckets(),
+                 config.distributed.bucket_mb, zero1 ? ", optimizer sharded (ZeRO-1)" : "");
+  }
+  Optimizer optimizer(decoder, config.optim, shard.begin, shard.end);
+  // Every rank reads the same global stream of micro-batches and keeps every world-th one, so
+  // a step trains on the same samples at any world size and the cursor is world-independent.
   if (!source) source = make_train_source(config, 0, 1);
 
   const fs::path output_dir = config.output_dir;
@@ -196,51 +290,48 @@ TrainResult run_training(const RunConfig& config, const TrainOptions& options, s
   int64_t step = 0, tokens_seen = 0, consecutive_skips = 0, skipped_total = 0;
   TrainResult result;
   // Resume: weights, optimizer state, data cursor and counters from a checkpoint.
-  std::optional<fs::path> resume_dir;
-  if (options.resume == "auto") {
-    resume_dir = latest_valid_checkpoint(checkpoint_root, [](const std::string& w) { spdlog::warn("{}", w); });
-    if (!resume_dir) spdlog::info("resume auto: no valid checkpoint under {}, starting fresh", checkpoint_root.string());
-  } else if (!options.resume.empty()) {
-    const std::string problem = verify_checkpoint(options.resume);
-    LRSA_CHECK(problem.empty(), "--resume {}: {}", options.resume, problem);
-    resume_dir = fs::path(options.resume);
-  }
-  if (resume_dir) {
+  if (const std::optional<fs::path> resume_dir = choose_resume_dir(options, checkpoint_root, comm)) {
     model::load_hf_weights(decoder.params(), setup.config, model::load_safetensors_checkpoint(*resume_dir),
                            resume_dir->string());
-    read_optimizer_state(*resume_dir / "optimizer-rank00000.safetensors", optimizer);
+    read_optimizer_state(*resume_dir, optimizer);
     std::ifstream in(*resume_dir / "trainer_state.json");
     const nlohmann::json state = nlohmann::json::parse(in);
     step = state.at("step").get<int64_t>();
     tokens_seen = state.at("tokens_seen").get<int64_t>();
     skipped_total = state.at("skipped_steps").get<int64_t>();
     source->restore(state.at("data_cursor"));
-    truncate_metrics(metrics_path, step);
-    spdlog::info("resumed from {} at step {}", resume_dir->string(), step);
+    if (comm.is_root()) truncate_metrics(metrics_path, step);
+    spdlog::info("resumed from {} at step {} (written by {} rank(s), now {})", resume_dir->string(), step,
+                 state.value("world_size", 1), world);
     result.last_checkpoint = *resume_dir;
   }
 
+  // Rank 0 writes the model and run state, every rank its optimizer shard (without ZeRO-1 the
+  // ranks hold identical state and rank 0 writes it once).
   auto save = [&](int64_t at_step) {
     result.last_checkpoint = publish_checkpoint(checkpoint_root, at_step, [&](const fs::path& dir) {
+      if (zero1 || comm.is_root()) write_optimizer_state(dir / optimizer_file_name(rank), optimizer);
+      if (!comm.is_root()) return;
       model::export_hf_checkpoint(dir, setup.config, model::hf_views(decoder.params(), setup.config));
-      write_optimizer_state(dir / "optimizer-rank00000.safetensors", optimizer);
       nlohmann::ordered_json state;
       state["step"] = at_step;
       state["tokens_seen"] = tokens_seen;
       state["skipped_steps"] = skipped_total;
       state["data_cursor"] = source->cursor();
       state["seed"] = config.seed;
+      state["world_size"] = world;
       std::ofstream(dir / "trainer_state.json") << state.dump(2) << "\n";
       std::ofstream(dir / "run_config.json") << dump_config(config) << "\n";
-    });
-    prune_checkpoints(checkpoint_root, config.checkpoint.keep_last);
+    }, comm);
+    if (comm.is_root()) prune_checkpoints(checkpoint_root, config.checkpoint.keep_last);
     spdlog::info("checkpoint {}", result.last_checkpoint.string());
   };
 
   g_stop_signal.store(0);
   auto previous_int = std::signal(SIGINT, on_stop_signal);
   auto previous_term = std::signal(SIGTERM, on_stop_signal);
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;
+  if (comm.is_root()) metrics.open(metrics_path, std::ios::app);
   ProgressReporter progress(config.logging, config.schedule.max_steps, step);
   const double peak_flops = setup.device.is_cuda() ? 989e12 : 0.0;  // H200/H100 dense bf16 datasheet
   // Parameters used in matmuls: all but the embedding lookup (a tied lm_head reuses it).
@@ -252,30 +343,47 @@ TrainResult run_training(const RunConfig& config, const TrainOptions& options, s
       if (config.schedule.epochs > 0 && source->epoch() >= config.schedule.epochs) break;
       StepClock clock;
       // Fetch the whole step first: the loss is normalized by the trained tokens of the global
-      // batch, which every micro-batch's backward needs as its gradient scale.
+      // batch, which every micro-batch's backward needs as its gradient scale. This rank trains
+      // micro-batches rank, rank + world, ... of the step's accumulation * world.
       std::vector<model::TokenBatch> micro;
-      int64_t step_trained = 0, step_tokens = 0;
-      double flops = 0;
-      for (int64_t i = 0; i < accumulation; ++i) {
+      double counts[3] = {0, 0, 0};  // trained tokens, tokens, FLOPs of the step: summed over ranks
+      for (int64_t i = 0; i < accumulation * world; ++i) {
         const HostBatch hb = source->next();
+        if (i % world != rank) continue;
         micro.push_back(model::TokenBatch::from_host(hb.input_ids, hb.labels, hb.cu_seqlens, setup.device, hb.positions));
-        step_trained += micro.back().trained_tokens;
-        step_tokens += int64_t(hb.input_ids.size());
+        counts[0] += double(micro.back().trained_tokens);
+        counts[1] += double(hb.input_ids.size());
         const double layers = double(setup.config.num_hidden_layers);
-        flops += 6.0 * matmul_params * double(hb.input_ids.size()) +
-                 layers * 14.0 * attention_pairs(micro.back().layout, setup.options.attention) *
-                     double(setup.config.num_attention_heads * setup.config.head_dim);
+        counts[2] += 6.0 * matmul_params * double(hb.input_ids.size()) +
+                     layers * 14.0 * attention_pairs(micro.back().layout, setup.options.attention) *
+                         double(setup.config.num_attention_heads * setup.config.head_dim);
       }
+      comm.allreduce_sum(counts, "all-reduce of the step's token counts");
+      const int64_t step_trained = int64_t(counts[0]), step_tokens = int64_t(counts[1]);
+      const double flops = counts[2];
       ++step;
       decoder.zero_grads();
       double loss_sum = 0;
       const float grad_scale = step_trained > 0 ? 1.0f / float(step_trained) : 0.0f;
-      for (const model::TokenBatch& b : micro) loss_sum += decoder.forward_backward(b, grad_scale).loss_sum;
+      for (size_t j = 0; j < micro.size(); ++j) {
+        // Gradients are reduced during the last micro-batch's backward; earlier ones accumulate.
+        if (data_parallel && j + 1 == micro.size()) data_parallel->arm();
+        loss_sum += decoder.forward_backward(micro[j], grad_scale).loss_sum;
+      }
       micro.clear();
+      if (data_parallel) data_parallel->finish();
 
-      const double grad_norm = ops::global_grad_norm({decoder.grads().flat});
+      // ZeRO-1: each rank holds the reduced gradients of its shard only; the squared norms add up.
+      const Tensor local_grads = decoder.grads().flat.slice(0, shard.begin, shard.end);
+      const double local_norm = ops::global_grad_norm({local_grads});
+      double sums[3] = {loss_sum, zero1 ? local_norm * local_norm : 0.0, double(g_stop_signal.load() != 0)};
+      comm.allreduce_sum(sums, "all-reduce of the step's loss");
+      loss_sum = sums[0];
+      const double grad_norm = zero1 ? std::sqrt(sums[1]) : local_norm;
+      const bool stop_signalled = sums[2] > 0;
       const double lr = learning_rate(config.optim, config.schedule, step);
       const StepStats stats = optimizer.step(lr, grad_norm);
+      if (data_parallel && !stats.skipped) data_parallel->all_gather_params();
       tokens_seen += step_tokens;
       if (stats.skipped) {
         ++skipped_total;
@@ -297,27 +405,30 @@ TrainResult run_training(const RunConfig& config, const TrainOptions& options, s
       record.tokens_per_s = double(step_tokens) / seconds;
       record.skipped = stats.skipped;
       result.steps.push_back(record);
-      const double mfu = peak_flops > 0 ? flops / seconds / peak_flops : 0.0;
+      const double mfu = peak_flops > 0 ? flops / seconds / (peak_flops * world) : 0.0;
       const MemoryStats mem = memory_stats(setup.device);
-      nlohmann::ordered_json line = {{"step", step},           {"loss", record.loss},
-                                     {"lr", lr},               {"grad_norm", grad_norm},
-                                     {"tokens", step_tokens},  {"trained_tokens", step_trained},
-                                     {"tokens_per_s", record.tokens_per_s}, {"mfu", mfu},
-                                     {"peak_bytes", mem.peak_bytes}, {"skipped", stats.skipped}};
-      metrics << line.dump() << "\n";
-      metrics.flush();
-      progress.update(record, mfu, mem.peak_bytes);
+      if (comm.is_root()) {
+        nlohmann::ordered_json line = {{"step", step},           {"loss", record.loss},
+                                       {"lr", lr},               {"grad_norm", grad_norm},
+                                       {"tokens", step_tokens},  {"trained_tokens", step_trained},
+                                       {"tokens_per_s", record.tokens_per_s}, {"mfu", mfu},
+                                       {"peak_bytes", mem.peak_bytes}, {"skipped", stats.skipped}};
+        metrics << line.dump() << "\n";
+        metrics.flush();
+        progress.update(record, mfu, mem.peak_bytes);
+      }
 
-      const bool stop = g_stop_signal.load() != 0 || (options.stop_after_step > 0 && step >= options.stop_after_step);
+      const bool stop = stop_signalled || (options.stop_after_step > 0 && step >= options.stop_after_step);
       const bool periodic = config.checkpoint.every_steps > 0 && step % config.checkpoint.every_steps == 0;
       if (stop || periodic) save(step);
       if (stop) {
         result.interrupted = true;
-        spdlog::info("stopped at step {}{}", step, g_stop_signal.load() ? " by a signal; resume with --resume auto" : "");
+        spdlog::info("stopped at step {}{}", step, stop_signalled ? " by a signal; resume with --resume auto" : "");
         break;
       }
     }
     if (!result.interrupted && (result.last_checkpoint.empty() || checkpoint_step(result.last_checkpoint) != step)) save(step);
+    comm.barrier("the final barrier");
   } catch (...) {
     std::signal(SIGINT, previous_int);
     std::signal(SIGTERM, previous_term);
@@ -325,9 +436,23 @@ TrainResult run_training(const RunConfig& config, const TrainOptions& options, s
   }
   std::signal(SIGINT, previous_int);
   std::signal(SIGTERM, previous_term);
-  progress.finish();
+  if (comm.is_root()) progress.finish();
   result.last_step = step;
   return result;
+}
+
+}  // namespace
+
+TrainResult run_training(const RunConfig& config, const TrainOptions& options, std::unique_ptr<BatchSource> source) {
+  dist::Comm& comm = dist::Comm::world();
+  comm.set_timeout_s(config.distributed.timeout_s);
+  try {
+    return train_ranks(config, options, std::move(source), comm);
+  } catch (const std::exception& e) {
+    // One rank failing ends the job: the others would wait for it in their next collective.
+    if (comm.multi()) comm.abort(fmt::format("training failed: {}", e.what()));
+    throw;
+  }
 }
 
 }  // namespace lrsa::train

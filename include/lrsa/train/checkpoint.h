@@ -4,6 +4,12 @@
 // 64-bit content hash. A checkpoint is built in <root>/.tmp-step-00000100-<pid>, every file and
 // the directory are fsync'ed, and one rename publishes it: a crash at any moment leaves either
 // no new checkpoint or a complete one, and the previous checkpoints untouched.
+//
+// With several ranks, rank 0 creates the temporary directory and tells the others its name,
+// every rank writes its files (optimizer shards), all agree that every write succeeded
+// (a collective, which is also the barrier), then rank 0 alone hashes and fsyncs every file,
+// writes the manifest and renames. A rank that dies before the rename leaves only a temporary
+// directory, which resume ignores and removes.
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -11,17 +17,21 @@
 #include <string>
 #include <vector>
 
+#include "lrsa/dist/comm.h"
+
 namespace lrsa::train {
 
 // Hash of a file's bytes (64-bit, word-wise multiply-rotate; detects corruption, not tampering).
 uint64_t file_hash(const std::filesystem::path& path);
 
-// Creates the temporary directory, calls write(tmp_dir), writes the manifest over every regular
-// file in it, fsyncs and renames it to <root>/step-<step>. Returns the published path. When
-// write throws, the temporary directory is removed and the error propagates; earlier
-// checkpoints are never touched. An existing checkpoint of the same step is replaced.
+// Creates the temporary directory, calls write(tmp_dir) (on every rank of `group`), writes the
+// manifest over every regular file in it, fsyncs and renames it to <root>/step-<step>. Returns
+// the published path (on every rank). When write throws (on any rank), the temporary directory
+// is removed and an error propagates on every rank; earlier checkpoints are never touched. An
+// existing checkpoint of the same step is replaced.
 std::filesystem::path publish_checkpoint(const std::filesystem::path& root, int64_t step,
-                                         const std::function<void(const std::filesystem::path&)>& write);
+                                         const std::function<void(const std::filesystem::path&)>& write,
+                                         dist::Comm& group = dist::Comm::world());
 
 // Checks a checkpoint directory against its manifest; returns "" when valid, else the reason.
 std::string verify_checkpoint(const std::filesystem::path& dir);

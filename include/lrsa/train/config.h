@@ -18,6 +18,7 @@
 #include "lrsa/attn/attention.h"
 #include "lrsa/core/dtype.h"
 #include "lrsa/core/error.h"
+#include "lrsa/dist/comm.h"
 
 namespace lrsa::train {
 
@@ -133,6 +134,7 @@ struct DistributedConfig {
   Backend backend = Backend::Auto;
   bool zero1 = false;
   int64_t bucket_mb = 25;
+  double timeout_s = 600;  // longest wait on other ranks before the job is aborted
 };
 
 struct EvalConfig {
@@ -161,7 +163,8 @@ struct RunConfig {
 
 // What validation needs to know about the launch.
 struct ConfigContext {
-  int world_size = 1;           // ranks of the run (batch arithmetic)
+  int world_size = dist::detect_launch().world;  // ranks of the run (batch arithmetic): mpirun's -np
+
   bool cuda_available = false;  // decides what device "auto" becomes (kernel constraints)
 };
 
