@@ -95,11 +95,10 @@ TEST_CASE("a full disk while writing checkpoint files keeps the previous checkpo
   fs::remove_all(root);
 }
 
-// Catches a real bug: publish_checkpoint once wrote the manifest through a std::ofstream checked
-// before its destructor flushed it, so a full disk published a truncated manifest (and pruning
-// then deleted the last valid checkpoint). Tagged [!mayfail] until the fix (the manifest written
-// with model::write_file_atomic) is committed in src/train/checkpoint.cpp.
-TEST_CASE("a full disk while writing the manifest keeps the previous checkpoint", "[train][known-bug][!mayfail]") {
+// publish_checkpoint once wrote the manifest through a std::ofstream checked before its
+// destructor flushed it, so a full disk published a truncated manifest (and pruning then deleted
+// the last valid checkpoint); it now writes it with checked writes.
+TEST_CASE("a full disk while writing the manifest keeps the previous checkpoint", "[train]") {
   const fs::path root = fresh_dir("fullmanifest");
   publish_small(root, 1);
   const uint64_t manifest_bytes = fs::file_size(root / "step-00000001" / "manifest.json");
