@@ -29,6 +29,10 @@ note() { echo "$*" | tee -a "$summary"; }
 
 [ -x "$bin" ] || { note "dist.sh: $bin is missing: run scripts/gpu/run.sh build first"; exit 2; }
 command -v mpirun >/dev/null || { note "dist.sh: mpirun is not installed on this machine (Debian: openmpi-bin)"; exit 2; }
+for feature in MPI NCCL; do
+  grep -q "LRSA_WITH_$feature=1" "$build/compile_commands.json" ||
+    { note "dist.sh: $build was configured without $feature (see 'lrsa: $feature' in its CMake output)"; exit 2; }
+done
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 [ "$gpus" -ge 2 ] || { note "dist.sh: needs 2 GPUs, found $gpus"; exit 2; }
 mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x OMP_NUM_THREADS -x NCCL_DEBUG)

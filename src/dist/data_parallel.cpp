@@ -105,7 +105,7 @@ DataParallel::~DataParallel() {
 }
 
 void DataParallel::on_grads_ready(int64_t layer) {
-  if (!armed_) return;
+  if (!armed_ || !comm_.multi()) return;
   for (Bucket& b : buckets_)
     if (b.ready_layer == layer && !b.launched) launch(b);
 #ifdef LRSA_WITH_MPI
@@ -166,7 +166,10 @@ void DataParallel::launch(Bucket& bucket) {
 }
 
 void DataParallel::finish() {
-  if (!armed_) return;
+  if (!armed_ || !comm_.multi()) {  // one rank: its gradients are the sum
+    armed_ = false;
+    return;
+  }
   for (Bucket& b : buckets_)
     if (!b.launched) launch(b);
   for (Bucket& b : buckets_) b.launched = false;
