@@ -15,11 +15,6 @@ namespace lrsa::dist {
 
 namespace {
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
-}
-
 #ifdef LRSA_WITH_MPI
 void mpi_check(int rc, std::string_view call) {
   if (rc == MPI_SUCCESS) return;
@@ -40,15 +35,6 @@ void wait_request(Comm& comm, MPI_Request& request, std::string_view what) {
 #endif
 
 }  // namespace
-
-Launch detect_launch() {
-  Launch l;
-  l.world = env_int("OMPI_COMM_WORLD_SIZE", 1);
-  l.under_mpirun = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr;
-  l.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
-  l.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0);
-  return l;
-}
 
 bool mpi_available() {
 #ifdef LRSA_WITH_MPI

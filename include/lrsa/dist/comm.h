@@ -13,15 +13,9 @@
 #include <string>
 #include <string_view>
 
-namespace lrsa::dist {
+#include "lrsa/dist/launch.h"
 
-// The launch as the environment says (Open MPI's OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}), read
-// without calling MPI: world 1 when not started by mpirun.
-struct Launch {
-  int rank = 0, world = 1, local_rank = 0;
-  bool under_mpirun = false;
-};
-Launch detect_launch();
+namespace lrsa::dist {
 
 // Whether this build can run more than one process (MPI found by CMake).
 bool mpi_available();

@@ -18,7 +18,7 @@
 #include "lrsa/attn/attention.h"
 #include "lrsa/core/dtype.h"
 #include "lrsa/core/error.h"
-#include "lrsa/dist/comm.h"
+#include "lrsa/dist/launch.h"
 
 namespace lrsa::train {
 
