@@ -14,6 +14,7 @@ land inside publish_checkpoint. After every kill:
     prune_checkpoints, which deletes in place) is counted instead;
   - `train --resume auto` with max_steps = newest step + 1 must resume from the newest valid
     checkpoint (no "skipping checkpoint" warning), finish, and publish a checkpoint that verifies.
+With --ranks N every run is `mpirun -np N` (data parallel on the CPU) and a random rank is killed.
 Exits 1 on the first violation, printing it; else prints the counts.
 """
 import argparse
@@ -76,6 +77,24 @@ def step_dirs(root):
     return [os.path.join(root, n) for n in sorted(names, reverse=True)]
 
 
+def rank_pids(mpirun_pid):
+    """The lrsa-train processes started by mpirun (its children, found through /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == mpirun_pid and name == "lrsa-train":
+            pids.append(int(entry))
+    return pids
+
+
 def temp_dirs(root):
     return [n for n in os.listdir(root) if n.startswith(".tmp-")] if os.path.isdir(root) else []
 
@@ -86,6 +105,9 @@ def main():
     parser.add_argument("--bin", default=os.path.join(os.environ.get("BUILD_DIR", "build"), "lrsa-train"))
     parser.add_argument("--work", default=f"/tmp/lrsa-kill9-{os.getpid()}")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--ranks", type=int, default=0,
+                        help="run every training under `mpirun -np RANKS` and SIGKILL one random rank "
+                        "(mpirun then ends the others); 0 = one process without mpirun")
     parser.add_argument("--max-delay", type=float, help="longest random kill delay in seconds "
                         "(default: 1.5 x the wall time of a clean one-step run, start-up included)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -105,15 +127,26 @@ def main():
                     "--context-tokens", "100", "--seed", "1"], check=True, capture_output=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
 
+    mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(args.ranks),
+              "-x", "OMP_NUM_THREADS", "-x", "OMP_WAIT_POLICY"] if args.ranks > 0 else []
+
     def train(max_steps):
-        return [args.bin, "train", "--config", os.path.join(repo, "configs/tiny-cpu-smoke.json"), "--resume", "auto",
+        return mpirun + [args.bin, "train", "--config", os.path.join(repo, "configs/tiny-cpu-smoke.json"), "--resume", "auto",
                 "--set", f"output_dir={run_dir}", "--set", f"data.train={data}", "--set", "data.eval=[]",
                 "--set", f"schedule.max_steps={max_steps}", "--set", "schedule.warmup_steps=0",
-                "--set", "batch.tokens_per_step=256", "--set", "batch.micro_batch_tokens=256",
+                "--set", f"batch.tokens_per_step={256 * max(args.ranks, 1)}", "--set", "batch.micro_batch_tokens=256",
                 "--set", "checkpoint.every_steps=1",
                 "--set", "checkpoint.keep_last=2", "--set", "logging.progress=plain"]
 
+    running = [None]  # the training being killed: stopped (with its ranks) before a failure exits
+
     def fail(trial, message, log=""):
+        proc = running[0]
+        if proc and proc.poll() is None:
+            for pid in rank_pids(proc.pid):  # OpenMPI puts each rank in a process group of its own
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
         print(f"kill9: trial {trial}: FAILED: {message} (seed {args.seed}, work dir {work} kept)", file=sys.stderr)
         if log:
             print(log[-3000:], file=sys.stderr)
@@ -132,6 +165,7 @@ def main():
         aimed = trial % 2 == 0
         counts["aimed" if aimed else "timed"] += 1
         proc = subprocess.Popen(train(10**6), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running[0] = proc
         if aimed:
             # Wait for a checkpoint write in progress, then kill inside it (or just after it).
             deadline = time.monotonic() + 30
@@ -142,8 +176,19 @@ def main():
             time.sleep(rng.uniform(0, max_delay))
         if proc.poll() is not None:
             fail(trial, f"training exited with {proc.returncode} before the kill")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        ranks = [proc.pid]
+        if args.ranks > 0:  # a kill before mpirun has started the ranks waits for them
+            deadline = time.monotonic() + 30
+            while len(ranks := rank_pids(proc.pid)) < args.ranks and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if len(ranks) < args.ranks:
+                fail(trial, f"mpirun started {len(ranks)} of {args.ranks} lrsa-train ranks within 30 s")
+        os.kill(rng.choice(ranks), signal.SIGKILL)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            fail(trial, "mpirun did not end within 60 s of a rank's SIGKILL")
+        running[0] = None
         counts["kills"] += 1
         if temp_dirs(root):
             counts["in_checkpoint_write"] += 1
