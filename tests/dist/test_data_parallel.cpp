@@ -253,9 +253,9 @@ TEST_CASE("a rank that stalls makes the others abort after distributed.timeout_s
   INFO(problem);
   REQUIRE(problem.empty());
   const FaultResult r = run_with_fault("stalled", SIGSTOP, {"--set schedule.max_steps=100000",
-                                                            "--set distributed.timeout_s=5"});
+                                                            "--set distributed.timeout_s=10"});
   INFO(r.log);
   CHECK(r.exit_code != 0);
   CHECK(r.seconds_to_end < 60);
-  CHECK_THAT(r.log, Catch::Contains("rank 0: ") && Catch::Contains("did not complete within distributed.timeout_s = 5 s"));
+  CHECK_THAT(r.log, Catch::Contains("rank 0: ") && Catch::Contains("did not complete within distributed.timeout_s = 10 s"));
 }
