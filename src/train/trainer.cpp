@@ -12,6 +12,7 @@
 
 #include "lrsa/dist/comm.h"
 #include "lrsa/dist/data_parallel.h"
+#include "lrsa/core/op_profiler.h"
 #include "lrsa/model/hf_export.h"
 #include "lrsa/ops/optimizer.h"
 #include "lrsa/train/checkpoint.h"
@@ -417,6 +418,7 @@ TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, st
         metrics.flush();
         progress.update(record, mfu, mem.peak_bytes);
       }
+      if (profiler::enabled() && result.steps.size() == 1) profiler::reset();  // drop the warm-up step
 
       const bool stop = stop_signalled || (options.stop_after_step > 0 && step >= options.stop_after_step);
       const bool periodic = config.checkpoint.every_steps > 0 && step % config.checkpoint.every_steps == 0;
@@ -427,6 +429,8 @@ TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, st
         break;
       }
     }
+    if (profiler::enabled() && comm.is_root())
+      spdlog::info("LRSA_PROFILE_OPS: GPU time per op over this run's steps after the first\n{}", profiler::report());
     if (!result.interrupted && (result.last_checkpoint.empty() || checkpoint_step(result.last_checkpoint) != step)) save(step);
     comm.barrier("the final barrier");
   } catch (...) {
