@@ -12,6 +12,5 @@ OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} ctest --test-dir "${BUILD_DIR:-build
 # each libFuzzer target for FUZZ_SECONDS, then SIGKILL during training KILL9_TRIALS times (one
 # process) and 6 times (2 ranks under mpirun).
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
-# --tolerate-partial-prune: until prune_checkpoints un-publishes a directory before deleting it.
-python3 scripts/reliability/kill9.py --trials "${KILL9_TRIALS:-20}" --bin "${BUILD_DIR:-build}/lrsa-train" --tolerate-partial-prune
-python3 scripts/reliability/kill9.py --trials 6 --ranks 2 --bin "${BUILD_DIR:-build}/lrsa-train" --tolerate-partial-prune
+python3 scripts/reliability/kill9.py --trials "${KILL9_TRIALS:-20}" --bin "${BUILD_DIR:-build}/lrsa-train"
+python3 scripts/reliability/kill9.py --trials 6 --ranks 2 --bin "${BUILD_DIR:-build}/lrsa-train"

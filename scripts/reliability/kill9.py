@@ -9,9 +9,8 @@ trials form one resume chain. Half the trials kill at a random delay after the s
 1.5 x the time of a clean one-step run); the other half wait until a checkpoint's temporary
 directory (.tmp-step-*) appears and kill a random few milliseconds later, so that many kills
 land inside publish_checkpoint. After every kill:
-  - every published step-* directory must verify against its manifest (sizes and hashes);
-    with --tolerate-partial-prune, an older one with files missing (a kill inside
-    prune_checkpoints, which deletes in place) is counted instead;
+  - every published step-* directory must verify against its manifest (sizes and hashes), the
+    older ones too (prune_checkpoints renames a directory to .tmp-pruned-* before deleting it);
   - `train --resume auto` with max_steps = newest step + 1 must resume from the newest valid
     checkpoint (no "skipping checkpoint" warning), finish, and publish a checkpoint that verifies.
 With --ranks N every run is `mpirun -np N` (data parallel on the CPU) and a random rank is killed.
@@ -111,9 +110,6 @@ def main():
     parser.add_argument("--max-delay", type=float, help="longest random kill delay in seconds "
                         "(default: 1.5 x the wall time of a clean one-step run, start-up included)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--tolerate-partial-prune", action="store_true",
-                        help="count, instead of failing on, an older step directory left with files missing by a "
-                        "kill inside prune_checkpoints (which deletes in place; see docs/reliability.md)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -160,7 +156,7 @@ def main():
         fail(0, "a clean one-step run did not publish a checkpoint that verifies here: " +
              (verify(step_dirs(root)[0]) if step_dirs(root) else "no checkpoint"), first.stdout + first.stderr)
 
-    counts = {"kills": 0, "in_checkpoint_write": 0, "timed": 0, "aimed": 0, "partly_pruned": 0}
+    counts = {"kills": 0, "in_checkpoint_write": 0, "timed": 0, "aimed": 0}
     for trial in range(1, args.trials + 1):
         aimed = trial % 2 == 0
         counts["aimed" if aimed else "timed"] += 1
@@ -194,19 +190,9 @@ def main():
             counts["in_checkpoint_write"] += 1
 
         published = step_dirs(root)
-        partly_pruned = False
-        for i, d in enumerate(published):
-            problem = verify(d)
-            if not problem:
-                continue
-            # prune_checkpoints deletes an old step directory in place, file by file: a kill in
-            # the middle leaves it with files missing (never corrupt ones).
-            pruning = i > 0 and (problem.endswith(" is missing") or problem == "no manifest.json")
-            if not (pruning and args.tolerate_partial_prune):
-                fail(trial, f"published checkpoint {d} is invalid: {problem}" +
-                     (" (killed while pruning it)" if pruning else ""))
-            partly_pruned = True
-        counts["partly_pruned"] += partly_pruned
+        for d in published:
+            if problem := verify(d):
+                fail(trial, f"published checkpoint {d} is invalid: {problem}")
         newest = int(published[0][-8:]) if published else 0
         # Resume from the newest checkpoint, take one step, finish.
         resumed = subprocess.run(train(newest + 1), env=env, capture_output=True, text=True)
@@ -225,8 +211,7 @@ def main():
 
     print(f"kill9: {counts['kills']} SIGKILLs ({counts['timed']} at a random delay up to {max_delay:.1f}s, "
           f"{counts['aimed']} aimed at a checkpoint write), {counts['in_checkpoint_write']} landed during a "
-          f"checkpoint write (.tmp-step-* left behind), {counts['partly_pruned']} left an older checkpoint "
-          f"partly pruned; every other published checkpoint verified and every resume finished; last step {int(step_dirs(root)[0][-8:])}; seed {args.seed}")
+          f"checkpoint write or prune (.tmp-* left behind); every published checkpoint verified and every resume finished; last step {int(step_dirs(root)[0][-8:])}; seed {args.seed}")
     if not args.keep:
         shutil.rmtree(work)
 

@@ -32,11 +32,25 @@ std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
 
 std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
 
+// Every temporary directory under the root starts with this; latest_valid_checkpoint removes them.
+constexpr const char* kTempPrefix = ".tmp-";
+
+// Renames a step directory to a temporary name, so it leaves list_checkpoints in one atomic step
+// and a crash while it is being deleted leaves only a temporary directory, never a partial step.
+fs::path retire_step_dir(const fs::path& dir, const char* why) {
+  const fs::path retired = dir.parent_path() / fmt::format("{}{}-{}-{}", kTempPrefix, why, dir.filename().string(), ::getpid());
+  std::error_code ec;
+  fs::remove_all(retired, ec);
+  fs::rename(dir, retired, ec);
+  LRSA_CHECK(!ec, "checkpoint: cannot move {} aside to {}: {}", dir.string(), retired.string(), ec.message());
+  return retired;
+}
+
 }  // namespace
 
 uint64_t file_hash(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
-  LRSA_CHECK(in.good(), "checkpoint: cannot read {}", path.string());
+  LRSA_CHECK(in.good(), "checkpoint: cannot read {}: {}", path.string(), std::strerror(errno));
   std::vector<char> buffer(size_t(1) << 20);
   uint64_t h = 0x9E3779B97F4A7C15ull, length = 0;
   while (in) {
@@ -71,7 +85,7 @@ fs::path publish_checkpoint(const fs::path& root, int64_t step, const std::funct
   std::string tmp_name, setup_error;
   if (group.is_root()) {
     fs::create_directories(root, ec);
-    tmp_name = fmt::format(".tmp-{}-{}", step_name(step), ::getpid());
+    tmp_name = fmt::format("{}{}-{}", kTempPrefix, step_name(step), ::getpid());
     if (ec) {
       setup_error = fmt::format("checkpoint: cannot create {}: {}", root.string(), ec.message());
     } else {
@@ -112,10 +126,18 @@ fs::path publish_checkpoint(const fs::path& root, int64_t step, const std::funct
     model::write_file_atomic(tmp / kManifest, manifest.dump(2) + "\n");
     fsync_path(tmp / kManifest, false);
     fsync_path(tmp, true);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    // Replacing a checkpoint of the same step: the old one is moved aside, the new one renamed in,
+    // and only then is the old one deleted (a crash in between leaves no step-N, never a partial one).
+    std::optional<fs::path> replaced;
+    if (fs::exists(final_dir)) replaced = retire_step_dir(final_dir, "replaced");
     fs::rename(tmp, final_dir, ec);
+    if (ec && replaced) {
+      std::error_code restore_ec;  // put the old one back; the rename error is the one reported
+      fs::rename(*replaced, final_dir, restore_ec);
+    }
     LRSA_CHECK(!ec, "checkpoint: cannot publish {}: {}", final_dir.string(), ec.message());
     fsync_path(root, true);
+    if (replaced) fs::remove_all(*replaced, ec);
     return final_dir;
   } catch (...) {
     fs::remove_all(tmp, ec);
@@ -158,7 +180,7 @@ std::optional<fs::path> latest_valid_checkpoint(const fs::path& root, const std:
   std::error_code ec;
   if (fs::is_directory(root, ec)) {
     for (const auto& entry : fs::directory_iterator(root))
-      if (entry.is_directory() && entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+      if (entry.is_directory() && entry.path().filename().string().rfind(kTempPrefix, 0) == 0) fs::remove_all(entry.path(), ec);
   }
   for (const fs::path& dir : list_checkpoints(root)) {
     const std::string problem = verify_checkpoint(dir);
@@ -171,7 +193,12 @@ std::optional<fs::path> latest_valid_checkpoint(const fs::path& root, const std:
 void prune_checkpoints(const fs::path& root, int64_t keep_last) {
   if (keep_last <= 0) return;
   const std::vector<fs::path> dirs = list_checkpoints(root);
-  for (size_t i = size_t(keep_last); i < dirs.size(); ++i) fs::remove_all(dirs[i]);
+  if (dirs.size() <= size_t(keep_last)) return;
+  // All renames first (durable once the directory is synced), then the slow deletes.
+  std::vector<fs::path> retired;
+  for (size_t i = size_t(keep_last); i < dirs.size(); ++i) retired.push_back(retire_step_dir(dirs[i], "pruned"));
+  fsync_path(root, true);
+  for (const fs::path& dir : retired) fs::remove_all(dir);
 }
 
 }  // namespace lrsa::train

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <fstream>
 
 #include "lrsa/train/checkpoint.h"
@@ -62,6 +63,50 @@ TEST_CASE("checkpoints publish atomically, verify and prune", "[train]") {
 
   prune_checkpoints(root, 2);
   CHECK(list_checkpoints(root).size() == 2);
+  fs::remove_all(root);
+}
+
+TEST_CASE("pruning and replacing never leave a partial step directory", "[train]") {
+  const fs::path root = fresh_dir("ckpt-prune");
+  auto publish = [&](int64_t step, const std::string& payload) {
+    return publish_checkpoint(root, step, [&](const fs::path& dir) {
+      write_text(dir / "a.bin", payload);
+      write_text(dir / "b.bin", payload + payload);
+    });
+  };
+  for (int64_t step : {10, 20, 30}) publish(step, fmt::format("step {}", step));
+  auto names = [&] {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(root)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+
+  // Pruning deletes whole directories and leaves no temporary one behind.
+  prune_checkpoints(root, 1);
+  CHECK(names() == std::vector<std::string>{"step-00000030"});
+
+  // Replacing a step: the new content is published, the old directory is gone.
+  const fs::path replaced = publish(30, "again");
+  CHECK(verify_checkpoint(replaced).empty());
+  CHECK(fs::file_size(replaced / "a.bin") == 5);
+  CHECK(names() == std::vector<std::string>{"step-00000030"});
+
+  // A kill -9 during a delete leaves a renamed, partial directory: invisible to list_checkpoints,
+  // and removed (without a warning) by resume.
+  for (const char* leftover : {".tmp-pruned-step-00000020-1", ".tmp-replaced-step-00000030-1"}) {
+    fs::create_directories(root / leftover);
+    write_text(root / leftover / "b.bin", "partial");
+  }
+  CHECK(list_checkpoints(root).size() == 1);
+  std::vector<std::string> warnings;
+  const auto latest = latest_valid_checkpoint(root, [&](const std::string& w) { warnings.push_back(w); });
+  REQUIRE(latest.has_value());
+  CHECK(checkpoint_step(*latest) == 30);
+  CHECK(warnings.empty());
+  CHECK(names() == std::vector<std::string>{"step-00000030"});
+
+  CHECK_THROWS_WITH(file_hash(root / "missing.bin"), Catch::Contains("missing.bin") && Catch::Contains("No such file"));
   fs::remove_all(root);
 }
 
