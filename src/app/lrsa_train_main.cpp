@@ -10,6 +10,7 @@
 
 #include "lrsa/data/synthetic.h"
 #include "lrsa/data/tokenizer.h"
+#include "lrsa/dist/comm.h"
 #include "lrsa/infer/eval_qa.h"
 #include "lrsa/model/hf_export.h"
 #include "lrsa/train/config.h"
@@ -148,7 +149,9 @@ int main(int argc, char** argv) {
       const train::TrainResult result = train::run_training(config, options);
       if (result.interrupted) return kExitInterrupted;
       spdlog::info("done: {} steps, last checkpoint {}", result.last_step, result.last_checkpoint.string());
-      if (!config.data.eval.empty()) {
+      // Rank 0 alone evaluates (and writes eval.json); the others go straight to exit and
+      // MPI_Finalize (no barrier: evaluation may outlast the collectives' timeout).
+      if (!config.data.eval.empty() && dist::Comm::world().is_root()) {
         const train::EvalResult eval = train::run_eval(config, result.last_checkpoint, "");
         spdlog::info("eval: loss {:.4f} perplexity {:.3f} over {} tokens ({} samples)", eval.mean_loss, eval.perplexity,
                      eval.tokens, eval.samples);

@@ -19,6 +19,7 @@
 #include "lrsa/train/data_source.h"
 #include "lrsa/train/optimizer.h"
 #include "lrsa/train/progress.h"
+#include "model/file_io.h"
 
 #ifdef LRSA_WITH_CUDA
 #include "lrsa/core/cuda_backend.h"
@@ -286,7 +287,9 @@ TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, st
   const fs::path output_dir = config.output_dir;
   const fs::path checkpoint_root = config.checkpoint.dir;
   const fs::path metrics_path = config.logging.metrics_file;
-  fs::create_directories(output_dir);
+  std::error_code output_ec;
+  fs::create_directories(output_dir, output_ec);
+  LRSA_CHECK(!output_ec, "output_dir: cannot create {}: {}", output_dir.string(), output_ec.message());
 
   int64_t step = 0, tokens_seen = 0, consecutive_skips = 0, skipped_total = 0;
   TrainResult result;
@@ -321,8 +324,9 @@ TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, st
       state["data_cursor"] = source->cursor();
       state["seed"] = config.seed;
       state["world_size"] = world;
-      std::ofstream(dir / "trainer_state.json") << state.dump(2) << "\n";
-      std::ofstream(dir / "run_config.json") << dump_config(config) << "\n";
+      // Checked writes: a failure is an error naming the file, never a short file in the manifest.
+      model::write_file_atomic(dir / "trainer_state.json", state.dump(2) + "\n");
+      model::write_file_atomic(dir / "run_config.json", dump_config(config));
     }, comm);
     if (comm.is_root()) prune_checkpoints(checkpoint_root, config.checkpoint.keep_last);
     spdlog::info("checkpoint {}", result.last_checkpoint.string());
