@@ -1,5 +1,5 @@
-// End-to-end training on the CPU: a tiny model learns a synthetic QA task, an interrupted run
-// resumes bit for bit, and resume skips corrupt checkpoints.
+// End-to-end training: a tiny model learns a synthetic QA task, an interrupted run resumes bit for
+// bit (CPU; CUDA in deterministic mode), and resume skips corrupt checkpoints.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -75,21 +75,36 @@ TEST_CASE("a tiny model learns the synthetic passkey task", "[train]") {
   CHECK(lines == 60);
 }
 
-TEST_CASE("an interrupted run resumes bit for bit", "[train]") {
-  const TrainResult straight = run_training(tiny_run("straight", 6), TrainOptions{});
+namespace {
+
+// Runs 6 steps straight, and 3 + 3 with a stop and `--resume auto` in between: the per-step
+// losses must be identical, bit for bit.
+void check_resume_is_exact(const std::string& name, const std::vector<std::string>& extra) {
+  const TrainResult straight = run_training(tiny_run(name + "-straight", 6, extra), TrainOptions{});
   REQUIRE(straight.steps.size() == 6);
 
   TrainOptions first_half;
   first_half.stop_after_step = 3;
-  const TrainResult part1 = run_training(tiny_run("resumed", 6), first_half);
+  const TrainResult part1 = run_training(tiny_run(name + "-resumed", 6, extra), first_half);
   CHECK(part1.interrupted);
   CHECK(checkpoint_step(part1.last_checkpoint) == 3);
   TrainOptions resume;
   resume.resume = "auto";
-  const TrainResult part2 = run_training(tiny_run("resumed", 6), resume);
+  const TrainResult part2 = run_training(tiny_run(name + "-resumed", 6, extra), resume);
   std::vector<double> joined = losses(part1);
   for (double l : losses(part2)) joined.push_back(l);
   CHECK(joined == losses(straight));  // exact equality, not approximate
+}
+
+}  // namespace
+
+TEST_CASE("an interrupted run resumes bit for bit", "[train]") { check_resume_is_exact("cpu", {}); }
+
+// The CUDA attention kernels need head_dim 64 or 128 and lag % 64 == 0; deterministic mode
+// replaces the atomic dQ accumulation by a fixed-order pass.
+TEST_CASE("on CUDA in deterministic mode an interrupted run resumes bit for bit", "[train][cuda]") {
+  check_resume_is_exact("cuda", {"device=cuda", "precision.deterministic=true", "precision.param_dtype=bf16",
+                                 "model.hidden_size=128", "model.intermediate_size=256", "attention.lag=64"});
 }
 
 TEST_CASE("resume auto skips a corrupt newest checkpoint", "[train]") {
