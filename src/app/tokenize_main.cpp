@@ -1,7 +1,7 @@
 // lrsa-tokenize: encode a text file with a tokenizer (HF tokenizer.json or "bytes") and either
 // print the ids (one JSON array) or, with --bench, time loading and single-threaded encoding
 // (thread CPU time, best of --repeat).
-// Used by scripts/bench/tokenizer_bench.sh.
+// Used by scripts/bench/tokenizer_bench.py (printing ids is also `lrsa-train tokenize`).
 #include <CLI/CLI.hpp>
 #include <ctime>
 #include <cstdio>
