@@ -24,9 +24,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "lrsa/data/synthetic.h"
 #include "lrsa/dist/comm.h"
 #include "lrsa/train/checkpoint.h"
+#include "support/passkey_data.h"
 
 using namespace lrsa;
 namespace fs = std::filesystem;
@@ -38,16 +38,8 @@ constexpr double kLossRelTol = 1e-5;
 
 fs::path test_root() {
   static const fs::path root = [] {
-    fs::path r = fs::temp_directory_path() / fmt::format("lrsa-dist-{}", ::getpid());
-    fs::remove_all(r);
-    fs::create_directories(r);
-    data::SyntheticQaOptions o;
-    o.kind = "passkey";
-    o.output_path = (r / "train.jsonl").string();
-    o.num_samples = 256;
-    o.context_tokens = 60;
-    o.seed = 1;
-    data::write_synthetic_qa(o);
+    const fs::path r = test::fresh_test_dir("dist");
+    test::write_passkey_jsonl(r / "train.jsonl", 256, 60, 1);
     return r;
   }();
   return root;

@@ -8,27 +8,21 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "lrsa/data/synthetic.h"
 #include "lrsa/infer/eval_qa.h"
 #include "lrsa/train/trainer.h"
+#include "support/passkey_data.h"
 
 using namespace lrsa;
 using namespace lrsa::infer;
 namespace fs = std::filesystem;
 
 TEST_CASE("eval-qa scores every setting, reports the cache and writes per-sample lines", "[infer]") {
-  const fs::path root = fs::temp_directory_path() / fmt::format("lrsa-eval-qa-{}", ::getpid());
-  fs::remove_all(root);
-  fs::create_directories(root);
-  data::SyntheticQaOptions synth;
-  synth.kind = "passkey";
-  synth.output_path = (root / "eval.jsonl").string();
-  synth.num_samples = 5;
-  synth.context_tokens = 80;
-  data::write_synthetic_qa(synth);
+  const fs::path root = test::fresh_test_dir("eval-qa");
+  const std::string qa_file = (root / "eval.jsonl").string();
+  test::write_passkey_jsonl(qa_file, 5, 80, 0);
   const train::RunConfig config = train::load_config(
       std::string(LRSA_SOURCE_DIR) + "/configs/tiny-cpu-smoke.json",
-      {"output_dir=" + (root / "run").string(), "data.train=" + synth.output_path, "data.eval=" + synth.output_path},
+      {"output_dir=" + (root / "run").string(), "data.train=" + qa_file, "data.eval=" + qa_file},
       train::ConfigContext{});
 
   EvalQaOptions options;
@@ -74,18 +68,9 @@ TEST_CASE("eval-qa scores every setting, reports the cache and writes per-sample
 // passkey samples, and greedy answers through the KV cache (dense and LagKV 4x) must get most
 // 5-digit keys right, where guessing gets 1 in 100000. About two minutes on 2 cores.
 TEST_CASE("the quickstart recipe learns the passkey retrieval: eval accuracy far above chance", "[infer]") {
-  const fs::path root = fs::temp_directory_path() / fmt::format("lrsa-quickstart-{}", ::getpid());
-  fs::remove_all(root);
-  fs::create_directories(root);
-  for (auto [name, seed, samples] : {std::tuple{"train", 1, 4000}, std::tuple{"eval", 2, 32}}) {
-    data::SyntheticQaOptions o;
-    o.kind = "passkey";
-    o.output_path = (root / (std::string(name) + ".jsonl")).string();
-    o.num_samples = samples;
-    o.context_tokens = 100;
-    o.seed = uint64_t(seed);
-    data::write_synthetic_qa(o);
-  }
+  const fs::path root = test::fresh_test_dir("quickstart");
+  test::write_passkey_jsonl(root / "train.jsonl", 4000, 100, 1);
+  test::write_passkey_jsonl(root / "eval.jsonl", 32, 100, 2);
   const train::RunConfig config = train::load_config(
       std::string(LRSA_SOURCE_DIR) + "/configs/quickstart.json",
       {"output_dir=" + (root / "run").string(), "data.train=" + (root / "train.jsonl").string(),

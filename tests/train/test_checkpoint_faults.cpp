@@ -12,10 +12,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "lrsa/data/synthetic.h"
 #include "lrsa/train/checkpoint.h"
 #include "lrsa/train/trainer.h"
 #include "model/file_io.h"
+#include "support/passkey_data.h"
 
 using namespace lrsa;
 using namespace lrsa::train;
@@ -136,15 +136,8 @@ namespace {
 
 fs::path data_root() {
   static const fs::path root = [] {
-    fs::path r = fresh_dir("data");
-    fs::create_directories(r);
-    data::SyntheticQaOptions o;
-    o.kind = "passkey";
-    o.output_path = (r / "train.jsonl").string();
-    o.num_samples = 64;
-    o.context_tokens = 60;
-    o.seed = 1;
-    data::write_synthetic_qa(o);
+    const fs::path r = test::fresh_test_dir("faults-data");
+    test::write_passkey_jsonl(r / "train.jsonl", 64, 60, 1);
     return r;
   }();
   return root;

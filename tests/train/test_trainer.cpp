@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "lrsa/data/synthetic.h"
 #include "lrsa/train/checkpoint.h"
 #include "lrsa/train/trainer.h"
+#include "support/passkey_data.h"
 
 using namespace lrsa;
 using namespace lrsa::train;
@@ -19,18 +19,9 @@ namespace {
 
 fs::path test_root() {
   static const fs::path root = [] {
-    fs::path r = fs::temp_directory_path() / fmt::format("lrsa-trainer-{}", ::getpid());
-    fs::remove_all(r);
-    fs::create_directories(r);
-    for (auto [name, seed, samples] : {std::tuple{"train", 1, 256}, std::tuple{"eval", 2, 32}}) {
-      data::SyntheticQaOptions o;
-      o.kind = "passkey";
-      o.output_path = (r / (std::string(name) + ".jsonl")).string();
-      o.num_samples = samples;
-      o.context_tokens = 60;
-      o.seed = uint64_t(seed);
-      data::write_synthetic_qa(o);
-    }
+    const fs::path r = test::fresh_test_dir("trainer");
+    test::write_passkey_jsonl(r / "train.jsonl", 256, 60, 1);
+    test::write_passkey_jsonl(r / "eval.jsonl", 32, 60, 2);
     return r;
   }();
   return root;
