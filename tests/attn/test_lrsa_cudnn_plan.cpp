@@ -1,0 +1,243 @@
+// LRSA on cuDNN's dense flash attention ("gather then dense flash", kernels/attn_lrsa_cudnn.cu):
+// the gather plan (kernels/attn_lrsa_gather_plan.h) checked on the host with the functions the
+// kernels use: within its virtual sequence's bottom-right causal window, every query (per KV
+// head, real CPU selections) meets exactly the keys the spec's visibility rule admits, once
+// each; the backward's copy lists are exactly the inverse of the gather. On a GPU built with
+// cuDNN: forward and backward against the fp64 reference by the FlashAttention rule.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <random>
+
+#include "../../kernels/attn_lrsa_gather_plan.h"
+#include "attn/attn_testing.h"
+#ifdef LRSA_WITH_CUDNN
+#include "../../kernels/attn_lrsa_cudnn.h"
+#endif
+
+using namespace lrsa;
+using namespace lrsa::cuda::lrsa_gather;
+
+namespace {
+
+struct PlanCase {
+  std::vector<int64_t> lengths;
+  int64_t Hk;
+  attn::LrsaParams params;
+};
+
+std::vector<PlanCase> plan_cases() {
+  auto params = [](int64_t S, int64_t L, double r) { return test::lrsa_config(S, L, r).lrsa; };
+  std::vector<PlanCase> cases = {
+      {{1000}, 2, params(16, 128, 0.25)},                // T not a multiple of L
+      {{200}, 1, params(16, 128, 0.25)},                 // T < S + 2L: one plain causal sequence
+      {{700}, 3, params(0, 64, 0.5)},                    // S = 0
+      {{37, 600, 5, 333, 1, 290}, 2, params(5, 64, 0.3)},  // packed documents of uneven lengths
+      {{500}, 1, params(100, 32, 0.25)},                 // sink longer than a partition
+      {{150, 151}, 2, params(3, 12, 0.75)},              // lag not a multiple of any tile
+      {{400}, 2, params(4, 40, 1.0)},                    // r = 1: dense
+      {{333}, 4, params(7, 16, 0.0625)},                 // K = 1
+  };
+  std::mt19937 rng(20261128);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int i = 0; i < 12; ++i) {
+    PlanCase c{{}, uniform(1, 3), params(uniform(0, 40), uniform(1, 80), 0)};
+    // K = m exactly: floor((m + 0.5) / L * L) = m for m < L, and ratio 1 for m = L.
+    const int m = uniform(1, int(c.params.lag));
+    c.params.ratio = std::min(1.0, (m + 0.5) / double(c.params.lag));
+    for (int d = uniform(1, 4); d > 0; --d) c.lengths.push_back(uniform(1, 700));
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+std::string describe(const PlanCase& c) {
+  return fmt::format("lengths [{}] Hk {} S {} L {} K {}", fmt::join(c.lengths, ", "), c.Hk, c.params.sink,
+                     c.params.lag, c.params.kept());
+}
+
+// A real selection (the CPU implementation) of random keys and values: [Hk, num_parts * K].
+std::vector<int32_t> cpu_selection(const PlanCase& c, const attn::SeqLayout& layout, uint64_t seed) {
+  const test::Inputs in = test::make_inputs({c.lengths, c.Hk, c.Hk, 16, DType::F32, seed});
+  const attn::LrsaSelection sel = attn::lrsa_select(in.k, in.v, layout, c.params);
+  const std::vector<int64_t> rows = sel.indices.to_ints();
+  return {rows.begin(), rows.end()};
+}
+
+}  // namespace
+
+TEST_CASE("LRSA gather plan: each query's causal window holds exactly its visible keys, once", "[attn]") {
+  uint64_t seed = 1;
+  for (const PlanCase& c : plan_cases()) {
+    INFO(describe(c));
+    const attn::SeqLayout layout = attn::SeqLayout::from_lengths(c.lengths);
+    const std::vector<int64_t>& cu = layout.cu_seqlens;
+    const int64_t T = layout.total();
+    const GatherPlan plan = plan_gather(cu, c.params);
+    const std::vector<int32_t> indices = cpu_selection(c, layout, seed++);
+    const int64_t compact_rows = int64_t(plan.comp_first.size()) - 1;
+    REQUIRE(int64_t(indices.size()) == c.Hk * compact_rows);
+
+    // Spans as cuDNN needs them: queries cover [0, T) in order, 1 <= len_q <= len_kv.
+    REQUIRE(plan.cu_q.front() == 0);
+    REQUIRE(plan.cu_q.back() == T);
+    REQUIRE(plan.cu_kv.back() == plan.rows());
+    CHECK(plan.rows() == gathered_rows(cu, c.params));
+    int64_t max_q = 0, max_kv = 0, bad_span = 0;
+    for (int64_t s = 0; s < plan.sequences(); ++s) {
+      const int64_t len_q = plan.cu_q[size_t(s) + 1] - plan.cu_q[size_t(s)];
+      const int64_t len_kv = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)];
+      bad_span += len_q < 1 || len_kv < len_q;
+      max_q = std::max(max_q, len_q);
+      max_kv = std::max(max_kv, len_kv);
+    }
+    CHECK(bad_span == 0);
+    CHECK(plan.max_q == max_q);
+    CHECK(plan.max_kv == max_kv);
+
+    int64_t wrong = 0, checked = 0;
+    for (int64_t h = 0; h < c.Hk; ++h) {
+      const int32_t* head_indices = indices.data() + h * compact_rows;
+      std::vector<char> selected(size_t(T), 0);
+      for (int64_t i = 0; i < compact_rows; ++i) selected[size_t(head_indices[i])] = 1;
+      for (size_t b = 0; b + 1 < cu.size(); ++b) {
+        for (int64_t t = cu[b]; t < cu[b + 1]; ++t) {
+          const int64_t s = std::upper_bound(plan.cu_q.begin(), plan.cu_q.end(), int32_t(t)) - plan.cu_q.begin() - 1;
+          const int64_t q0 = plan.cu_q[size_t(s)], kv0 = plan.cu_kv[size_t(s)];
+          const int64_t len_q = plan.cu_q[size_t(s) + 1] - q0, len_kv = plan.cu_kv[size_t(s) + 1] - kv0;
+          std::vector<int64_t> met;  // bottom-right causal window of query t - q0
+          for (int64_t g = kv0; g <= kv0 + (len_kv - len_q) + (t - q0); ++g)
+            met.push_back(source_row(plan.source[size_t(g)], head_indices));
+          std::sort(met.begin(), met.end());
+          std::vector<int64_t> want;
+          for (int64_t j = cu[b]; j <= t; ++j)
+            if (attn::lrsa_visible(t - cu[b], j - cu[b], c.params,
+                                   [&](int64_t jj) { return selected[size_t(cu[b] + jj)] != 0; }))
+              want.push_back(j);
+          wrong += met != want;  // equal sorted lists: no missing key, no extra one, no duplicate
+          ++checked;
+        }
+      }
+    }
+    CHECK(checked == c.Hk * T);
+    CHECK(wrong == 0);
+  }
+}
+
+TEST_CASE("LRSA gather plan: the backward's copy lists are exactly the inverse of the gather", "[attn]") {
+  uint64_t seed = 100;
+  for (const PlanCase& c : plan_cases()) {
+    INFO(describe(c));
+    const attn::SeqLayout layout = attn::SeqLayout::from_lengths(c.lengths);
+    const int64_t T = layout.total();
+    const GatherPlan plan = plan_gather(layout.cu_seqlens, c.params);
+    const std::vector<int32_t> indices = cpu_selection(c, layout, seed++);
+    const int64_t compact_rows = int64_t(plan.comp_first.size()) - 1;
+    for (int64_t h = 0; h < c.Hk; ++h) {
+      const int32_t* head_indices = indices.data() + h * compact_rows;
+      // The inverse map of the backward (inverse_kernel): compact row of each selected row.
+      std::vector<int32_t> inv(size_t(T), -1);
+      for (int64_t i = 0; i < compact_rows; ++i) inv[size_t(head_indices[i])] = int32_t(i);
+      std::vector<int> visits(size_t(plan.rows()), 0);
+      int64_t wrong_source = 0, unordered = 0;
+      for (int64_t r = 0; r < T; ++r) {
+        std::vector<int32_t> copies;
+        for_each_copy(plan.lists(), r, inv[size_t(r)], [&](int32_t g) {
+          ++visits[size_t(g)];
+          wrong_source += source_row(plan.source[size_t(g)], head_indices) != r;
+          copies.push_back(g);
+        });
+        // Raw copies ascending, then compact copies ascending (a fixed order of summation).
+        auto raw = [&](size_t i) { return plan.source[size_t(copies[i])] >= 0; };
+        for (size_t i = 1; i < copies.size(); ++i)
+          unordered += raw(i) == raw(i - 1) ? copies[i] <= copies[i - 1] : raw(i);
+      }
+      CHECK(wrong_source == 0);
+      CHECK(unordered == 0);
+      CHECK(std::count(visits.begin(), visits.end(), 1) == plan.rows());  // every gathered row once
+    }
+  }
+}
+
+TEST_CASE("LRSA gather plan: gathered rows at 32K and 128K tokens (S 16, L 1024, r 0.25)", "[attn]") {
+  const attn::LrsaParams p = test::lrsa_config(16, 1024, 0.25).lrsa;
+  // One document of T tokens: the head sequence (S + 2L rows), then per partition q >= 2:
+  // S + (q - 1) K + L + its own rows. 32K: partitions 2..31 (the last one 1008 rows).
+  auto closed_form = [&](int64_t T) {
+    const int64_t K = p.kept(), parts = (T - p.sink + p.lag - 1) / p.lag;  // partitions holding a row
+    const int64_t seqs = parts - 2;
+    return (p.sink + 2 * p.lag) + seqs * (p.sink + p.lag) + K * (seqs * (seqs + 1) / 2) + (T - p.sink - 2 * p.lag);
+  };
+  CHECK(gathered_rows({0, 32768}, p) == 183008);
+  CHECK(gathered_rows({0, 32768}, p) == closed_form(32768));
+  CHECK(gathered_rows({0, 131072}, p) == 2310368);
+  CHECK(gathered_rows({0, 131072}, p) == closed_form(131072));
+  // The same tokens in several documents gather far fewer rows (history restarts per document).
+  CHECK(gathered_rows({0, 32768, 65536, 98304, 131072}, p) == 4 * 183008);
+}
+
+#ifdef LRSA_WITH_CUDNN
+TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implementation", "[attn][cuda]") {
+  struct GpuCase {
+    test::Problem problem;
+    attn::AttentionConfig config;
+  };
+  const std::vector<GpuCase> cases = {
+      {{{700}, 4, 2, 64, DType::BF16, 901}, test::lrsa_config(16, 128, 0.25)},
+      {{{400, 130, 333}, 7, 1, 128, DType::BF16, 902}, test::lrsa_config(5, 64, 0.5, 0.5f)},
+      {{{200}, 2, 2, 64, DType::BF16, 903}, test::lrsa_config(3, 128, 0.25)},
+      {{{900}, 4, 2, 64, DType::BF16, 904}, test::lrsa_config(7, 100, 0.2)},  // any lag, unlike the native kernels
+      {{{600}, 2, 1, 128, DType::BF16, 905}, test::lrsa_config(0, 128, 1.0, 0.0f)},
+  };
+  for (const GpuCase& c : cases) {
+    INFO(c.problem.str() << " S " << c.config.lrsa.sink << " L " << c.config.lrsa.lag << " K "
+                         << c.config.lrsa.kept());
+    const test::Inputs cpu = test::make_inputs(c.problem);
+    const test::Inputs gpu = test::make_inputs(c.problem, Device::cuda(0));
+    const int64_t T = test::total_tokens(c.problem), Hq = c.problem.Hq, Hk = c.problem.Hk, D = c.problem.D;
+    REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, c.config.lrsa, D, DType::BF16));
+
+    attn::AttentionForward fwd;
+    fwd.selection = attn::lrsa_select(gpu.k, gpu.v, gpu.layout, c.config.lrsa);
+    fwd.out = Tensor::empty({T, Hq, D}, DType::BF16, Device::cuda(0));
+    fwd.lse = Tensor::empty({Hq, T}, DType::F32, Device::cuda(0));
+    cuda::lrsa_cudnn_forward(c.config, gpu.q, gpu.k, gpu.v, gpu.layout, fwd);
+    Tensor dq = Tensor::empty({T, Hq, D}, DType::BF16, Device::cuda(0));
+    Tensor dk = Tensor::empty({T, Hk, D}, DType::BF16, Device::cuda(0));
+    Tensor dv = Tensor::empty({T, Hk, D}, DType::BF16, Device::cuda(0));
+    cuda::lrsa_cudnn_backward(c.config, gpu.q, gpu.k, gpu.v, gpu.layout, fwd, gpu.dout, dq, dk, dv);
+    const test::Outputs ours{fwd.out.to_doubles(), fwd.lse.to_doubles(), dq.to_doubles(), dk.to_doubles(),
+                             dv.to_doubles(), fwd.selection.indices.to_ints()};
+    CHECK(ours.selection == attn::lrsa_select_reference(cpu.k, cpu.v, cpu.layout, c.config.lrsa));
+
+    const test::Outputs exact =
+        test::from_reference(attn::attention_reference(c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout));
+    const test::Outputs baseline = test::from_reference(attn::attention_reference(
+        c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout, attn::ReferenceRounding::Bf16));
+    const std::vector<std::pair<const char*, std::vector<double> test::Outputs::*>> fields = {
+        {"out", &test::Outputs::out}, {"lse", &test::Outputs::lse}, {"dq", &test::Outputs::dq},
+        {"dk", &test::Outputs::dk},   {"dv", &test::Outputs::dv}};
+    for (const auto& [name, field] : fields) {
+      double top = 0;
+      for (double x : exact.*field) top = std::max(top, std::abs(x));
+      INFO(name << ": ours " << test::max_abs_diff(ours.*field, exact.*field) << " baseline "
+                << test::max_abs_diff(baseline.*field, exact.*field) << " (max |ref| " << top << ")");
+      CHECK(test::within_rule(ours.*field, baseline.*field, exact.*field, 1e-5 * top));
+    }
+
+    // cuDNN's dQ uses atomics: the deterministic mode is refused, not silently ignored.
+    attn::AttentionConfig deterministic = c.config;
+    deterministic.deterministic = true;
+    CHECK_THROWS_WITH(
+        cuda::lrsa_cudnn_backward(deterministic, gpu.q, gpu.k, gpu.v, gpu.layout, fwd, gpu.dout, dq, dk, dv),
+        Catch::Contains("attention.deterministic needs the native kernels"));
+  }
+}
+
+TEST_CASE("LRSA on cuDNN: usable for bf16 within the gather budget only", "[attn][cuda]") {
+  const attn::LrsaParams p = test::lrsa_config(16, 1024, 0.25).lrsa;
+  CHECK(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 64, DType::BF16));       // R = 5.6 T
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(131072), p, 64, DType::BF16));  // R = 17.6 T
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 64, DType::F32));
+}
+#endif
