@@ -19,6 +19,8 @@ Groups (cases run in the order listed, ours then PyTorch for each setting):
   longest  0.5B longest contexts: ours LRSA 512K with checkpointing (one timed step); PyTorch
            dense with checkpointing at 64K and 80K
   1.5b     1.5B, T = 16K dense both sides, and ours LRSA at 32K
+  headline the targets' cases only, ours: 0.5B dense 16K and 32K, LRSA 32K (PyTorch's figures for
+           them are in the issue and in docs/benchmarks.md)
   profile  where the time goes: ours with LRSA_PROFILE_OPS=1 (GPU time per op, after the first
            step) at 0.5B dense 16K and LRSA 32K, PyTorch under torch.profiler at dense 16K
 """
@@ -42,6 +44,8 @@ GROUPS = {
                 ("pytorch", "0.5b", 80 * K, "dense", True, 2)],
     "1.5b": [("ours", "1.5b", 16 * K, "dense", False, 5), ("pytorch", "1.5b", 16 * K, "dense", False, 5),
              ("ours", "1.5b", 32 * K, "lrsa", False, 5)],
+    "headline": [("ours", "0.5b", 16 * K, "dense", False, 6), ("ours", "0.5b", 32 * K, "dense", False, 5),
+                 ("ours", "0.5b", 32 * K, "lrsa", False, 6)],
     "profile": [("ours", "0.5b", 16 * K, "dense", False, 4), ("ours", "0.5b", 32 * K, "lrsa", False, 4),
                 ("pytorch", "0.5b", 16 * K, "dense", False, 3)],
 }

@@ -9,6 +9,7 @@
 # (c) with 4 or more GPUs: a Qwen2.5-7B-shape ZeRO-1 run (activation checkpointing), if it fits.
 # Writes to $OUT (default out/): dist-summary.txt (the results) and one log per run.
 # Environment: BUILD_DIR (build-gpu), RUN_TIMEOUT (seconds per run, default 150),
+# SCRATCH (default /dev/shm: the final checkpoints of 1.5B/7B shapes take a minute on disk),
 # LOSS_RTOL (default 0.01), BENCH_STEPS (default 12; the first 3 are warmup, not timed),
 # GPU_COUNTS (default: 2 4 8, those this machine has), SHAPES (default: 0.5b 1.5b),
 # PARTS (default: correctness throughput 7b).
@@ -22,10 +23,11 @@ build=${BUILD_DIR:-build-gpu}
 run_timeout=${RUN_TIMEOUT:-150}
 loss_rtol=${LOSS_RTOL:-0.01}
 bench_steps=${BENCH_STEPS:-12}
+scratch=${SCRATCH:-/dev/shm}
 shapes=(${SHAPES:-0.5b 1.5b})
 parts=" ${PARTS:-correctness throughput 7b} "
 bin="$build/lrsa-train"
-work=$(mktemp -d /tmp/lrsa-dist-XXXXXX)
+work=$(mktemp -d "$scratch/lrsa-dist-XXXXXX")  # run dirs and final checkpoints, in RAM by default
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
 summary="$out/dist-summary.txt"
