@@ -186,8 +186,11 @@ float softmax_scale(const Tensor& q) { return 1.0f / std::sqrt(float(q.size(2)))
 }  // namespace
 
 bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t head_dim, DType dtype) {
-  return dtype == DType::BF16 && head_dim % kChunk == 0 && cudnn_attention_supported(head_dim, dtype) &&
-         lrsa_gather::gathered_rows(layout.cu_seqlens, params) <= kLrsaCudnnMaxGatherFactor * layout.total();
+  // cuDNN's bf16 with D 64 / 128 is also what the gather and reduction kernels need (16-byte
+  // chunks of bf16 rows); the plan's row numbers and codes are i32.
+  const int64_t rows = lrsa_gather::gathered_rows(layout.cu_seqlens, params);
+  return cudnn_attention_supported(head_dim, dtype) && rows <= kLrsaCudnnMaxGatherFactor * layout.total() &&
+         rows < (int64_t(1) << 31);
 }
 
 void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
