@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine, from the repository root, after `scripts/gpu/run.sh build`:
+#   bash scripts/gpu/targets.sh
+# The figures behind the performance targets in one call that fits the device tool's 10 minutes
+# (scripts/gpu/run.sh bench runs everything, longer):
+#   1. the attention tests (CUDA backends against the fp64 reference, tolerance rule);
+#   2. lrsa-bench attention at 16K and 32K, both head shapes, native and cuDNN backends (issue 5);
+#   3. scripts/bench/train_e2e.py --groups headline: our 0.5B dense 16K/32K and LRSA 32K steps (issue 10);
+#   4. lrsa-bench infer: prefill and decode with the LagKV cache (issue 9).
+# Writes to $OUT (default out/): targets.txt (every part's tail) and one log per part.
+# Environment: BUILD_DIR (build-gpu), PARTS (default: tests attention e2e infer).
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 2
+out=${OUT:-out}
+build=${BUILD_DIR:-build-gpu}
+parts=" ${PARTS:-tests attention e2e infer} "
+mkdir -p "$out"
+summary="$out/targets.txt"
+: >"$summary"
+status=0
+
+# part NAME TAIL_LINES COMMAND...: runs it, log in $out/NAME.log, its tail in the summary.
+part() {
+  local name=$1 lines=$2
+  shift 2
+  [[ $parts == *" $name "* ]] || return 0
+  local start=$SECONDS rc
+  "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  { echo "=== $name: exit $rc in $((SECONDS - start))s"; tail -n "$lines" "$out/$name.log"; } | tee -a "$summary"
+  [ $rc -eq 0 ] || status=1
+}
+
+part tests 25 ctest --test-dir "$build" -R "^attn/" --output-on-failure
+part attention 80 "$build/lrsa-bench" attention --tokens 16384 32768 --backends native cudnn --repeats 5
+part e2e 12 python3 scripts/bench/train_e2e.py --groups headline --binary "$build/lrsa-train" --out "$out/train-e2e.jsonl"
+part infer 30 "$build/lrsa-bench" infer
+exit $status
