@@ -2,8 +2,12 @@
 // per-layout work tables (the plan of attn_plan.h, uploaded once and cached), and the
 // compaction of the selected rows into a dense per-head history buffer.
 #include <list>
+#include <string>
 
 #include "attn_common.cuh"
+#ifdef LRSA_WITH_CUDNN
+#include "attn_cudnn.h"
+#endif
 
 namespace lrsa::cuda::attn_detail {
 
@@ -59,6 +63,64 @@ int check_kernel_args(const char* op, const attn::AttentionConfig& config, const
   for (const auto& [name, t] : outputs) check_aligned(op, name, *t);
   LRSA_CUDA_CHECK(cudaSetDevice(q.device().index));
   return int(D);
+}
+
+namespace {
+
+// Whether this call runs on cuDNN; throws with the reason when Backend::Cudnn cannot.
+bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unused]] const Tensor& q) {
+  if (config.backend == attn::Backend::Native) return false;
+  std::string why;
+  if (config.mode == attn::Mode::Lrsa) {
+    why = "Mode::Lrsa runs on the native kernels (cuDNN covers dense attention)";
+  } else if (config.deterministic) {
+    why = "deterministic mode was asked for, and cuDNN's backward accumulates dQ with atomics";
+  } else {
+#ifdef LRSA_WITH_CUDNN
+    if (!cudnn_attention_supported(q.size(2), q.dtype()))
+      why = "cuDNN attention takes bf16 with head dim 64 or 128 on an sm_90+ device, got q " + q.describe();
+#else
+    why = "this build has no cuDNN (cmake printed 'lrsa: cuDNN OFF' with the reason)";
+#endif
+  }
+  if (why.empty()) return true;
+  LRSA_CHECK(config.backend != attn::Backend::Cudnn, "{}: attention backend cudnn cannot run this call: {}", op, why);
+  return false;
+}
+
+#ifdef LRSA_WITH_CUDNN
+// Every document is one sequence, queries and keys alike.
+VarlenSpans dense_spans(const attn::SeqLayout& layout) {
+  const int64_t longest = layout.max_seqlen();
+  return VarlenSpans{layout.cu_seqlens_device, layout.cu_seqlens_device, int64_t(layout.cu_seqlens.size()) - 1,
+                     longest, longest};
+}
+#endif
+
+}  // namespace
+
+// Without cuDNN, use_cudnn never returns true and the arguments after q are unused.
+bool cudnn_dense_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
+                         [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v,
+                         [[maybe_unused]] const attn::SeqLayout& layout, [[maybe_unused]] attn::AttentionForward& result) {
+  if (!use_cudnn(op, config, q)) return false;
+#ifdef LRSA_WITH_CUDNN
+  cudnn_varlen_forward(q, k, v, dense_spans(layout), 1.f / std::sqrt(float(q.size(2))), result.out, result.lse);
+#endif
+  return true;
+}
+
+bool cudnn_dense_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
+                          [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v,
+                          [[maybe_unused]] const attn::SeqLayout& layout,
+                          [[maybe_unused]] const attn::AttentionForward& saved, [[maybe_unused]] const Tensor& dout,
+                          [[maybe_unused]] Tensor& dq, [[maybe_unused]] Tensor& dk, [[maybe_unused]] Tensor& dv) {
+  if (!use_cudnn(op, config, q)) return false;
+#ifdef LRSA_WITH_CUDNN
+  cudnn_varlen_backward(q, k, v, saved.out, saved.lse, dout, dense_spans(layout), 1.f / std::sqrt(float(q.size(2))),
+                        dq, dk, dv);
+#endif
+  return true;
 }
 
 // f32 inputs are computed in bf16 (the model runs bf16 on the GPU; see cuda_attn.h).

@@ -17,6 +17,11 @@ namespace lrsa::attn {
 
 enum class Mode { Dense, Lrsa };
 
+// Which CUDA implementation runs attention (the CPU has one). Auto = cuDNN where supported and
+// not deterministic (bf16, head dim 64 or 128, sm_90+, a build with cuDNN), else the native
+// kernels; Cudnn fails with the reason when cuDNN cannot run the call (kernels/attn_cudnn.h).
+enum class Backend { Auto, Native, Cudnn };
+
 struct LrsaParams {
   int64_t sink = 16;          // S >= 0
   int64_t lag = 1024;         // L >= 1
@@ -30,6 +35,7 @@ struct AttentionConfig {
   Mode mode = Mode::Dense;
   LrsaParams lrsa;
   bool deterministic = false;  // CUDA: no atomics in reductions whose order could vary
+  Backend backend = Backend::Auto;
 };
 
 // Document boundaries of a packed batch, on the host and (for CUDA) on the device.

@@ -1,0 +1,55 @@
+#pragma once
+// cuDNN SDPA (Hopper flash kernels, through the header-only cudnn-frontend graph API) behind a
+// FlashAttention-style varlen interface: B sequences packed along the token axis, causal with
+// bottom-right alignment, native GQA, bf16 in and out, f32 log-sum-exp in our [Hq, Tq] layout.
+// Used by the dense CUDA attention (Backend::Cudnn, kernels/attn_cudnn.cu) and by the LRSA path
+// that gathers each query partition's visible keys (kernels/attn_lrsa_cudnn.cu).
+//
+// cuDNN constraints (cudnn-frontend 1.32 support checks, cuDNN >= 9.7 for bottom-right causal
+// masks with ragged tensors; the GPU machine has 9.14, this machine 9.19):
+// - bf16, head dim 64 or 128 (what our kernels and the config accept; cuDNN itself takes more);
+//   sm_90 or newer device (the Hopper engines; cuDNN also runs on sm_80 but we do not test it).
+// - Rows of q/k/v/out/dout/dq/dk/dv: last two dims contiguous, row stride a multiple of 8
+//   elements, base pointers 16-byte aligned (the engines load 16-byte vectors).
+// - Each sequence needs len_kv_b >= len_q_b >= 1: with bottom-right alignment, query i sees keys
+//   [0, len_kv - len_q + i], so len_q > len_kv would leave the first rows with no key (their lse
+//   would be -inf). Empty sequences (len 0) are not supported: callers must not pass them.
+// - No deterministic mode here: Backend::Cudnn with AttentionConfig::deterministic is rejected
+//   (cuDNN's backward accumulates dQ with atomics; see attention.h).
+// - Graphs are built once per (direction, device, Hq, Hk, D, row strides, B, max lengths
+//   rounded up to a power of two, total rows rounded up to a power of two) and cached; a new
+//   batch size B therefore builds a new graph (~0.1-1 s, once).
+#ifdef LRSA_WITH_CUDNN
+#include <cstdint>
+
+#include "lrsa/core/tensor.h"
+
+namespace lrsa::cuda {
+
+// True when built with cuDNN and the shape is supported (head_dim 64 or 128, bf16, sm_90+ device).
+bool cudnn_attention_supported(int64_t head_dim, DType dtype);
+
+// B sequences packed FlashAttention-varlen style: sequence b has query rows
+// [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q/out/dout/dq/lse and key rows
+// [cu_seqlens_kv[b], cu_seqlens_kv[b+1]) of k/v/dk/dv. Causal, bottom-right aligned:
+// query i of sequence b sees key j iff j <= (len_kv_b - len_q_b) + i  (equal lengths = ordinary causal).
+// Every sequence must have 1 <= len_q_b <= len_kv_b (see above).
+struct VarlenSpans {
+  Tensor cu_seqlens_q;   // i32 [B + 1] on the device, starts at 0, non-decreasing
+  Tensor cu_seqlens_kv;  // i32 [B + 1] on the device
+  int64_t batch = 0, max_seqlen_q = 0, max_seqlen_kv = 0;  // host copies of what the kernels need
+};
+
+// q [Tq, Hq, D], k/v [Tk, Hk, D] bf16 (last two dims contiguous; row stride may exceed H*D: views
+// into a fused QKV buffer), GQA (Hq % Hk == 0). Writes out [Tq, Hq, D] and lse [Hq, Tq] f32
+// (natural-log log-sum-exp of the scaled scores, our layout) for every query row covered by the spans.
+void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenSpans& spans,
+                          float scale, Tensor& out, Tensor& lse);
+
+// Overwrites dq [Tq,Hq,D], dk/dv [Tk,Hk,D] (rows not covered by any span are left untouched).
+void cudnn_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                           const Tensor& dout, const VarlenSpans& spans, float scale, Tensor& dq, Tensor& dk,
+                           Tensor& dv);
+
+}  // namespace lrsa::cuda
+#endif
