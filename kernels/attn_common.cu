@@ -7,6 +7,7 @@
 #include "attn_common.cuh"
 #ifdef LRSA_WITH_CUDNN
 #include "attn_cudnn.h"
+#include "attn_lrsa_cudnn.h"
 #endif
 
 namespace lrsa::cuda::attn_detail {
@@ -68,17 +69,19 @@ int check_kernel_args(const char* op, const attn::AttentionConfig& config, const
 namespace {
 
 // Whether this call runs on cuDNN; throws with the reason when Backend::Cudnn cannot.
-bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unused]] const Tensor& q) {
+bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unused]] const Tensor& q,
+               [[maybe_unused]] const attn::SeqLayout& layout) {
   if (config.backend == attn::Backend::Native) return false;
   std::string why;
-  if (config.mode == attn::Mode::Lrsa) {
-    why = "Mode::Lrsa runs on the native kernels (cuDNN covers dense attention)";
-  } else if (config.deterministic) {
+  if (config.deterministic) {
     why = "deterministic mode was asked for, and cuDNN's backward accumulates dQ with atomics";
   } else {
 #ifdef LRSA_WITH_CUDNN
     if (!cudnn_attention_supported(q.size(2), q.dtype()))
       why = "cuDNN attention takes bf16 with head dim 64 or 128 on an sm_90+ device, got q " + q.describe();
+    else if (config.mode == attn::Mode::Lrsa && !lrsa_cudnn_usable(layout, config.lrsa, q.size(2), q.dtype()))
+      why = "LRSA's gathered keys would exceed " + std::to_string(kLrsaCudnnMaxGatherFactor) +
+            " x the tokens at this length (kernels/attn_lrsa_cudnn.h)";
 #else
     why = "this build has no cuDNN (cmake printed 'lrsa: cuDNN OFF' with the reason)";
 #endif
@@ -99,26 +102,31 @@ VarlenSpans dense_spans(const attn::SeqLayout& layout) {
 
 }  // namespace
 
-// Without cuDNN, use_cudnn never returns true and the arguments after q are unused.
-bool cudnn_dense_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
-                         [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v,
-                         [[maybe_unused]] const attn::SeqLayout& layout, [[maybe_unused]] attn::AttentionForward& result) {
-  if (!use_cudnn(op, config, q)) return false;
+// Without cuDNN, use_cudnn never returns true and the arguments after q and layout are unused.
+bool cudnn_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
+                   [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
+                   [[maybe_unused]] attn::AttentionForward& result) {
+  if (!use_cudnn(op, config, q, layout)) return false;
 #ifdef LRSA_WITH_CUDNN
-  cudnn_varlen_forward(q, k, v, dense_spans(layout), 1.f / std::sqrt(float(q.size(2))), result.out, result.lse);
+  if (config.mode == attn::Mode::Lrsa)
+    lrsa_cudnn_forward(config, q, k, v, layout, result);
+  else
+    cudnn_varlen_forward(q, k, v, dense_spans(layout), 1.f / std::sqrt(float(q.size(2))), result.out, result.lse);
 #endif
   return true;
 }
 
-bool cudnn_dense_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
-                          [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v,
-                          [[maybe_unused]] const attn::SeqLayout& layout,
-                          [[maybe_unused]] const attn::AttentionForward& saved, [[maybe_unused]] const Tensor& dout,
-                          [[maybe_unused]] Tensor& dq, [[maybe_unused]] Tensor& dk, [[maybe_unused]] Tensor& dv) {
-  if (!use_cudnn(op, config, q)) return false;
+bool cudnn_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
+                    [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
+                    [[maybe_unused]] const attn::AttentionForward& saved, [[maybe_unused]] const Tensor& dout,
+                    [[maybe_unused]] Tensor& dq, [[maybe_unused]] Tensor& dk, [[maybe_unused]] Tensor& dv) {
+  if (!use_cudnn(op, config, q, layout)) return false;
 #ifdef LRSA_WITH_CUDNN
-  cudnn_varlen_backward(q, k, v, saved.out, saved.lse, dout, dense_spans(layout), 1.f / std::sqrt(float(q.size(2))),
-                        dq, dk, dv);
+  if (config.mode == attn::Mode::Lrsa)
+    lrsa_cudnn_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
+  else
+    cudnn_varlen_backward(q, k, v, saved.out, saved.lse, dout, dense_spans(layout),
+                          1.f / std::sqrt(float(q.size(2))), dq, dk, dv);
 #endif
   return true;
 }

@@ -303,15 +303,16 @@ int64_t row_stride(const Tensor& t);
 int check_kernel_args(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                       const Tensor& v, std::initializer_list<std::pair<const char*, const Tensor*>> outputs);
 
-// Dense attention on cuDNN (kernels/attn_cudnn.h) when config.backend allows it and cuDNN can
-// run the call: returns true when it did. Backend::Cudnn fails, saying why, when cuDNN cannot
-// (no cuDNN in the build, Mode::Lrsa, deterministic, f32, head dim, device); Auto then runs the
-// native kernels.
-bool cudnn_dense_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                         const Tensor& v, const attn::SeqLayout& layout, attn::AttentionForward& result);
-bool cudnn_dense_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                          const Tensor& v, const attn::SeqLayout& layout, const attn::AttentionForward& saved,
-                          const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv);
+// Attention on cuDNN when config.backend allows it and cuDNN can run the call: dense through
+// kernels/attn_cudnn.h, LRSA by gathering each query partition's keys (kernels/attn_lrsa_cudnn.h).
+// Returns true when it ran. Backend::Cudnn fails, saying why, when cuDNN cannot (no cuDNN in the
+// build, deterministic, f32, head dim, device, LRSA's gather budget); Auto then runs the native
+// kernels.
+bool cudnn_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const attn::SeqLayout& layout, attn::AttentionForward& result);
+bool cudnn_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                    const Tensor& v, const attn::SeqLayout& layout, const attn::AttentionForward& saved,
+                    const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv);
 
 // bf16 view of t: t itself when already bf16, else a contiguous bf16 copy (f32 inputs are
 // computed in bf16 on the GPU; see cuda_attn.h).

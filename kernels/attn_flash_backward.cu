@@ -407,7 +407,7 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
   using namespace attn_detail;
   const char* op = "attention_backward (CUDA)";
   const int D = check_kernel_args(op, config, q, k, v, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
-  if (cudnn_dense_backward(op, config, q, k, v, layout, saved, dout, dq, dk, dv)) return;
+  if (cudnn_backward(op, config, q, k, v, layout, saved, dout, dq, dk, dv)) return;
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   const WorkTables& tables = work_tables(config, layout, q.device());
   LRSA_CHECK(std::max<int64_t>(tables.n_fwd, std::max(tables.n_bwd_raw, tables.n_bwd_comp)) * Hq < (int64_t(1) << 31),

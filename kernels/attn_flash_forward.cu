@@ -124,7 +124,7 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
   using namespace attn_detail;
   const char* op = "attention_forward (CUDA)";
   const int D = check_kernel_args(op, config, q, k, v, {{"result.out", &result.out}});
-  if (cudnn_dense_forward(op, config, q, k, v, layout, result)) return;
+  if (cudnn_forward(op, config, q, k, v, layout, result)) return;
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   const WorkTables& tables = work_tables(config, layout, q.device());
   const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v);
