@@ -50,6 +50,8 @@ constexpr Choice<DataFormat> kDataFormats[] = {
     {DataFormat::Chat, "chat"}, {DataFormat::Qa, "qa"}, {DataFormat::Tokenized, "tokenized"}};
 constexpr Choice<TruncateSide> kTruncateSides[] = {{TruncateSide::Left, "left"}, {TruncateSide::Right, "right"}};
 constexpr Choice<attn::Mode> kModes[] = {{attn::Mode::Dense, "dense"}, {attn::Mode::Lrsa, "lrsa"}};
+constexpr Choice<attn::Backend> kAttnBackends[] = {
+    {attn::Backend::Auto, "auto"}, {attn::Backend::Native, "native"}, {attn::Backend::Cudnn, "cudnn"}};
 constexpr Choice<Decay> kDecays[] = {{Decay::Cosine, "cosine"}, {Decay::Linear, "linear"}, {Decay::Constant, "constant"}};
 constexpr Choice<DType> kParamDTypes[] = {{DType::BF16, "bf16"}, {DType::F32, "f32"}};
 constexpr Choice<Checkpointing> kCheckpointings[] = {
@@ -66,6 +68,7 @@ std::span<const Choice<ChatTemplate>> choices(ChatTemplate) { return kChatTempla
 std::span<const Choice<DataFormat>> choices(DataFormat) { return kDataFormats; }
 std::span<const Choice<TruncateSide>> choices(TruncateSide) { return kTruncateSides; }
 std::span<const Choice<attn::Mode>> choices(attn::Mode) { return kModes; }
+std::span<const Choice<attn::Backend>> choices(attn::Backend) { return kAttnBackends; }
 std::span<const Choice<Decay>> choices(Decay) { return kDecays; }
 std::span<const Choice<DType>> choices(DType) { return kParamDTypes; }
 std::span<const Choice<Checkpointing>> choices(Checkpointing) { return kCheckpointings; }
@@ -209,6 +212,7 @@ void schema(V& v, C& c) {
   });
   v.section("attention", "attn", [&] {
     v.field("mode", c.attention.mode, {.aliases = "type kind"});
+    v.field("backend", c.attention.backend, {.aliases = "impl implementation kernels"});
     v.field("sink", c.attention.lrsa.sink, {.range = closed(0, kMaxTokens), .aliases = "sinks sink_tokens num_sink"});
     v.field("lag", c.attention.lrsa.lag, {.range = closed(1, kMaxTokens), .aliases = "lag_size partition partition_size"});
     v.field("ratio", c.attention.lrsa.ratio, {.range = {0, 1, true, false}, .aliases = "keep_ratio r"});
@@ -671,6 +675,17 @@ void check_attention(const RunConfig& c, const ConfigContext& ctx) {
   if (cuda && c.model.arch && std::find(kCudaHeadDims.begin(), kCudaHeadDims.end(), c.model.arch->head_dim) == kCudaHeadDims.end())
     config_fail("model.head_dim", "must be {} on CUDA (the attention kernels){}, got {} (device cpu accepts any even head_dim)",
                 fmt::join(kCudaHeadDims, " or "), auto_note, c.model.arch->head_dim);
+  if (c.attention.backend == attn::Backend::Cudnn) {
+#ifndef LRSA_WITH_CUDNN
+    config_fail("attention.backend",
+                "cudnn needs a build with cuDNN, and this one has none (cmake printed 'lrsa: cuDNN OFF' with the "
+                "reason); use auto or native");
+#endif
+    if (!cuda) config_fail("attention.backend", "cudnn runs on CUDA only, and this run uses the CPU; use auto or native");
+    if (c.precision.deterministic)
+      config_fail("attention.backend",
+                  "cudnn is not deterministic (atomic dQ), and precision.deterministic is true; use auto or native");
+  }
   if (c.attention.mode != attn::Mode::Lrsa) return;
   const attn::LrsaParams& p = c.attention.lrsa;
   try {

@@ -191,6 +191,7 @@ ModelSetup resolve_model(const RunConfig& config) {
   s.options.attention.mode = config.attention.mode;
   s.options.attention.lrsa = config.attention.lrsa;
   s.options.attention.deterministic = config.precision.deterministic;
+  s.options.attention.backend = config.attention.backend;
   switch (config.memory.activation_checkpointing) {
     case Checkpointing::None: s.options.checkpoint_every = 0; break;
     case Checkpointing::All: s.options.checkpoint_every = 1; break;

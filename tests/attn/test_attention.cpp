@@ -1,7 +1,8 @@
 // Dense and LRSA attention, forward and backward: the CPU implementation against the naive fp64
 // reference over many shapes (f32 tightly, bf16 by the FlashAttention 2x rule), the reference's
 // backward against finite differences, the spec's consequences, determinism, views, errors,
-// and the CUDA path against the reference with the CPU implementation as the baseline.
+// the CUDA path (native kernels and cuDNN) against the reference with the CPU implementation as
+// the baseline, and the cuDNN varlen wrapper against a direct fp64 computation.
 #include <catch2/catch.hpp>
 
 #include <omp.h>
@@ -9,6 +10,9 @@
 #include <cmath>
 
 #include "attn/attn_testing.h"
+#ifdef LRSA_WITH_CUDNN
+#include "../../kernels/attn_cudnn.h"
+#endif
 
 using namespace lrsa;
 using namespace lrsa::attn;
@@ -293,13 +297,18 @@ TEST_CASE("attention rejects invalid arguments clearly", "[attn]") {
 }
 
 TEST_CASE("CUDA attention matches the reference as well as the CPU implementation does", "[attn][cuda]") {
-  // The CUDA kernels take D in {64, 128} and lag a multiple of their 64-row tile.
+  // The CUDA kernels take D in {64, 128} and lag a multiple of their 64-row tile. Every case runs
+  // on the native kernels (default and deterministic); the dense bf16 cases also on cuDNN.
   const std::vector<AttnCase> gpu_cases = {
       {"cuda bf16 LRSA", {{700}, 4, 2, 64, DType::BF16, 801}, lrsa_cfg(16, 128, 0.25)},
       {"cuda bf16 LRSA packed, GQA 7", {{400, 130, 333}, 7, 1, 128, DType::BF16, 802}, lrsa_cfg(5, 64, 0.5, 0.5f)},
       {"cuda bf16 LRSA, T < S + 2L", {{200}, 2, 2, 64, DType::BF16, 803}, lrsa_cfg(3, 128, 0.25)},
       {"cuda bf16 r = 1", {{600}, 2, 1, 128, DType::BF16, 804}, lrsa_cfg(0, 128, 1.0, 0.0f)},
       {"cuda bf16 dense", {{500, 300}, 4, 2, 64, DType::BF16, 805}, test::dense_config()},
+      {"cuda bf16 dense, uneven documents and a 1-token one", {{37, 1, 260, 129}, 4, 2, 64, DType::BF16, 808},
+       test::dense_config()},
+      {"cuda bf16 dense GQA 7, d 128", {{333, 64, 200}, 7, 1, 128, DType::BF16, 809}, test::dense_config()},
+      {"cuda bf16 dense MHA, d 128", {{256}, 2, 2, 128, DType::BF16, 810}, test::dense_config()},
       {"cuda f32 LRSA", {{900}, 2, 1, 64, DType::F32, 806}, lrsa_cfg(7, 256, 0.125, 2.0f)},
       {"cuda f32 dense", {{400}, 2, 2, 128, DType::F32, 807}, test::dense_config()},
   };
@@ -312,18 +321,180 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
     // The baseline is a naive bf16 implementation, also for f32 inputs: the CUDA kernels
     // document that they compute f32 inputs in bf16 (kernels/attn_common.cu).
     const Outputs baseline = reference(c, cpu, ReferenceRounding::Bf16);
-    for (bool deterministic : {false, true}) {
-      c.config.deterministic = deterministic;
-      INFO((deterministic ? "deterministic" : "default"));
-      const Outputs ours = test::run_attention(c.config, gpu);
-      CHECK(ours.selection == on_cpu.selection);
-      check_rule(ours, baseline, exact);
-      if (deterministic) {
-        const Outputs again = test::run_attention(c.config, gpu);
-        CHECK(again.dq == ours.dq);
-        CHECK(again.dk == ours.dk);
-        CHECK(again.dv == ours.dv);
+    std::vector<Backend> backends = {Backend::Native};
+#ifdef LRSA_WITH_CUDNN
+    if (c.config.mode == Mode::Dense && c.problem.dtype == DType::BF16) backends.push_back(Backend::Cudnn);
+#endif
+    for (Backend backend : backends) {
+      c.config.backend = backend;
+      for (bool deterministic : {false, true}) {
+        if (backend == Backend::Cudnn && deterministic) continue;  // cuDNN refuses it (next test)
+        c.config.deterministic = deterministic;
+        INFO((backend == Backend::Cudnn ? "cudnn" : "native") << (deterministic ? ", deterministic" : ", default"));
+        const Outputs ours = test::run_attention(c.config, gpu);
+        CHECK(ours.selection == on_cpu.selection);
+        check_rule(ours, baseline, exact);
+        if (deterministic) {
+          const Outputs again = test::run_attention(c.config, gpu);
+          CHECK(again.dq == ours.dq);
+          CHECK(again.dk == ours.dk);
+          CHECK(again.dv == ours.dv);
+        }
       }
     }
   }
 }
+
+TEST_CASE("attention backend cudnn says why it cannot run a call", "[attn][cuda]") {
+  auto run = [](AttentionConfig config, const Problem& p) { test::run_attention(config, test::make_inputs(p, Device::cuda(0))); };
+  AttentionConfig dense = test::dense_config();
+  dense.backend = Backend::Cudnn;
+#ifdef LRSA_WITH_CUDNN
+  CHECK_NOTHROW(run(dense, {{100}, 2, 1, 64, DType::BF16, 820}));
+  CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 64, DType::F32, 821}), Catch::Contains("cuDNN attention takes bf16"));
+  AttentionConfig deterministic = dense;
+  deterministic.deterministic = true;
+  CHECK_THROWS_WITH(run(deterministic, {{100}, 2, 1, 64, DType::BF16, 822}), Catch::Contains("deterministic"));
+  AttentionConfig lrsa = lrsa_cfg(4, 64, 0.25);
+  lrsa.backend = Backend::Cudnn;
+  CHECK_THROWS_WITH(run(lrsa, {{300}, 2, 1, 64, DType::BF16, 823}), Catch::Contains("Mode::Lrsa"));
+#else
+  CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 64, DType::BF16, 820}), Catch::Contains("this build has no cuDNN"));
+#endif
+  // Auto falls back to the native kernels where cuDNN cannot run.
+  AttentionConfig automatic = test::dense_config();
+  CHECK_NOTHROW(run(automatic, {{100}, 2, 1, 64, DType::F32, 824}));
+}
+
+#ifdef LRSA_WITH_CUDNN
+namespace {
+
+// Straightforward fp64 attention over varlen spans with bottom-right causal alignment, forward
+// and backward (the contract of kernels/attn_cudnn.h). Inputs are [rows, H, D] doubles.
+struct VarlenReference {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+VarlenReference varlen_reference(const std::vector<double>& q, const std::vector<double>& k,
+                                 const std::vector<double>& v, const std::vector<double>& dout,
+                                 const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_kv, int64_t Tq,
+                                 int64_t Tk, int64_t Hq, int64_t Hk, int64_t D, double scale) {
+  VarlenReference r{std::vector<double>(Tq * Hq * D), std::vector<double>(Hq * Tq), std::vector<double>(Tq * Hq * D),
+                    std::vector<double>(Tk * Hk * D), std::vector<double>(Tk * Hk * D)};
+  auto qrow = [&](int64_t t, int64_t h) { return (t * Hq + h) * D; };
+  auto krow = [&](int64_t t, int64_t h) { return (t * Hk + h) * D; };
+  for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
+    const int64_t lq = cu_q[b + 1] - cu_q[b], lk = cu_kv[b + 1] - cu_kv[b];
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int64_t hk = h / (Hq / Hk);
+      for (int64_t i = 0; i < lq; ++i) {
+        const int64_t t = cu_q[b] + i, last = lk - lq + i;  // keys 0..last are visible
+        std::vector<double> p(last + 1);
+        double top = -INFINITY;
+        for (int64_t j = 0; j <= last; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += q[qrow(t, h) + d] * k[krow(cu_kv[b] + j, hk) + d];
+          p[j] = dot * scale;
+          top = std::max(top, p[j]);
+        }
+        double sum = 0;
+        for (double s : p) sum += std::exp(s - top);
+        const double lse = top + std::log(sum);
+        r.lse[h * Tq + t] = lse;
+        double delta = 0;
+        for (int64_t j = 0; j <= last; ++j) {
+          p[j] = std::exp(p[j] - lse);
+          for (int64_t d = 0; d < D; ++d) r.out[qrow(t, h) + d] += p[j] * v[krow(cu_kv[b] + j, hk) + d];
+        }
+        for (int64_t d = 0; d < D; ++d) delta += dout[qrow(t, h) + d] * r.out[qrow(t, h) + d];
+        for (int64_t j = 0; j <= last; ++j) {
+          const int64_t key = cu_kv[b] + j;
+          double dp = 0;
+          for (int64_t d = 0; d < D; ++d) dp += dout[qrow(t, h) + d] * v[krow(key, hk) + d];
+          const double ds = p[j] * (dp - delta) * scale;
+          for (int64_t d = 0; d < D; ++d) {
+            r.dq[qrow(t, h) + d] += ds * k[krow(key, hk) + d];
+            r.dk[krow(key, hk) + d] += ds * q[qrow(t, h) + d];
+            r.dv[krow(key, hk) + d] += p[j] * dout[qrow(t, h) + d];
+          }
+        }
+      }
+    }
+  }
+  return r;
+}
+
+// Rows [0, covered) of a [rows, H, D] buffer.
+std::vector<double> head_rows(const std::vector<double>& x, int64_t covered, int64_t H, int64_t D) {
+  return {x.begin(), x.begin() + covered * H * D};
+}
+
+}  // namespace
+
+TEST_CASE("cudnn varlen attention: bottom-right causal spans, GQA, views, untouched rows", "[attn][cuda]") {
+  const int64_t Hq = 6, Hk = 2, D = 64;
+  // (len_q, len_kv): longer key spans (the LRSA gather), equal ones, a single query.
+  const std::vector<std::pair<int64_t, int64_t>> spans = {{64, 200}, {1, 50}, {130, 130}, {77, 300}};
+  std::vector<int64_t> cu_q = {0}, cu_kv = {0};
+  int64_t max_q = 0, max_kv = 0;
+  for (auto [lq, lk] : spans) {
+    cu_q.push_back(cu_q.back() + lq);
+    cu_kv.push_back(cu_kv.back() + lk);
+    max_q = std::max(max_q, lq);
+    max_kv = std::max(max_kv, lk);
+  }
+  const int64_t Tq = cu_q.back() + 5, Tk = cu_kv.back() + 3;  // trailing rows no span covers
+  const Device gpu = Device::cuda(0);
+  // q and dout plain, k/v views into one fused [Tk, 2 Hk, D] buffer; dk/dv likewise.
+  const Tensor q = Tensor::normal({Tq, Hq, D}, 830, 0, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const Tensor kv = Tensor::normal({Tk, 2 * Hk, D}, 830, 1, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const Tensor dout = Tensor::normal({Tq, Hq, D}, 830, 2, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const Tensor k = kv.slice(1, 0, Hk), v = kv.slice(1, Hk, 2 * Hk);
+  const double sentinel = 7.0;
+  Tensor out = Tensor::full({Tq, Hq, D}, sentinel, DType::BF16, gpu);
+  Tensor lse = Tensor::full({Hq, Tq}, sentinel, DType::F32, gpu);
+  Tensor dq = Tensor::full({Tq, Hq, D}, sentinel, DType::BF16, gpu);
+  Tensor dkv = Tensor::full({Tk, 2 * Hk, D}, sentinel, DType::BF16, gpu);
+  Tensor dk = dkv.slice(1, 0, Hk), dv = dkv.slice(1, Hk, 2 * Hk);
+
+  cuda::VarlenSpans s;
+  s.cu_seqlens_q = Tensor::from_ints(cu_q, {int64_t(cu_q.size())}, DType::I32, gpu);
+  s.cu_seqlens_kv = Tensor::from_ints(cu_kv, {int64_t(cu_kv.size())}, DType::I32, gpu);
+  s.batch = int64_t(spans.size());
+  s.max_seqlen_q = max_q;
+  s.max_seqlen_kv = max_kv;
+  const float scale = 1.0f / std::sqrt(float(D));
+  REQUIRE(cuda::cudnn_attention_supported(D, DType::BF16));
+  cuda::cudnn_varlen_forward(q, k, v, s, scale, out, lse);
+  cuda::cudnn_varlen_backward(q, k, v, out, lse, dout, s, scale, dq, dk, dv);
+
+  const VarlenReference ref =
+      varlen_reference(q.to_doubles(), k.contiguous().to_doubles(), v.contiguous().to_doubles(), dout.to_doubles(),
+                       cu_q, cu_kv, Tq, Tk, Hq, Hk, D, scale);
+  const int64_t rows_q = cu_q.back(), rows_kv = cu_kv.back();
+  const std::vector<double> got_out = out.to_doubles(), got_dq = dq.to_doubles(), got_lse = lse.to_doubles();
+  const std::vector<double> got_dk = dk.contiguous().to_doubles(), got_dv = dv.contiguous().to_doubles();
+  // bf16 outputs: ~0.4% rounding of each stored value, plus bf16 P in P V.
+  CHECK(test::rel_max(head_rows(got_out, rows_q, Hq, D), head_rows(ref.out, rows_q, Hq, D)) < 2e-2);
+  CHECK(test::rel_max(head_rows(got_dq, rows_q, Hq, D), head_rows(ref.dq, rows_q, Hq, D)) < 3e-2);
+  CHECK(test::rel_max(head_rows(got_dk, rows_kv, Hk, D), head_rows(ref.dk, rows_kv, Hk, D)) < 3e-2);
+  CHECK(test::rel_max(head_rows(got_dv, rows_kv, Hk, D), head_rows(ref.dv, rows_kv, Hk, D)) < 3e-2);
+  double lse_err = 0;
+  for (int64_t h = 0; h < Hq; ++h) {
+    for (int64_t t = 0; t < Tq; ++t) {
+      if (t < rows_q) lse_err = std::max(lse_err, std::abs(got_lse[h * Tq + t] - ref.lse[h * Tq + t]));
+      else CHECK(got_lse[h * Tq + t] == sentinel);
+    }
+  }
+  CHECK(lse_err < 1e-2);
+  // Rows past the spans are left as they were.
+  for (size_t i = rows_q * Hq * D; i < got_out.size(); ++i) {
+    REQUIRE(got_out[i] == sentinel);
+    REQUIRE(got_dq[i] == sentinel);
+  }
+  for (size_t i = rows_kv * Hk * D; i < got_dk.size(); ++i) {
+    REQUIRE(got_dk[i] == sentinel);
+    REQUIRE(got_dv[i] == sentinel);
+  }
+}
+#endif

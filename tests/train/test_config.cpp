@@ -285,6 +285,25 @@ TEST_CASE("cross-field rules", "[train]") {
   odd_lag["attention"]["lag"] = 32;
   CHECK_THROWS_WITH(load(odd_lag, {}, {1, true}), Catch::Contains("got 32: use 64 (device cpu"));
 
+  // Attention backend: a choice; cudnn needs a cuDNN build, a CUDA run and no determinism.
+  CHECK(load(minimal()).attention.backend == attn::Backend::Auto);
+  CHECK(load(with("/attention/backend", "native")).attention.backend == attn::Backend::Native);
+  CHECK_THROWS_WITH(load(with("/attention/backend", "cudn")),
+                    "config run.json: attention.backend: must be one of auto, native, cudnn, got \"cudn\" (did you mean "
+                    "\"cudnn\"?)");
+  json cudnn = with("/attention/backend", "cudnn");
+  cudnn["device"] = "cuda";
+#ifdef LRSA_WITH_CUDNN
+  CHECK(load(cudnn).attention.backend == attn::Backend::Cudnn);
+  cudnn["precision"] = {{"deterministic", true}};
+  CHECK_THROWS_WITH(load(cudnn), Catch::StartsWith("config run.json: attention.backend: cudnn is not deterministic"));
+  cudnn["device"] = "cpu";
+  cudnn["precision"]["deterministic"] = false;
+  CHECK_THROWS_WITH(load(cudnn), Catch::StartsWith("config run.json: attention.backend: cudnn runs on CUDA only"));
+#else
+  CHECK_THROWS_WITH(load(cudnn), Catch::StartsWith("config run.json: attention.backend: cudnn needs a build with cuDNN"));
+#endif
+
   // Batch arithmetic.
   json batch = minimal();
   batch["data"]["max_seq_len"] = 1024;

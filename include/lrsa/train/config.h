@@ -82,6 +82,7 @@ struct DataConfig {
 struct AttentionSection {
   attn::Mode mode = attn::Mode::Lrsa;
   attn::LrsaParams lrsa;  // sink, lag, ratio, score_v_ratio (defaults from attention.h)
+  attn::Backend backend = attn::Backend::Auto;  // CUDA implementation: auto, native kernels or cuDNN
 };
 
 struct OptimConfig {  // AdamW

@@ -1,16 +1,19 @@
-// lrsa-bench attention: the CUDA attention kernels, dense causal vs LRSA, at the Qwen2.5 head
-// shapes (14:2 x d64 as in 0.5B, 28:4 x d128 as in 7B) over one long document.
+// lrsa-bench attention: the CUDA attention, dense causal vs LRSA, per backend (our native
+// kernels, cuDNN's SDPA: AttentionConfig::backend), at the Qwen2.5 head shapes (14:2 x d64 as in
+// 0.5B, 28:4 x d128 as in 7B) over one long document. A backend that cannot run a mode (e.g. no
+// cuDNN in the build) is skipped with the reason.
 //
 // 1. Self-check: small packed problems (dense and LRSA, GQA, d64 and d128, both backward
-//    modes) run on the GPU and through the CPU implementation (the same public attn:: calls,
+//    modes, each backend) run on the GPU and through the CPU implementation (the same public attn:: calls,
 //    dispatched by device); out, lse, dq, dk, dv are compared, the LRSA selection must be equal,
 //    and the deterministic backward must repeat bit for bit.
 // 2. Per shape and T: forward, backward and forward + backward times (CUDA events, median) for
 //    dense and LRSA, and the LagKV selection alone. Throughput counts the (query, key) pairs the
 //    visibility rule admits, exactly: forward 4 * pairs * D * Hq FLOPs (Q K^T and P V), backward
 //    10 * pairs * D * Hq (the recomputed Q K^T, dV, dP, dK, dQ). The LRSA rows name dense as
-//    their reference (vs ref = dense time / LRSA time) and note the dense-equivalent rate (the
-//    dense problem's FLOPs over the LRSA time).
+//    (same backend) as their reference (vs ref = dense time / LRSA time) and note the
+//    dense-equivalent rate (the dense problem's FLOPs over the LRSA time); the other backends'
+//    dense rows name dense native as theirs.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -33,9 +36,23 @@ struct AttentionOptions {
   std::vector<int64_t> tokens = {8192, 16384, 32768, 65536, 131072};
   int64_t sink = 16, lag = 1024;
   double ratio = 0.25;
+  std::vector<std::string> backends = {"native", "cudnn"};
   bool deterministic = false;
   bool skip_checks = false;
 };
+
+struct BackendName {
+  attn::Backend backend;
+  const char* name;
+};
+constexpr BackendName kBackends[] = {
+    {attn::Backend::Native, "native"}, {attn::Backend::Cudnn, "cudnn"}, {attn::Backend::Auto, "auto"}};
+
+const char* backend_name(attn::Backend b) {
+  for (const BackendName& n : kBackends)
+    if (n.backend == b) return n.name;
+  return "?";
+}
 
 const Device kGpu = Device::cuda(0);
 const Device kCpu = Device::cpu();
@@ -116,8 +133,21 @@ Check equal_ints(const std::string& name, const Tensor& gpu, const Tensor& cpu) 
   return c;
 }
 
+// Runs `fn`; when the backend refuses the call (lrsa::Error, e.g. cuDNN missing or a mode it
+// does not cover), prints why and returns false.
+template <typename Fn>
+bool runs(const std::string& what, Fn&& fn) {
+  try {
+    fn();
+    return true;
+  } catch (const Error& e) {
+    std::printf("skipped %s: %s\n", what.c_str(), e.what());
+    return false;
+  }
+}
+
 // Returns whether every check passed.
-bool run_checks(Report& report) {
+bool run_checks(Report& report, const std::vector<attn::Backend>& backends) {
   struct Case {
     const char* name;
     int64_t hq, hk, d;
@@ -138,27 +168,32 @@ bool run_checks(Report& report) {
     const Problem cpu = make_problem(shape, c.lengths, kCpu, seed);
     const Problem gpu = make_problem(shape, c.lengths, kGpu, seed++);
     const Grads want = run(c.config, cpu);
-    for (bool deterministic : {false, true}) {
-      attn::AttentionConfig config = c.config;
-      config.deterministic = deterministic;
-      const Grads got = run(config, gpu);
-      const std::string tag = std::string(c.name) + (deterministic ? " det" : "");
-      std::vector<Check> checks = {compare("attention out: " + tag, got.fwd.out, want.fwd.out, kRtol, kAtol),
-                                   compare("attention lse: " + tag, got.fwd.lse, want.fwd.lse, kRtol, kAtol),
-                                   compare("attention dq: " + tag, got.dq, want.dq, kRtol, kAtol),
-                                   compare("attention dk: " + tag, got.dk, want.dk, kRtol, kAtol),
-                                   compare("attention dv: " + tag, got.dv, want.dv, kRtol, kAtol)};
-      if (config.mode == attn::Mode::Lrsa)
-        checks.push_back(equal_ints("lrsa selection: " + tag, got.fwd.selection.indices, want.fwd.selection.indices));
-      if (deterministic) {
-        const Grads again = run(config, gpu);
-        checks.push_back(compare("deterministic dq repeats: " + tag, again.dq, got.dq, 0, 0));
-        checks.push_back(compare("deterministic dk repeats: " + tag, again.dk, got.dk, 0, 0));
-        checks.push_back(compare("deterministic dv repeats: " + tag, again.dv, got.dv, 0, 0));
-      }
-      for (const Check& k : checks) {
-        report.add_check(k);
-        all = all && k.pass;
+    for (attn::Backend backend : backends) {
+      for (bool deterministic : {false, true}) {
+        attn::AttentionConfig config = c.config;
+        config.deterministic = deterministic;
+        config.backend = backend;
+        const std::string tag =
+            std::string(c.name) + " " + backend_name(backend) + (deterministic ? " det" : "");
+        Grads got;
+        if (!runs(tag, [&] { got = run(config, gpu); })) continue;
+        std::vector<Check> checks = {compare("attention out: " + tag, got.fwd.out, want.fwd.out, kRtol, kAtol),
+                                     compare("attention lse: " + tag, got.fwd.lse, want.fwd.lse, kRtol, kAtol),
+                                     compare("attention dq: " + tag, got.dq, want.dq, kRtol, kAtol),
+                                     compare("attention dk: " + tag, got.dk, want.dk, kRtol, kAtol),
+                                     compare("attention dv: " + tag, got.dv, want.dv, kRtol, kAtol)};
+        if (config.mode == attn::Mode::Lrsa)
+          checks.push_back(equal_ints("lrsa selection: " + tag, got.fwd.selection.indices, want.fwd.selection.indices));
+        if (deterministic) {
+          const Grads again = run(config, gpu);
+          checks.push_back(compare("deterministic dq repeats: " + tag, again.dq, got.dq, 0, 0));
+          checks.push_back(compare("deterministic dk repeats: " + tag, again.dk, got.dk, 0, 0));
+          checks.push_back(compare("deterministic dv repeats: " + tag, again.dv, got.dv, 0, 0));
+        }
+        for (const Check& k : checks) {
+          report.add_check(k);
+          all = all && k.pass;
+        }
       }
     }
   }
@@ -167,20 +202,42 @@ bool run_checks(Report& report) {
 
 class Bench {
  public:
-  Bench(Report& report, const AttentionOptions& options, std::string check)
-      : report_(report), options_(options), check_(std::move(check)) {}
+  Bench(Report& report, const AttentionOptions& options, std::vector<attn::Backend> backends, std::string check)
+      : report_(report), options_(options), backends_(std::move(backends)), check_(std::move(check)) {}
 
   void shape(const HeadShape& s, int64_t T) {
     const Problem p = make_problem(s, {T}, kGpu, 42);
-    const attn::AttentionConfig dense = config(attn::AttentionConfig{});
     const attn::AttentionConfig lrsa = config(lrsa_config(options_.sink, options_.lag, options_.ratio));
-    const double dense_pairs = visible_pairs(dense, p.layout.cu_seqlens);
-    const Times d = measure(dense, p);
-    add(s, T, "dense", d, dense_pairs, dense_pairs, nullptr);
-    const Times l = measure(lrsa, p);
+    const double dense_pairs = visible_pairs(attn::AttentionConfig{}, p.layout.cu_seqlens);
+    const double lrsa_pairs = visible_pairs(lrsa, p.layout.cu_seqlens);
+    // Dense first (the references), then LRSA, each on every backend that runs it.
+    std::vector<std::pair<attn::Backend, Times>> dense_times;
+    auto dense_of = [&](attn::Backend b) -> const std::pair<attn::Backend, Times>* {
+      for (const auto& d : dense_times)
+        if (d.first == b) return &d;
+      return nullptr;
+    };
+    for (attn::Backend b : backends_) {
+      attn::AttentionConfig dense = config(attn::AttentionConfig{});
+      dense.backend = b;
+      Times t;
+      if (!runs(fmt::format("dense {} at {} {}", backend_name(b), s.name, T), [&] { t = measure(dense, p); })) continue;
+      const auto* ref = b == attn::Backend::Native ? nullptr : dense_of(attn::Backend::Native);
+      add(s, T, fmt::format("dense {}", backend_name(b)), t, dense_pairs, 0, ref);
+      dense_times.emplace_back(b, t);
+    }
+    double lrsa_fwd_ms = 0;
+    for (attn::Backend b : backends_) {
+      attn::AttentionConfig c = lrsa;
+      c.backend = b;
+      Times t;
+      if (!runs(fmt::format("lrsa {} at {} {}", backend_name(b), s.name, T), [&] { t = measure(c, p); })) continue;
+      const auto* ref = dense_of(b) ? dense_of(b) : dense_of(attn::Backend::Native);
+      add(s, T, fmt::format("lrsa {}", backend_name(b)), t, lrsa_pairs, dense_pairs, ref);
+      if (lrsa_fwd_ms == 0) lrsa_fwd_ms = t.fwd;
+    }
     const double sel_ms = time_ms([&] { attn::lrsa_select(p.k, p.v, p.layout, lrsa.lrsa); }, options_.common.warmup,
                                   options_.common.repeats);
-    add(s, T, "lrsa", l, visible_pairs(lrsa, p.layout.cu_seqlens), dense_pairs, &d);
     // Selection reads every candidate and reference row of K and V once (rows of the last
     // partitions that are neither are not counted).
     const int64_t parts = attn::selectable_partitions(T, lrsa.lrsa);
@@ -188,8 +245,9 @@ class Bench {
     row.ms = sel_ms;
     row.bytes = 2.0 * 2.0 * double(parts) * double(options_.lag) * double(s.hk * s.d) * 2.0;
     row.formula = "bytes = 2 (K, V) * 2 (candidate + reference partition) * partitions * L * Hk * D * 2 B";
-    row.note = fmt::format("{:.1f}% of the LRSA forward ({} partitions x {} KV heads)", 100.0 * sel_ms / l.fwd,
-                           parts, s.hk);
+    if (lrsa_fwd_ms > 0)
+      row.note = fmt::format("{:.1f}% of the LRSA forward ({} partitions x {} KV heads)", 100.0 * sel_ms / lrsa_fwd_ms,
+                             parts, s.hk);
     report_.add(row);
   }
 
@@ -231,9 +289,12 @@ class Bench {
     return row;
   }
 
-  // Three rows (fwd, bwd, fwd+bwd) of one mode; `dense` (for LRSA) is the reference.
-  void add(const HeadShape& s, int64_t T, const std::string& mode, const Times& t, double pairs, double dense_pairs,
-           const Times* dense) {
+  // Three rows (fwd, bwd, fwd+bwd) of one mode and backend against the dense times `ref` (none
+  // for dense native); LRSA rows (dense_pairs > 0) also note the dense-equivalent rate.
+  void add(const HeadShape& s, int64_t T, const std::string& label, const Times& t, double pairs, double dense_pairs,
+           const std::pair<attn::Backend, Times>* ref) {
+    const Times* dense = ref ? &ref->second : nullptr;
+    const bool lrsa = dense_pairs > 0;
     const double per_pair = double(s.d * s.hq);
     const struct {
       std::string name;
@@ -245,13 +306,15 @@ class Bench {
         {"fwd+bwd", t.both, 14, dense ? dense->both : 0, "14 * visible pairs * D * Hq"},
     };
     for (const auto& ph : phases) {
-      Row row = base_row(s, T, "attn " + ph.name + " " + mode);
+      Row row = base_row(s, T, "attn " + ph.name + " " + label);
       row.ms = ph.ms;
       row.flops = ph.flops_per_pair * pairs * per_pair;
-      row.formula = ph.formula + (mode == "lrsa" ? ", LRSA forward includes the selection" : "");
+      row.formula = ph.formula + (lrsa ? ", LRSA forward includes the selection" : "");
       if (dense != nullptr) {
         row.ref_ms = ph.dense_ms;
-        row.ref_name = "dense (ours)";
+        row.ref_name = fmt::format("dense {}", backend_name(ref->first));
+      }
+      if (dense != nullptr && lrsa) {
         const double dense_equiv = ph.flops_per_pair * dense_pairs * per_pair / (ph.ms * 1e-3) / 1e12;
         row.note = fmt::format("dense-equiv {:.1f} TFLOP/s, LRSA/dense time {:.3f}, pairs {:.3f} of dense",
                                dense_equiv, ph.ms / ph.dense_ms, pairs / dense_pairs);
@@ -262,6 +325,7 @@ class Bench {
 
   Report& report_;
   const AttentionOptions& options_;
+  std::vector<attn::Backend> backends_;
   std::string check_;
 };
 
@@ -273,14 +337,21 @@ int run_attention(const AttentionOptions& options) {
     LRSA_CHECK(it != kShapes.end(), "lrsa-bench attention: unknown shape '{}' (expected 14:2xd64 or 28:4xd128)", name);
     shapes.push_back(*it);
   }
+  std::vector<attn::Backend> backends;
+  for (const std::string& name : options.backends) {
+    auto it = std::find_if(std::begin(kBackends), std::end(kBackends), [&](const BackendName& b) { return name == b.name; });
+    LRSA_CHECK(it != std::end(kBackends), "lrsa-bench attention: unknown backend '{}' (expected native, cudnn or auto)",
+               name);
+    backends.push_back(it->backend);
+  }
   const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
   Report report("attention", options.common, ceilings);
   std::string check;
-  if (!options.skip_checks) check = run_checks(report) ? "PASS" : "FAIL";
+  if (!options.skip_checks) check = run_checks(report, backends) ? "PASS" : "FAIL";
   std::printf("\nLRSA: sink %lld, lag %lld, ratio %.3g (K = %lld); backward dQ %s\n", (long long)options.sink,
               (long long)options.lag, options.ratio, (long long)lrsa_config(options.sink, options.lag, options.ratio).lrsa.kept(),
               options.deterministic ? "deterministic (separate dQ pass)" : "atomic (f32 accumulator)");
-  Bench bench(report, options, check);
+  Bench bench(report, options, backends, check);
   for (const HeadShape& s : shapes)
     for (int64_t T : options.tokens) bench.shape(s, T);
   return report.finish();
@@ -290,13 +361,14 @@ int run_attention(const AttentionOptions& options) {
 
 Subcommand register_attention(CLI::App& app) {
   auto options = std::make_shared<AttentionOptions>();
-  CLI::App* sub = app.add_subcommand("attention", "CUDA attention: dense causal vs LRSA, forward/backward, selection");
+  CLI::App* sub = app.add_subcommand("attention", "CUDA attention: dense causal vs LRSA per backend, forward/backward, selection");
   add_common_options(sub, options->common);
   sub->add_option("--shapes", options->shapes, "head shapes among 14:2xd64, 28:4xd128");
   sub->add_option("--tokens", options->tokens, "sequence lengths T (one document each)");
   sub->add_option("--sink", options->sink, "LRSA sink S");
   sub->add_option("--lag", options->lag, "LRSA lag L (a multiple of 64 on the GPU)");
   sub->add_option("--ratio", options->ratio, "LRSA kept ratio r");
+  sub->add_option("--backends", options->backends, "attention backends among native, cudnn, auto (each mode on each)");
   sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
   return {sub, [options] { return run_attention(*options); }};
