@@ -213,8 +213,8 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
 }
 
 const Built& cached_graph(const GraphKey& key, cudnnHandle_t handle, const char* op, const std::string& shape) {
-  // A training run sees a handful of shapes (batch sizes x the two directions); building one
-  // takes ~0.1-1 s, running one ~1 ms: keep many.
+  // A training run sees a handful of shapes (batch sizes x the two directions), and building a
+  // graph (cuDNN plan building on the host) costs far more than running it: keep many.
   constexpr size_t kCached = 64;
   thread_local std::list<std::pair<GraphKey, Built>> cache;
   for (auto it = cache.begin(); it != cache.end(); ++it) {

@@ -5,20 +5,22 @@
 // Used by the dense CUDA attention (Backend::Cudnn, kernels/attn_cudnn.cu) and by the LRSA path
 // that gathers each query partition's visible keys (kernels/attn_lrsa_cudnn.cu).
 //
-// cuDNN constraints (cudnn-frontend 1.32 support checks, cuDNN >= 9.7 for bottom-right causal
-// masks with ragged tensors; the GPU machine has 9.14, this machine 9.19):
+// cuDNN constraints (from the cudnn-frontend 1.32 support checks and the cuDNN attention docs):
 // - bf16, head dim 64 or 128 (what our kernels and the config accept; cuDNN itself takes more);
 //   sm_90 or newer device (the Hopper engines; cuDNN also runs on sm_80 but we do not test it).
 // - Rows of q/k/v/out/dout/dq/dk/dv: last two dims contiguous, row stride a multiple of 8
 //   elements, base pointers 16-byte aligned (the engines load 16-byte vectors).
 // - Each sequence needs len_kv_b >= len_q_b >= 1: with bottom-right alignment, query i sees keys
 //   [0, len_kv - len_q + i], so len_q > len_kv would leave the first rows with no key (their lse
-//   would be -inf). Empty sequences (len 0) are not supported: callers must not pass them.
+//   would be -inf). Empty sequences (len 0) are untested with cuDNN: callers must not pass them.
 // - No deterministic mode here: Backend::Cudnn with AttentionConfig::deterministic is rejected
 //   (cuDNN's backward accumulates dQ with atomics; see attention.h).
 // - Graphs are built once per (direction, device, Hq, Hk, D, row strides, B, max lengths
-//   rounded up to a power of two, total rows rounded up to a power of two) and cached; a new
-//   batch size B therefore builds a new graph (~0.1-1 s, once).
+//   rounded up to a power of two, total rows rounded up to a power of two, scale) and cached
+//   (64 per thread); a new batch size B therefore builds a new graph (host-side cuDNN plan
+//   building, once per key: keep B stable where possible).
+// - Needs cuDNN >= 9.6 for bottom-right alignment with lengths that are not multiples of 64
+//   (frontend support check); our targets have 9.14 (GPU machine) and 9.19 (this machine).
 #ifdef LRSA_WITH_CUDNN
 #include <cstdint>
 
