@@ -70,7 +70,7 @@ namespace {
 
 // Whether this call runs on cuDNN; throws with the reason when Backend::Cudnn cannot.
 bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unused]] const Tensor& q,
-               [[maybe_unused]] const attn::SeqLayout& layout) {
+               [[maybe_unused]] const Tensor& k, [[maybe_unused]] const attn::SeqLayout& layout) {
   if (config.backend == attn::Backend::Native) return false;
   std::string why;
   if (config.deterministic) {
@@ -79,9 +79,10 @@ bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unus
 #ifdef LRSA_WITH_CUDNN
     if (!cudnn_attention_supported(q.size(2), q.dtype()))
       why = "cuDNN attention takes bf16 with head dim 64 or 128 on an sm_90+ device, got q " + q.describe();
-    else if (config.mode == attn::Mode::Lrsa && !lrsa_cudnn_usable(layout, config.lrsa, q.size(2), q.dtype()))
-      why = "LRSA's gathered keys would exceed " + std::to_string(kLrsaCudnnMaxGatherFactor) +
-            " x the tokens at this length (kernels/attn_lrsa_cudnn.h)";
+    else if (config.mode == attn::Mode::Lrsa &&
+             !lrsa_cudnn_usable(layout, config.lrsa, k.size(1), q.size(2), q.dtype()))
+      why = "LRSA's gathered keys would take more than " + std::to_string(kLrsaCudnnGatherBytes >> 20) +
+            " MiB at this length (kernels/attn_lrsa_cudnn.h)";
 #else
     why = "this build has no cuDNN (cmake printed 'lrsa: cuDNN OFF' with the reason)";
 #endif
@@ -103,10 +104,10 @@ VarlenSpans dense_spans(const attn::SeqLayout& layout) {
 }  // namespace
 
 // Without cuDNN, use_cudnn never returns true and the arguments after q and layout are unused.
-bool cudnn_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
-                   [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
+bool cudnn_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                   [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
                    [[maybe_unused]] attn::AttentionForward& result) {
-  if (!use_cudnn(op, config, q, layout)) return false;
+  if (!use_cudnn(op, config, q, k, layout)) return false;
 #ifdef LRSA_WITH_CUDNN
   if (config.mode == attn::Mode::Lrsa)
     lrsa_cudnn_forward(config, q, k, v, layout, result);
@@ -116,11 +117,11 @@ bool cudnn_forward(const char* op, const attn::AttentionConfig& config, const Te
   return true;
 }
 
-bool cudnn_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q,
-                    [[maybe_unused]] const Tensor& k, [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
+bool cudnn_backward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                    [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
                     [[maybe_unused]] const attn::AttentionForward& saved, [[maybe_unused]] const Tensor& dout,
                     [[maybe_unused]] Tensor& dq, [[maybe_unused]] Tensor& dk, [[maybe_unused]] Tensor& dv) {
-  if (!use_cudnn(op, config, q, layout)) return false;
+  if (!use_cudnn(op, config, q, k, layout)) return false;
 #ifdef LRSA_WITH_CUDNN
   if (config.mode == attn::Mode::Lrsa)
     lrsa_cudnn_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);

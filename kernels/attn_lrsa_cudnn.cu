@@ -155,10 +155,9 @@ struct Gathered {
 Gathered gather(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                 const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
   LRSA_CHECK(config.mode == attn::Mode::Lrsa, "{}: called for dense attention", op);
-  LRSA_CHECK(lrsa_cudnn_usable(layout, config.lrsa, q.size(2), q.dtype()),
-             "{}: not usable for {} (head dimension, dtype, or {} gathered rows over the budget of {} x {} tokens)",
-             op, q.describe(), lrsa_gather::gathered_rows(layout.cu_seqlens, config.lrsa), kLrsaCudnnMaxGatherFactor,
-             layout.total());
+  LRSA_CHECK(lrsa_cudnn_usable(layout, config.lrsa, k.size(1), q.size(2), q.dtype()),
+             "{}: not usable for {} (head dimension, dtype, or {} gathered rows over the budget of {} bytes)", op,
+             q.describe(), lrsa_gather::gathered_rows(layout.cu_seqlens, config.lrsa), kLrsaCudnnGatherBytes);
   check_rows(op, "k", k);
   check_rows(op, "v", v);
   use_device(q);
@@ -185,11 +184,12 @@ float softmax_scale(const Tensor& q) { return 1.0f / std::sqrt(float(q.size(2)))
 
 }  // namespace
 
-bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t head_dim, DType dtype) {
+bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
+                       int64_t head_dim, DType dtype) {
   // cuDNN's bf16 with D 64 / 128 is also what the gather and reduction kernels need (16-byte
   // chunks of bf16 rows); the plan's row numbers and codes are i32.
   const int64_t rows = lrsa_gather::gathered_rows(layout.cu_seqlens, params);
-  return cudnn_attention_supported(head_dim, dtype) && rows <= kLrsaCudnnMaxGatherFactor * layout.total() &&
+  return cudnn_attention_supported(head_dim, dtype) && 4 * rows * kv_heads * head_dim * 2 <= kLrsaCudnnGatherBytes &&
          rows < (int64_t(1) << 31);
 }
 

@@ -14,16 +14,17 @@
 
 namespace lrsa::cuda {
 
-// Memory budget: the gathered rows R may be at most kLrsaCudnnMaxGatherFactor * T. The
-// backward holds Kg, Vg, dKg, dVg at once: 4 * R * Hk * D * 2 bytes, i.e. at most 16x the size
-// of k and v together. R grows like r * T^2 / (2L) (every query partition re-reads the whole
-// selected history): at S = 16, L = 1024, r = 0.25, R = 5.6 T at 32K tokens (inside) and
-// 17.6 T at 128K (outside: the native kernels run).
-constexpr int64_t kLrsaCudnnMaxGatherFactor = 8;
+// Memory budget: the backward holds Kg, Vg, dKg, dVg at once, 4 * R * Hk * D * 2 bytes for R
+// gathered rows, and they may take at most kLrsaCudnnGatherBytes. R grows like r * T^2 / (2L)
+// (every query partition re-reads the whole selected history): at S = 16, L = 1024, r = 0.25
+// and 2 KV heads of d64, R = 5.6 T at 32K tokens (187 MB), 17.6 T at 128K (2.4 GB, inside) and
+// 34 T at 256K (9.0 GB, outside: the native kernels run). One layer's transient buffers.
+constexpr int64_t kLrsaCudnnGatherBytes = int64_t(4) << 30;
 
-// True when cuDNN takes this head dimension and dtype (bf16) and the gathered rows stay
+// True when cuDNN takes this head dimension and dtype (bf16) and the gathered buffers stay
 // within the budget above.
-bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t head_dim, DType dtype);
+bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
+                       int64_t head_dim, DType dtype);
 
 // Mode::Lrsa forward: result.selection already filled, result.out [T, Hq, D] and result.lse
 // [Hq, T] allocated (as cuda::attention_forward receives them).

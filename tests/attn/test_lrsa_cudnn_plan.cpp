@@ -195,7 +195,7 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
     const test::Inputs cpu = test::make_inputs(c.problem);
     const test::Inputs gpu = test::make_inputs(c.problem, Device::cuda(0));
     const int64_t T = test::total_tokens(c.problem), Hq = c.problem.Hq, Hk = c.problem.Hk, D = c.problem.D;
-    REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, c.config.lrsa, D, DType::BF16));
+    REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, c.config.lrsa, Hk, D, DType::BF16));
 
     attn::AttentionForward fwd;
     fwd.selection = attn::lrsa_select(gpu.k, gpu.v, gpu.layout, c.config.lrsa);
@@ -214,16 +214,7 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
         test::from_reference(attn::attention_reference(c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout));
     const test::Outputs baseline = test::from_reference(attn::attention_reference(
         c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout, attn::ReferenceRounding::Bf16));
-    const std::vector<std::pair<const char*, std::vector<double> test::Outputs::*>> fields = {
-        {"out", &test::Outputs::out}, {"lse", &test::Outputs::lse}, {"dq", &test::Outputs::dq},
-        {"dk", &test::Outputs::dk},   {"dv", &test::Outputs::dv}};
-    for (const auto& [name, field] : fields) {
-      double top = 0;
-      for (double x : exact.*field) top = std::max(top, std::abs(x));
-      INFO(name << ": ours " << test::max_abs_diff(ours.*field, exact.*field) << " baseline "
-                << test::max_abs_diff(baseline.*field, exact.*field) << " (max |ref| " << top << ")");
-      CHECK(test::within_rule(ours.*field, baseline.*field, exact.*field, 1e-5 * top));
-    }
+    test::check_rule(ours, baseline, exact, test::kGatheredCopiesAllowance);
 
     // cuDNN's dQ uses atomics: the deterministic mode is refused, not silently ignored.
     attn::AttentionConfig deterministic = c.config;
@@ -236,8 +227,10 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
 
 TEST_CASE("LRSA on cuDNN: usable for bf16 within the gather budget only", "[attn][cuda]") {
   const attn::LrsaParams p = test::lrsa_config(16, 1024, 0.25).lrsa;
-  CHECK(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 64, DType::BF16));       // R = 5.6 T
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(131072), p, 64, DType::BF16));  // R = 17.6 T
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 64, DType::F32));
+  CHECK(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 2, 64, DType::BF16));         // 187 MB
+  CHECK(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(131072), p, 2, 64, DType::BF16));        // 2.4 GB
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(262144), p, 2, 64, DType::BF16));  // 9.0 GB
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(131072), p, 4, 128, DType::BF16));  // 9.5 GB
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 2, 64, DType::F32));
 }
 #endif
