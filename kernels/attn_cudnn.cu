@@ -3,7 +3,10 @@
 // offset in elements (cu_seqlens[b] * row stride) computed on the device; the padding mask with
 // per-sequence lengths bounds each sequence and the causal band is aligned bottom-right per
 // sequence. cuDNN's stats are token-major [T, Hq] (ragged like q); small kernels move them to and
-// from our lse [Hq, T]. Built graphs are cached per shape (attn_cudnn.h lists the key).
+// from our lse [Hq, T]. One sequence over all rows (a batch of one document, the training bench's
+// case) takes a plain graph instead: no ragged offsets, no padding mask, stats written straight
+// into our lse, the form PyTorch's cuDNN SDPA uses. Built graphs are cached per shape
+// (attn_cudnn.h lists the key).
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 
@@ -107,6 +110,7 @@ int64_t bucket(int64_t n) { return int64_t(std::bit_ceil(uint64_t(std::max<int64
 
 struct GraphKey {
   bool backward;
+  bool plain;  // one sequence over all rows: exact dims, no ragged offsets, no padding mask
   int device;
   int64_t Hq, Hk, D, B, s_q, s_kv, t_q, t_kv;  // s_* max lengths, t_* total rows, both bucketed
   uint32_t scale_bits;
@@ -121,7 +125,8 @@ struct Built {
 
 using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
-// [B, H, S, D] view of packed [T, H, D] rows with row stride `rs`, ragged by `offset`.
+// [B, H, S, D] view of packed [T, H, D] rows with row stride `rs`, ragged by `offset` (plain
+// graphs: none).
 TensorPtr rows_tensor(fe::graph::Graph& g, const char* name, int64_t uid, int64_t B, int64_t H, int64_t S, int64_t D,
                       int64_t rs, const TensorPtr& offset) {
   auto t = g.tensor(fe::graph::Tensor_attributes()
@@ -129,12 +134,13 @@ TensorPtr rows_tensor(fe::graph::Graph& g, const char* name, int64_t uid, int64_
                         .set_uid(uid)
                         .set_dim({B, H, S, D})
                         .set_stride({S * rs, D, rs, 1}));
-  t->set_ragged_offset(offset);
+  if (offset) t->set_ragged_offset(offset);
   return t;
 }
 void as_rows(const TensorPtr& t, int64_t uid, int64_t B, int64_t H, int64_t S, int64_t D, int64_t rs,
              const TensorPtr& offset) {
-  t->set_output(true).set_uid(uid).set_dim({B, H, S, D}).set_stride({S * rs, D, rs, 1}).set_ragged_offset(offset);
+  t->set_output(true).set_uid(uid).set_dim({B, H, S, D}).set_stride({S * rs, D, rs, 1});
+  if (offset) t->set_ragged_offset(offset);
 }
 TensorPtr int_tensor(fe::graph::Graph& g, const char* name, int64_t uid, int64_t n, fe::DataType_t type) {
   return g.tensor(fe::graph::Tensor_attributes()
@@ -144,10 +150,15 @@ TensorPtr int_tensor(fe::graph::Graph& g, const char* name, int64_t uid, int64_t
                       .set_stride({1, 1, 1, 1})
                       .set_data_type(type));
 }
-// cuDNN's softmax stats [B, Hq, S, 1], token-major ([T, Hq] rows), ragged like q.
+// cuDNN's softmax stats [B, Hq, S, 1], token-major ([T, Hq] rows), ragged like q; plain graphs:
+// head-major, which is our lse [Hq, T] itself.
 void stats_layout(const TensorPtr& t, const GraphKey& k, const TensorPtr& offset) {
-  t->set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({k.B, k.Hq, k.s_q, 1})
-      .set_stride({k.s_q * k.Hq, 1, k.Hq, 1}).set_ragged_offset(offset);
+  t->set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({k.B, k.Hq, k.s_q, 1});
+  if (k.plain) {
+    t->set_stride({k.Hq * k.s_q, k.s_q, 1, 1});
+    return;
+  }
+  t->set_stride({k.s_q * k.Hq, 1, k.Hq, 1}).set_ragged_offset(offset);
 }
 
 Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const std::string& shape) {
@@ -156,25 +167,27 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
   const int64_t B1 = k.B + 1;
-  auto off = [&](const char* name, int64_t uid) { return int_tensor(*g, name, uid, B1, fe::DataType_t::INT64); };
+  auto off = [&](const char* name, int64_t uid) {
+    return k.plain ? TensorPtr() : int_tensor(*g, name, uid, B1, fe::DataType_t::INT64);
+  };
   const TensorPtr off_q = off("off_q", kOffQ), off_k = off("off_k", kOffK), off_v = off("off_v", kOffV),
                   off_o = off("off_o", kOffO), off_stats = off("off_stats", kOffStats);
   const TensorPtr q = rows_tensor(*g, "q", kQ, k.B, k.Hq, k.s_q, k.D, k.strides[0], off_q);
   const TensorPtr kt = rows_tensor(*g, "k", kK, k.B, k.Hk, k.s_kv, k.D, k.strides[1], off_k);
   const TensorPtr v = rows_tensor(*g, "v", kV, k.B, k.Hk, k.s_kv, k.D, k.strides[2], off_v);
-  const TensorPtr len_q = int_tensor(*g, "len_q", kLenQ, k.B, fe::DataType_t::INT32);
-  const TensorPtr len_kv = int_tensor(*g, "len_kv", kLenKv, k.B, fe::DataType_t::INT32);
+  const TensorPtr len_q = k.plain ? TensorPtr() : int_tensor(*g, "len_q", kLenQ, k.B, fe::DataType_t::INT32);
+  const TensorPtr len_kv = k.plain ? TensorPtr() : int_tensor(*g, "len_kv", kLenKv, k.B, fe::DataType_t::INT32);
+  // Plain: equal lengths, so top-left and bottom-right alignment are the same causal mask.
+  const auto alignment = k.plain ? fe::DiagonalAlignment_t::TOP_LEFT : fe::DiagonalAlignment_t::BOTTOM_RIGHT;
   const float scale = std::bit_cast<float>(k.scale_bits);
   if (!k.backward) {
     auto options = fe::graph::SDPA_attributes()
                        .set_name("lrsa_sdpa_fwd")
                        .set_generate_stats(true)
                        .set_attn_scale(scale)
-                       .set_padding_mask(true)
-                       .set_seq_len_q(len_q)
-                       .set_seq_len_kv(len_kv)
-                       .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+                       .set_diagonal_alignment(alignment)
                        .set_diagonal_band_right_bound(0);
+    if (!k.plain) options.set_padding_mask(true).set_seq_len_q(len_q).set_seq_len_kv(len_kv);
     auto [o, stats] = g->sdpa(q, kt, v, options);
     as_rows(o, kO, k.B, k.Hq, k.s_q, k.D, k.strides[3], off_o);
     stats->set_output(true);
@@ -189,13 +202,14 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
     auto options = fe::graph::SDPA_backward_attributes()
                        .set_name("lrsa_sdpa_bwd")
                        .set_attn_scale(scale)
-                       .set_padding_mask(true)
-                       .set_seq_len_q(len_q)
-                       .set_seq_len_kv(len_kv)
-                       .set_max_total_seq_len_q(k.t_q)
-                       .set_max_total_seq_len_kv(k.t_kv)
-                       .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+                       .set_diagonal_alignment(alignment)
                        .set_diagonal_band_right_bound(0);
+    if (!k.plain)
+      options.set_padding_mask(true)
+          .set_seq_len_q(len_q)
+          .set_seq_len_kv(len_kv)
+          .set_max_total_seq_len_q(k.t_q)
+          .set_max_total_seq_len_kv(k.t_kv);
     auto [dq, dk, dv] = g->sdpa_backward(q, kt, v, o, dout, stats, options);
     as_rows(dq, kDQ, k.B, k.Hq, k.s_q, k.D, k.strides[5], off_dq);
     as_rows(dk, kDK, k.B, k.Hk, k.s_kv, k.D, k.strides[6], off_dk);
@@ -300,9 +314,17 @@ std::string shape_of(const Problem& p, const VarlenSpans& s) {
   return out;
 }
 
+// One sequence over all rows of q and k (cu_seqlens = [0, T] on both sides).
+bool is_plain(const Problem& p, const VarlenSpans& s) {
+  return s.batch == 1 && p.Tq == p.Tk && s.max_seqlen_q == p.Tq && s.max_seqlen_kv == p.Tk;
+}
+
 GraphKey key_of(bool backward, const Problem& p, const VarlenSpans& s, float scale, std::array<int64_t, 8> strides,
                 Device device) {
-  return GraphKey{backward,          device.index,        p.Hq,        p.Hk,        p.D,
+  if (is_plain(p, s))
+    return GraphKey{backward, true, device.index, p.Hq, p.Hk, p.D, 1, p.Tq, p.Tk, p.Tq, p.Tk,
+                    std::bit_cast<uint32_t>(scale), strides};
+  return GraphKey{backward,          false,               device.index,        p.Hq,        p.Hk,        p.D,
                   s.batch,           bucket(s.max_seqlen_q), bucket(s.max_seqlen_kv), bucket(p.Tq), bucket(p.Tk),
                   std::bit_cast<uint32_t>(scale), strides};
 }
@@ -369,6 +391,12 @@ void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
   const GraphKey key = key_of(false, p, spans, scale, {q.stride(0), k.stride(0), v.stride(0), out.stride(0), 0, 0, 0, 0},
                               device);
   const Built& built = cached_graph(key, handle, op, shape);
+  if (key.plain) {
+    std::unordered_map<int64_t, void*> pack = {
+        {kQ, q.data()}, {kK, k.data()}, {kV, v.data()}, {kO, out.data()}, {kStats, lse.data()}};
+    execute(built, handle, pack, device, op, shape);
+    return;
+  }
 
   const Ragged r = ragged(spans, {{true, q.stride(0)}, {false, k.stride(0)}, {false, v.stride(0)},
                                   {true, out.stride(0)}, {true, p.Hq}},
@@ -407,6 +435,13 @@ void cudnn_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                                dk.stride(0), dv.stride(0)},
                               device);
   const Built& built = cached_graph(key, handle, op, shape);
+  if (key.plain) {
+    std::unordered_map<int64_t, void*> pack = {
+        {kQ, q.data()},   {kK, k.data()},   {kV, v.data()},   {kO, out.data()}, {kStats, lse.data()},
+        {kDO, dout.data()}, {kDQ, dq.data()}, {kDK, dk.data()}, {kDV, dv.data()}};
+    execute(built, handle, pack, device, op, shape);
+    return;
+  }
 
   const int64_t B = spans.batch;
   const Ragged r = ragged(spans,
