@@ -5,7 +5,8 @@
 #
 #   scripts/fuzz.sh [seconds-per-target] [runs-per-target]
 #     seconds: 20 by default; runs: 0 (unlimited) by default. With both, whichever ends first.
-#   Environment: FUZZ_BUILD_DIR (default /tmp/build-fuzz), FUZZ_TARGETS (default: all),
+#   Environment: FUZZ_BUILD_DIR (default build-fuzz/ in this checkout: a build directory shared by
+#   two checkouts would keep the other's dependency paths), FUZZ_TARGETS (default: all),
 #                FUZZ_JOBS (parallel compiles, default nproc).
 # New inputs found during a run go to $FUZZ_BUILD_DIR/corpus/<target> (never into the repo);
 # a crashing input is written to $FUZZ_BUILD_DIR/crash-<target>-* and named in the log.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${1:-20}
 runs=${2:-0}
-build=${FUZZ_BUILD_DIR:-/tmp/build-fuzz}
+build=${FUZZ_BUILD_DIR:-$root/build-fuzz}
 targets=${FUZZ_TARGETS:-"config safetensors jsonl"}
 mkdir -p "$build"
 
