@@ -103,7 +103,7 @@ VarlenSpans dense_spans(const attn::SeqLayout& layout) {
 
 }  // namespace
 
-// Without cuDNN, use_cudnn never returns true and the arguments after q and layout are unused.
+// Without cuDNN, use_cudnn never returns true and the arguments it does not take are unused.
 bool cudnn_forward(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                    [[maybe_unused]] const Tensor& v, const attn::SeqLayout& layout,
                    [[maybe_unused]] attn::AttentionForward& result) {
