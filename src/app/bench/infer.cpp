@@ -11,10 +11,10 @@
 //    dense.
 // 3. Decode: one greedy step (one token per sequence, every layer, lm_head) with the compressed
 //    cache vs the dense cache at the same context, for each --decode-batch (all sequences
-//    prefilled in one pass); bytes = weights + cache rows read. Required: compressed no slower than dense
-//    wherever the dense step is cache-bound (dense cache bytes >= weight bytes). At batch 1 the
-//    0.5B step reads 1 GB of weights and 0.4 GB of dense cache at 32K, so launch and weight reads
-//    decide it and the row is informative.
+//    prefilled in one pass); bytes = weights + cache rows read. Required: compressed no slower
+//    than dense wherever the dense step is cache-bound (dense cache bytes >= weight bytes). At
+//    batch 1 the 0.5B step reads 1 GB of weights and 0.4 GB of dense cache at 32K, so launches
+//    and weight reads decide it and the row is informative.
 #include <algorithm>
 #include <cmath>
 #include <memory>
