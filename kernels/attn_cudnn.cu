@@ -364,6 +364,17 @@ void execute(const Built& built, cudnnHandle_t handle, std::unordered_map<int64_
   check_fe(built.graph->execute(handle, pack, workspace.defined() ? workspace.data() : nullptr), op, shape, "execute");
 }
 
+// The checks both directions share (q, k, v, out, lse, spans); makes q's device current.
+Problem check_call(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                   const Tensor& lse, const VarlenSpans& spans) {
+  LRSA_CHECK(q.defined(), "{}: q is undefined", op);
+  LRSA_CUDA_CHECK(cudaSetDevice(q.device().index));
+  const Problem p = check_qkv(op, q, k, v, spans);
+  check_rows(op, "out", out, p.Tq, p.Hq, p.D, DType::BF16, q.device());
+  check_lse(op, "lse", lse, p, q.device());
+  return p;
+}
+
 }  // namespace
 
 bool cudnn_attention_supported(int64_t head_dim, DType dtype) {
@@ -380,12 +391,8 @@ bool cudnn_attention_supported(int64_t head_dim, DType dtype) {
 void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, const VarlenSpans& spans, float scale,
                           Tensor& out, Tensor& lse) {
   const char* op = "cudnn_varlen_forward";
-  LRSA_CHECK(q.defined(), "{}: q is undefined", op);
+  const Problem p = check_call(op, q, k, v, out, lse, spans);
   const Device device = q.device();
-  LRSA_CUDA_CHECK(cudaSetDevice(device.index));
-  const Problem p = check_qkv(op, q, k, v, spans);
-  check_rows(op, "out", out, p.Tq, p.Hq, p.D, DType::BF16, device);
-  check_lse(op, "lse", lse, p, device);
   const std::string shape = shape_of(p, spans);
   const cudnnHandle_t handle = handle_for(device.index, op);
   const GraphKey key = key_of(false, p, spans, scale, {q.stride(0), k.stride(0), v.stride(0), out.stride(0), 0, 0, 0, 0},
@@ -418,16 +425,12 @@ void cudnn_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                            const Tensor& dout, const VarlenSpans& spans, float scale, Tensor& dq, Tensor& dk,
                            Tensor& dv) {
   const char* op = "cudnn_varlen_backward";
-  LRSA_CHECK(q.defined(), "{}: q is undefined", op);
+  const Problem p = check_call(op, q, k, v, out, lse, spans);
   const Device device = q.device();
-  LRSA_CUDA_CHECK(cudaSetDevice(device.index));
-  const Problem p = check_qkv(op, q, k, v, spans);
-  check_rows(op, "out", out, p.Tq, p.Hq, p.D, DType::BF16, device);
   check_rows(op, "dout", dout, p.Tq, p.Hq, p.D, DType::BF16, device);
   check_rows(op, "dq", dq, p.Tq, p.Hq, p.D, DType::BF16, device);
   check_rows(op, "dk", dk, p.Tk, p.Hk, p.D, DType::BF16, device);
   check_rows(op, "dv", dv, p.Tk, p.Hk, p.D, DType::BF16, device);
-  check_lse(op, "lse", lse, p, device);
   const std::string shape = shape_of(p, spans);
   const cudnnHandle_t handle = handle_for(device.index, op);
   const GraphKey key = key_of(true, p, spans, scale,
