@@ -5,6 +5,7 @@
 #include <string>
 
 #include "attn_common.cuh"
+#include "recent_cache.h"
 #ifdef LRSA_WITH_CUDNN
 #include "attn_cudnn.h"
 #include "attn_lrsa_cudnn.h"
@@ -205,18 +206,9 @@ const WorkTables& work_tables(const attn::AttentionConfig& config, const attn::S
                lrsa ? config.lrsa.kept() : 0, layout.cu_seqlens};
   // Every layer of a step shares one layout: a few recent layouts cover a forward and backward
   // pass (and interleaved evaluation) without uploading the tables again.
-  constexpr size_t kCached = 4;
   thread_local std::list<std::pair<TableKey, WorkTables>> cache;
-  for (auto it = cache.begin(); it != cache.end(); ++it) {
-    if (it->first == key) {
-      cache.splice(cache.begin(), cache, it);
-      return cache.front().second;
-    }
-  }
-  WorkTables tables = upload_tables(plan_work(config, layout.cu_seqlens), device);
-  cache.emplace_front(std::move(key), std::move(tables));
-  if (cache.size() > kCached) cache.pop_back();
-  return cache.front().second;
+  return recent(cache, 4, std::move(key),
+                [&] { return upload_tables(plan_work(config, layout.cu_seqlens), device); });
 }
 
 }  // namespace lrsa::cuda::attn_detail

@@ -19,6 +19,7 @@
 
 #include "attn_cudnn.h"
 #include "cuda_common.cuh"
+#include "recent_cache.h"
 
 namespace lrsa::cuda {
 namespace {
@@ -229,18 +230,8 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
 const Built& cached_graph(const GraphKey& key, cudnnHandle_t handle, const char* op, const std::string& shape) {
   // A training run sees a handful of shapes (batch sizes x the two directions), and building a
   // graph (cuDNN plan building on the host) costs far more than running it: keep many.
-  constexpr size_t kCached = 64;
   thread_local std::list<std::pair<GraphKey, Built>> cache;
-  for (auto it = cache.begin(); it != cache.end(); ++it) {
-    if (it->first == key) {
-      cache.splice(cache.begin(), cache, it);
-      return cache.front().second;
-    }
-  }
-  Built built = build_graph(key, handle, op, shape);
-  cache.emplace_front(key, std::move(built));
-  if (cache.size() > kCached) cache.pop_back();
-  return cache.front().second;
+  return recent(cache, 64, key, [&] { return build_graph(key, handle, op, shape); });
 }
 
 // ---------------------------------------------------------------------------------------------

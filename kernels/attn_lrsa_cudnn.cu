@@ -11,6 +11,7 @@
 #include "attn_cudnn.h"
 #include "attn_lrsa_gather_plan.h"
 #include "cuda_common.cuh"
+#include "recent_cache.h"
 
 namespace lrsa::cuda {
 namespace {
@@ -112,31 +113,25 @@ struct TablesKey {
 
 const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::LrsaParams& params, Device device) {
   TablesKey key{device.index, params.sink, params.lag, params.kept(), layout.cu_seqlens};
-  constexpr size_t kCached = 4;  // a few layouts cover forward, backward and interleaved evaluation
   thread_local std::list<std::pair<TablesKey, GatherTables>> cache;
-  for (auto it = cache.begin(); it != cache.end(); ++it) {
-    if (it->first == key) {
-      cache.splice(cache.begin(), cache, it);
-      return cache.front().second;
-    }
-  }
-  const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params);
-  GatherTables t;
-  t.spans.cu_seqlens_q = upload(plan.cu_q, device);
-  t.spans.cu_seqlens_kv = upload(plan.cu_kv, device);
-  t.spans.batch = plan.sequences();
-  t.spans.max_seqlen_q = plan.max_q;
-  t.spans.max_seqlen_kv = plan.max_kv;
-  t.source = upload(plan.source, device);
-  t.raw_first = upload(plan.raw_first, device);
-  t.raw_copies = upload(plan.raw_copies, device);
-  t.comp_first = upload(plan.comp_first, device);
-  t.comp_copies = upload(plan.comp_copies, device);
-  t.rows = plan.rows();
-  t.compact_rows = int64_t(plan.comp_first.size()) - 1;
-  cache.emplace_front(std::move(key), std::move(t));
-  if (cache.size() > kCached) cache.pop_back();
-  return cache.front().second;
+  // A few layouts cover forward, backward and interleaved evaluation.
+  return recent(cache, 4, std::move(key), [&] {
+    const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params);
+    GatherTables t;
+    t.spans.cu_seqlens_q = upload(plan.cu_q, device);
+    t.spans.cu_seqlens_kv = upload(plan.cu_kv, device);
+    t.spans.batch = plan.sequences();
+    t.spans.max_seqlen_q = plan.max_q;
+    t.spans.max_seqlen_kv = plan.max_kv;
+    t.source = upload(plan.source, device);
+    t.raw_first = upload(plan.raw_first, device);
+    t.raw_copies = upload(plan.raw_copies, device);
+    t.comp_first = upload(plan.comp_first, device);
+    t.comp_copies = upload(plan.comp_copies, device);
+    t.rows = plan.rows();
+    t.compact_rows = int64_t(plan.comp_first.size()) - 1;
+    return t;
+  });
 }
 
 void check_rows(const char* op, const char* name, const Tensor& t) {
