@@ -72,6 +72,22 @@ __device__ __forceinline__ void store_words(T* p, const uint32_t (&w)[words_of<K
   }
 }
 
+// Element j of K elements held as 32-bit words (as load_words reads them; for K == 1 the
+// element's bits in the low half of w[0]), converted to fp32.
+template <int K, typename T>
+__device__ __forceinline__ void unpack_floats(const uint32_t* w, float (&out)[K]) {
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    if constexpr (sizeof(T) == 4) {
+      out[j] = __uint_as_float(w[j]);
+    } else {
+      const unsigned short bits = (unsigned short)(w[j / 2] >> (16 * (j % 2)));  // little endian
+      if constexpr (std::is_same_v<T, __nv_bfloat16>) out[j] = __uint_as_float(uint32_t(bits) << 16);
+      else out[j] = __half2float(__ushort_as_half(bits));
+    }
+  }
+}
+
 // K consecutive elements starting at p, converted to fp32. K == 1 is a plain scalar access; for
 // K > 1 the K elements span 8 bytes or whole 16-byte words and p must be 16-byte aligned (see
 // aligned16 / packable).
@@ -82,18 +98,24 @@ __device__ __forceinline__ void load_floats(const T* p, float (&out)[K]) {
   } else {
     uint32_t w[words_of<K, T>];
     load_words<K>(p, w);
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      if constexpr (sizeof(T) == 4) {
-        out[j] = __uint_as_float(w[j]);
-      } else {
-        const unsigned short bits = (unsigned short)(w[j / 2] >> (16 * (j % 2)));  // little endian
-        if constexpr (std::is_same_v<T, __nv_bfloat16>) out[j] = __uint_as_float(uint32_t(bits) << 16);
-        else out[j] = __half2float(__ushort_as_half(bits));
-      }
-    }
+    unpack_floats<K, T>(w, out);
   }
 }
+
+// K elements kept in registers in their storage type (half the registers of fp32 for 16-bit
+// types): load() reads them like load_floats, floats() converts them.
+template <int K, typename T>
+struct RawPack {
+  uint32_t words[K == 1 ? 1 : words_of<K, T>];
+
+  __device__ __forceinline__ void load(const T* p) {
+    if constexpr (K > 1) load_words<K>(p, words);
+    else if constexpr (std::is_same_v<T, float>) words[0] = __float_as_uint(p[0]);
+    else if constexpr (std::is_same_v<T, __nv_bfloat16>) words[0] = __bfloat16_as_ushort(p[0]);
+    else words[0] = __half_as_ushort(p[0]);
+  }
+  __device__ __forceinline__ void floats(float (&out)[K]) const { unpack_floats<K, T>(words, out); }
+};
 
 template <int K, typename T>
 __device__ __forceinline__ void store_floats(T* p, const float (&in)[K]) {

@@ -4,8 +4,8 @@
 // many rows' loads in flight per SM, which is what a memory-bound row kernel needs.
 // Each thread keeps its P packs of K columns of the row in registers, so x (and dy) are read from
 // memory once; the row statistic is a warp or block reduction. The weight gradient is summed per
-// thread in registers over all rows its warp/block visits, merged per block in a fixed warp
-// order, written as per-block fp32 partials and added up in a fixed order by
+// thread over all rows its warp/block visits (in shared memory), merged per block in a fixed
+// warp order, written as per-block fp32 partials and added up in a fixed order by
 // accumulate_partials: deterministic, no atomics.
 #include "cuda_common.cuh"
 #include "lrsa/ops/cuda_ops.h"
@@ -61,70 +61,73 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)); dw += dy * x * rs. dw_partials [gridDim.x,
-// cols]; with kWarpRows the block's warps are merged in shared memory (dynamic, cols floats).
+// dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)); dw += dy * x * rs.
+// Between the row's two passes x and dy wait in registers in their storage type. The weight
+// gradient is summed in shared memory, one slice per row owner (warp or block); a thread's
+// columns sit `width` floats apart there (lanes consecutive: no bank conflicts). So registers do
+// not grow with the row length and wide rows keep the occupancy a memory-bound kernel needs.
+// At the end the block adds its slices in warp order into dw_partials [gridDim.x, cols].
 template <int K, int P, bool kWarpRows, typename T, typename TW>
 __global__ void __launch_bounds__(256)
     rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, T* dx, float* dw_partials,
                             int64_t rows, int cols) {
   using Map = RowMap<kWarpRows>;
-  float dw_acc[P][K] = {};
+  extern __shared__ float dw_slices[];  // [owners][P * K * width]: slot (i * K + j) * width + lane
+  const int lane = Map::lane(), width = Map::width(), slice = P * K * width;
+  float* dw = dw_slices + (kWarpRows ? int(threadIdx.x / 32) : 0) * slice;
+  for (int s = lane; s < slice; s += width) dw[s] = 0.0f;  // this thread's slots only
   for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
     const float rs = rstd[r];
-    float xv[P][K], gv[P][K];  // x and w * dy
+    RawPack<K, T> xp[P], dyp[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (lane + i * width) * K;
+      if (c < cols) {
+        xp[i].load(x + r * cols + c);
+        dyp[i].load(dy + r * cols + c);
+      }
+    }
     float dot = 0.0f;
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      const int c = (Map::lane() + i * Map::width()) * K;
+      const int c = (lane + i * width) * K;
       if (c < cols) {
-        float dyv[K], wv[K];
-        load_floats<K>(x + r * cols + c, xv[i]);
-        load_floats<K>(dy + r * cols + c, dyv);
+        float xv[K], dyv[K], wv[K];
+        xp[i].floats(xv);
+        dyp[i].floats(dyv);
         load_floats<K>(w + c, wv);
 #pragma unroll
-        for (int j = 0; j < K; ++j) {
-          gv[i][j] = wv[j] * dyv[j];
-          dot += gv[i][j] * xv[i][j];
-          dw_acc[i][j] += dyv[j] * xv[i][j] * rs;
-        }
+        for (int j = 0; j < K; ++j) dot += wv[j] * dyv[j] * xv[j];
       }
     }
     dot = Map::sum(dot);
     const float coef = rs * rs * dot / float(cols);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      const int c = (Map::lane() + i * Map::width()) * K;
+      const int c = (lane + i * width) * K;
       if (c < cols) {
-        float out[K];
+        float xv[K], dyv[K], wv[K], out[K];
+        xp[i].floats(xv);
+        dyp[i].floats(dyv);
+        load_floats<K>(w + c, wv);
 #pragma unroll
-        for (int j = 0; j < K; ++j) out[j] = rs * (gv[i][j] - xv[i][j] * coef);
+        for (int j = 0; j < K; ++j) {
+          out[j] = rs * (wv[j] * dyv[j] - xv[j] * coef);
+          dw[(i * K + j) * width + lane] += dyv[j] * xv[j] * rs;
+        }
         store_floats<K>(dx + r * cols + c, out);
       }
     }
   }
+  __syncthreads();
+  const int owners = kWarpRows ? int(blockDim.x / 32) : 1;
   float* partial = dw_partials + int64_t(blockIdx.x) * cols;
-  if constexpr (kWarpRows) {
-    extern __shared__ float merged[];  // [cols]: warp 0 writes, warps 1.. add in order
-    const int warp = int(threadIdx.x / 32), warps = int(blockDim.x / 32);
-    for (int turn = 0; turn < warps; ++turn) {
-      if (warp == turn) {
-#pragma unroll
-        for (int i = 0; i < P; ++i) {
-          const int c = (Map::lane() + i * Map::width()) * K;
-          if (c < cols) {
-#pragma unroll
-            for (int j = 0; j < K; ++j) merged[c + j] = turn == 0 ? dw_acc[i][j] : merged[c + j] + dw_acc[i][j];
-          }
-        }
-      }
-      __syncthreads();
-    }
-    for (int c = int(threadIdx.x); c < cols; c += int(blockDim.x)) partial[c] = merged[c];
-  } else {
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      const int c = (Map::lane() + i * Map::width()) * K;
-      if (c < cols) store_floats<K>(partial + c, dw_acc[i]);
+  for (int s = int(threadIdx.x); s < slice; s += int(blockDim.x)) {
+    const int slot = s / width, c = (s % width + slot / K * width) * K + slot % K;
+    if (c < cols) {
+      float sum = dw_slices[s];
+      for (int o = 1; o < owners; ++o) sum += dw_slices[o * slice + s];
+      partial[c] = sum;
     }
   }
 }
@@ -143,8 +146,8 @@ RowLaunch row_launch(const char* op, int64_t cols, bool vector) {
   const int k = vector ? kPack : 1;
   const int64_t packs = (cols + k - 1) / k;
   int passes = 1;
-  if (packs <= 32 * 8) {  // a warp per row, 8 rows per block: passes 1, 2, 4 or 8
-    while (int64_t(passes) * 32 < packs) passes *= 2;
+  if (packs <= 32 * 8) {  // a warp per row, 8 rows per block: passes 1, 2, 4, 6 or 8
+    while (int64_t(passes) * 32 < packs) passes = passes < 4 ? passes * 2 : passes + 2;
     return {k, passes, true, 256};
   }
   // A block per row: 128 threads with 4, 8 or 16 passes, or 256 threads with 16.
@@ -161,7 +164,7 @@ template <typename Fn>
 void dispatch_row_launch(const RowLaunch& launch, Fn&& fn) {
   dispatch_int<kPack, 1>(launch.k, "vector width", [&](auto k) {
     if (launch.warp_rows) {
-      dispatch_int<1, 2, 4, 8>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::true_type{}); });
+      dispatch_int<1, 2, 4, 6, 8>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::true_type{}); });
     } else {
       dispatch_int<4, 8, kMaxBlockPasses>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::false_type{}); });
     }
@@ -221,7 +224,9 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
              w.describe(), rstd.describe(), dx.describe(), dw.describe());
   if (rows == 0) return;
   const RowLaunch launch = row_launch(op, cols, packable(cols, {dy.data(), x.data(), w.data(), dx.data()}));
-  const size_t smem = launch.warp_rows ? size_t(cols) * sizeof(float) : 0;  // <= 2048 floats
+  // The weight gradient's slices (see the kernel): up to 128 KiB, past the default 48 KiB limit.
+  const int owners = launch.warp_rows ? launch.threads / 32 : 1;
+  const size_t smem = size_t(owners) * launch.passes * launch.k * (launch.warp_rows ? 32 : launch.threads) * sizeof(float);
   Tensor partials;
   dispatch_float(x.dtype(), op, [&](auto* xtag) {
     using T = std::remove_pointer_t<decltype(xtag)>;
@@ -229,6 +234,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
       using TW = std::remove_pointer_t<decltype(wtag)>;
       dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
         const auto kernel = rmsnorm_backward_kernel<k(), passes(), warp_rows(), T, TW>;
+        LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
         const unsigned grid = row_grid(kernel, launch, rows, smem);
         partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
         kernel<<<grid, launch.threads, smem, current_stream()>>>(

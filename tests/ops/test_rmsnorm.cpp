@@ -146,21 +146,26 @@ TEST_CASE("rmsnorm rejects bad arguments with clear errors", "[ops]") {
 
 TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cuda]") {
   uint64_t seed = 900;
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    for (DType w_dtype : {dtype, DType::F32}) {
-      const int64_t N = 37, C = 520;
-      CAPTURE(dtype_name(dtype), dtype_name(w_dtype));
-      const Tensor x = randn({N, C}, seed++, dtype), w = randn({C}, seed++, w_dtype), dy = randn({N, C}, seed++, dtype);
-      const Tensor dw0 = randn({C}, seed++);
-      const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0)), cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu());
-      const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
-      std::vector<double> rstd_ref, dx_ref, dw_ref;
-      const auto y_ref = forward_ref<double>(xv, wv, N, C, &rstd_ref);
-      backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
-      check_rule(gpu.y, cpu.y, y_ref);
-      check_rule(gpu.rstd, cpu.rstd, rstd_ref);
-      check_rule(gpu.dx, cpu.dx, dx_ref);
-      check_rule(gpu.dw, cpu.dw, plus(dw0.to_doubles(), dw_ref));
+  // Each launch shape: a warp per row with 4, 6 and 8 packs per thread (9000 rows: several rows
+  // per warp, so the weight gradient sums across rows), a block of 128 and of 256 threads per
+  // row, and the scalar path (C not a multiple of 8).
+  const int64_t shapes[][2] = {{37, 520}, {9000, 896}, {64, 1536}, {50, 2048}, {40, 3584}, {6, 20000}, {5, 100}};
+  for (const auto& [N, C] : shapes) {
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      for (DType w_dtype : {dtype, DType::F32}) {
+        CAPTURE(N, C, dtype_name(dtype), dtype_name(w_dtype));
+        const Tensor x = randn({N, C}, seed++, dtype), w = randn({C}, seed++, w_dtype), dy = randn({N, C}, seed++, dtype);
+        const Tensor dw0 = randn({C}, seed++);
+        const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0)), cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu());
+        const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
+        std::vector<double> rstd_ref, dx_ref, dw_ref;
+        const auto y_ref = forward_ref<double>(xv, wv, N, C, &rstd_ref);
+        backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
+        check_rule(gpu.y, cpu.y, y_ref);
+        check_rule(gpu.rstd, cpu.rstd, rstd_ref);
+        check_rule(gpu.dx, cpu.dx, dx_ref);
+        check_rule(gpu.dw, cpu.dw, plus(dw0.to_doubles(), dw_ref));
+      }
     }
   }
 }
