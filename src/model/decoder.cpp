@@ -81,7 +81,7 @@ Tensor Decoder::embed(const Tensor& ids) {
 QkvViews split_qkv(const Tensor& qkv, const ModelConfig& c) {
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), D = c.head_dim;
   return {qkv.slice(1, 0, qd).unflatten(1, {-1, D}), qkv.slice(1, qd, qd + kvd).unflatten(1, {-1, D}),
-          qkv.slice(1, qd + kvd, qd + 2 * kvd).unflatten(1, {-1, D})};
+          qkv.slice(1, qd + kvd, qd + 2 * kvd).unflatten(1, {-1, D}), qkv.slice(1, 0, qd + kvd).unflatten(1, {-1, D})};
 }
 
 // The layer up to attention's inputs: norm1, fused q/k/v projection, RoPE on q and k.
@@ -97,8 +97,7 @@ void Decoder::layer_attention_input(size_t l, const Tensor& x_in, const Tensor& 
   a.qkv = Tensor::empty({T, c.q_dim() + 2 * c.kv_dim()}, dt, device_);
   ops::linear_forward(a.norm1, p.qkv_w, p.qkv_b, a.qkv);
   QkvViews qkv = split_qkv(a.qkv, c);
-  ops::rope_forward(qkv.q, positions, inv_freq_);
-  ops::rope_forward(qkv.k, positions, inv_freq_);
+  ops::rope_forward(qkv.qk, positions, inv_freq_);
 }
 
 // The layer after attention (a.x_in and a.attn.out set): o projection, residual, MLP, residual.
@@ -175,8 +174,7 @@ Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerAct
   QkvViews qkv = split_qkv(a.qkv, c), dqkv_views = split_qkv(dqkv, c);
   attn::attention_backward(options_.attention, qkv.q, qkv.k, qkv.v, batch.layout, a.attn,
                            dattn.unflatten(1, {-1, c.head_dim}), dqkv_views.q, dqkv_views.k, dqkv_views.v);
-  ops::rope_backward(dqkv_views.q, batch.positions, inv_freq_);
-  ops::rope_backward(dqkv_views.k, batch.positions, inv_freq_);
+  ops::rope_backward(dqkv_views.qk, batch.positions, inv_freq_);
   Tensor dnorm1 = empty({T, C});
   ops::linear_backward(dqkv, a.norm1, p.qkv_w, dnorm1, g.qkv_w, g.qkv_b);
   Tensor dx_in = empty({T, C});

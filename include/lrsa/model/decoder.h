@@ -43,6 +43,7 @@ struct DecoderOptions {
 // q [T, Hq, D], k and v [T, Hk, D] as views of the fused projection output [T, Hq*D + 2*Hk*D].
 struct QkvViews {
   Tensor q, k, v;
+  Tensor qk;  // [T, Hq + Hk, D]: q and k side by side, so RoPE rotates both in one launch
 };
 QkvViews split_qkv(const Tensor& qkv, const ModelConfig& c);
 

@@ -207,16 +207,14 @@ void check_rope(Checks& checks) {
   Tensor qkv_cpu = random({T, (Hq + 2 * Hk) * D}, DType::BF16, 400), qkv_gpu = qkv_cpu.to(kGpu);
   auto views = [&](Tensor& qkv) {
     return std::pair<Tensor, Tensor>{qkv.slice(1, 0, Hq * D).unflatten(1, {Hq, D}),
-                                     qkv.slice(1, Hq * D, (Hq + Hk) * D).unflatten(1, {Hk, D})};
+                                     qkv.slice(1, 0, (Hq + Hk) * D).unflatten(1, {Hq + Hk, D})};
   };
-  auto [q_cpu, k_cpu] = views(qkv_cpu);
-  auto [q_gpu, k_gpu] = views(qkv_gpu);
+  auto [q_cpu, qk_cpu] = views(qkv_cpu);
+  auto [q_gpu, qk_gpu] = views(qkv_gpu);
   const Tensor pg = positions.to(kGpu), fg = inv_freq.to(kGpu);
-  ops::rope_forward(q_cpu, positions, inv_freq);
-  ops::rope_forward(k_cpu, positions, inv_freq);
-  ops::rope_forward(q_gpu, pg, fg);
-  ops::rope_forward(k_gpu, pg, fg);
-  checks.compare("rope: forward q, k views of fused bf16 QKV (v untouched)", qkv_gpu, qkv_cpu);
+  ops::rope_forward(qk_cpu, positions, inv_freq);
+  ops::rope_forward(qk_gpu, pg, fg);
+  checks.compare("rope: forward q+k view of fused bf16 QKV (v untouched)", qkv_gpu, qkv_cpu);
   ops::rope_backward(q_cpu, positions, inv_freq);
   ops::rope_backward(q_gpu, pg, fg);
   checks.compare("rope: backward q view", qkv_gpu, qkv_cpu);
@@ -528,8 +526,7 @@ class Bench {
     }
     {
       Tensor buffer = random({T, qkv}, DType::BF16, 20, 1.0f, kGpu);
-      Tensor q = buffer.slice(1, 0, Hq * D).unflatten(1, {Hq, D});
-      Tensor k = buffer.slice(1, Hq * D, (Hq + Hk) * D).unflatten(1, {Hk, D});
+      Tensor qk = buffer.slice(1, 0, (Hq + Hk) * D).unflatten(1, {Hq + Hk, D});  // as the decoder rotates them
       std::vector<int64_t> pos(static_cast<size_t>(T));
       for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = t % 4096;  // documents of 4K tokens
       const Tensor positions = Tensor::from_ints(pos, {T}, DType::I32, kGpu);
@@ -537,14 +534,8 @@ class Bench {
       const double bytes = 2.0 * 2.0 * double(T) * double((Hq + Hk) * D) + 2 * 4.0 * T;
       const std::string shape = fmt::format("q[{},{},{}] k[{},{},{}]", T, Hq, D, T, Hk, D);
       const std::string formula = "2*T*(Hq+Hk)*D*2 (q, k read + write) + 2*4*T (positions)";
-      run(row("rope fwd (q+k)", shape, bytes, formula, "rope"), [&] {
-        ops::rope_forward(q, positions, inv_freq);
-        ops::rope_forward(k, positions, inv_freq);
-      });
-      run(row("rope bwd (q+k)", shape, bytes, formula, "rope"), [&] {
-        ops::rope_backward(q, positions, inv_freq);
-        ops::rope_backward(k, positions, inv_freq);
-      });
+      run(row("rope fwd (q+k)", shape, bytes, formula, "rope"), [&] { ops::rope_forward(qk, positions, inv_freq); });
+      run(row("rope bwd (q+k)", shape, bytes, formula, "rope"), [&] { ops::rope_backward(qk, positions, inv_freq); });
     }
     {
       const double tf = double(T) * double(F);
