@@ -8,6 +8,9 @@
 #      (issue 5; correctness is part 1's, so the bench's own self-checks are skipped);
 #   3. scripts/bench/train_e2e.py --groups headline: our 0.5B dense 16K/32K and LRSA 32K steps (issue 10);
 #   4. lrsa-bench infer: prefill and decode with the LagKV cache (issue 9).
+# Parts run on request only (PARTS="ops profile ..."):
+#   ops      lrsa-bench ops at T = 32K, the three model shapes (issue 3's targets);
+#   profile  scripts/bench/train_e2e.py --groups profile: GPU time per op of our steps (issue 10).
 # Writes to $OUT (default out/): targets.txt (every part's tail) and one log per part.
 # Environment: BUILD_DIR (build-gpu), PARTS (default: tests attention e2e infer).
 set -uo pipefail
@@ -37,4 +40,7 @@ part attention 80 "$build/lrsa-bench" attention --tokens 16384 32768 131072 --ba
   --skip-checks
 part e2e 12 python3 scripts/bench/train_e2e.py --groups headline --binary "$build/lrsa-train" --out "$out/train-e2e.jsonl"
 part infer 30 "$build/lrsa-bench" infer
+part ops 60 "$build/lrsa-bench" ops --tokens 32768
+part profile 120 python3 scripts/bench/train_e2e.py --groups profile --binary "$build/lrsa-train" \
+  --out "$out/train-e2e-profile.jsonl"
 exit $status
