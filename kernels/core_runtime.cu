@@ -3,6 +3,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "cuda_common.cuh"
@@ -23,6 +25,11 @@ int device_count(std::string* reason) {
   return n;
 }
 
+// The private pool of one CUDA graph (Graph): its blocks not held by a tensor, by rounded size.
+struct GraphPool {
+  std::map<size_t, std::vector<void*>> free;
+};
+
 namespace {
 
 void set_device(int index) { LRSA_CUDA_CHECK(cudaSetDevice(index)); }
@@ -30,6 +37,8 @@ void set_device(int index) { LRSA_CUDA_CHECK(cudaSetDevice(index)); }
 // Caching allocator: freed blocks go to a free list keyed by rounded size and are reused for the
 // same rounded size. All runtime work runs on one stream per device, so a block freed by the host
 // may be handed out again at once: later kernels on that stream are ordered after earlier ones.
+// A graph's replays break that order (they write the blocks its capture allocated, long after the
+// host freed them), hence its private pool.
 class CachingAllocator final : public Allocator {
  public:
   explicit CachingAllocator(int index) : index_(index) {}
@@ -38,28 +47,13 @@ class CachingAllocator final : public Allocator {
     if (bytes == 0) return nullptr;
     const size_t rounded = round_size(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    void* ptr = nullptr;
-    auto it = free_.find(rounded);
-    if (it != free_.end() && !it->second.empty()) {
-      ptr = it->second.back();
-      it->second.pop_back();
-    } else {
-      set_device(index_);
-      cudaError_t status = cudaMalloc(&ptr, rounded);
-      if (status != cudaSuccess) {  // give the cache back to the driver and try once more
-        cudaGetLastError();
-        release_locked();
-        status = cudaMalloc(&ptr, rounded);
-      }
-      if (status != cudaSuccess) {
-        cudaGetLastError();
-        fail("cuda:{} out of memory allocating {:.1f} MiB ({:.1f} MiB in use, {:.1f} MiB reserved): {}", index_,
-             double(bytes) / (1 << 20), double(stats().current_bytes) / (1 << 20),
-             double(reserved_) / (1 << 20), cudaGetErrorString(status));
-      }
-      reserved_ += int64_t(rounded);
-      set_reserved(reserved_);
+    GraphPool* pool = capturing_ != nullptr && std::this_thread::get_id() == capturing_thread_ ? capturing_ : nullptr;
+    if (pool != nullptr) {
+      if (void* ptr = pop(pool->free, rounded)) return ptr;  // still counted as in use (see deallocate)
     }
+    void* ptr = pop(free_, rounded);
+    if (ptr == nullptr) ptr = malloc_locked(bytes, rounded);
+    if (pool != nullptr) pool_blocks_[ptr] = pool;
     record_alloc(rounded);
     return ptr;
   }
@@ -68,6 +62,11 @@ class CachingAllocator final : public Allocator {
     if (ptr == nullptr) return;
     const size_t rounded = round_size(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pool_blocks_.find(ptr);
+    if (it != pool_blocks_.end()) {  // a graph's block: in use by its replays until the graph goes
+      it->second->free[rounded].push_back(ptr);
+      return;
+    }
     free_[rounded].push_back(ptr);
     record_free(rounded);
   }
@@ -79,11 +78,66 @@ class CachingAllocator final : public Allocator {
 
   Device device() const override { return Device::cuda(index_); }
 
+  // The calling thread's allocations come from a new pool until end_pool().
+  GraphPool* begin_pool() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    LRSA_CHECK(capturing_ == nullptr, "cuda:{}: a CUDA graph capture is already in progress", index_);
+    capturing_ = new GraphPool();
+    capturing_thread_ = std::this_thread::get_id();
+    return capturing_;
+  }
+
+  void end_pool() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    capturing_ = nullptr;
+  }
+
+  // The pool's free blocks return to the free lists; those a tensor still holds go there when freed.
+  void release_pool(GraphPool* pool) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [size, blocks] : pool->free) {
+      for (void* p : blocks) {
+        free_[size].push_back(p);
+        record_free(size);
+      }
+    }
+    std::erase_if(pool_blocks_, [pool](const auto& entry) { return entry.second == pool; });
+    delete pool;
+  }
+
  private:
   // Small blocks round to 512 B, large ones to 2 MiB, so similar sizes share free lists.
   static size_t round_size(size_t bytes) {
     const size_t unit = bytes < (size_t(1) << 20) ? 512 : (size_t(2) << 20);
     return (bytes + unit - 1) / unit * unit;
+  }
+
+  static void* pop(std::map<size_t, std::vector<void*>>& lists, size_t rounded) {
+    auto it = lists.find(rounded);
+    if (it == lists.end() || it->second.empty()) return nullptr;
+    void* ptr = it->second.back();
+    it->second.pop_back();
+    return ptr;
+  }
+
+  void* malloc_locked(size_t bytes, size_t rounded) {
+    void* ptr = nullptr;
+    set_device(index_);
+    cudaError_t status = cudaMalloc(&ptr, rounded);
+    if (status != cudaSuccess) {  // give the cache back to the driver and try once more
+      cudaGetLastError();
+      release_locked();
+      status = cudaMalloc(&ptr, rounded);
+    }
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      fail("cuda:{} out of memory allocating {:.1f} MiB ({:.1f} MiB in use, {:.1f} MiB reserved): {}", index_,
+           double(bytes) / (1 << 20), double(stats().current_bytes) / (1 << 20), double(reserved_) / (1 << 20),
+           cudaGetErrorString(status));
+    }
+    reserved_ += int64_t(rounded);
+    set_reserved(reserved_);
+    return ptr;
   }
 
   void release_locked() {
@@ -103,6 +157,9 @@ class CachingAllocator final : public Allocator {
   std::mutex mutex_;
   std::map<size_t, std::vector<void*>> free_;
   int64_t reserved_ = 0;
+  GraphPool* capturing_ = nullptr;  // the pool of the capture in progress, for capturing_thread_
+  std::thread::id capturing_thread_;
+  std::unordered_map<void*, GraphPool*> pool_blocks_;  // every block of a live pool, held or free
 };
 
 int current_device() {
@@ -304,6 +361,55 @@ void fill_uniform(const Tensor& dst, uint64_t seed, uint64_t stream, float lo, f
 }
 void fill_normal(const Tensor& dst, uint64_t seed, uint64_t stream, float mean, float std) {
   fill_random(dst, seed, stream, mean, std, true);
+}
+
+
+Graph::Graph(Device device, const std::function<void()>& record) : device_(device.index) {
+  LRSA_CHECK(device.is_cuda(), "cuda::Graph: {} is not a CUDA device", device.str());
+  set_device(device_);
+  auto& allocator = static_cast<CachingAllocator&>(caching_allocator(device_));
+  const cudaStream_t stream = current_stream();
+  pool_ = allocator.begin_pool();
+  cudaGraph_t graph = nullptr;
+  // Relaxed: the allocator may cudaMalloc a new block for the pool while recording, a call the
+  // Global and ThreadLocal modes reject (it is not stream-ordered; safe here, since the pool keeps
+  // the block for the graph). What conflicts with the capture (synchronizing with this stream,
+  // copies to pageable host memory) still fails it in this mode.
+  cudaError_t status = cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed);
+  if (status == cudaSuccess) {
+    try {
+      record();
+    } catch (...) {
+      allocator.end_pool();
+      cudaStreamEndCapture(stream, &graph);  // ends the (invalidated) capture so the stream works again
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      allocator.release_pool(pool_);  // nothing ran: its blocks were never written
+      throw;
+    }
+    status = cudaStreamEndCapture(stream, &graph);
+  }
+  allocator.end_pool();
+  if (status == cudaSuccess) status = cudaGraphInstantiate(&exec_, graph, 0);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    allocator.release_pool(pool_);
+    fail("cuda:{}: capturing a CUDA graph failed: {} (a recorded op synchronized with the stream?)", device_,
+         cudaGetErrorString(status));
+  }
+}
+
+Graph::~Graph() {
+  // A replay in flight still completes (the executable is freed after it); later work on the
+  // stream, which may get the pool's blocks, is ordered after it.
+  cudaGraphExecDestroy(exec_);
+  static_cast<CachingAllocator&>(caching_allocator(device_)).release_pool(pool_);
+}
+
+void Graph::launch() const {
+  set_device(device_);
+  LRSA_CUDA_CHECK(cudaGraphLaunch(exec_, current_stream()));
 }
 
 }  // namespace lrsa::cuda

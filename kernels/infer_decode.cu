@@ -126,6 +126,26 @@ __global__ void cache_attention_merge_kernel(const float* __restrict__ part_m, c
   out[int64_t(nh / Hq) * out_stride_n + int64_t(nh % Hq) * D + d] = from_float<T>(a / l_all);
 }
 
+// cache[seq[n], limit[n] - 1, h] = rows[n, h] for k (kv = 0) and v (kv = 1): one thread per 8
+// elements. A row outside the cache is skipped (the host checked the limits before the step).
+template <typename T>
+__global__ void cache_append_kernel(const T* __restrict__ k, const T* __restrict__ v, int64_t k_stride, int64_t v_stride,
+                                    const int* __restrict__ seq, const int* __restrict__ limit, int n, int Hk, int D,
+                                    int batch, int capacity, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                    int64_t cache_stride_b) {
+  const int chunks = D / 8;
+  const int64_t items = int64_t(2) * n * Hk * chunks;
+  for (int64_t it = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; it < items; it += int64_t(gridDim.x) * blockDim.x) {
+    const int c = int(it % chunks), h = int(it / chunks % Hk), i = int(it / chunks / Hk % n), kv = int(it / chunks / Hk / n);
+    const int b = seq[i], row = limit[i] - 1;
+    if (b < 0 || b >= batch || row < 0 || row >= capacity) continue;
+    const T* from = (kv == 0 ? k + int64_t(i) * k_stride : v + int64_t(i) * v_stride) + int64_t(h) * D + c * 8;
+    T* to = (kv == 0 ? k_cache : v_cache) + int64_t(b) * cache_stride_b + (int64_t(row) * Hk + h) * D + c * 8;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) to[e] = from[e];
+  }
+}
+
 // dst[i, h] = src[index[h, i], h]: one thread per 8 elements.
 template <typename T>
 __global__ void gather_head_rows_kernel(const T* __restrict__ src, int64_t src_stride, const int* __restrict__ index,
@@ -178,6 +198,23 @@ void cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
           static_cast<T*>(out.data()));
       LRSA_CUDA_CHECK_LAUNCH("cache_attention merge");
     });
+  });
+}
+
+void cache_append(const Tensor& k, const Tensor& v, const Tensor& seq, const Tensor& limit, Tensor& k_cache,
+                  Tensor& v_cache) {
+  use_device(k);
+  const int64_t n = k.size(0), Hk = k.size(1), D = k.size(2);
+  LRSA_CHECK(D % 8 == 0, "cache_append: head dim {} must be a multiple of 8 on CUDA", D);
+  LRSA_CHECK(k_cache.stride(0) == v_cache.stride(0) && k_cache.stride(1) == Hk * D && v_cache.stride(1) == Hk * D,
+             "cache_append: k_cache {} and v_cache {} must be contiguous caches", k_cache.describe(), v_cache.describe());
+  dispatch_float(k.dtype(), "cache_append", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cache_append_kernel<T><<<grid_size(2 * n * Hk * (D / 8), 256), 256, 0, current_stream()>>>(
+        static_cast<const T*>(k.data()), static_cast<const T*>(v.data()), k.stride(0), v.stride(0),
+        seq.data_as<int32_t>(), limit.data_as<int32_t>(), int(n), int(Hk), int(D), int(k_cache.size(0)),
+        int(k_cache.size(1)), static_cast<T*>(k_cache.data()), static_cast<T*>(v_cache.data()), k_cache.stride(0));
+    LRSA_CUDA_CHECK_LAUNCH("cache_append");
   });
 }
 

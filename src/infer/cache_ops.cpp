@@ -60,6 +60,17 @@ void cache_attention_cpu(const Tensor& q, const Tensor& kc, const Tensor& vc, co
 }
 
 template <typename T>
+void cache_append_cpu(const Tensor& rows, const std::vector<int64_t>& seq, const std::vector<int64_t>& limit, Tensor& cache) {
+  const int64_t N = rows.size(0), Hk = rows.size(1), D = rows.size(2);
+  const T* src = rows.data_as<T>();
+  T* dst = cache.data_as<T>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < Hk; ++h)
+      std::copy_n(src + n * rows.stride(0) + h * rows.stride(1), D,
+                  dst + seq[size_t(n)] * cache.stride(0) + (limit[size_t(n)] - 1) * cache.stride(1) + h * cache.stride(2));
+}
+
+template <typename T>
 void gather_head_rows_cpu(const Tensor& src, const std::vector<int64_t>& index, Tensor& dst) {
   const int64_t n = dst.size(0), Hk = dst.size(1), D = dst.size(2);
   const T* sp = src.data_as<T>();
@@ -110,6 +121,43 @@ void cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
                lim[size_t(n)], k_cache.describe());
   if (dt == DType::F32) cache_attention_cpu<float>(q, k_cache, v_cache, s, lim, out);
   else cache_attention_cpu<bf16>(q, k_cache, v_cache, s, lim, out);
+}
+
+void cache_append(const Tensor& k, const Tensor& v, const Tensor& seq, const Tensor& limit, Tensor& k_cache,
+                  Tensor& v_cache) {
+  const char* op = "cache_append";
+  LRSA_CHECK(k.defined(), "{}: k is undefined", op);
+  const DType dt = k.dtype();
+  const Device dev = k.device();
+  LRSA_CHECK(dt == DType::F32 || dt == DType::BF16, "{}: dtype must be f32 or bf16, got {}", op, k.describe());
+  check_rows(k, op, "k", 3, dt, dev);
+  check_rows(v, op, "v", 3, dt, dev);
+  check_rows(k_cache, op, "k_cache", 4, dt, dev);
+  check_rows(v_cache, op, "v_cache", 4, dt, dev);
+  const int64_t N = k.size(0);
+  LRSA_CHECK(v.shape() == k.shape() && k_cache.shape() == v_cache.shape() && k_cache.size(2) == k.size(1) &&
+                 k_cache.size(3) == k.size(2),
+             "{}: k {} / v {} do not fit k_cache {} / v_cache {}", op, k.describe(), v.describe(), k_cache.describe(),
+             v_cache.describe());
+  check_tensor(seq, op, "seq", {DType::I32});
+  check_tensor(limit, op, "limit", {DType::I32});
+  check_shape(seq, op, "seq", {N});
+  check_shape(limit, op, "limit", {N});
+  if (N == 0) return;
+  LRSA_DISPATCH_CUDA(dev, op, cuda::cache_append(k, v, seq, limit, k_cache, v_cache));
+  const std::vector<int64_t> s = seq.to_ints(), lim = limit.to_ints();
+  for (int64_t n = 0; n < N; ++n)
+    LRSA_CHECK(s[size_t(n)] >= 0 && s[size_t(n)] < k_cache.size(0) && lim[size_t(n)] >= 1 &&
+                   lim[size_t(n)] <= k_cache.size(1),
+               "{}: token {} has sequence {} and row limit {} outside the cache {}", op, n, s[size_t(n)], lim[size_t(n)],
+               k_cache.describe());
+  if (dt == DType::F32) {
+    cache_append_cpu<float>(k, s, lim, k_cache);
+    cache_append_cpu<float>(v, s, lim, v_cache);
+  } else {
+    cache_append_cpu<bf16>(k, s, lim, k_cache);
+    cache_append_cpu<bf16>(v, s, lim, v_cache);
+  }
 }
 
 void gather_head_rows(const Tensor& src, const Tensor& index, Tensor& dst) {

@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <chrono>
 
+#include "lrsa/core/op_profiler.h"
 #include "lrsa/infer/cache_ops.h"
+#include "lrsa/ops/embedding.h"
+#ifdef LRSA_WITH_CUDA
+#include "lrsa/core/cuda_backend.h"
+#endif
 
 namespace lrsa::infer {
 
@@ -26,9 +31,22 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
+// A decode step's CUDA graph and the buffers it reads and writes: the step's inputs are written
+// before each replay (a copy from the host outside the graph), the logits by each replay.
+struct Engine::DecodeGraph {
+  Tensor step;    // [4, N] i32: ids, positions, sequences, row limits
+  Tensor x;       // [N, C]: the embedded ids
+  Tensor logits;  // [N, V] f32, in the graph's memory pool
+#ifdef LRSA_WITH_CUDA
+  std::unique_ptr<cuda::Graph> graph;
+#endif
+};
+
 Engine::Engine(model::Decoder& decoder, const CacheSpec& spec) : decoder_(decoder), spec_(spec) {
   if (spec_.compress) spec_.lrsa.validate();
 }
+
+Engine::~Engine() = default;
 
 int64_t Engine::chunk_tokens() const { return spec_.compress ? spec_.lrsa.lag : dense_chunk; }
 
@@ -66,31 +84,75 @@ Tensor Engine::step(KvCache& cache, const std::vector<int64_t>& seqs, const std:
     }
     last_rows.push_back(r.first + r.count - 1);
   }
-  const model::ModelConfig& c = decoder_.config();
   const Device device = decoder_.device();
   // ids, positions, sequences and row limits in one upload: [4, N] i32.
   std::vector<int64_t> packed(ids.begin(), ids.end());
   packed.insert(packed.end(), positions.begin(), positions.end());
   packed.insert(packed.end(), seqs.begin(), seqs.end());
   packed.insert(packed.end(), limits.begin(), limits.end());
-  const Tensor step_t = Tensor::from_ints(packed, {4, N}, DType::I32, device);
+  Tensor logits;
+  if (DecodeGraph* g = int64_t(runs.size()) == N ? decode_graph(cache, N) : nullptr) {
+    g->step.copy_(Tensor::from_ints(packed, {4, N}, DType::I32));
+    // Decoder::embed's op, into the graph's input: outside the graph, as the op checks the ids
+    // through a copy to the host.
+    ops::embedding_forward(g->step.select(0, 0), decoder_.params().embed, g->x);
+#ifdef LRSA_WITH_CUDA
+    if (!g->graph)
+      g->graph = std::make_unique<cuda::Graph>(device, [&] {
+        g->logits = decoder_.lm_logits(decoder_.final_norm(run_layers(cache, g->x, g->step)));
+      });
+    g->graph->launch();
+#endif
+    logits = g->logits;
+  } else {
+    const Tensor step_t = Tensor::from_ints(packed, {4, N}, DType::I32, device);
+    const Tensor x = run_layers(cache, decoder_.embed(step_t.select(0, 0)), step_t);
+    const bool every_row = all_logits || int64_t(last_rows.size()) == N;
+    logits = decoder_.lm_logits(decoder_.final_norm(every_row ? x : take_rows(x, last_rows)));
+  }
+  for (const Run& r : runs) cache.commit_step(r.seq, r.count);
+  return logits;
+}
+
+Tensor Engine::run_layers(KvCache& cache, Tensor x, const Tensor& step_t) {
+  const model::ModelConfig& c = decoder_.config();
   const Tensor pos_t = step_t.select(0, 1), seq_t = step_t.select(0, 2), lim_t = step_t.select(0, 3);
-  Tensor x = decoder_.embed(step_t.select(0, 0));
   for (size_t l = 0; l < size_t(c.num_hidden_layers); ++l) {
     const Tensor qkv = decoder_.layer_qkv(l, x, pos_t);
     const model::QkvViews views = model::split_qkv(qkv, c);
-    for (const Run& r : runs) {
-      const int64_t row = cache.rows(r.seq);
-      cache.k(l).select(0, r.seq).slice(0, row, row + r.count).copy_(views.k.slice(0, r.first, r.first + r.count));
-      cache.v(l).select(0, r.seq).slice(0, row, row + r.count).copy_(views.v.slice(0, r.first, r.first + r.count));
-    }
-    Tensor out = Tensor::empty({N, c.num_attention_heads, c.head_dim}, x.dtype(), device);
+    cache_append(views.k, views.v, seq_t, lim_t, cache.k(l), cache.v(l));
+    Tensor out = Tensor::empty({x.size(0), c.num_attention_heads, c.head_dim}, x.dtype(), x.device());
     cache_attention(views.q, cache.k(l), cache.v(l), seq_t, lim_t, out);
     x = decoder_.layer_output(l, x, out);
   }
-  for (const Run& r : runs) cache.commit_step(r.seq, r.count);
-  const bool every_row = all_logits || int64_t(last_rows.size()) == N;
-  return decoder_.lm_logits(decoder_.final_norm(every_row ? x : take_rows(x, last_rows)));
+  return x;
+}
+
+int64_t Engine::captured_decode_graphs() const {
+#ifdef LRSA_WITH_CUDA
+  return std::count_if(graphs_.begin(), graphs_.end(), [](const auto& entry) { return entry.second && entry.second->graph; });
+#else
+  return 0;
+#endif
+}
+
+Engine::DecodeGraph* Engine::decode_graph(const KvCache& cache, int64_t N) {
+  // The op profiler brackets every op with events, which a graph would not replay.
+  if (!decode_graphs || !decoder_.device().is_cuda() || profiler::enabled()) return nullptr;
+  if (cache.id() != graph_cache_) {
+    graphs_.clear();
+    graph_cache_ = cache.id();
+  }
+  auto [it, first_step] = graphs_.try_emplace(N);
+  if (first_step) return nullptr;  // eager: see decode_graphs
+  if (!it->second) {
+    const model::ModelConfig& c = decoder_.config();
+    const Device device = decoder_.device();
+    it->second = std::make_unique<DecodeGraph>();
+    it->second->step = Tensor::empty({4, N}, DType::I32, device);
+    it->second->x = Tensor::empty({N, c.hidden_size}, decoder_.params().flat.dtype(), device);
+  }
+  return it->second.get();
 }
 
 Tensor Engine::prefill_chunked(KvCache& cache, int64_t b, std::span<const int32_t> ids, bool all_logits) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "lrsa/infer/cache_ops.h"
 
@@ -41,9 +42,16 @@ bool step_fits(const CacheSpec& spec, int64_t first, int64_t count) {
   return next_boundary > last;
 }
 
+namespace {
+uint64_t next_cache_id() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1);
+}
+}  // namespace
+
 KvCache::KvCache(const model::ModelConfig& config, const CacheSpec& spec, int64_t batch, int64_t max_tokens,
                  int64_t max_step, DType dtype, Device device)
-    : spec_(spec), tokens_(size_t(batch), 0), rows_(size_t(batch), 0), compressed_(size_t(batch), 0) {
+    : spec_(spec), id_(next_cache_id()), tokens_(size_t(batch), 0), rows_(size_t(batch), 0), compressed_(size_t(batch), 0) {
   LRSA_CHECK(batch >= 1 && max_tokens >= 1 && max_step >= 1, "KvCache: batch {}, max_tokens {}, max_step {} must be >= 1",
              batch, max_tokens, max_step);
   if (spec_.compress) {

@@ -2,9 +2,13 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include "lrsa/core/rng.h"
 #include "lrsa/core/tensor.h"
+#ifdef LRSA_WITH_CUDA
+#include "lrsa/core/cuda_backend.h"
+#endif
 
 using namespace lrsa;
 
@@ -162,3 +166,31 @@ TEST_CASE("CUDA tensors: copies, fills and Philox draws equal the CPU", "[core][
   { Tensor big = Tensor::empty({1 << 20}, DType::F32, gpu); CHECK(memory_stats(gpu).current_bytes >= before + (4 << 20)); }
   CHECK(memory_stats(gpu).current_bytes == before);
 }
+
+#ifdef LRSA_WITH_CUDA
+TEST_CASE("a CUDA graph's memory pool keeps its blocks from other tensors until the graph goes", "[core][cuda]") {
+  const Device gpu = Device::cuda(0);
+  const int64_t n = 12345;        // floats: a size no other test here allocates
+  const int64_t block = 49664;    // n * 4 bytes rounded up to the allocator's 512
+  void* freed = nullptr;
+  { freed = Tensor::empty({n}, DType::F32, gpu).data(); }
+  CHECK(Tensor::empty({n}, DType::F32, gpu).data() == freed);  // outside a pool a freed block comes back at once
+
+  const int64_t before = memory_stats(gpu).current_bytes;
+  void* scratch = nullptr;
+  auto graph = std::make_unique<cuda::Graph>(gpu, [&] {
+    Tensor t = Tensor::empty({n}, DType::F32, gpu);  // freed inside the capture, written by every replay
+    t.fill_(1.0);
+    scratch = t.data();
+  });
+  graph->launch();
+  CHECK(memory_stats(gpu).current_bytes == before + block);  // held by the graph
+  Tensor other = Tensor::empty({n}, DType::F32, gpu);
+  CHECK(other.data() != scratch);
+  graph->launch();
+  cuda::synchronize();
+  graph.reset();
+  CHECK(memory_stats(gpu).current_bytes == before + block);  // `other` only
+  CHECK(Tensor::empty({n}, DType::F32, gpu).data() == scratch);  // back in the free lists
+}
+#endif

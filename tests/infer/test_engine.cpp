@@ -163,6 +163,27 @@ TEST_CASE("cache attention equals softmax attention over the first rows of each 
                     Catch::Contains("row limit 10 outside the cache"));
 }
 
+TEST_CASE("cache append writes each token's rows where slice copies at its row limit would", "[infer]") {
+  const int64_t B = 3, cap = 6, Hk = 2, D = 8, N = 4;
+  // k and v as views of a fused buffer, as split_qkv gives them: strided rows.
+  const Tensor fused = Tensor::normal({N, 3 * Hk * D}, 6, 0, 0, 1);
+  const Tensor k = fused.slice(1, Hk * D, 2 * Hk * D).unflatten(1, {Hk, D});
+  const Tensor v = fused.slice(1, 2 * Hk * D, 3 * Hk * D).unflatten(1, {Hk, D});
+  const std::vector<int64_t> seq{2, 0, 0, 1}, limit{1, 3, 4, 6};  // a run of two tokens of sequence 0
+  Tensor k_cache = Tensor::normal({B, cap, Hk, D}, 6, 1, 0, 1), v_cache = Tensor::normal({B, cap, Hk, D}, 6, 2, 0, 1);
+  Tensor k_ref = k_cache.clone(), v_ref = v_cache.clone();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t row = limit[size_t(n)] - 1;
+    k_ref.select(0, seq[size_t(n)]).slice(0, row, row + 1).copy_(k.slice(0, n, n + 1));
+    v_ref.select(0, seq[size_t(n)]).slice(0, row, row + 1).copy_(v.slice(0, n, n + 1));
+  }
+  cache_append(k, v, Tensor::from_ints(seq, {N}), Tensor::from_ints(limit, {N}), k_cache, v_cache);
+  CHECK(k_cache.to_doubles() == k_ref.to_doubles());
+  CHECK(v_cache.to_doubles() == v_ref.to_doubles());
+  CHECK_THROWS_WITH(cache_append(k, v, Tensor::from_ints(seq, {N}), Tensor::from_ints({1, 3, 4, 7}, {N}), k_cache, v_cache),
+                    Catch::Contains("row limit 7 outside the cache"));
+}
+
 TEST_CASE("LagKV cache inference equals the LRSA training forward (CPU fp32)", "[infer]") {
   const model::ModelConfig c = tiny_config(8, 4, 2);
   for (double ratio : {0.25, 0.5}) {
@@ -312,5 +333,71 @@ TEST_CASE("CUDA cache attention and row gather equal the CPU ones", "[infer][cud
       gather_head_rows(src, index, gathered_cpu);
       gather_head_rows(src.to(g), index.to(g), gathered_gpu);
       CHECK(gathered_gpu.to(Device::cpu()).to_doubles() == gathered_cpu.to_doubles());
+
+      const Tensor rows = q.slice(1, 0, Hk);  // [5, Hk, D], strided
+      Tensor k_cpu = kc.clone(), v_cpu = vc.clone(), k_gpu = kc.to(g), v_gpu = vc.to(g);
+      cache_append(rows, q.slice(1, Hk, 2 * Hk), seq, limit, k_cpu, v_cpu);
+      cache_append(rows.to(g), q.slice(1, Hk, 2 * Hk).to(g), seq.to(g), limit.to(g), k_gpu, v_gpu);
+      CHECK(k_gpu.to(Device::cpu()).to_doubles() == k_cpu.to_doubles());
+      CHECK(v_gpu.to(Device::cpu()).to_doubles() == v_cpu.to_doubles());
     }
+}
+
+namespace {
+
+struct Decoded {
+  std::vector<float> logits;  // every step's, concatenated
+  std::vector<int32_t> tokens;
+};
+
+// Greedy decoding of `steps` tokens after a whole-prompt prefill, every sequence each step, in a
+// fresh cache.
+Decoded decode_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts, int64_t steps) {
+  const int64_t B = int64_t(prompts.size());
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  KvCache cache = engine.make_cache(B, int64_t(longest) + steps);
+  std::vector<int32_t> next = argmax_rows(engine.prefill_whole(cache, prompts));
+  std::vector<int64_t> seqs(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) seqs[size_t(b)] = b;
+  Decoded out;
+  for (int64_t i = 0; i < steps; ++i) {
+    out.tokens.insert(out.tokens.end(), next.begin(), next.end());
+    const Tensor logits = engine.step(cache, seqs, next, false);
+    const std::vector<float> values = logits.to_floats();  // before the next step overwrites a graph's output
+    out.logits.insert(out.logits.end(), values.begin(), values.end());
+    next = argmax_rows(logits);
+  }
+  for (int64_t b = 0; b < B; ++b) CHECK(cache.rows(b) == cache_rows(engine.spec(), int64_t(prompts[size_t(b)].size()) + steps));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("decode steps replayed from CUDA graphs equal eager steps bit for bit", "[infer][cuda]") {
+  const model::ModelConfig c = tiny_config(64, 4, 2);
+  // S = 16, L = 64: partitions complete at 144, 208 and 272 tokens, so over 70 steps every prompt
+  // completes a partition that compresses during the decode (the third in its last step).
+  const std::vector<std::vector<int32_t>> prompts = {random_tokens(200, c.vocab_size, 61), random_tokens(130, c.vocab_size, 62),
+                                                     random_tokens(75, c.vocab_size, 63)};
+  const int64_t steps = 70;
+  for (const CacheSpec& spec : {CacheSpec::lagkv(lrsa_params(16, 64, 0.25)), CacheSpec::dense()}) {
+    Setup s(c, spec, DType::BF16, Device::cuda(0));
+    Engine eager(s.decoder, spec), graphs(s.decoder, spec);
+    eager.decode_graphs = false;
+    for (int64_t B : {1, 3}) {
+      INFO(spec.name() << ", batch " << B);
+      const std::vector<std::vector<int32_t>> batch(prompts.begin(), prompts.begin() + B);
+      const Decoded reference = decode_greedy(eager, batch, steps);
+      CHECK(eager.captured_decode_graphs() == 0);
+      // Twice with the same engine: each fresh cache gets its own graph (the first one baked the
+      // first cache's addresses).
+      for (int run = 0; run < 2; ++run) {
+        const Decoded replayed = decode_greedy(graphs, batch, steps);
+        CHECK(graphs.captured_decode_graphs() == 1);
+        CHECK(replayed.tokens == reference.tokens);
+        CHECK(replayed.logits == reference.logits);
+      }
+    }
+  }
 }

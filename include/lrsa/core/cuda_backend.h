@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "lrsa/core/tensor.h"
@@ -43,6 +44,30 @@ void copy_strided(const Tensor& dst, const Tensor& src);
 void fill(const Tensor& dst, double value);  // dst contiguous
 void fill_uniform(const Tensor& dst, uint64_t seed, uint64_t stream, float lo, float hi);
 void fill_normal(const Tensor& dst, uint64_t seed, uint64_t stream, float mean, float std);
+
+// A CUDA graph of the work `record` queues on the current stream of `device`: captured once
+// (nothing runs while recording), replayed by launch() on the current stream. Memory allocated
+// while recording comes from a private pool of the caching allocator that the graph owns: a
+// block freed during the capture (the graph's scratch) or after it (an output, once dropped)
+// returns to the pool, never to other tensors, since every replay writes it again; the pool's
+// blocks go back to the allocator when the graph is destroyed, and count as in use until then.
+// `record` must not synchronize the host with the stream, and whatever differs between replays
+// must reach the captured kernels through device memory (their addresses and launch shapes are
+// baked in).
+struct GraphPool;
+class Graph {
+ public:
+  Graph(Device device, const std::function<void()>& record);
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  void launch() const;
+
+ private:
+  int device_ = 0;
+  GraphPool* pool_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
 
 }  // namespace lrsa::cuda
 #endif

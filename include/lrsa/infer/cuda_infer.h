@@ -9,6 +9,8 @@ namespace lrsa::cuda {
 // a second kernel merges the ranges' partial softmax results. Head dims 64 and 128.
 void cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seq,
                      const Tensor& limit, Tensor& out);
+void cache_append(const Tensor& k, const Tensor& v, const Tensor& seq, const Tensor& limit, Tensor& k_cache,
+                  Tensor& v_cache);
 void gather_head_rows(const Tensor& src, const Tensor& index, Tensor& dst);
 
 }  // namespace lrsa::cuda

@@ -4,6 +4,8 @@
 // The attention a token gets is exactly what the training forward pass (Decoder with
 // spec.attention()) gives the same position.
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -20,6 +22,7 @@ enum class PrefillPath {
 class Engine {
  public:
   Engine(model::Decoder& decoder, const CacheSpec& spec);
+  ~Engine();
 
   const CacheSpec& spec() const { return spec_; }
   model::Decoder& decoder() { return decoder_; }
@@ -33,6 +36,10 @@ class Engine {
   // sequence's cache and the step's earlier tokens, then the cache compresses. Returns logits
   // [N, V] f32 of every token (all_logits) or of each sequence's last token, in order of
   // appearance.
+  // On CUDA a decode step (one token per sequence) replays a CUDA graph (decode_graphs), and the
+  // tensor returned is that graph's output buffer: read or copy it before this engine's next step
+  // with as many sequences, which overwrites it. (A copy per step would cost a launch that every
+  // caller so far, reading the logits at once, does not need.)
   Tensor step(KvCache& cache, const std::vector<int64_t>& seqs, const std::vector<int32_t>& ids, bool all_logits);
 
   // The chunked prefill of sequence b (empty) with the prompt ids: logits [n, V] of every
@@ -43,10 +50,28 @@ class Engine {
   Tensor prefill_whole(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts);
 
   int64_t dense_chunk = 1024;  // chunk of a dense cache's chunked prefill
+  // On CUDA, replay decode steps from CUDA graphs, one per cache and number of sequences, captured
+  // at the second decode step of that size (the first, eager, creates what ops create lazily on
+  // first use, e.g. cuBLASLt's handle and workspace, which a capture must not). One launch per
+  // step instead of ~15 per layer, so a small batch is no longer launch-bound. Off: every step
+  // launches its kernels (eager). Never used on the CPU or while the op profiler is on.
+  bool decode_graphs = true;
+  int64_t captured_decode_graphs() const;  // graphs held now (for tests)
 
  private:
+  struct DecodeGraph;
+  // The layers of a step over x [N, C]; step_t [4, N] i32 holds the ids, positions, sequences
+  // and row limits. Appends the step's K/V rows to the cache.
+  Tensor run_layers(KvCache& cache, Tensor x, const Tensor& step_t);
+  // The graph of a decode step of N sequences on this cache, or null for an eager step.
+  DecodeGraph* decode_graph(const KvCache& cache, int64_t N);
+
   model::Decoder& decoder_;
   CacheSpec spec_;
+  // Graphs of the cache graph_cache_ by number of sequences (null: one eager step done); a step
+  // on another cache drops them, as they bake this one's addresses.
+  uint64_t graph_cache_ = 0;
+  std::map<int64_t, std::unique_ptr<DecodeGraph>> graphs_;
 };
 
 struct GenerateOptions {

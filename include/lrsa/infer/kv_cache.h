@@ -49,6 +49,9 @@ class KvCache {
           int64_t max_step, DType dtype, Device device);
 
   const CacheSpec& spec() const { return spec_; }
+  // Unique to each cache constructed (never reused): what the Engine's CUDA graphs, which bake the
+  // cache's buffer addresses, are captured for.
+  uint64_t id() const { return id_; }
   int64_t batch() const { return int64_t(tokens_.size()); }
   int64_t capacity() const { return capacity_; }
   int64_t layers() const { return int64_t(k_.size()); }
@@ -77,6 +80,7 @@ class KvCache {
   int64_t tail_row(int64_t b) const;  // first row of the raw tail
 
   CacheSpec spec_;
+  uint64_t id_ = 0;
   int64_t capacity_ = 0, kept_ = 0;
   std::vector<Tensor> k_, v_;
   std::vector<int64_t> tokens_, rows_, compressed_;  // per sequence
