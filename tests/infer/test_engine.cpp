@@ -350,13 +350,10 @@ struct Decoded {
   std::vector<int32_t> tokens;
 };
 
-// Greedy decoding of `steps` tokens after a whole-prompt prefill, every sequence each step, in a
-// fresh cache.
-Decoded decode_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& prompts, int64_t steps) {
+// Greedy decoding of `steps` tokens after a whole-prompt prefill into the empty cache, every
+// sequence each step.
+Decoded decode_greedy(Engine& engine, KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, int64_t steps) {
   const int64_t B = int64_t(prompts.size());
-  size_t longest = 0;
-  for (const auto& p : prompts) longest = std::max(longest, p.size());
-  KvCache cache = engine.make_cache(B, int64_t(longest) + steps);
   std::vector<int32_t> next = argmax_rows(engine.prefill_whole(cache, prompts));
   std::vector<int64_t> seqs(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) seqs[size_t(b)] = b;
@@ -377,10 +374,10 @@ Decoded decode_greedy(Engine& engine, const std::vector<std::vector<int32_t>>& p
 TEST_CASE("decode steps replayed from CUDA graphs equal eager steps bit for bit", "[infer][cuda]") {
   const model::ModelConfig c = tiny_config(64, 4, 2);
   // S = 16, L = 64: partitions complete at 144, 208 and 272 tokens, so over 70 steps every prompt
-  // completes a partition that compresses during the decode (the third in its last step).
+  // completes a partition that compresses during the decode (the third in its last steps).
   const std::vector<std::vector<int32_t>> prompts = {random_tokens(200, c.vocab_size, 61), random_tokens(130, c.vocab_size, 62),
                                                      random_tokens(75, c.vocab_size, 63)};
-  const int64_t steps = 70;
+  const int64_t steps = 70, capacity = 200 + steps;
   for (const CacheSpec& spec : {CacheSpec::lagkv(lrsa_params(16, 64, 0.25)), CacheSpec::dense()}) {
     Setup s(c, spec, DType::BF16, Device::cuda(0));
     Engine eager(s.decoder, spec), graphs(s.decoder, spec);
@@ -388,12 +385,14 @@ TEST_CASE("decode steps replayed from CUDA graphs equal eager steps bit for bit"
     for (int64_t B : {1, 3}) {
       INFO(spec.name() << ", batch " << B);
       const std::vector<std::vector<int32_t>> batch(prompts.begin(), prompts.begin() + B);
-      const Decoded reference = decode_greedy(eager, batch, steps);
+      KvCache eager_cache = eager.make_cache(B, capacity);
+      const Decoded reference = decode_greedy(eager, eager_cache, batch, steps);
       CHECK(eager.captured_decode_graphs() == 0);
-      // Twice with the same engine: each fresh cache gets its own graph (the first one baked the
-      // first cache's addresses).
-      for (int run = 0; run < 2; ++run) {
-        const Decoded replayed = decode_greedy(graphs, batch, steps);
+      // Two caches alive at once, so at different addresses, decoded by one engine: the second
+      // must get its own graph, not replay the one baked with the first cache's buffers.
+      KvCache first = graphs.make_cache(B, capacity), second = graphs.make_cache(B, capacity);
+      for (KvCache* cache : {&first, &second}) {
+        const Decoded replayed = decode_greedy(graphs, *cache, batch, steps);
         CHECK(graphs.captured_decode_graphs() == 1);
         CHECK(replayed.tokens == reference.tokens);
         CHECK(replayed.logits == reference.logits);
