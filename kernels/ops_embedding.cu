@@ -28,6 +28,11 @@ __global__ void iota_kernel(int32_t* out, int64_t n) {
     out[i] = int32_t(i);
 }
 
+// Tokens of a group whose dout rows are loaded together before being added in order: frequent
+// ids (a common word: thousands of tokens in a long document) would otherwise cost one
+// dependent load chain per token.
+constexpr int kGroupLoads = 8;
+
 // Block (i, chunk): when sorted position i starts a group of equal ids v, dtable[v, chunk] +=
 // dout[tokens of the group, chunk] in token order (the sort is stable).
 template <int K, typename TD>
@@ -41,11 +46,23 @@ __global__ void embedding_backward_kernel(const int32_t* sorted_ids, const int32
   float acc[K];
   float* row = dtable + int64_t(v) * cols + c;
   load_floats<K>(row, acc);
-  for (int64_t j = i; j < n && sorted_ids[j] == v; ++j) {
-    float d[K];
-    load_floats<K>(dout + int64_t(sorted_tokens[j]) * cols + c, d);
+  bool more = true;
+  for (int64_t j = i; more; j += kGroupLoads) {
+    float d[kGroupLoads][K];
+    bool in_group[kGroupLoads];
 #pragma unroll
-    for (int q = 0; q < K; ++q) acc[q] += d[q];
+    for (int u = 0; u < kGroupLoads; ++u) {
+      in_group[u] = j + u < n && sorted_ids[j + u] == v;
+      if (in_group[u]) load_floats<K>(dout + int64_t(sorted_tokens[j + u]) * cols + c, d[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kGroupLoads; ++u) {
+      if (in_group[u]) {
+#pragma unroll
+        for (int q = 0; q < K; ++q) acc[q] += d[u][q];
+      }
+    }
+    more = in_group[kGroupLoads - 1];
   }
   store_floats<K>(row, acc);
 }
