@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)); dw += dy * x * rs.
+// dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)) (+ residual); dw += dy * x * rs.
 // Between the row's two passes x and dy wait in registers in their storage type. The weight
 // gradient is summed in shared memory, one slice per row owner (warp or block); a thread's
 // columns sit `width` floats apart there (lanes consecutive: no bank conflicts). So registers do
@@ -69,8 +69,8 @@ __global__ void __launch_bounds__(256)
 // At the end the block adds its slices in warp order into dw_partials [gridDim.x, cols].
 template <int K, int P, bool kWarpRows, typename T, typename TW>
 __global__ void __launch_bounds__(256)
-    rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, T* dx, float* dw_partials,
-                            int64_t rows, int cols) {
+    rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, T* dx,
+                            float* dw_partials, int64_t rows, int cols) {
   using Map = RowMap<kWarpRows>;
   extern __shared__ float dw_slices[];  // [owners][P * K * width]: slot (i * K + j) * width + lane
   const int lane = Map::lane(), width = Map::width(), slice = P * K * width;
@@ -78,13 +78,14 @@ __global__ void __launch_bounds__(256)
   for (int s = lane; s < slice; s += width) dw[s] = 0.0f;  // this thread's slots only
   for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
     const float rs = rstd[r];
-    RawPack<K, T> xp[P], dyp[P];
+    RawPack<K, T> xp[P], dyp[P], resp[P];
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int c = (lane + i * width) * K;
       if (c < cols) {
         xp[i].load(x + r * cols + c);
         dyp[i].load(dy + r * cols + c);
+        if (residual != nullptr) resp[i].load(residual + r * cols + c);
       }
     }
     float dot = 0.0f;
@@ -106,13 +107,14 @@ __global__ void __launch_bounds__(256)
     for (int i = 0; i < P; ++i) {
       const int c = (lane + i * width) * K;
       if (c < cols) {
-        float xv[K], dyv[K], wv[K], out[K];
+        float xv[K], dyv[K], wv[K], add[K] = {}, out[K];
         xp[i].floats(xv);
         dyp[i].floats(dyv);
+        if (residual != nullptr) resp[i].floats(add);
         load_floats<K>(w + c, wv);
 #pragma unroll
         for (int j = 0; j < K; ++j) {
-          out[j] = rs * (wv[j] * dyv[j] - xv[j] * coef);
+          out[j] = rs * (wv[j] * dyv[j] - xv[j] * coef) + add[j];
           dw[(i * K + j) * width + lane] += dyv[j] * xv[j] * rs;
         }
         store_floats<K>(dx + r * cols + c, out);
@@ -208,7 +210,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   LRSA_CUDA_CHECK_LAUNCH(op);
 }
 
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw) {
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
+                      const Tensor& residual) {
   const char* op = "rmsnorm_backward";
   check_tensor(x, op, "x", {DType::F32, DType::BF16});
   check_tensor(dy, op, "dy", {x.dtype()});
@@ -223,7 +226,9 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
              "{}: shapes do not agree: dy {}, x {}, w {}, rstd {}, dx {}, dw {}", op, dy.describe(), x.describe(),
              w.describe(), rstd.describe(), dx.describe(), dw.describe());
   if (rows == 0) return;
-  const RowLaunch launch = row_launch(op, cols, packable(cols, {dy.data(), x.data(), w.data(), dx.data()}));
+  const RowLaunch launch = row_launch(
+      op, cols,
+      packable(cols, {dy.data(), x.data(), w.data(), dx.data(), residual.defined() ? residual.data() : nullptr}));
   // The weight gradient's slices (see the kernel): up to 128 KiB, past the default 48 KiB limit.
   const int owners = launch.warp_rows ? launch.threads / 32 : 1;
   const size_t smem = size_t(owners) * launch.passes * launch.k * (launch.warp_rows ? 32 : launch.threads) * sizeof(float);
@@ -239,7 +244,8 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
         partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
         kernel<<<grid, launch.threads, smem, current_stream()>>>(
             static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()),
-            rstd.data_as<float>(), static_cast<T*>(dx.data()), partials.data_as<float>(), rows, int(cols));
+            rstd.data_as<float>(), residual.defined() ? static_cast<const T*>(residual.data()) : nullptr,
+            static_cast<T*>(dx.data()), partials.data_as<float>(), rows, int(cols));
       });
     });
   });

@@ -164,8 +164,7 @@ Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerAct
   Tensor dnorm2 = empty({T, C});
   ops::linear_backward(dgate_up, a.norm2, p.gate_up_w, dnorm2, g.gate_up_w, no_bias);
   Tensor dx_mid = empty({T, C});
-  ops::rmsnorm_backward(dnorm2, a.x_mid, p.post_norm, a.rstd2, dx_mid, g.post_norm);
-  ops::add_(dx_mid, dx_out);
+  ops::rmsnorm_backward(dnorm2, a.x_mid, p.post_norm, a.rstd2, dx_mid, g.post_norm, dx_out);
 
   // x_mid = x_in + o(attention(rope(qkv(norm1(x_in)))))
   Tensor dattn = empty({T, c.q_dim()});
@@ -178,8 +177,7 @@ Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerAct
   Tensor dnorm1 = empty({T, C});
   ops::linear_backward(dqkv, a.norm1, p.qkv_w, dnorm1, g.qkv_w, g.qkv_b);
   Tensor dx_in = empty({T, C});
-  ops::rmsnorm_backward(dnorm1, a.x_in, p.input_norm, a.rstd1, dx_in, g.input_norm);
-  ops::add_(dx_in, dx_mid);
+  ops::rmsnorm_backward(dnorm1, a.x_in, p.input_norm, a.rstd1, dx_in, g.input_norm, dx_mid);
   return dx_in;
 }
 

@@ -36,9 +36,10 @@ void forward_cpu(const T* x, const TW* w, float eps, int64_t N, int64_t C, T* y,
 
 // With xhat = x * rstd and g = dy * w:  dx = rstd * (g - xhat * mean(g * xhat)),  dw += sum_n dy * xhat.
 // dw first (column-parallel, rows summed in order: deterministic), then dx row-parallel, so dx may
-// alias dy.
+// alias dy (or residual, added to dx when not null).
 template <typename T, typename TW>
-void backward_cpu(const T* dy, const T* x, const TW* w, const float* rstd, int64_t N, int64_t C, T* dx, float* dw) {
+void backward_cpu(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, int64_t N, int64_t C, T* dx,
+                  float* dw) {
   const bool parallel = N * C > cpu::kParallelElements;
   constexpr int64_t kCols = 64;
 #pragma omp parallel for if (parallel)
@@ -59,7 +60,8 @@ void backward_cpu(const T* dy, const T* x, const TW* w, const float* rstd, int64
     const float mean_dot = dot / float(C);
     for (int64_t c = 0; c < C; ++c) {
       const float g = cpu::load(dyr, c) * cpu::load(w, c);
-      cpu::store(dx + n * C, c, r * (g - cpu::load(xr, c) * r * mean_dot));
+      const float add = residual != nullptr ? cpu::load(residual + n * C, c) : 0.0f;
+      cpu::store(dx + n * C, c, r * (g - cpu::load(xr, c) * r * mean_dot) + add);
     }
   }
 }
@@ -83,7 +85,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   });
 }
 
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw) {
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
+                      const Tensor& residual) {
   check_rmsnorm_inputs("rmsnorm_backward", x, w);
   check_tensor(dy, "rmsnorm_backward", "dy", {x.dtype()});
   check_shape(dy, "rmsnorm_backward", "dy", x.shape());
@@ -94,13 +97,19 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   check_tensor(dw, "rmsnorm_backward", "dw", {DType::F32});
   check_shape(dw, "rmsnorm_backward", "dw", {x.size(1)});
   check_same_device("rmsnorm_backward", {&dy, &x, &w, &rstd, &dx, &dw});
-  LRSA_DISPATCH_CUDA(x.device(), "rmsnorm_backward", cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw));
+  if (residual.defined()) {
+    check_tensor(residual, "rmsnorm_backward", "residual", {x.dtype()});
+    check_shape(residual, "rmsnorm_backward", "residual", x.shape());
+    check_same_device("rmsnorm_backward", {&x, &residual});
+  }
+  LRSA_DISPATCH_CUDA(x.device(), "rmsnorm_backward", cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw, residual));
   cpu::visit_float(x.dtype(), [&](auto tx) {
     using T = decltype(tx);
     cpu::visit_float(w.dtype(), [&](auto tw) {
       using TW = decltype(tw);
-      backward_cpu(dy.data_as<T>(), x.data_as<T>(), w.data_as<TW>(), rstd.data_as<float>(), x.size(0), x.size(1),
-                   dx.data_as<T>(), dw.data_as<float>());
+      backward_cpu(dy.data_as<T>(), x.data_as<T>(), w.data_as<TW>(), rstd.data_as<float>(),
+                   residual.defined() ? residual.data_as<T>() : nullptr, x.size(0), x.size(1), dx.data_as<T>(),
+                   dw.data_as<float>());
     });
   });
 }

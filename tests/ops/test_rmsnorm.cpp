@@ -53,14 +53,15 @@ struct Run {
   std::vector<double> y, rstd, dx, dw;
 };
 
-// Forward and backward of our op on `device`; dw starts from dw0.
-Run run_rmsnorm(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dw0, Device device) {
+// Forward and backward of our op on `device`; dw starts from dw0; dx includes `residual` if defined.
+Run run_rmsnorm(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dw0, Device device,
+                const Tensor& residual = Tensor()) {
   const int64_t N = x.size(0), C = x.size(1);
   const Tensor xd = x.to(device), wd = w.to(device), dyd = dy.to(device);
   Tensor y = Tensor::empty({N, C}, x.dtype(), device), rstd = Tensor::empty({N}, DType::F32, device);
   Tensor dx = Tensor::empty({N, C}, x.dtype(), device), dw = dw0.to(device).clone();
   ops::rmsnorm_forward(xd, wd, kEps, y, rstd);
-  ops::rmsnorm_backward(dyd, xd, wd, rstd, dx, dw);
+  ops::rmsnorm_backward(dyd, xd, wd, rstd, dx, dw, residual.defined() ? residual.to(device) : Tensor());
   return {y.to_doubles(), rstd.to_doubles(), dx.to_doubles(), dw.to_doubles()};
 }
 
@@ -97,25 +98,32 @@ TEST_CASE("rmsnorm forward matches fp64 and its backward matches finite differen
   }
 }
 
-TEST_CASE("rmsnorm bf16 (bf16 or f32 weight) follows the tolerance rule", "[ops]") {
+TEST_CASE("rmsnorm bf16 (bf16 or f32 weight, with or without residual) follows the tolerance rule", "[ops]") {
   const int64_t N = 9, C = 200;
   uint64_t seed = 50;
   for (DType w_dtype : {DType::BF16, DType::F32}) {
-    CAPTURE(dtype_name(w_dtype));
-    const Tensor x = randn({N, C}, seed++, DType::BF16, 2.0f), w = randn({C}, seed++, w_dtype);
-    const Tensor dy = randn({N, C}, seed++, DType::BF16), dw0 = Tensor::zeros({C}, DType::F32);
-    const Run r = run_rmsnorm(x, w, dy, dw0, Device::cpu());
-    const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
-    check_rule(r.y, round_to(forward_ref<float>(xv, wv, N, C), DType::BF16), forward_ref<double>(xv, wv, N, C));
-    std::vector<double> dx_ref, dw_ref, dx_base, dw_base;
-    backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
-    backward_ref<float>(dyv, xv, wv, N, C, dx_base, dw_base);
-    check_rule(r.dx, round_to(dx_base, DType::BF16), dx_ref);
-    check_rule(r.dw, dw_base, dw_ref);
+    for (bool with_residual : {false, true}) {
+      CAPTURE(dtype_name(w_dtype), with_residual);
+      const Tensor x = randn({N, C}, seed++, DType::BF16, 2.0f), w = randn({C}, seed++, w_dtype);
+      const Tensor dy = randn({N, C}, seed++, DType::BF16), dw0 = Tensor::zeros({C}, DType::F32);
+      const Tensor residual = with_residual ? randn({N, C}, seed++, DType::BF16) : Tensor();
+      const Run r = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual);
+      const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
+      check_rule(r.y, round_to(forward_ref<float>(xv, wv, N, C), DType::BF16), forward_ref<double>(xv, wv, N, C));
+      std::vector<double> dx_ref, dw_ref, dx_base, dw_base;
+      backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
+      backward_ref<float>(dyv, xv, wv, N, C, dx_base, dw_base);
+      if (with_residual) {
+        dx_ref = plus(dx_ref, residual.to_doubles());
+        dx_base = plus(dx_base, residual.to_doubles());
+      }
+      check_rule(r.dx, round_to(dx_base, DType::BF16), dx_ref);
+      check_rule(r.dw, dw_base, dw_ref);
+    }
   }
 }
 
-TEST_CASE("rmsnorm_backward allows dx to alias dy", "[ops]") {
+TEST_CASE("rmsnorm_backward allows dx to alias dy or the residual", "[ops]") {
   const Tensor x = randn({6, 40}, 1), w = randn({40}, 2), dy = randn({6, 40}, 3);
   Tensor y = Tensor::empty({6, 40}, DType::F32), rstd = Tensor::empty({6}, DType::F32);
   ops::rmsnorm_forward(x, w, kEps, y, rstd);
@@ -125,6 +133,14 @@ TEST_CASE("rmsnorm_backward allows dx to alias dy", "[ops]") {
   ops::rmsnorm_backward(inplace, x, w, rstd, inplace, dw2);
   CHECK(inplace.to_doubles() == dx.to_doubles());
   CHECK(dw2.to_doubles() == dw.to_doubles());
+
+  // dx may alias the residual too: dx = gradient + residual, in place.
+  const Tensor residual = randn({6, 40}, 4);
+  Tensor summed = residual.clone(), dw3 = Tensor::zeros({40}, DType::F32);
+  ops::rmsnorm_backward(dy, x, w, rstd, summed, dw3, summed);
+  const auto expected = plus(dx.to_doubles(), residual.to_doubles());
+  const auto got = summed.to_doubles();
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == float(expected[i]));
 }
 
 TEST_CASE("rmsnorm rejects bad arguments with clear errors", "[ops]") {
@@ -156,11 +172,15 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
         CAPTURE(N, C, dtype_name(dtype), dtype_name(w_dtype));
         const Tensor x = randn({N, C}, seed++, dtype), w = randn({C}, seed++, w_dtype), dy = randn({N, C}, seed++, dtype);
         const Tensor dw0 = randn({C}, seed++);
-        const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0)), cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu());
+        const bool with_residual = w_dtype == DType::F32;  // each shape runs with and without
+        const Tensor residual = with_residual ? randn({N, C}, seed++, dtype) : Tensor();
+        const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual);
+        const Run cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual);
         const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
         std::vector<double> rstd_ref, dx_ref, dw_ref;
         const auto y_ref = forward_ref<double>(xv, wv, N, C, &rstd_ref);
         backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
+        if (with_residual) dx_ref = plus(dx_ref, residual.to_doubles());
         check_rule(gpu.y, cpu.y, y_ref);
         check_rule(gpu.rstd, cpu.rstd, rstd_ref);
         check_rule(gpu.dx, cpu.dx, dx_ref);

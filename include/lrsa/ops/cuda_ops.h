@@ -16,7 +16,8 @@ void add_bias(Tensor& y, const Tensor& bias);
 void bias_backward(const Tensor& dy, Tensor& dbias);
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
+                      const Tensor& residual);
 void rope_apply(Tensor& x, const Tensor& positions, const Tensor& inv_freq, bool inverse);
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& gate_up, Tensor& dgate_up);

@@ -8,7 +8,10 @@ namespace lrsa::ops {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 
-// dx [N, C] (x's dtype) is overwritten; dw [C] f32 is accumulated (+=).
-void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw);
+// dx [N, C] (x's dtype) is overwritten; dw [C] f32 is accumulated (+=). With `residual` [N, C]
+// (x's dtype; may alias dx) dx = the norm's gradient + residual, rounded once: a pre-norm
+// residual block's input gradient without a separate add.
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
+                      const Tensor& residual = Tensor());
 
 }  // namespace lrsa::ops
