@@ -48,18 +48,20 @@ __global__ void embedding_backward_kernel(const int32_t* sorted_ids, const int32
   load_floats<K>(row, acc);
   bool more = true;
   for (int64_t j = i; more; j += kGroupLoads) {
-    float d[kGroupLoads][K];
+    RawPack<K, TD> d[kGroupLoads];  // in dout's type: half the registers of fp32 for bf16
     bool in_group[kGroupLoads];
 #pragma unroll
     for (int u = 0; u < kGroupLoads; ++u) {
       in_group[u] = j + u < n && sorted_ids[j + u] == v;
-      if (in_group[u]) load_floats<K>(dout + int64_t(sorted_tokens[j + u]) * cols + c, d[u]);
+      if (in_group[u]) d[u].load(dout + int64_t(sorted_tokens[j + u]) * cols + c);
     }
 #pragma unroll
     for (int u = 0; u < kGroupLoads; ++u) {
       if (in_group[u]) {
+        float dv[K];
+        d[u].floats(dv);
 #pragma unroll
-        for (int q = 0; q < K; ++q) acc[q] += d[u][q];
+        for (int q = 0; q < K; ++q) acc[q] += dv[q];
       }
     }
     more = in_group[kGroupLoads - 1];
