@@ -21,6 +21,7 @@ Groups (cases run in the order listed, ours then PyTorch for each setting):
   1.5b     1.5B, T = 16K dense both sides, and ours LRSA at 32K
   headline the targets' cases only, ours: 0.5B dense 16K and 32K, LRSA 32K (PyTorch's figures for
            them are in the issue and in docs/benchmarks.md)
+  ours16k  our side of the dense 16K target, twice (A/B of a change, e.g. an environment switch)
   target16k the dense 16K target alone: ours and PyTorch alternating, twice each
   profile  where the time goes: ours with LRSA_PROFILE_OPS=1 (GPU time per op, after the first
            step) at 0.5B dense 16K and LRSA 32K, PyTorch under torch.profiler at dense 16K
@@ -47,6 +48,7 @@ GROUPS = {
              ("ours", "1.5b", 32 * K, "lrsa", False, 5)],
     "headline": [("ours", "0.5b", 16 * K, "dense", False, 6), ("ours", "0.5b", 32 * K, "dense", False, 5),
                  ("ours", "0.5b", 32 * K, "lrsa", False, 6)],
+    "ours16k": [("ours", "0.5b", 16 * K, "dense", False, 6)] * 2,
     "target16k": [(impl, "0.5b", 16 * K, "dense", False, 6) for _ in range(2) for impl in ("ours", "pytorch")],
     "profile": [("ours", "0.5b", 16 * K, "dense", False, 4), ("ours", "0.5b", 32 * K, "lrsa", False, 4),
                 ("pytorch", "0.5b", 16 * K, "dense", False, 3)],

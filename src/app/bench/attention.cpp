@@ -39,6 +39,7 @@ struct AttentionOptions {
   std::vector<std::string> backends = {"native", "cudnn"};
   bool deterministic = false;
   bool skip_checks = false;
+  bool fused_qkv = false;
 };
 
 struct BackendName {
@@ -88,16 +89,29 @@ double visible_pairs(const attn::AttentionConfig& config, const std::vector<int6
 
 struct Problem {
   Tensor q, k, v, dout;
+  Tensor dq, dk, dv;  // preset gradient views (fused layout), else undefined: allocated by the call
   attn::SeqLayout layout;
 };
 
-Problem make_problem(const HeadShape& s, const std::vector<int64_t>& lengths, Device device, uint64_t seed) {
+// Separate contiguous q, k, v (and gradients allocated by the backward), or `fused`: q, k, v as
+// views of one [T, (Hq + 2 Hk) D] buffer and dq, dk, dv of another, the decoder's layout.
+Problem make_problem(const HeadShape& s, const std::vector<int64_t>& lengths, Device device, uint64_t seed,
+                     bool fused = false) {
   int64_t T = 0;
   for (int64_t n : lengths) T += n;
   Problem p;
-  p.q = Tensor::normal({T, s.hq, s.d}, seed, 1, 0.0f, 1.0f, DType::BF16, device);
-  p.k = Tensor::normal({T, s.hk, s.d}, seed, 2, 0.0f, 1.0f, DType::BF16, device);
-  p.v = Tensor::normal({T, s.hk, s.d}, seed, 3, 0.0f, 1.0f, DType::BF16, device);
+  if (fused) {
+    const int64_t qd = s.hq * s.d, kvd = s.hk * s.d;
+    const Tensor qkv = Tensor::normal({T, qd + 2 * kvd}, seed, 1, 0.0f, 1.0f, DType::BF16, device);
+    const Tensor dqkv = Tensor::empty({T, qd + 2 * kvd}, DType::BF16, device);
+    auto heads = [&](const Tensor& t, int64_t from, int64_t h) { return t.slice(1, from, from + h * s.d).unflatten(1, {h, s.d}); };
+    p.q = heads(qkv, 0, s.hq), p.k = heads(qkv, qd, s.hk), p.v = heads(qkv, qd + kvd, s.hk);
+    p.dq = heads(dqkv, 0, s.hq), p.dk = heads(dqkv, qd, s.hk), p.dv = heads(dqkv, qd + kvd, s.hk);
+  } else {
+    p.q = Tensor::normal({T, s.hq, s.d}, seed, 1, 0.0f, 1.0f, DType::BF16, device);
+    p.k = Tensor::normal({T, s.hk, s.d}, seed, 2, 0.0f, 1.0f, DType::BF16, device);
+    p.v = Tensor::normal({T, s.hk, s.d}, seed, 3, 0.0f, 1.0f, DType::BF16, device);
+  }
   p.dout = Tensor::normal({T, s.hq, s.d}, seed, 4, 0.0f, 1.0f, DType::BF16, device);
   p.layout = attn::SeqLayout::from_lengths(lengths, device);
   return p;
@@ -109,7 +123,7 @@ struct Grads {
 };
 
 Grads run(const attn::AttentionConfig& config, const Problem& p) {
-  Grads g;
+  Grads g{{}, p.dq, p.dk, p.dv};
   attn::attention_forward(config, p.q, p.k, p.v, p.layout, g.fwd);
   attn::attention_backward(config, p.q, p.k, p.v, p.layout, g.fwd, p.dout, g.dq, g.dk, g.dv);
   return g;
@@ -206,7 +220,7 @@ class Bench {
       : report_(report), options_(options), backends_(std::move(backends)), check_(std::move(check)) {}
 
   void shape(const HeadShape& s, int64_t T) {
-    const Problem p = make_problem(s, {T}, kGpu, 42);
+    const Problem p = make_problem(s, {T}, kGpu, 42, options_.fused_qkv);
     const attn::AttentionConfig lrsa = config(lrsa_config(options_.sink, options_.lag, options_.ratio));
     const double dense_pairs = visible_pairs(attn::AttentionConfig{}, p.layout.cu_seqlens);
     const double lrsa_pairs = visible_pairs(lrsa, p.layout.cu_seqlens);
@@ -283,7 +297,7 @@ class Bench {
     row.op = op;
     row.config = s.name;
     row.tokens = T;
-    row.shape = fmt::format("Hq {} Hk {} D {}", s.hq, s.hk, s.d);
+    row.shape = fmt::format("Hq {} Hk {} D {}{}", s.hq, s.hk, s.d, options_.fused_qkv ? " fused qkv" : "");
     row.dtype = "bf16";
     row.check = check_;
     return row;
@@ -371,6 +385,8 @@ Subcommand register_attention(CLI::App& app) {
   sub->add_option("--backends", options->backends, "attention backends among native, cudnn, auto (each mode on each)");
   sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
+  sub->add_flag("--fused-qkv", options->fused_qkv,
+                "time q, k, v and their gradients as views of fused [T, (Hq + 2 Hk) D] buffers, as the decoder lays them out");
   return {sub, [options] { return run_attention(*options); }};
 }
 
