@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "lrsa/core/dispatch.h"
@@ -91,6 +92,26 @@ void check_rows(const Tensor& t, const char* op, const char* name, int64_t dims,
              "{}: the last two dimensions of {} must be contiguous, got {}", op, name, t.describe());
 }
 
+// seq and limit: i32 [N], one entry per query/token.
+void check_seq_limit(const char* op, const Tensor& seq, const Tensor& limit, int64_t N) {
+  check_tensor(seq, op, "seq", {DType::I32});
+  check_tensor(limit, op, "limit", {DType::I32});
+  check_shape(seq, op, "seq", {N});
+  check_shape(limit, op, "limit", {N});
+}
+
+// seq and limit read back for the CPU path, every entry within the cache [B, rows, ...]:
+// item n (`what`: query or token) of sequence seq[n] sees/writes rows below limit[n].
+std::pair<std::vector<int64_t>, std::vector<int64_t>> cache_positions(const char* op, const char* what, const Tensor& seq,
+                                                                      const Tensor& limit, const Tensor& cache) {
+  std::vector<int64_t> s = seq.to_ints(), lim = limit.to_ints();
+  for (size_t n = 0; n < s.size(); ++n)
+    LRSA_CHECK(s[n] >= 0 && s[n] < cache.size(0) && lim[n] >= 1 && lim[n] <= cache.size(1),
+               "{}: {} {} has sequence {} and row limit {} outside the cache {}", op, what, n, s[n], lim[n],
+               cache.describe());
+  return {std::move(s), std::move(lim)};
+}
+
 }  // namespace
 
 void cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seq,
@@ -108,17 +129,9 @@ void cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
   LRSA_CHECK(out.shape() == q.shape(), "{}: out {} must have q's shape {}", op, out.describe(), q.describe());
   LRSA_CHECK(k_cache.shape() == v_cache.shape() && k_cache.size(3) == D && Hq % Hk == 0,
              "{}: k_cache {} / v_cache {} do not fit q {}", op, k_cache.describe(), v_cache.describe(), q.describe());
-  check_tensor(seq, op, "seq", {DType::I32});
-  check_tensor(limit, op, "limit", {DType::I32});
-  check_shape(seq, op, "seq", {N});
-  check_shape(limit, op, "limit", {N});
+  check_seq_limit(op, seq, limit, N);
   LRSA_DISPATCH_CUDA(dev, op, cuda::cache_attention(q, k_cache, v_cache, seq, limit, out));
-  const std::vector<int64_t> s = seq.to_ints(), lim = limit.to_ints();
-  for (int64_t n = 0; n < N; ++n)
-    LRSA_CHECK(s[size_t(n)] >= 0 && s[size_t(n)] < k_cache.size(0) && lim[size_t(n)] >= 1 &&
-                   lim[size_t(n)] <= k_cache.size(1),
-               "{}: query {} has sequence {} and row limit {} outside the cache {}", op, n, s[size_t(n)],
-               lim[size_t(n)], k_cache.describe());
+  const auto [s, lim] = cache_positions(op, "query", seq, limit, k_cache);
   if (dt == DType::F32) cache_attention_cpu<float>(q, k_cache, v_cache, s, lim, out);
   else cache_attention_cpu<bf16>(q, k_cache, v_cache, s, lim, out);
 }
@@ -139,18 +152,10 @@ void cache_append(const Tensor& k, const Tensor& v, const Tensor& seq, const Ten
                  k_cache.size(3) == k.size(2),
              "{}: k {} / v {} do not fit k_cache {} / v_cache {}", op, k.describe(), v.describe(), k_cache.describe(),
              v_cache.describe());
-  check_tensor(seq, op, "seq", {DType::I32});
-  check_tensor(limit, op, "limit", {DType::I32});
-  check_shape(seq, op, "seq", {N});
-  check_shape(limit, op, "limit", {N});
+  check_seq_limit(op, seq, limit, N);
   if (N == 0) return;
   LRSA_DISPATCH_CUDA(dev, op, cuda::cache_append(k, v, seq, limit, k_cache, v_cache));
-  const std::vector<int64_t> s = seq.to_ints(), lim = limit.to_ints();
-  for (int64_t n = 0; n < N; ++n)
-    LRSA_CHECK(s[size_t(n)] >= 0 && s[size_t(n)] < k_cache.size(0) && lim[size_t(n)] >= 1 &&
-                   lim[size_t(n)] <= k_cache.size(1),
-               "{}: token {} has sequence {} and row limit {} outside the cache {}", op, n, s[size_t(n)], lim[size_t(n)],
-               k_cache.describe());
+  const auto [s, lim] = cache_positions(op, "token", seq, limit, k_cache);
   if (dt == DType::F32) {
     cache_append_cpu<float>(k, s, lim, k_cache);
     cache_append_cpu<float>(v, s, lim, v_cache);
