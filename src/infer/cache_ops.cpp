@@ -92,6 +92,19 @@ void check_rows(const Tensor& t, const char* op, const char* name, int64_t dims,
              "{}: the last two dimensions of {} must be contiguous, got {}", op, name, t.describe());
 }
 
+// a (defined, f32 or bf16) and b [N, H, D], the caches [B, rows, Hk, D], all of a's dtype and
+// device with contiguous rows.
+void check_cache_call(const char* op, const char* a_name, const Tensor& a, const char* b_name, const Tensor& b,
+                      const Tensor& k_cache, const Tensor& v_cache) {
+  LRSA_CHECK(a.defined(), "{}: {} is undefined", op, a_name);
+  const DType dt = a.dtype();
+  LRSA_CHECK(dt == DType::F32 || dt == DType::BF16, "{}: dtype must be f32 or bf16, got {}", op, a.describe());
+  check_rows(a, op, a_name, 3, dt, a.device());
+  check_rows(b, op, b_name, 3, dt, a.device());
+  check_rows(k_cache, op, "k_cache", 4, dt, a.device());
+  check_rows(v_cache, op, "v_cache", 4, dt, a.device());
+}
+
 // seq and limit: i32 [N], one entry per query/token.
 void check_seq_limit(const char* op, const Tensor& seq, const Tensor& limit, int64_t N) {
   check_tensor(seq, op, "seq", {DType::I32});
@@ -117,36 +130,22 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> cache_positions(const char
 void cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& seq,
                      const Tensor& limit, Tensor& out) {
   const char* op = "cache_attention";
-  LRSA_CHECK(q.defined(), "{}: q is undefined", op);
-  const DType dt = q.dtype();
-  const Device dev = q.device();
-  LRSA_CHECK(dt == DType::F32 || dt == DType::BF16, "{}: dtype must be f32 or bf16, got {}", op, q.describe());
-  check_rows(q, op, "q", 3, dt, dev);
-  check_rows(out, op, "out", 3, dt, dev);
-  check_rows(k_cache, op, "k_cache", 4, dt, dev);
-  check_rows(v_cache, op, "v_cache", 4, dt, dev);
+  check_cache_call(op, "q", q, "out", out, k_cache, v_cache);
   const int64_t N = q.size(0), Hq = q.size(1), D = q.size(2), Hk = k_cache.size(2);
   LRSA_CHECK(out.shape() == q.shape(), "{}: out {} must have q's shape {}", op, out.describe(), q.describe());
   LRSA_CHECK(k_cache.shape() == v_cache.shape() && k_cache.size(3) == D && Hq % Hk == 0,
              "{}: k_cache {} / v_cache {} do not fit q {}", op, k_cache.describe(), v_cache.describe(), q.describe());
   check_seq_limit(op, seq, limit, N);
-  LRSA_DISPATCH_CUDA(dev, op, cuda::cache_attention(q, k_cache, v_cache, seq, limit, out));
+  LRSA_DISPATCH_CUDA(q.device(), op, cuda::cache_attention(q, k_cache, v_cache, seq, limit, out));
   const auto [s, lim] = cache_positions(op, "query", seq, limit, k_cache);
-  if (dt == DType::F32) cache_attention_cpu<float>(q, k_cache, v_cache, s, lim, out);
+  if (q.dtype() == DType::F32) cache_attention_cpu<float>(q, k_cache, v_cache, s, lim, out);
   else cache_attention_cpu<bf16>(q, k_cache, v_cache, s, lim, out);
 }
 
 void cache_append(const Tensor& k, const Tensor& v, const Tensor& seq, const Tensor& limit, Tensor& k_cache,
                   Tensor& v_cache) {
   const char* op = "cache_append";
-  LRSA_CHECK(k.defined(), "{}: k is undefined", op);
-  const DType dt = k.dtype();
-  const Device dev = k.device();
-  LRSA_CHECK(dt == DType::F32 || dt == DType::BF16, "{}: dtype must be f32 or bf16, got {}", op, k.describe());
-  check_rows(k, op, "k", 3, dt, dev);
-  check_rows(v, op, "v", 3, dt, dev);
-  check_rows(k_cache, op, "k_cache", 4, dt, dev);
-  check_rows(v_cache, op, "v_cache", 4, dt, dev);
+  check_cache_call(op, "k", k, "v", v, k_cache, v_cache);
   const int64_t N = k.size(0);
   LRSA_CHECK(v.shape() == k.shape() && k_cache.shape() == v_cache.shape() && k_cache.size(2) == k.size(1) &&
                  k_cache.size(3) == k.size(2),
@@ -154,9 +153,9 @@ void cache_append(const Tensor& k, const Tensor& v, const Tensor& seq, const Ten
              v_cache.describe());
   check_seq_limit(op, seq, limit, N);
   if (N == 0) return;
-  LRSA_DISPATCH_CUDA(dev, op, cuda::cache_append(k, v, seq, limit, k_cache, v_cache));
+  LRSA_DISPATCH_CUDA(k.device(), op, cuda::cache_append(k, v, seq, limit, k_cache, v_cache));
   const auto [s, lim] = cache_positions(op, "token", seq, limit, k_cache);
-  if (dt == DType::F32) {
+  if (k.dtype() == DType::F32) {
     cache_append_cpu<float>(k, s, lim, k_cache);
     cache_append_cpu<float>(v, s, lim, v_cache);
   } else {
