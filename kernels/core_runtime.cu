@@ -363,7 +363,6 @@ void fill_normal(const Tensor& dst, uint64_t seed, uint64_t stream, float mean, 
   fill_random(dst, seed, stream, mean, std, true);
 }
 
-
 Graph::Graph(Device device, const std::function<void()>& record) : device_(device.index) {
   LRSA_CHECK(device.is_cuda(), "cuda::Graph: {} is not a CUDA device", device.str());
   set_device(device_);
