@@ -5,7 +5,6 @@
 
 #include "lrsa/core/op_profiler.h"
 #include "lrsa/infer/cache_ops.h"
-#include "lrsa/ops/embedding.h"
 #ifdef LRSA_WITH_CUDA
 #include "lrsa/core/cuda_backend.h"
 #endif
@@ -93,9 +92,9 @@ Tensor Engine::step(KvCache& cache, const std::vector<int64_t>& seqs, const std:
   Tensor logits;
   if (DecodeGraph* g = int64_t(runs.size()) == N ? decode_graph(cache, N) : nullptr) {
     g->step.copy_(Tensor::from_ints(packed, {4, N}, DType::I32));
-    // Decoder::embed's op, into the graph's input: outside the graph, as the op checks the ids
-    // through a copy to the host.
-    ops::embedding_forward(g->step.select(0, 0), decoder_.params().embed, g->x);
+    // Into the graph's input, outside the graph: the embedding op checks the ids through a copy
+    // to the host.
+    decoder_.embed(g->step.select(0, 0), g->x);
 #ifdef LRSA_WITH_CUDA
     if (!g->graph)
       g->graph = std::make_unique<cuda::Graph>(device, [&] {

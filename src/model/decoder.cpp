@@ -74,9 +74,11 @@ Decoder::Decoder(const ModelConfig& config, const DecoderOptions& options, DType
 
 Tensor Decoder::embed(const Tensor& ids) {
   Tensor x = Tensor::empty({ids.size(0), config_.hidden_size}, params_.flat.dtype(), device_);
-  ops::embedding_forward(ids, params_.embed, x);
+  embed(ids, x);
   return x;
 }
+
+void Decoder::embed(const Tensor& ids, Tensor& x) { ops::embedding_forward(ids, params_.embed, x); }
 
 QkvViews split_qkv(const Tensor& qkv, const ModelConfig& c) {
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), D = c.head_dim;

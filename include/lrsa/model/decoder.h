@@ -87,6 +87,7 @@ class Decoder {
   // (lrsa/infer): embed -> per layer [layer_qkv -> attention -> layer_output] -> final_norm ->
   // lm_logits.
   Tensor embed(const Tensor& ids);  // ids [T] i32 -> x [T, C]
+  void embed(const Tensor& ids, Tensor& x);  // into x [T, C] of the parameters' dtype
   // Layer l up to attention: qkv [T, Hq*D + 2*Hk*D] (split_qkv), q and k after RoPE at `positions`.
   Tensor layer_qkv(size_t l, const Tensor& x_in, const Tensor& positions);
   // Layer l from the attention output attn_out [T, Hq, D] on: o projection, residual, MLP -> [T, C].
