@@ -1,4 +1,5 @@
-// Matrix products on cuBLASLt, and the bias add/backward of the linear layer.
+// Matrix products on cuBLASLt (the linear layer's bias and residual in the epilogue), and the bias
+// backward of the linear layer.
 //
 // Our tensors are row-major; cuBLASLt is column-major. A row-major X [r, c] is the column-major
 // X^T [c, r], so C = op(A) @ op(B) is computed as C^T = op(B)^T @ op(A)^T: cuBLASLt's first
@@ -8,6 +9,7 @@
 #include <cublasLt.h>
 
 #include <array>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -46,8 +48,8 @@ int64_t pointer_alignment(const void* p) {
 cudaDataType_t cuda_type(DType t) { return t == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
 // Everything a plan depends on: device, types, cuBLASLt transposes and sizes (m, n, k), batch,
-// batch strides of the three matrices and pointer alignments.
-using PlanKey = std::array<int64_t, 15>;
+// batch strides, pointer alignments (A, B, C, D) and the bias epilogue's type (-1: none).
+using PlanKey = std::array<int64_t, 17>;
 
 struct Plan {
   cublasLtMatmulDesc_t desc;
@@ -79,21 +81,86 @@ cublasLtMatrixLayout_t make_layout(DType dtype, int64_t rows, int64_t cols, int6
   return layout;
 }
 
-// One column-major product D = alpha * op(A) @ op(B) + beta * C with D == C, as cuBLASLt sees it.
+// One column-major product D = alpha * op(A) @ op(B) + beta * C (+ bias [m] broadcast over the
+// columns, in the epilogue: one rounding for all of it), as cuBLASLt sees it. C and D share a
+// layout; C is read only when beta != 0 and may be D itself.
 struct LtProblem {
   DType ab_type, c_type;
   bool trans_a, trans_b;          // cuBLASLt's operands (our B and A)
-  int64_t m, n, k, batch;         // op(A) [m, k], op(B) [k, n], C [m, n]
+  int64_t m, n, k, batch;         // op(A) [m, k], op(B) [k, n], C and D [m, n]
   int64_t stride_a, stride_b, stride_c;  // batch strides in elements (0: shared by the batch)
   const void* a;
   const void* b;
-  void* c;
+  const void* c;
+  void* d;
+  const void* bias;  // nullptr: no bias epilogue
+  DType bias_type;
 };
 
-Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p) {
-  const int64_t align_a = pointer_alignment(p.a), align_b = pointer_alignment(p.b), align_c = pointer_alignment(p.c);
+// LRSA_GEMM_CANDIDATES=N (1..16, default 1): when a product's plan is made, time the first N of
+// cuBLASLt's heuristic algorithms on it and keep the fastest instead of the first. Timings can
+// rank near-equal algorithms differently in two processes, and the algorithm sets the order of the
+// sums: runs with N > 1 are not bitwise reproducible from one process to the next.
+constexpr int kMaxCandidates = 16;
+
+int gemm_candidates() {
+  static const int n = [] {
+    const char* value = std::getenv("LRSA_GEMM_CANDIDATES");
+    if (value == nullptr || *value == '\0') return 1;
+    const int v = std::atoi(value);
+    if (v < 1 || v > kMaxCandidates)
+      fail("LRSA_GEMM_CANDIDATES={}: want a number of algorithms from 1 to {}", value, kMaxCandidates);
+    return v;
+  }();
+  return n;
+}
+
+// The fastest of `found` algorithms over a few runs of the problem, writing into a scratch D (C is
+// only read). While the stream is being captured into a graph nothing may be timed: the first wins.
+cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, const LtProblem& p,
+                                  const cublasLtMatmulHeuristicResult_t* results, int found, void* workspace) {
+  cudaStream_t stream = current_stream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  LRSA_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return results[0].algo;
+  if (p.bias != nullptr)
+    LRSA_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
+  const int64_t d_elements = p.stride_c * (p.batch - 1) + p.m * p.n;
+  Tensor scratch = Tensor::empty({d_elements}, p.c_type, Device::cuda(current_device_index()));
+  const float alpha = 1.0f, beta = 1.0f;  // beta = 1 reads C like an accumulating product does
+  cudaEvent_t start = nullptr, stop = nullptr;
+  LRSA_CUDA_CHECK(cudaEventCreate(&start));
+  LRSA_CUDA_CHECK(cudaEventCreate(&stop));
+  int best = -1;
+  float best_ms = 0.0f;
+  for (int i = 0; i < found; ++i) {
+    auto launch = [&] {
+      return cublasLtMatmul(handle, plan.desc, &alpha, p.a, plan.a, p.b, plan.b, &beta, p.c, plan.c, scratch.data(),
+                            plan.c, &results[i].algo, workspace, kWorkspaceBytes, stream);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // an algorithm may refuse the problem: skip it
+    constexpr int kRuns = 5;
+    LRSA_CUDA_CHECK(cudaEventRecord(start, stream));
+    for (int r = 0; r < kRuns; ++r) LRSA_CUBLAS_CHECK(launch());
+    LRSA_CUDA_CHECK(cudaEventRecord(stop, stream));
+    LRSA_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    LRSA_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (best < 0 || ms < best_ms) best = i, best_ms = ms;
+  }
+  LRSA_CUDA_CHECK(cudaEventDestroy(start));
+  LRSA_CUDA_CHECK(cudaEventDestroy(stop));
+  return results[best < 0 ? 0 : best].algo;  // none ran: the product itself reports cuBLASLt's error
+}
+
+Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p, void* workspace) {
+  const int64_t align_a = pointer_alignment(p.a), align_b = pointer_alignment(p.b), align_c = pointer_alignment(p.c),
+                align_d = pointer_alignment(p.d);
+  const int64_t bias_key = p.bias != nullptr ? int64_t(p.bias_type) : -1;
   const PlanKey key = {int64_t(current_device_index()), int64_t(p.ab_type), int64_t(p.c_type), p.trans_a, p.trans_b,
-                       p.m, p.n, p.k, p.batch, p.stride_a, p.stride_b, p.stride_c, align_a, align_b, align_c};
+                       p.m, p.n, p.k, p.batch, p.stride_a, p.stride_b, p.stride_c, align_a, align_b, align_c, align_d,
+                       bias_key};
   auto it = state.plans.find(key);
   if (it != state.plans.end()) return it->second;
 
@@ -102,6 +169,14 @@ Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p) {
   const cublasOperation_t op_a = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   LRSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
   LRSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  if (p.bias != nullptr) {
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = cuda_type(p.bias_type);
+    LRSA_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    LRSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                     sizeof(bias_type)));
+  }
   // Stored (pre-transpose) shapes; leading dimension = stored rows (dense column-major).
   plan.a = p.trans_a ? make_layout(p.ab_type, p.k, p.m, p.batch, p.stride_a) : make_layout(p.ab_type, p.m, p.k, p.batch, p.stride_a);
   plan.b = p.trans_b ? make_layout(p.ab_type, p.n, p.k, p.batch, p.stride_b) : make_layout(p.ab_type, p.k, p.n, p.batch, p.stride_b);
@@ -109,26 +184,28 @@ Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p) {
 
   cublasLtMatmulPreference_t pref = nullptr;
   LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t workspace = kWorkspaceBytes;
-  LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
-                                                         sizeof(workspace)));
-  const uint32_t aligns[4] = {uint32_t(align_a), uint32_t(align_b), uint32_t(align_c), uint32_t(align_c)};
+  const uint64_t workspace_bytes = kWorkspaceBytes;
+  LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                         &workspace_bytes, sizeof(workspace_bytes)));
+  const uint32_t aligns[4] = {uint32_t(align_a), uint32_t(align_b), uint32_t(align_c), uint32_t(align_d)};
   const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
   for (int i = 0; i < 4; ++i)
     LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(aligns[i])));
 
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kMaxCandidates] = {};
   int found = 0;
-  const cublasStatus_t status =
-      cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
+                                                               gemm_candidates(), results, &found);
   LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   if (status != CUBLAS_STATUS_SUCCESS || found == 0)
-    fail("matmul: cuBLASLt has no algorithm for {} x {} x {} (batch {}, {} inputs, {} output, alignments {}/{}/{}): {}",
-         p.m, p.n, p.k, p.batch, dtype_name(p.ab_type), dtype_name(p.c_type), align_a, align_b, align_c,
+    fail("matmul: cuBLASLt has no algorithm for {} x {} x {} (batch {}, {} inputs, {} output, {} bias, alignments "
+         "{}/{}/{}/{}): {}",
+         p.m, p.n, p.k, p.batch, dtype_name(p.ab_type), dtype_name(p.c_type),
+         p.bias != nullptr ? dtype_name(p.bias_type) : "no", align_a, align_b, align_c, align_d,
          cublasLtGetStatusString(status));
-  plan.algo = result.algo;
+  plan.algo = found == 1 ? results[0].algo : fastest_algo(handle, plan, p, results, found, workspace);
   return state.plans.emplace(key, plan).first->second;
 }
 
@@ -148,10 +225,14 @@ void run_lt(const LtProblem& p, float alpha, float beta) {
     void*& ws = state.workspaces[stream];
     if (ws == nullptr) ws = allocator_for(Device::cuda(device)).allocate(kWorkspaceBytes);
     workspace = ws;
-    plan = plan_for(state, handle, p);
+    plan = plan_for(state, handle, p, workspace);
+    // The bias pointer lives in the shared descriptor: set it and launch under the lock.
+    if (p.bias != nullptr)
+      LRSA_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
+    LRSA_CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, p.a, plan.a, p.b, plan.b, &beta, p.c, plan.c, p.d,
+                                     plan.c, &plan.algo, workspace, kWorkspaceBytes, stream));
   }
-  LRSA_CUBLAS_CHECK(cublasLtMatmul(handle, plan.desc, &alpha, p.a, plan.a, p.b, plan.b, &beta, p.c, plan.c, p.c, plan.c,
-                                   &plan.algo, workspace, kWorkspaceBytes, stream));
 }
 
 // Product of the dimensions before the last two (1 for a matrix).
@@ -212,53 +293,48 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool tran
   p.a = b.data();
   p.b = a.data();
   p.c = c.data();
+  p.d = c.data();
   run_lt(p, alpha, beta);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Bias: y [N, C] += bias [C]; dbias [C] += column sums of dy [N, C].
-
-namespace {
-
-template <int K, typename TY, typename TB>
-__global__ void add_bias_kernel(TY* y, const TB* bias, int64_t packs, int64_t cols) {
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < packs; p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = p * K;
-    float v[K], b[K];
-    load_floats<K>(y + i, v);
-    load_floats<K>(bias + i % cols, b);  // cols % K == 0: a pack never crosses a row
-#pragma unroll
-    for (int j = 0; j < K; ++j) v[j] += b[j];
-    store_floats<K>(y + i, v);
-  }
-}
-
-}  // namespace
-
-void add_bias(Tensor& y, const Tensor& bias) {
-  const char* op = "add_bias";
-  check_tensor(y, op, "y", {DType::F32, DType::BF16});
-  check_tensor(bias, op, "bias", {DType::F32, DType::BF16});
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual, Tensor& y) {
   use_device(y);
-  const int64_t cols = bias.numel(), n = y.numel();
-  LRSA_CHECK(y.dim() >= 1 && y.size(-1) == cols, "add_bias: bias {} does not match the last dimension of y {}",
-             bias.describe(), y.describe());
-  if (n == 0) return;
-  const bool vector = packable(n, {y.data(), bias.data()}) && cols % kPack == 0;
-  dispatch_float(y.dtype(), op, [&](auto* ytag) {
-    using TY = std::remove_pointer_t<decltype(ytag)>;
-    dispatch_float(bias.dtype(), op, [&](auto* btag) {
-      using TB = std::remove_pointer_t<decltype(btag)>;
-      TY* yp = static_cast<TY*>(y.data());
-      const TB* bp = static_cast<const TB*>(bias.data());
-      dispatch_pack<TY, TB>(vector, [&](auto k) {
-        add_bias_kernel<k()><<<grid_size(n / k(), 256), 256, 0, current_stream()>>>(yp, bp, n / k(), cols);
-      });
-    });
-  });
-  LRSA_CUDA_CHECK_LAUNCH("add_bias");
+  const int64_t in = w.size(1), out = w.size(0), rows = x.numel() / in;
+  if (rows == 0 || out == 0) return;
+  if (x.dtype() == DType::F32 && y.dtype() == DType::BF16) {
+    // No f32 x f32 -> bf16 kernel: sum in f32 and round once.
+    Tensor y32 = Tensor::empty(y.shape(), DType::F32, y.device());
+    linear_forward(x, w, bias, residual.defined() ? residual.to(DType::F32) : residual, y32);
+    copy_strided(y, y32);
+    return;
+  }
+  // The epilogue reads the bias in y's type, from a 16-byte aligned address.
+  Tensor epilogue_bias = bias;
+  if (bias.defined() && (bias.dtype() != y.dtype() || pointer_alignment(bias.data()) < 16)) {
+    epilogue_bias = Tensor::empty({out}, y.dtype(), y.device());
+    copy_strided(epilogue_bias, bias);
+  }
+  // Row-major y [rows, out] = x [rows, in] @ W^T is column-major y^T [out, rows] = op(W') @ x',
+  // where W' (column-major [in, out]) is our W and is transposed, and x' [in, rows] is our x.
+  LtProblem p{};
+  p.ab_type = x.dtype();
+  p.c_type = y.dtype();
+  p.trans_a = true;
+  p.trans_b = false;
+  p.m = out;
+  p.n = rows;
+  p.k = in;
+  p.batch = 1;
+  p.a = w.data();
+  p.b = x.data();
+  p.c = residual.defined() ? residual.data() : y.data();
+  p.d = y.data();
+  p.bias = epilogue_bias.defined() ? epilogue_bias.data() : nullptr;
+  p.bias_type = y.dtype();
+  run_lt(p, 1.0f, residual.defined() ? 1.0f : 0.0f);
 }
 
+// dbias [C] += column sums of dy [N, C].
 void bias_backward(const Tensor& dy, Tensor& dbias) {
   const char* op = "bias_backward";
   check_tensor(dy, op, "dy", {DType::F32, DType::BF16});

@@ -112,8 +112,7 @@ Tensor Decoder::layer_attention_output(size_t l, LayerActs& a) {
   auto empty = [&](Shape shape, DType t) { return Tensor::empty(shape, t, device_); };
 
   a.x_mid = empty({T, C}, dt);
-  ops::linear_forward(a.attn.out.view({T, c.q_dim()}), p.o_w, p.o_b, a.x_mid);
-  ops::add_(a.x_mid, a.x_in);
+  ops::linear_forward(a.attn.out.view({T, c.q_dim()}), p.o_w, p.o_b, a.x_mid, a.x_in);
 
   a.norm2 = empty({T, C}, dt);
   a.rstd2 = empty({T}, DType::F32);
@@ -124,8 +123,7 @@ Tensor Decoder::layer_attention_output(size_t l, LayerActs& a) {
   ops::swiglu_forward(a.gate_up, a.h);
 
   Tensor x_out = empty({T, C}, dt);
-  ops::linear_forward(a.h, p.down_w, Tensor(), x_out);
-  ops::add_(x_out, a.x_mid);
+  ops::linear_forward(a.h, p.down_w, Tensor(), x_out, a.x_mid);
   return x_out;
 }
 

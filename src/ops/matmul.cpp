@@ -278,6 +278,17 @@ void add_bias_cpu(Tensor& y, const Tensor& bias) {
   });
 }
 
+// acc += residual (acc f32, same shape).
+void add_residual_cpu(Tensor& acc, const Tensor& residual) {
+  float* a = acc.data_as<float>();
+  cpu::visit_float(residual.dtype(), [&](auto tr) {
+    using TR = decltype(tr);
+    const TR* r = residual.data_as<TR>();
+#pragma omp parallel for if (acc.numel() > cpu::kParallelElements)
+    for (int64_t i = 0; i < acc.numel(); ++i) a[i] += cpu::load(r, i);
+  });
+}
+
 // dbias[j] += sum_r dy[r, j], rows summed in order (deterministic: threads split the columns).
 void bias_backward_cpu(const Tensor& dy, Tensor& dbias) {
   const int64_t C = dbias.numel(), rows = dy.numel() / std::max<int64_t>(C, 1);
@@ -332,23 +343,37 @@ void matmul_backward(const Tensor& dc, const Tensor& a, const Tensor& b, Tensor&
   }
 }
 
-void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, const Tensor& residual) {
   check_tensor(x, "linear_forward", "x", {DType::F32, DType::BF16});
   check_tensor(w, "linear_forward", "w", {x.dtype()});
   check_tensor(y, "linear_forward", "y", {DType::F32, DType::BF16});
-  LRSA_CHECK(w.dim() == 2 && x.dim() >= 2 && x.size(-1) == w.size(1),
-             "linear_forward: need x [..., in] and w [out, in], got x {}, w {}", x.describe(), w.describe());
+  LRSA_CHECK(w.dim() == 2 && x.dim() >= 2 && x.size(-1) == w.size(1) && w.size(1) > 0,
+             "linear_forward: need x [..., in] and w [out, in] with in > 0, got x {}, w {}", x.describe(),
+             w.describe());
   Shape y_shape = x.shape();
   y_shape.back() = w.size(0);
   check_shape(y, "linear_forward", "y", y_shape);
-  matmul(x, w, y, false, true);
-  if (!bias.defined()) return;
-  check_tensor(bias, "linear_forward", "bias", {DType::F32, DType::BF16});
-  check_shape(bias, "linear_forward", "bias", {w.size(0)});
-  check_same_device("linear_forward", {&y, &bias});
-  Tensor y2 = y.view({-1, y.size(-1)});
-  LRSA_DISPATCH_CUDA(y.device(), "linear_forward", cuda::add_bias(y2, bias));
-  add_bias_cpu(y2, bias);
+  check_same_device("linear_forward", {&x, &w, &y});
+  if (bias.defined()) {
+    check_tensor(bias, "linear_forward", "bias", {DType::F32, DType::BF16});
+    check_shape(bias, "linear_forward", "bias", {w.size(0)});
+    check_same_device("linear_forward", {&y, &bias});
+  }
+  if (residual.defined()) {
+    check_tensor(residual, "linear_forward", "residual", {y.dtype()});
+    check_shape(residual, "linear_forward", "residual", y_shape);
+    check_same_device("linear_forward", {&y, &residual});
+  }
+  LRSA_DISPATCH_CUDA(y.device(), "linear_forward", cuda::linear_forward(x, w, bias, residual, y));
+  // ((x @ W^T) + bias) + residual in f32 (in y itself when y is f32 and not the residual), rounded
+  // once.
+  const bool in_place = y.dtype() == DType::F32 && !(residual.defined() && residual.data() == y.data());
+  Tensor acc = in_place ? y : Tensor::empty(y_shape, DType::F32);
+  Tensor acc2 = acc.view({-1, w.size(0)});
+  matmul(x.view({-1, w.size(1)}), w, acc2, false, true);
+  if (bias.defined()) add_bias_cpu(acc2, bias);
+  if (residual.defined()) add_residual_cpu(acc, residual);
+  if (!in_place) y.copy_(acc);
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias) {

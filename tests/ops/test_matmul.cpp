@@ -204,6 +204,17 @@ TEST_CASE("linear forward and backward: 3-D input, bias, accumulated dw/dbias", 
   for (int64_t n = 0; n < B * T; ++n)
     for (int64_t o = 0; o < out; ++o) y2_ref[size_t(n * out + o)] -= bv[size_t(o)];
   check_close(y2.to_doubles(), y2_ref, 1e-5);
+
+  // With a residual: into another tensor, and in place (residual = y).
+  const Tensor res = randn({B, T, out}, 7);
+  auto y3_ref = y_ref;
+  for (size_t i = 0; i < y3_ref.size(); ++i) y3_ref[i] += res.to_doubles()[i];
+  Tensor y3 = Tensor::empty({B, T, out}, DType::F32), y4 = res.clone();
+  ops::linear_forward(x, w, bias, y3, res);
+  ops::linear_forward(x, w, bias, y4, y4);
+  check_close(y3.to_doubles(), y3_ref, 1e-5);
+  check_close(y4.to_doubles(), y3_ref, 1e-5);
+
   Tensor dw2 = Tensor::zeros({out, in}, DType::F32);
   ops::linear_backward(dy, x, w, none, dw2, none);
   for (size_t i = 0; i < dw_ref.size(); ++i) dw_ref[i] -= dw0.to_doubles()[i];
@@ -229,6 +240,20 @@ TEST_CASE("matmul rejects bad arguments with clear errors", "[ops]") {
   CHECK_THROWS_WITH(ops::linear_forward(a, randn({6, 5}, 4), Tensor(), y), Catch::Contains("linear_forward: y must have shape [4, 6]"));
   Tensor y6 = Tensor::empty({4, 6}, DType::F32);
   CHECK_THROWS_WITH(ops::linear_forward(a, randn({6, 5}, 4), randn({5}, 5), y6), Catch::Contains("linear_forward: bias must have shape [6]"));
+  CHECK_THROWS_WITH(ops::linear_forward(a, randn({6, 5}, 4), Tensor(), y6, randn({6, 4}, 6)),
+                    Catch::Contains("linear_forward: residual must have shape [4, 6]"));
+  CHECK_THROWS_WITH(ops::linear_forward(Tensor::zeros({4, 0}, DType::F32), Tensor::zeros({6, 0}, DType::F32), Tensor(), y6),
+                    Catch::Contains("with in > 0"));
+}
+
+TEST_CASE("linear forward rounds x @ W^T + bias + residual once", "[ops]") {
+  // bf16 output: the f32 sum rounded once, not the product rounded and the residual added after.
+  const Tensor x = randn({9, 16}, 11, DType::BF16), w = randn({12, 16}, 12, DType::BF16);
+  const Tensor bias = randn({12}, 13, DType::BF16), res = randn({9, 12}, 14, DType::BF16);
+  Tensor y = Tensor::empty({9, 12}, DType::BF16), y32 = Tensor::empty({9, 12}, DType::F32);
+  ops::linear_forward(x, w, bias, y, res);
+  ops::linear_forward(x.to(DType::F32), w.to(DType::F32), bias.to(DType::F32), y32, res.to(DType::F32));
+  CHECK(y.to_doubles() == y32.to(DType::BF16).to_doubles());
 }
 
 TEST_CASE("matmul on CUDA matches the CPU within the tolerance rule", "[ops][cuda]") {
@@ -244,5 +269,42 @@ TEST_CASE("matmul on CUDA matches the CPU within the tolerance rule", "[ops][cud
         seed += 3;
       }
     }
+  }
+}
+
+TEST_CASE("linear forward on CUDA: bias and residual in the epilogue", "[ops][cuda]") {
+  const Device gpu = Device::cuda(0);
+  const int64_t rows = 70, in = 96, out = 40;
+  const Tensor x = randn({rows, in}, 30, DType::BF16), w = randn({out, in}, 31, DType::BF16, 0.1f);
+  const Tensor res = randn({rows, out}, 32, DType::BF16);
+  // A bias at an address 2 bytes past an allocation: the epilogue needs 16-byte alignment.
+  const Tensor bias_buf = randn({out + 1}, 33, DType::BF16);
+  const Tensor bias = bias_buf.slice(0, 1, out + 1), bias_gpu = bias_buf.to(gpu).slice(0, 1, out + 1);
+  struct Case {
+    const char* name;
+    DType inputs;
+    bool with_bias, with_residual, in_place;
+  };
+  for (const Case& k : {Case{"bias", DType::BF16, true, false, false}, Case{"residual", DType::BF16, false, true, false},
+                        Case{"bias + residual", DType::BF16, true, true, false},
+                        Case{"bias + residual in place", DType::BF16, true, true, true},
+                        Case{"f32 inputs, bias + residual", DType::F32, true, true, false}}) {
+    CAPTURE(k.name);
+    const Tensor xk = x.to(k.inputs), wk = w.to(k.inputs);
+    const Tensor b_cpu = k.with_bias ? bias : Tensor(), b_gpu = k.with_bias ? bias_gpu : Tensor();
+    Tensor y_cpu = k.in_place ? res.clone() : Tensor::empty({rows, out}, DType::BF16);
+    Tensor y_gpu = k.in_place ? res.to(gpu) : Tensor::empty({rows, out}, DType::BF16, gpu);
+    const Tensor r_gpu = res.to(gpu);
+    ops::linear_forward(xk, wk, b_cpu, y_cpu, !k.with_residual ? Tensor() : k.in_place ? y_cpu : res);
+    ops::linear_forward(xk.to(gpu), wk.to(gpu), b_gpu, y_gpu, !k.with_residual ? Tensor() : k.in_place ? y_gpu : r_gpu);
+    const auto xv = x.to_doubles(), wv = w.to_doubles(), bv = bias.contiguous().to_doubles(), rv = res.to_doubles();
+    std::vector<double> ref(size_t(rows * out));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < out; ++o) {
+        double s = (k.with_bias ? bv[size_t(o)] : 0.0) + (k.with_residual ? rv[size_t(r * out + o)] : 0.0);
+        for (int64_t i = 0; i < in; ++i) s += xv[size_t(r * in + i)] * wv[size_t(o * in + i)];
+        ref[size_t(r * out + o)] = s;
+      }
+    check_rule(y_gpu.to(Device::cpu()).to_doubles(), y_cpu.to_doubles(), ref, 1e-5);
   }
 }

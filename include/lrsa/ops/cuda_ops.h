@@ -11,8 +11,9 @@ namespace lrsa::cuda {
 
 // cuBLASLt: C = alpha * op(A) @ op(B) + beta * C, batched as in ops::matmul.
 void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float alpha, float beta);
-// y += bias broadcast over rows; dbias += column sums of dy.
-void add_bias(Tensor& y, const Tensor& bias);
+// y = x @ W^T + bias + residual in one cuBLASLt call (bias and residual may be undefined).
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual, Tensor& y);
+// dbias += column sums of dy.
 void bias_backward(const Tensor& dy, Tensor& dbias);
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);

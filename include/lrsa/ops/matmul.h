@@ -16,9 +16,11 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a = false, b
 void matmul_backward(const Tensor& dc, const Tensor& a, const Tensor& b, Tensor& da, Tensor& db,
                      bool trans_a = false, bool trans_b = false, float beta_a = 0.0f, float beta_b = 0.0f);
 
-// Linear layer in the Hugging Face layout: y [N, out] = x [N, in] @ W^T [in, out] + bias [out].
-// bias may be undefined.
-void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+// Linear layer in the Hugging Face layout: y [N, out] = x [N, in] @ W^T [in, out] + bias [out]
+// + residual [N, out], summed in fp32 and rounded once (on CUDA in the GEMM's epilogue, which
+// reads the bias in y's type). bias and residual may be undefined; residual may be y itself.
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
+                    const Tensor& residual = Tensor());
 
 // dx = dy @ W (overwritten; skipped when undefined); dw += dy^T @ x and dbias += sum_rows(dy)
 // (accumulated: gradients sum over micro-batches; skipped when undefined).
