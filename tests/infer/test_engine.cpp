@@ -304,10 +304,15 @@ TEST_CASE("LagKV cache inference equals the LRSA training forward on CUDA (bf16)
     KvCache cache = engine.make_cache(1, n);
     const std::vector<double> chunked = engine.prefill_chunked(cache, 0, ids, true).to_doubles();
     // bf16 storage: the rule of thumb of the attention tests (relative L2 error of a bf16
-    // computation of the whole model).
-    CHECK(test::rel_l2(chunked, reference) < 2e-2);
-    CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Whole), tail) < 2e-2);
-    CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Chunked), tail) < 2e-2);
+    // computation of the whole model), ~1.1e-2 here. LagKV adds a discrete step: the cache's
+    // kernels round differently from the training kernels, so where two rows' scores lie within
+    // rounding of each other the two may keep different rows. Over ten token seeds that took
+    // some paths to 2.3e-2 - 3.9e-2 (and back under 1.2e-2 where no row flipped), hence 5e-2.
+    // The exact match is the f32 CPU test above.
+    const double tolerance = spec.compress ? 5e-2 : 2e-2;
+    CHECK(test::rel_l2(chunked, reference) < tolerance);
+    CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Whole), tail) < tolerance);
+    CHECK(test::rel_l2(decode_logits(engine, ids, prompt, PrefillPath::Chunked), tail) < tolerance);
   }
 }
 
