@@ -13,7 +13,6 @@ __global__ void column_partials_kernel(const T* x, float* partials, int64_t rows
   if (c >= cols) return;
   const int64_t r0 = blockIdx.y * rows_per, r1 = r0 + rows_per < rows ? r0 + rows_per : rows;
   float acc[K] = {};
-#pragma unroll 8  // eight rows' loads in flight before their adds (in row order)
   for (int64_t r = r0; r < r1; ++r) {
     float v[K];
     load_floats<K>(x + r * cols + c, v);
