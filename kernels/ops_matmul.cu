@@ -88,13 +88,13 @@ struct LtProblem {
   DType ab_type, c_type;
   bool trans_a, trans_b;          // cuBLASLt's operands (our B and A)
   int64_t m, n, k, batch;         // op(A) [m, k], op(B) [k, n], C and D [m, n]
-  int64_t stride_a, stride_b, stride_c;  // batch strides in elements (0: shared by the batch)
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // batch strides in elements (0: shared by the batch)
   const void* a;
   const void* b;
   const void* c;
   void* d;
-  const void* bias;  // nullptr: no bias epilogue
-  DType bias_type;
+  const void* bias = nullptr;  // nullptr: no bias epilogue
+  DType bias_type = DType::F32;
 };
 
 // LRSA_GEMM_CANDIDATES=N (1..16, default 1): when a product's plan is made, time the first N of
@@ -278,22 +278,10 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool tran
   // A batched, untransposed A against a shared B is one product with batch * M rows.
   const bool fold = !a_shared && b_shared && !trans_a;
   const int64_t rows = fold ? batch * M : M, lt_batch = fold ? 1 : batch;
-  LtProblem p{};
-  p.ab_type = a.dtype();
-  p.c_type = c.dtype();
-  p.trans_a = trans_b;
-  p.trans_b = trans_a;
-  p.m = N;
-  p.n = rows;
-  p.k = K;
-  p.batch = lt_batch;
-  p.stride_a = b_shared ? 0 : K * N;
-  p.stride_b = a_shared ? 0 : rows * K;
-  p.stride_c = rows * N;
-  p.a = b.data();
-  p.b = a.data();
-  p.c = c.data();
-  p.d = c.data();
+  const LtProblem p{.ab_type = a.dtype(), .c_type = c.dtype(), .trans_a = trans_b, .trans_b = trans_a,
+                    .m = N, .n = rows, .k = K, .batch = lt_batch,
+                    .stride_a = b_shared ? 0 : K * N, .stride_b = a_shared ? 0 : rows * K, .stride_c = rows * N,
+                    .a = b.data(), .b = a.data(), .c = c.data(), .d = c.data()};
   run_lt(p, alpha, beta);
 }
 
@@ -316,21 +304,10 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   }
   // Row-major y [rows, out] = x [rows, in] @ W^T is column-major y^T [out, rows] = op(W') @ x',
   // where W' (column-major [in, out]) is our W and is transposed, and x' [in, rows] is our x.
-  LtProblem p{};
-  p.ab_type = x.dtype();
-  p.c_type = y.dtype();
-  p.trans_a = true;
-  p.trans_b = false;
-  p.m = out;
-  p.n = rows;
-  p.k = in;
-  p.batch = 1;
-  p.a = w.data();
-  p.b = x.data();
-  p.c = residual.defined() ? residual.data() : y.data();
-  p.d = y.data();
-  p.bias = epilogue_bias.defined() ? epilogue_bias.data() : nullptr;
-  p.bias_type = y.dtype();
+  const LtProblem p{.ab_type = x.dtype(), .c_type = y.dtype(), .trans_a = true, .trans_b = false,
+                    .m = out, .n = rows, .k = in, .batch = 1,
+                    .a = w.data(), .b = x.data(), .c = residual.defined() ? residual.data() : y.data(), .d = y.data(),
+                    .bias = epilogue_bias.defined() ? epilogue_bias.data() : nullptr, .bias_type = y.dtype()};
   run_lt(p, 1.0f, residual.defined() ? 1.0f : 0.0f);
 }
 
