@@ -66,7 +66,7 @@ TEST_CASE("eval-qa scores every setting, reports the cache and writes per-sample
 
 // The README's main job in miniature: configs/quickstart.json fine-tunes the tiny LRSA model on
 // passkey samples, and greedy answers through the KV cache (dense and LagKV 4x) must get most
-// 5-digit keys right, where guessing gets 1 in 100000. About two minutes on 2 cores.
+// 5-digit keys right, where guessing gets 1 in 100000. About four minutes on 2 cores.
 TEST_CASE("the quickstart recipe learns the passkey retrieval: eval accuracy far above chance", "[infer]") {
   const fs::path root = test::fresh_test_dir("quickstart");
   test::write_passkey_jsonl(root / "train.jsonl", 4000, 100, 1);
