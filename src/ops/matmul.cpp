@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "lrsa/core/dispatch.h"
+#include "lrsa/ops/elementwise.h"
 #include "ops/cpu_common.h"
 
 namespace lrsa::ops {
@@ -278,17 +279,6 @@ void add_bias_cpu(Tensor& y, const Tensor& bias) {
   });
 }
 
-// acc += residual (acc f32, same shape).
-void add_residual_cpu(Tensor& acc, const Tensor& residual) {
-  float* a = acc.data_as<float>();
-  cpu::visit_float(residual.dtype(), [&](auto tr) {
-    using TR = decltype(tr);
-    const TR* r = residual.data_as<TR>();
-#pragma omp parallel for if (acc.numel() > cpu::kParallelElements)
-    for (int64_t i = 0; i < acc.numel(); ++i) a[i] += cpu::load(r, i);
-  });
-}
-
 // dbias[j] += sum_r dy[r, j], rows summed in order (deterministic: threads split the columns).
 void bias_backward_cpu(const Tensor& dy, Tensor& dbias) {
   const int64_t C = dbias.numel(), rows = dy.numel() / std::max<int64_t>(C, 1);
@@ -372,7 +362,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
   Tensor acc2 = acc.view({-1, w.size(0)});
   matmul(x.view({-1, w.size(1)}), w, acc2, false, true);
   if (bias.defined()) add_bias_cpu(acc2, bias);
-  if (residual.defined()) add_residual_cpu(acc, residual);
+  if (residual.defined()) add_(acc, residual.to(DType::F32));
   if (!in_place) y.copy_(acc);
 }
 
