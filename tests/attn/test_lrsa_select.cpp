@@ -253,22 +253,67 @@ TEST_CASE("selection of short documents and invalid arguments", "[attn]") {
                     Catch::Contains("lrsa_select: k must have its last two dimensions contiguous"));
 }
 
+namespace {
+
+// The CUDA selection of (k, v) on the GPU equals the CPU selection of the same values.
+void check_cuda_selection(const Tensor& k_cpu, const Tensor& v_cpu, const Tensor& k_gpu, const Tensor& v_gpu,
+                          const std::vector<int64_t>& lengths, const LrsaParams& p) {
+  INFO("S " << p.sink << " L " << p.lag << " K " << p.kept() << " lambda " << p.score_v_ratio);
+  const LrsaSelection expected = lrsa_select(k_cpu, v_cpu, SeqLayout::from_lengths(lengths), p);
+  const LrsaSelection got = lrsa_select(k_gpu, v_gpu, SeqLayout::from_lengths(lengths, Device::cuda(0)), p);
+  CHECK(got.indices.device() == Device::cuda(0));
+  CHECK(got.part_offset == expected.part_offset);
+  CHECK(got.indices.shape() == expected.indices.shape());
+  CHECK(got.indices.to_ints() == expected.indices.to_ints());
+}
+
+}  // namespace
+
 TEST_CASE("CUDA selection equals the CPU selection", "[attn][cuda]") {
+  // 16-byte packs (d 64/128, bf16 and f32) and single elements (d 20); L a power of two or not
+  // (the sort pads 192 rows to 256); the 0.5B shape at L = 1024.
   const std::vector<std::pair<Problem, LrsaParams>> cases = {
       {{{1000}, 4, 2, 64, DType::BF16, 71}, params(16, 128, 0.25)},
       {{{700, 333, 900}, 8, 8, 128, DType::BF16, 72}, params(5, 128, 0.5, 0.5f)},
       {{{1500}, 2, 1, 64, DType::F32, 73}, params(0, 256, 0.125)},
       {{{600}, 4, 4, 128, DType::F32, 74}, params(3, 128, 1.0, 0.0f)},
+      {{{2100, 450}, 2, 2, 20, DType::BF16, 75}, params(7, 192, 0.3)},
+      {{{5000}, 14, 2, 64, DType::BF16, 76}, params(16, 1024, 0.25)},
   };
   for (const auto& [problem, p] : cases) {
-    INFO(problem.str() << " S " << p.sink << " L " << p.lag << " K " << p.kept());
+    INFO(problem.str());
     const test::Inputs cpu = test::make_inputs(problem);
     const test::Inputs gpu = test::make_inputs(problem, Device::cuda(0));
-    const LrsaSelection expected = lrsa_select(cpu.k, cpu.v, cpu.layout, p);
-    const LrsaSelection got = lrsa_select(gpu.k, gpu.v, gpu.layout, p);
-    CHECK(got.indices.device() == Device::cuda(0));
-    CHECK(got.part_offset == expected.part_offset);
-    CHECK(got.indices.shape() == expected.indices.shape());
-    CHECK(got.indices.to_ints() == expected.indices.to_ints());
+    check_cuda_selection(cpu.k, cpu.v, gpu.k, gpu.v, problem.lengths, p);
+  }
+}
+
+TEST_CASE("CUDA selection: views into a fused QKV buffer, and ties", "[attn][cuda]") {
+  const LrsaParams p = params(4, 64, 0.25);
+  const std::vector<int64_t> lengths{4 + 64 * 6 + 9};
+  const int64_t T = lengths[0], Hk = 2, D = 64;
+  for (DType dtype : {DType::BF16, DType::F32}) {
+    INFO(dtype_name(dtype));
+    // k and v as head ranges of one [T, 3 Hk, D] buffer (row stride 3 Hk D), as the decoder's.
+    const Tensor fused = Tensor::normal({T, 3 * Hk, D}, 81, 1, 0.0f, 1.0f, dtype);
+    const Tensor fused_gpu = fused.to(Device::cuda(0));
+    check_cuda_selection(fused.slice(1, Hk, 2 * Hk), fused.slice(1, 2 * Hk, 3 * Hk), fused_gpu.slice(1, Hk, 2 * Hk),
+                         fused_gpu.slice(1, 2 * Hk, 3 * Hk), lengths, p);
+    // Rows i and i + 32 of every partition are twins: every score ties with another, and the
+    // lower row must win each tie on the GPU as on the CPU.
+    Tensor k = Tensor::normal({T, Hk, D}, 82, 2, 0.0f, 1.0f, dtype);
+    Tensor v = Tensor::normal({T, Hk, D}, 82, 3, 0.0f, 1.0f, dtype);
+    for (int64_t first = p.sink; first + 64 <= T; first += 64)
+      for (int64_t i = 0; i < 32; ++i)
+        for (int64_t h = 0; h < Hk; ++h) {
+          copy_row(k, h, first + i, first + i + 32);
+          copy_row(v, h, first + i, first + i + 32);
+        }
+    for (double ratio : {1.0 / 64, 3.0 / 64, 0.25}) {
+      const LrsaParams tied = params(p.sink, 64, ratio);
+      check_cuda_selection(k, v, k.to(Device::cuda(0)), v.to(Device::cuda(0)), lengths, tied);
+      CHECK(lrsa_select(k, v, SeqLayout::from_lengths(lengths), tied).indices.to_ints() ==
+            lrsa_select_reference(k, v, SeqLayout::from_lengths(lengths), tied));
+    }
   }
 }
