@@ -9,12 +9,12 @@
 #include <cublasLt.h>
 
 #include <array>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 
 #include "cuda_common.cuh"
 #include "lrsa/ops/cuda_ops.h"
+#include "lrsa/ops/matmul.h"
 #include "ops_common.cuh"
 
 #define LRSA_CUBLAS_CHECK(call)                                                                            \
@@ -48,8 +48,9 @@ int64_t pointer_alignment(const void* p) {
 cudaDataType_t cuda_type(DType t) { return t == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
 // Everything a plan depends on: device, types, cuBLASLt transposes and sizes (m, n, k), batch,
-// batch strides, pointer alignments (A, B, C, D) and the bias epilogue's type (-1: none).
-using PlanKey = std::array<int64_t, 17>;
+// batch strides, pointer alignments (A, B, C, D), the bias epilogue's type (-1: none) and how
+// many candidate algorithms were timed (ops::gemm_candidates()).
+using PlanKey = std::array<int64_t, 18>;
 
 struct Plan {
   cublasLtMatmulDesc_t desc;
@@ -97,28 +98,17 @@ struct LtProblem {
   DType bias_type = DType::F32;
 };
 
-// LRSA_GEMM_CANDIDATES=N (1..16, default 1): when a product's plan is made, time the first N of
-// cuBLASLt's heuristic algorithms on it and keep the fastest instead of the first. Timings can
-// rank near-equal algorithms differently in two processes, and the algorithm sets the order of the
-// sums: runs with N > 1 are not bitwise reproducible from one process to the next.
-constexpr int kMaxCandidates = 16;
+// The fastest of `found` algorithms over a few runs of the problem as it will run (alpha, beta).
+// The runs write D, which the product itself then overwrites, unless the product reads C where it
+// writes D (beta != 0, C = D: an accumulation): then they write a scratch buffer of its size, and
+// past kMaxTimingScratch bytes (a vocabulary-sized gradient) the first algorithm wins untimed, so
+// the search never adds a large transient to the peak memory. While the stream is being captured
+// into a graph nothing may be timed: the first wins.
+constexpr size_t kMaxTimingScratch = size_t(256) << 20;
 
-int gemm_candidates() {
-  static const int n = [] {
-    const char* value = std::getenv("LRSA_GEMM_CANDIDATES");
-    if (value == nullptr || *value == '\0') return 1;
-    const int v = std::atoi(value);
-    if (v < 1 || v > kMaxCandidates)
-      fail("LRSA_GEMM_CANDIDATES={}: want a number of algorithms from 1 to {}", value, kMaxCandidates);
-    return v;
-  }();
-  return n;
-}
-
-// The fastest of `found` algorithms over a few runs of the problem, writing into a scratch D (C is
-// only read). While the stream is being captured into a graph nothing may be timed: the first wins.
-cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, const LtProblem& p,
-                                  const cublasLtMatmulHeuristicResult_t* results, int found, void* workspace) {
+cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, const LtProblem& p, float alpha,
+                                  float beta, const cublasLtMatmulHeuristicResult_t* results, int found,
+                                  void* workspace) {
   cudaStream_t stream = current_stream();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   LRSA_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
@@ -126,9 +116,14 @@ cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, con
   if (p.bias != nullptr)
     LRSA_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
-  const int64_t d_elements = p.stride_c * (p.batch - 1) + p.m * p.n;
-  Tensor scratch = Tensor::empty({d_elements}, p.c_type, Device::cuda(current_device_index()));
-  const float alpha = 1.0f, beta = 1.0f;  // beta = 1 reads C like an accumulating product does
+  Tensor scratch;
+  void* d = p.d;
+  if (beta != 0.0f && p.c == p.d) {
+    const int64_t elements = p.stride_c * (p.batch - 1) + p.m * p.n;
+    if (size_t(elements) * dtype_size(p.c_type) > kMaxTimingScratch) return results[0].algo;
+    scratch = Tensor::empty({elements}, p.c_type, Device::cuda(current_device_index()));
+    d = scratch.data();
+  }
   cudaEvent_t start = nullptr, stop = nullptr;
   LRSA_CUDA_CHECK(cudaEventCreate(&start));
   LRSA_CUDA_CHECK(cudaEventCreate(&stop));
@@ -136,8 +131,8 @@ cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, con
   float best_ms = 0.0f;
   for (int i = 0; i < found; ++i) {
     auto launch = [&] {
-      return cublasLtMatmul(handle, plan.desc, &alpha, p.a, plan.a, p.b, plan.b, &beta, p.c, plan.c, scratch.data(),
-                            plan.c, &results[i].algo, workspace, kWorkspaceBytes, stream);
+      return cublasLtMatmul(handle, plan.desc, &alpha, p.a, plan.a, p.b, plan.b, &beta, p.c, plan.c, d, plan.c,
+                            &results[i].algo, workspace, kWorkspaceBytes, stream);
     };
     if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // an algorithm may refuse the problem: skip it
     constexpr int kRuns = 5;
@@ -154,13 +149,14 @@ cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, con
   return results[best < 0 ? 0 : best].algo;  // none ran: the product itself reports cuBLASLt's error
 }
 
-Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p, void* workspace) {
+Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p, float alpha, float beta, void* workspace) {
   const int64_t align_a = pointer_alignment(p.a), align_b = pointer_alignment(p.b), align_c = pointer_alignment(p.c),
                 align_d = pointer_alignment(p.d);
   const int64_t bias_key = p.bias != nullptr ? int64_t(p.bias_type) : -1;
+  const int candidates = ops::gemm_candidates();
   const PlanKey key = {int64_t(current_device_index()), int64_t(p.ab_type), int64_t(p.c_type), p.trans_a, p.trans_b,
                        p.m, p.n, p.k, p.batch, p.stride_a, p.stride_b, p.stride_c, align_a, align_b, align_c, align_d,
-                       bias_key};
+                       bias_key, candidates};
   auto it = state.plans.find(key);
   if (it != state.plans.end()) return it->second;
 
@@ -194,10 +190,10 @@ Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p, void
   for (int i = 0; i < 4; ++i)
     LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(aligns[i])));
 
-  cublasLtMatmulHeuristicResult_t results[kMaxCandidates] = {};
+  cublasLtMatmulHeuristicResult_t results[ops::kMaxGemmCandidates] = {};
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
-                                                               gemm_candidates(), results, &found);
+                                                               candidates, results, &found);
   LRSA_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   if (status != CUBLAS_STATUS_SUCCESS || found == 0)
     fail("matmul: cuBLASLt has no algorithm for {} x {} x {} (batch {}, {} inputs, {} output, {} bias, alignments "
@@ -205,7 +201,7 @@ Plan& plan_for(LtState& state, cublasLtHandle_t handle, const LtProblem& p, void
          p.m, p.n, p.k, p.batch, dtype_name(p.ab_type), dtype_name(p.c_type),
          p.bias != nullptr ? dtype_name(p.bias_type) : "no", align_a, align_b, align_c, align_d,
          cublasLtGetStatusString(status));
-  plan.algo = found == 1 ? results[0].algo : fastest_algo(handle, plan, p, results, found, workspace);
+  plan.algo = found == 1 ? results[0].algo : fastest_algo(handle, plan, p, alpha, beta, results, found, workspace);
   return state.plans.emplace(key, plan).first->second;
 }
 
@@ -225,7 +221,7 @@ void run_lt(const LtProblem& p, float alpha, float beta) {
     void*& ws = state.workspaces[stream];
     if (ws == nullptr) ws = allocator_for(Device::cuda(device)).allocate(kWorkspaceBytes);
     workspace = ws;
-    plan = plan_for(state, handle, p, workspace);
+    plan = plan_for(state, handle, p, alpha, beta, workspace);
     // The bias pointer lives in the shared descriptor: set it and launch under the lock.
     if (p.bias != nullptr)
       LRSA_CUBLAS_CHECK(

@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -299,6 +301,37 @@ void bias_backward_cpu(const Tensor& dy, Tensor& dbias) {
 }
 
 }  // namespace
+
+namespace {
+
+std::atomic<int> g_gemm_candidates{1};
+
+// LRSA_GEMM_CANDIDATES, read once: 0 when unset.
+int env_gemm_candidates() {
+  static const int n = [] {
+    const char* value = std::getenv("LRSA_GEMM_CANDIDATES");
+    if (value == nullptr || *value == '\0') return 0;
+    char* end = nullptr;
+    const long v = std::strtol(value, &end, 10);
+    if (*end != '\0' || v < 1 || v > kMaxGemmCandidates)
+      fail("LRSA_GEMM_CANDIDATES={}: want a number of algorithms from 1 to {}", value, kMaxGemmCandidates);
+    return int(v);
+  }();
+  return n;
+}
+
+}  // namespace
+
+void set_gemm_candidates(int n) {
+  LRSA_CHECK(n >= 1 && n <= kMaxGemmCandidates, "set_gemm_candidates: {} is not a number of algorithms from 1 to {}",
+             n, kMaxGemmCandidates);
+  g_gemm_candidates.store(n);
+}
+
+int gemm_candidates() {
+  const int env = env_gemm_candidates();
+  return env > 0 ? env : g_gemm_candidates.load();
+}
 
 void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float alpha, float beta) {
   check_matmul("matmul", a, b, c, "c", trans_a, trans_b);

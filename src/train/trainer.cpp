@@ -14,6 +14,7 @@
 #include "lrsa/dist/data_parallel.h"
 #include "lrsa/core/op_profiler.h"
 #include "lrsa/model/hf_export.h"
+#include "lrsa/ops/matmul.h"
 #include "lrsa/ops/optimizer.h"
 #include "lrsa/train/checkpoint.h"
 #include "lrsa/train/data_source.h"
@@ -192,6 +193,7 @@ ModelSetup resolve_model(const RunConfig& config) {
   s.options.attention.lrsa = config.attention.lrsa;
   s.options.attention.deterministic = config.precision.deterministic;
   s.options.attention.backend = config.attention.backend;
+  s.gemm_candidates = config.precision.deterministic ? 1 : 8;
   switch (config.memory.activation_checkpointing) {
     case Checkpointing::None: s.options.checkpoint_every = 0; break;
     case Checkpointing::All: s.options.checkpoint_every = 1; break;
@@ -250,6 +252,7 @@ TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, st
     LRSA_CUDA_CHECK(cudaSetDevice(comm.local_rank()));
     setup.device = Device::cuda(comm.local_rank());
 #endif
+    ops::set_gemm_candidates(setup.gemm_candidates);
   }
   const int64_t accumulation = config.batch.accumulation_steps(world);
   const model::MemoryPlan plan = model::plan_memory(setup.config, setup.options, setup.param_dtype,

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "lrsa/ops/matmul.h"
@@ -80,6 +81,14 @@ std::vector<Problem> shape_grid() {
                                  t >= 2 ? 1.5f : 0.0f});
   return problems;
 }
+
+// ops::set_gemm_candidates(n) for a scope, 1 after it. With n > 1 the first use of a shape times
+// cuBLASLt's candidates on the real operands, writing D (or a scratch buffer where D is also the
+// C that an accumulation reads): the results must not show it.
+struct GemmCandidatesScope {
+  explicit GemmCandidatesScope(int n) { ops::set_gemm_candidates(n); }
+  ~GemmCandidatesScope() { ops::set_gemm_candidates(1); }
+};
 
 }  // namespace
 
@@ -256,17 +265,29 @@ TEST_CASE("linear forward rounds x @ W^T + bias + residual once", "[ops]") {
   CHECK(y.to_doubles() == y32.to(DType::BF16).to_doubles());
 }
 
+TEST_CASE("the GEMM algorithm search takes 1 to 16 candidates", "[ops]") {
+  CHECK_THROWS_WITH(ops::set_gemm_candidates(0), Catch::Contains("0 is not a number of algorithms from 1 to 16"));
+  CHECK_THROWS_WITH(ops::set_gemm_candidates(17), Catch::Contains("17 is not a number of algorithms from 1 to 16"));
+  const GemmCandidatesScope scope(4);
+  if (std::getenv("LRSA_GEMM_CANDIDATES") == nullptr) CHECK(ops::gemm_candidates() == 4);
+}
+
 TEST_CASE("matmul on CUDA matches the CPU within the tolerance rule", "[ops][cuda]") {
-  uint64_t seed = 900;
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    for (int t = 0; t < 4; ++t) {
-      for (const Shape& batch : {Shape{}, Shape{3}}) {
-        Problem p{batch, 67, 45, 129, bool(t & 1), bool(t & 2), 1.0f, 0.5f};
-        CAPTURE(dtype_name(dtype), p.ta, p.tb, batch.size());
-        const Outcome gpu = run_matmul(p, dtype, dtype, seed, Device::cuda(0));
-        const Outcome cpu = run_matmul(p, dtype, dtype, seed);
-        check_rule(gpu.ours, cpu.ours, cpu.reference, 1e-5);
-        seed += 3;
+  // With one algorithm (cuBLASLt's first) and with the fastest of 16 timed on the operands (the
+  // products accumulate into C, beta = 0.5: the timing must not touch C).
+  for (int candidates : {1, ops::kMaxGemmCandidates}) {
+    const GemmCandidatesScope scope(candidates);
+    uint64_t seed = 900;
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      for (int t = 0; t < 4; ++t) {
+        for (const Shape& batch : {Shape{}, Shape{3}}) {
+          Problem p{batch, 67, 45, 129, bool(t & 1), bool(t & 2), 1.0f, 0.5f};
+          CAPTURE(candidates, dtype_name(dtype), p.ta, p.tb, batch.size());
+          const Outcome gpu = run_matmul(p, dtype, dtype, seed, Device::cuda(0));
+          const Outcome cpu = run_matmul(p, dtype, dtype, seed);
+          check_rule(gpu.ours, cpu.ours, cpu.reference, 1e-5);
+          seed += 3;
+        }
       }
     }
   }
@@ -285,26 +306,32 @@ TEST_CASE("linear forward on CUDA: bias and residual in the epilogue", "[ops][cu
     DType inputs;
     bool with_bias, with_residual, in_place;
   };
-  for (const Case& k : {Case{"bias", DType::BF16, true, false, false}, Case{"residual", DType::BF16, false, true, false},
-                        Case{"bias + residual", DType::BF16, true, true, false},
-                        Case{"bias + residual in place", DType::BF16, true, true, true},
-                        Case{"f32 inputs, bias + residual", DType::F32, true, true, false}}) {
-    CAPTURE(k.name);
-    const Tensor xk = x.to(k.inputs), wk = w.to(k.inputs);
-    const Tensor b_cpu = k.with_bias ? bias : Tensor(), b_gpu = k.with_bias ? bias_gpu : Tensor();
-    Tensor y_cpu = k.in_place ? res.clone() : Tensor::empty({rows, out}, DType::BF16);
-    Tensor y_gpu = k.in_place ? res.to(gpu) : Tensor::empty({rows, out}, DType::BF16, gpu);
-    const Tensor r_gpu = res.to(gpu);
-    ops::linear_forward(xk, wk, b_cpu, y_cpu, !k.with_residual ? Tensor() : k.in_place ? y_cpu : res);
-    ops::linear_forward(xk.to(gpu), wk.to(gpu), b_gpu, y_gpu, !k.with_residual ? Tensor() : k.in_place ? y_gpu : r_gpu);
-    const auto xv = x.to_doubles(), wv = w.to_doubles(), bv = bias.contiguous().to_doubles(), rv = res.to_doubles();
-    std::vector<double> ref(size_t(rows * out));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t o = 0; o < out; ++o) {
-        double s = (k.with_bias ? bv[size_t(o)] : 0.0) + (k.with_residual ? rv[size_t(r * out + o)] : 0.0);
-        for (int64_t i = 0; i < in; ++i) s += xv[size_t(r * in + i)] * wv[size_t(o * in + i)];
-        ref[size_t(r * out + o)] = s;
-      }
-    check_rule(y_gpu.to(Device::cpu()).to_doubles(), y_cpu.to_doubles(), ref, 1e-5);
+  const std::vector<Case> cases = {Case{"bias", DType::BF16, true, false, false},
+                                   Case{"residual", DType::BF16, false, true, false},
+                                   Case{"bias + residual", DType::BF16, true, true, false},
+                                   Case{"bias + residual in place", DType::BF16, true, true, true},
+                                   Case{"f32 inputs, bias + residual", DType::F32, true, true, false}};
+  const auto xv = x.to_doubles(), wv = w.to_doubles(), bv = bias.contiguous().to_doubles(), rv = res.to_doubles();
+  for (int candidates : {1, ops::kMaxGemmCandidates}) {  // see the matmul test above
+    const GemmCandidatesScope scope(candidates);
+    for (const Case& k : cases) {
+      CAPTURE(k.name, candidates);
+      const Tensor xk = x.to(k.inputs), wk = w.to(k.inputs);
+      const Tensor b_cpu = k.with_bias ? bias : Tensor(), b_gpu = k.with_bias ? bias_gpu : Tensor();
+      Tensor y_cpu = k.in_place ? res.clone() : Tensor::empty({rows, out}, DType::BF16);
+      Tensor y_gpu = k.in_place ? res.to(gpu) : Tensor::empty({rows, out}, DType::BF16, gpu);
+      const Tensor r_gpu = res.to(gpu);
+      ops::linear_forward(xk, wk, b_cpu, y_cpu, !k.with_residual ? Tensor() : k.in_place ? y_cpu : res);
+      ops::linear_forward(xk.to(gpu), wk.to(gpu), b_gpu, y_gpu,
+                          !k.with_residual ? Tensor() : k.in_place ? y_gpu : r_gpu);
+      std::vector<double> ref(size_t(rows * out));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t o = 0; o < out; ++o) {
+          double s = (k.with_bias ? bv[size_t(o)] : 0.0) + (k.with_residual ? rv[size_t(r * out + o)] : 0.0);
+          for (int64_t i = 0; i < in; ++i) s += xv[size_t(r * in + i)] * wv[size_t(o * in + i)];
+          ref[size_t(r * out + o)] = s;
+        }
+      check_rule(y_gpu.to(Device::cpu()).to_doubles(), y_cpu.to_doubles(), ref, 1e-5);
+    }
   }
 }

@@ -4,9 +4,11 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
+#include "lrsa/ops/matmul.h"
 #include "lrsa/train/checkpoint.h"
 #include "lrsa/train/trainer.h"
 #include "support/passkey_data.h"
@@ -96,6 +98,20 @@ TEST_CASE("an interrupted run resumes bit for bit", "[train]") { check_resume_is
 TEST_CASE("on CUDA in deterministic mode an interrupted run resumes bit for bit", "[train][cuda]") {
   check_resume_is_exact("cuda", {"device=cuda", "precision.deterministic=true", "precision.param_dtype=bf16",
                                  "model.hidden_size=128", "model.intermediate_size=256", "attention.lag=64"});
+  if (std::getenv("LRSA_GEMM_CANDIDATES") == nullptr) CHECK(ops::gemm_candidates() == 1);
+}
+
+TEST_CASE("training times 8 GEMM algorithms per shape unless deterministic", "[train]") {
+  CHECK(resolve_model(tiny_run("gemm", 2)).gemm_candidates == 8);
+  CHECK(resolve_model(tiny_run("gemm", 2, {"precision.deterministic=true"})).gemm_candidates == 1);
+}
+
+TEST_CASE("on CUDA a training run sets its GEMM algorithm search", "[train][cuda]") {
+  const std::vector<std::string> cuda = {"device=cuda", "precision.param_dtype=bf16", "model.hidden_size=128",
+                                         "model.intermediate_size=256", "attention.lag=64"};
+  REQUIRE(run_training(tiny_run("gemm-cuda", 2, cuda), TrainOptions{}).steps.size() == 2);
+  if (std::getenv("LRSA_GEMM_CANDIDATES") == nullptr) CHECK(ops::gemm_candidates() == 8);
+  ops::set_gemm_candidates(1);
 }
 
 TEST_CASE("resume auto skips a corrupt newest checkpoint", "[train]") {

@@ -26,4 +26,14 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
 // (accumulated: gradients sum over micro-batches; skipped when undefined).
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias);
 
+// How matmul and linear_forward choose a cuBLASLt algorithm on CUDA, once per shape, dtypes and
+// alignments: 1 takes cuBLASLt's first heuristic choice; N > 1 times its first N candidates on the
+// problem and keeps the fastest (a little faster, docs/benchmarks.md, but two processes may rank
+// near-equal algorithms differently, and the algorithm sets the order of the sums: runs are then
+// not bitwise reproducible from one process to the next). LRSA_GEMM_CANDIDATES=N, when set,
+// overrides the setting. The CPU products do not depend on it.
+constexpr int kMaxGemmCandidates = 16;
+void set_gemm_candidates(int n);  // 1 .. kMaxGemmCandidates; the default is 1
+int gemm_candidates();            // the count in force (the environment's, else the setting)
+
 }  // namespace lrsa::ops

@@ -59,6 +59,9 @@ struct ModelSetup {
   Device device;
   DType param_dtype;
   model::DecoderOptions options;
+  // Training's GEMM algorithm search (ops::set_gemm_candidates): the fastest of 8 timed
+  // candidates, or cuBLASLt's first under precision.deterministic (bitwise reproducible runs).
+  int gemm_candidates = 1;
 };
 ModelSetup resolve_model(const RunConfig& config);
 void init_or_load_weights(model::Decoder& decoder, const RunConfig& config);
