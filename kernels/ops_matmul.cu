@@ -98,13 +98,14 @@ struct LtProblem {
   DType bias_type = DType::F32;
 };
 
+constexpr size_t kMaxTimingScratch = size_t(256) << 20;
+
 // The fastest of `found` algorithms over a few runs of the problem as it will run (alpha, beta).
 // The runs write D, which the product itself then overwrites, unless the product reads C where it
 // writes D (beta != 0, C = D: an accumulation): then they write a scratch buffer of its size, and
 // past kMaxTimingScratch bytes (a vocabulary-sized gradient) the first algorithm wins untimed, so
 // the search never adds a large transient to the peak memory. While the stream is being captured
 // into a graph nothing may be timed: the first wins.
-constexpr size_t kMaxTimingScratch = size_t(256) << 20;
 
 cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, const LtProblem& p, float alpha,
                                   float beta, const cublasLtMatmulHeuristicResult_t* results, int found,

@@ -300,10 +300,6 @@ void bias_backward_cpu(const Tensor& dy, Tensor& dbias) {
   });
 }
 
-}  // namespace
-
-namespace {
-
 std::atomic<int> g_gemm_candidates{1};
 
 // LRSA_GEMM_CANDIDATES, read once: 0 when unset.
