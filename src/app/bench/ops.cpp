@@ -549,7 +549,7 @@ class Bench {
     {
       Tensor y = random({T, C}, DType::BF16, 40, 1.0f, kGpu);
       const Tensor x = random({T, C}, DType::BF16, 41, 1.0f, kGpu);
-      run(row("add_ (residual)", tc_shape, 6 * tc, "3*T*C*2 (y, x read; y write)", "add"), [&] { ops::add_(y, x); });
+      run(row("add_ (y += x)", tc_shape, 6 * tc, "3*T*C*2 (y, x read; y write)", "add"), [&] { ops::add_(y, x); });
       run(row("scale_", tc_shape, 4 * tc, "2*T*C*2", "scale_"), [&] { ops::scale_(y, 1.0f); });
       Tensor f32 = random({T, C}, DType::F32, 42, 1.0f, kGpu);
       Row cast_down = row("cast f32->bf16", tc_shape, 6 * tc, "T*C*(4+2)", "cast");
