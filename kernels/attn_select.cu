@@ -18,6 +18,7 @@
 // The first version (one thread per row reading its own row, and a rank count of L^2 fp64
 // comparisons per partition) took 0.24 ms per layer at 32K tokens, 14:2 heads x d64, on the
 // H200: 13% of the cuDNN LRSA forward. docs/benchmarks.md has the timings of both.
+#include <bit>
 #include <cfloat>
 
 #include "attn_common.cuh"
@@ -141,14 +142,8 @@ __global__ void __launch_bounds__(kStdRows) lag_std_kernel(const SelectArgs a) {
 // L), row [Lp] ints (the rows in sort order), kept [L] flags.
 constexpr int kRankThreads = 1024;
 
-__host__ __device__ inline int pow2_at_least(int n) {
-  int p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 size_t rank_smem_bytes(int L) {
-  const int Lp = pow2_at_least(L);
+  const int Lp = int(std::bit_ceil(unsigned(L)));
   return size_t(Lp + L) * sizeof(double) + size_t(Lp) * sizeof(int) + size_t(L);
 }
 
@@ -170,7 +165,7 @@ __device__ __forceinline__ bool comes_before(double si, int i, double sj, int j)
 
 __global__ void __launch_bounds__(kRankThreads) select_rank_kernel(const SelectArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int L = a.L, Lp = pow2_at_least(L);
+  const int L = a.L, Lp = int(std::bit_ceil(unsigned(L)));
   double* s = reinterpret_cast<double*>(smem);  // [Lp] K, then [L] V
   double* sv = s + Lp;
   int* row = reinterpret_cast<int*>(sv + L);  // [Lp]
