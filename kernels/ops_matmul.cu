@@ -106,7 +106,6 @@ constexpr size_t kMaxTimingScratch = size_t(256) << 20;
 // past kMaxTimingScratch bytes (a vocabulary-sized gradient) the first algorithm wins untimed, so
 // the search never adds a large transient to the peak memory. While the stream is being captured
 // into a graph nothing may be timed: the first wins.
-
 cublasLtMatmulAlgo_t fastest_algo(cublasLtHandle_t handle, const Plan& plan, const LtProblem& p, float alpha,
                                   float beta, const cublasLtMatmulHeuristicResult_t* results, int found,
                                   void* workspace) {
