@@ -1,8 +1,13 @@
-// Rotary position embedding in place ("rotate half"). A thread owns one token and K adjacent
-// frequencies: it computes their K angles once (fp32, as the contract says) and applies them to
-// that token's every head, reading x[..., i .. i+K) and x[..., i+D/2 .. i+D/2+K) as 8-byte packs
-// (half a 16-byte pack: twice the threads per token, and few enough registers that many threads
-// are resident, each with its head group's loads in flight).
+// Rotary position embedding in place ("rotate half"). Each thread computes the angles of its
+// frequencies once (fp32, as the contract says) and applies them to the token's every head.
+// Two layouts of the threads:
+// - rope_rows_kernel, for rows of 16-byte packs that a power-of-two group of lanes covers (head
+//   dims 64 and 128 among them): a group of D / K lanes owns one token's head row, so every warp
+//   access covers whole 128-byte lines; the rotation partner comes from another lane by a shuffle.
+//   On the H200 it moves 77-89% of copy bandwidth at the 0.5B-7B shapes, where rope_kernel moved
+//   69-81% (docs/benchmarks.md).
+// - rope_kernel, for any other shape: a thread owns K adjacent frequencies and reads
+//   x[..., i .. i+K) and x[..., i+D/2 .. i+D/2+K) itself (8-byte packs or single elements).
 #include "cuda_common.cuh"
 #include "lrsa/ops/cuda_ops.h"
 
@@ -58,6 +63,59 @@ __global__ void rope_kernel(T* x, const int32_t* positions, const float* inv_fre
   }
 }
 
+// x [T, H, D] as above, K-element packs of 16 bytes: the row_threads = D / K lanes of a group own
+// one token's head row (lane j: columns [jK, jK + K)). A pack's rotation partner (column i +- D/2)
+// is in lane j ^ (row_threads / 2), and arrives by a shuffle of its raw words. kRowHeads heads'
+// loads are in flight at a time (8 was faster than 4 and 16 on the H200).
+constexpr int kRowHeads = 8;
+
+template <int K, typename T>
+__global__ void rope_rows_kernel(T* x, const int32_t* positions, const float* inv_freq, int64_t tokens, int heads,
+                                 int head_dim, int64_t token_stride, float sin_sign) {
+  constexpr int kWords = words_of<K, T>;
+  const int row_threads = head_dim / K, half_threads = row_threads / 2;
+  const int64_t total = tokens * row_threads;
+  // Every lane of a warp runs the same iterations: the shuffles need the whole warp.
+  for (int64_t base = blockIdx.x * int64_t(blockDim.x); base < total; base += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t item = base + threadIdx.x;
+    const bool active = item < total;
+    const int64_t t = active ? item / row_threads : 0;
+    const int j = int(item % row_threads);
+    const bool first_half = j < half_threads;
+    const float pos = float(positions[t]);
+    float freq[K], cosv[K], sinv[K];
+    load_floats<K>(inv_freq + (first_half ? j : j - half_threads) * K, freq);
+    const float sign = first_half ? -sin_sign : sin_sign;  // a' = a cos - b sin, b' = b cos + a sin
+#pragma unroll
+    for (int e = 0; e < K; ++e) {
+      sincosf(pos * freq[e], &sinv[e], &cosv[e]);
+      sinv[e] *= sign;
+    }
+    T* row = x + t * token_stride + j * K;
+    for (int h0 = 0; h0 < heads; h0 += kRowHeads) {
+      uint32_t w[kRowHeads][kWords] = {};
+#pragma unroll
+      for (int u = 0; u < kRowHeads; ++u) {
+        if (active && h0 + u < heads) load_words<K>(row + int64_t(h0 + u) * head_dim, w[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kRowHeads; ++u) {
+        uint32_t pw[kWords];
+#pragma unroll
+        for (int k = 0; k < kWords; ++k) pw[k] = __shfl_xor_sync(0xffffffffu, w[u][k], half_threads);
+        if (active && h0 + u < heads) {
+          float own[K], partner[K], out[K];
+          unpack_floats<K, T>(w[u], own);
+          unpack_floats<K, T>(pw, partner);
+#pragma unroll
+          for (int e = 0; e < K; ++e) out[e] = own[e] * cosv[e] + partner[e] * sinv[e];
+          store_floats<K>(row + int64_t(h0 + u) * head_dim, out);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void rope_apply(Tensor& x, const Tensor& positions, const Tensor& inv_freq, bool inverse) {
@@ -84,6 +142,14 @@ void rope_apply(Tensor& x, const Tensor& positions, const Tensor& inv_freq, bool
   dispatch_float(x.dtype(), op, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     constexpr int kHalfPack = 8 / int(sizeof(T));
+    constexpr int kFullPack = 16 / int(sizeof(T));
+    const int64_t row_threads = head_dim / kFullPack;
+    if (vector && row_threads <= 32 && 32 % row_threads == 0) {
+      rope_rows_kernel<kFullPack><<<grid_size(tokens * row_threads, 256), 256, 0, current_stream()>>>(
+          static_cast<T*>(x.data()), positions.data_as<int32_t>(), inv_freq.data_as<float>(), tokens, int(heads),
+          int(head_dim), token_stride, sin_sign);
+      return;
+    }
     dispatch_int<kHalfPack, 1>(vector ? kHalfPack : 1, "vector width", [&](auto k) {
       const int64_t items = tokens * (half / k());
       rope_kernel<k()><<<grid_size(items, 256), 256, 0, current_stream()>>>(

@@ -120,28 +120,35 @@ TEST_CASE("rope rejects bad arguments with clear errors", "[ops]") {
 }
 
 TEST_CASE("rope on CUDA matches the CPU within the tolerance rule", "[ops][cuda]") {
-  const int64_t T = 70, H = 5, D = 128;
-  const Tensor inv_freq = ops::rope_inv_freq(D, 1000000.0);
-  const auto freq = inv_freq.to_floats();
+  const int64_t T = 70;
+  // D 128 and 64: the row-coalesced kernel (with 5 and 11 heads: one partial group of 8, then a
+  // full one and a partial one); D 80: rows of 10 packs, the per-thread kernel with 8-byte packs;
+  // D 20: single elements.
+  const int64_t shapes[][2] = {{5, 128}, {11, 64}, {5, 80}, {3, 20}};
   const auto pos = packed_positions(T);
   const Tensor positions = Tensor::from_ints(pos, {T});
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    for (bool inverse : {false, true}) {
-      CAPTURE(dtype_name(dtype), inverse);
-      const Tensor qkv = randn({T, 3 * H, D}, 7, dtype);
-      Tensor cpu_buf = qkv.clone(), gpu_buf = qkv.to(Device::cuda(0));
-      Tensor cpu_q = cpu_buf.slice(1, H, 2 * H), gpu_q = gpu_buf.slice(1, H, 2 * H);  // the k part: offset and stride
-      const Tensor gpu_pos = positions.to(Device::cuda(0)), gpu_freq = inv_freq.to(Device::cuda(0));
-      if (inverse) {
-        ops::rope_backward(cpu_q, positions, inv_freq);
-        ops::rope_backward(gpu_q, gpu_pos, gpu_freq);
-      } else {
-        ops::rope_forward(cpu_q, positions, inv_freq);
-        ops::rope_forward(gpu_q, gpu_pos, gpu_freq);
+  for (const auto& [H, D] : shapes) {
+    const Tensor inv_freq = ops::rope_inv_freq(D, 1000000.0);
+    const auto freq = inv_freq.to_floats();
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      for (bool inverse : {false, true}) {
+        CAPTURE(H, D, dtype_name(dtype), inverse);
+        const Tensor qkv = randn({T, 3 * H, D}, 7, dtype);
+        Tensor cpu_buf = qkv.clone(), gpu_buf = qkv.to(Device::cuda(0));
+        Tensor cpu_q = cpu_buf.slice(1, H, 2 * H), gpu_q = gpu_buf.slice(1, H, 2 * H);  // the k part: offset and stride
+        const Tensor gpu_pos = positions.to(Device::cuda(0)), gpu_freq = inv_freq.to(Device::cuda(0));
+        if (inverse) {
+          ops::rope_backward(cpu_q, positions, inv_freq);
+          ops::rope_backward(gpu_q, gpu_pos, gpu_freq);
+        } else {
+          ops::rope_forward(cpu_q, positions, inv_freq);
+          ops::rope_forward(gpu_q, gpu_pos, gpu_freq);
+        }
+        const auto ref = rope_ref<double>(qkv.slice(1, H, 2 * H).to_doubles(), pos, freq, H, D, inverse ? -1.0 : 1.0);
+        check_rule(gpu_q.to_doubles(), cpu_q.to_doubles(), ref);
+        CHECK(gpu_buf.slice(1, 0, H).to_doubles() == qkv.slice(1, 0, H).to_doubles());
+        CHECK(gpu_buf.slice(1, 2 * H, 3 * H).to_doubles() == qkv.slice(1, 2 * H, 3 * H).to_doubles());
       }
-      const auto ref = rope_ref<double>(qkv.slice(1, H, 2 * H).to_doubles(), pos, freq, H, D, inverse ? -1.0 : 1.0);
-      check_rule(gpu_q.to_doubles(), cpu_q.to_doubles(), ref);
-      CHECK(gpu_buf.slice(1, 0, H).to_doubles() == qkv.slice(1, 0, H).to_doubles());
     }
   }
 }
