@@ -1,6 +1,7 @@
 // Host side shared by the CUDA attention kernels: argument checks specific to the kernels, the
 // per-layout work tables (the plan of attn_plan.h, uploaded once and cached), and the
 // compaction of the selected rows into a dense per-head history buffer.
+#include <cstdio>
 #include <list>
 #include <string>
 
@@ -80,10 +81,15 @@ bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unus
 #ifdef LRSA_WITH_CUDNN
     if (!cudnn_attention_supported(q.size(2), q.dtype()))
       why = "cuDNN attention takes bf16 with head dim 64 or 128 on an sm_90+ device, got q " + q.describe();
-    else if (config.mode == attn::Mode::Lrsa &&
-             !lrsa_cudnn_usable(layout, config.lrsa, k.size(1), q.size(2), q.dtype()))
-      why = "LRSA's gathered keys would take more than " + std::to_string(kLrsaCudnnGatherBytes >> 20) +
-            " MiB at this length (kernels/attn_lrsa_cudnn.h)";
+    else if (config.mode == attn::Mode::Lrsa && !lrsa_cudnn_usable(layout, config, k.size(1), q.size(2), q.dtype())) {
+      char text[160];  // snprintf: nvcc cannot compile fmt's compile-time format checks
+      std::snprintf(text, sizeof text,
+                    "LRSA's gathered keys would take %.2f GiB at this length, over attention.cudnn_gather_gib = %g "
+                    "(kernels/attn_lrsa_cudnn.h)",
+                    double(lrsa_cudnn_gather_bytes(layout, config.lrsa, k.size(1), q.size(2))) / 1073741824.0,
+                    config.cudnn_gather_gib);
+      why = text;
+    }
 #else
     why = "this build has no cuDNN (cmake printed 'lrsa: cuDNN OFF' with the reason)";
 #endif

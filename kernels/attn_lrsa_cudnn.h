@@ -14,16 +14,17 @@
 
 namespace lrsa::cuda {
 
-// Memory budget: the backward holds Kg, Vg, dKg, dVg at once, 4 * R * Hk * D * 2 bytes for R
-// gathered rows, and they may take at most kLrsaCudnnGatherBytes. R grows like r * T^2 / (2L)
-// (every query partition re-reads the whole selected history): at S = 16, L = 1024, r = 0.25
-// and 2 KV heads of d64, R = 5.6 T at 32K tokens (187 MB), 17.6 T at 128K (2.4 GB, inside) and
-// 34 T at 256K (9.0 GB, outside: the native kernels run). One layer's transient buffers.
-constexpr int64_t kLrsaCudnnGatherBytes = int64_t(4) << 30;
+// Memory: the backward holds Kg, Vg, dKg, dVg at once, 4 * R * Hk * D * 2 bytes for R gathered
+// rows, one layer's transient buffers. R grows like r * T^2 / (2L) (every query partition
+// re-reads the whole selected history): at S = 16, L = 1024, r = 0.25 and 2 KV heads of d64,
+// R = 5.6 T at 32K tokens (187 MB), 17.6 T at 128K (2.4 GB), 34 T at 256K (9.0 GB) and 66 T at
+// 512K (35 GB).
+int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
+                                int64_t head_dim);
 
-// True when cuDNN takes this head dimension and dtype (bf16) and the gathered buffers stay
-// within the budget above.
-bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
+// True when cuDNN takes this head dimension and dtype (bf16) and the gathered buffers fit in
+// config.cudnn_gather_gib.
+bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t kv_heads,
                        int64_t head_dim, DType dtype);
 
 // Mode::Lrsa forward: result.selection already filled, result.out [T, Hq, D] and result.lse

@@ -217,6 +217,8 @@ void schema(V& v, C& c) {
     v.field("lag", c.attention.lrsa.lag, {.range = closed(1, kMaxTokens), .aliases = "lag_size partition partition_size"});
     v.field("ratio", c.attention.lrsa.ratio, {.range = {0, 1, true, false}, .aliases = "keep_ratio r"});
     v.field("score_v_ratio", c.attention.lrsa.score_v_ratio, {.range = at_least(0), .aliases = "lambda v_ratio"});
+    v.field("cudnn_gather_gib", c.attention.cudnn_gather_gib,
+            {.range = {0, attn::kMaxCudnnGatherGib, true, false}, .aliases = "gather_gib gather_budget_gib"});
   });
   v.section("optim", "optimizer adamw optimiser", [&] {
     v.field("lr", c.optim.lr, {.range = above(0), .aliases = "learning_rate"});

@@ -193,6 +193,7 @@ ModelSetup resolve_model(const RunConfig& config) {
   s.options.attention.lrsa = config.attention.lrsa;
   s.options.attention.deterministic = config.precision.deterministic;
   s.options.attention.backend = config.attention.backend;
+  s.options.attention.cudnn_gather_gib = config.attention.cudnn_gather_gib;
   s.gemm_candidates = config.precision.deterministic ? 1 : 8;
   switch (config.memory.activation_checkpointing) {
     case Checkpointing::None: s.options.checkpoint_every = 0; break;

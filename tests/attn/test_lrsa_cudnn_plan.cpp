@@ -195,7 +195,7 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
     const test::Inputs cpu = test::make_inputs(c.problem);
     const test::Inputs gpu = test::make_inputs(c.problem, Device::cuda(0));
     const int64_t T = test::total_tokens(c.problem), Hq = c.problem.Hq, Hk = c.problem.Hk, D = c.problem.D;
-    REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, c.config.lrsa, Hk, D, DType::BF16));
+    REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, c.config, Hk, D, DType::BF16));
 
     attn::AttentionForward fwd;
     fwd.selection = attn::lrsa_select(gpu.k, gpu.v, gpu.layout, c.config.lrsa);
@@ -226,11 +226,25 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
 }
 
 TEST_CASE("LRSA on cuDNN: usable for bf16 within the gather budget only", "[attn][cuda]") {
-  const attn::LrsaParams p = test::lrsa_config(16, 1024, 0.25).lrsa;
-  CHECK(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 2, 64, DType::BF16));         // 187 MB
-  CHECK(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(131072), p, 2, 64, DType::BF16));        // 2.4 GB
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(262144), p, 2, 64, DType::BF16));  // 9.0 GB
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(131072), p, 4, 128, DType::BF16));  // 9.5 GB
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(attn::SeqLayout::single(32768), p, 2, 64, DType::F32));
+  attn::AttentionConfig c = test::lrsa_config(16, 1024, 0.25);
+  const auto single = [](int64_t T) { return attn::SeqLayout::single(T); };
+  const auto gib = [&](int64_t T, int64_t Hk, int64_t D) {
+    return double(cuda::lrsa_cudnn_gather_bytes(single(T), c.lrsa, Hk, D)) / 1073741824.0;
+  };
+  // 4 buffers x R rows x Hk x D x 2 bytes: R = 183,008 rows at 32K, 8,816,864 at 256K, 34,412,768 at 512K.
+  CHECK(gib(32768, 2, 64) == Approx(0.1745).epsilon(0.001));
+  CHECK(gib(262144, 2, 64) == Approx(8.408).epsilon(0.001));
+  CHECK(gib(524288, 2, 64) == Approx(32.82).epsilon(0.001));
+  // The default budget (4 GiB): the 0.5B shape on cuDNN up to 128K tokens.
+  CHECK(c.cudnn_gather_gib == attn::kDefaultCudnnGatherGib);
+  CHECK(cuda::lrsa_cudnn_usable(single(131072), c, 2, 64, DType::BF16));  // 2.2 GiB
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(262144), c, 2, 64, DType::BF16));
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(131072), c, 4, 128, DType::BF16));  // 8.8 GiB
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(32768), c, 2, 64, DType::F32));
+  // The ceiling (16 GiB) takes those two, not 512K.
+  c.cudnn_gather_gib = attn::kMaxCudnnGatherGib;
+  CHECK(cuda::lrsa_cudnn_usable(single(262144), c, 2, 64, DType::BF16));
+  CHECK(cuda::lrsa_cudnn_usable(single(131072), c, 4, 128, DType::BF16));
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(524288), c, 2, 64, DType::BF16));
 }
 #endif

@@ -106,6 +106,7 @@ TEST_CASE("defaults are filled and documented values hold", "[train]") {
   CHECK(c.attention.lrsa.lag == 1024);
   CHECK(c.attention.lrsa.ratio == 0.25);
   CHECK(c.attention.lrsa.score_v_ratio == 1.0f);
+  CHECK(c.attention.cudnn_gather_gib == attn::kDefaultCudnnGatherGib);
   CHECK(c.optim.lr == 1e-5);
   CHECK(c.optim.beta1 == 0.9);
   CHECK(c.optim.beta2 == 0.95);
@@ -215,6 +216,11 @@ TEST_CASE("range errors name the JSON path, the range and the value", "[train]")
   CHECK_THROWS_WITH(load(with("/attention/ratio", 0)), "config run.json: attention.ratio: must be in (0, 1], got 0");
   CHECK_THROWS_WITH(load(with("/attention/sink", -1)), Catch::StartsWith("config run.json: attention.sink: must be in [0, "));
   CHECK_THROWS_WITH(load(with("/attention/lag", 0)), Catch::StartsWith("config run.json: attention.lag: must be in [1, "));
+  CHECK_THROWS_WITH(load(with("/attention/cudnn_gather_gib", 0)),
+                    "config run.json: attention.cudnn_gather_gib: must be in (0, 16], got 0");
+  CHECK_THROWS_WITH(load(with("/attention/cudnn_gather_gib", 32)),
+                    "config run.json: attention.cudnn_gather_gib: must be in (0, 16], got 32");
+  CHECK(load(with("/attention/cudnn_gather_gib", 2.5)).attention.cudnn_gather_gib == 2.5);
   CHECK_THROWS_WITH(load(with("/optim/lr", 0)), "config run.json: optim.lr: must be > 0, got 0");
   CHECK_THROWS_WITH(load(with("/optim/beta2", 1)), "config run.json: optim.beta2: must be in [0, 1), got 1");
   CHECK_THROWS_WITH(load(with("/optim/weight_decay", -0.1)), "config run.json: optim.weight_decay: must be >= 0, got -0.1");
@@ -397,7 +403,8 @@ TEST_CASE("dump and load give back the same config", "[train]") {
   const RunConfig c = load(j, {}, {4, false});
   const std::string dumped = dump_config(c);
   // Every field is written, floats in their shortest form.
-  CHECK(dumped.find("\"score_v_ratio\": 0.1\n") != std::string::npos);
+  CHECK(dumped.find("\"score_v_ratio\": 0.1,\n") != std::string::npos);
+  CHECK(dumped.find("\"cudnn_gather_gib\": 4.0\n") != std::string::npos);
   CHECK(dumped.find("\"tokens_per_step\": 8192") != std::string::npos);
   CHECK(dumped.find("\"metrics_file\": \"runs/t/metrics.jsonl\"") != std::string::npos);
   const RunConfig back = load_config_text(dumped, "checkpoint", {}, {4, false});

@@ -31,11 +31,20 @@ struct LrsaParams {
   void validate() const;      // rejects K < 1, L < 1, S < 0, r outside (0, 1] with a clear error
 };
 
+// LRSA on cuDNN copies each query partition's visible keys into gathered buffers, four of them
+// per layer in the backward (kernels/attn_lrsa_cudnn.h); they grow like T^2. Auto runs LRSA on
+// cuDNN while they fit in AttentionConfig::cudnn_gather_gib, else on the native kernels. Past
+// the default, cuDNN's own backward workspace grows faster still (docs/config.md); the ceiling
+// keeps each buffer within 2^31 elements.
+constexpr double kDefaultCudnnGatherGib = 4;
+constexpr double kMaxCudnnGatherGib = 16;
+
 struct AttentionConfig {
   Mode mode = Mode::Dense;
   LrsaParams lrsa;
   bool deterministic = false;  // CUDA: no atomics in reductions whose order could vary
   Backend backend = Backend::Auto;
+  double cudnn_gather_gib = kDefaultCudnnGatherGib;  // (0, kMaxCudnnGatherGib]
 };
 
 // Document boundaries of a packed batch, on the host and (for CUDA) on the device.

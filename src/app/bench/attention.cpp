@@ -38,6 +38,7 @@ struct AttentionOptions {
   double ratio = 0.25;
   std::vector<std::string> backends = {"native", "cudnn"};
   bool deterministic = false;
+  double cudnn_gather_gib = attn::kDefaultCudnnGatherGib;
   bool skip_checks = false;
   bool fused_qkv = false;
 };
@@ -272,6 +273,7 @@ class Bench {
 
   attn::AttentionConfig config(attn::AttentionConfig c) const {
     c.deterministic = options_.deterministic;
+    c.cudnn_gather_gib = options_.cudnn_gather_gib;
     return c;
   }
 
@@ -384,6 +386,9 @@ Subcommand register_attention(CLI::App& app) {
   sub->add_option("--ratio", options->ratio, "LRSA kept ratio r");
   sub->add_option("--backends", options->backends, "attention backends among native, cudnn, auto (each mode on each)");
   sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
+  sub->add_option("--cudnn-gather-gib", options->cudnn_gather_gib,
+                  "LRSA on cuDNN while its gathered keys fit in this many GiB (attention.cudnn_gather_gib)")
+      ->check(CLI::Range(0.001, attn::kMaxCudnnGatherGib));
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
   sub->add_flag("--fused-qkv", options->fused_qkv,
                 "time q, k, v and their gradients as views of fused [T, (Hq + 2 Hk) D] buffers, as the decoder lays them out");
