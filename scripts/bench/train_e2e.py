@@ -22,6 +22,8 @@ Groups (cases run in the order listed, ours then PyTorch for each setting):
   headline the targets' cases only, ours: 0.5B dense 16K and 32K, LRSA 32K (PyTorch's figures for
            them are in the issue and in docs/benchmarks.md)
   ours16k  our side of the dense 16K target, twice (A/B of a change, e.g. an environment switch)
+  lrsa256k ours LRSA 256K with checkpointing (A/B of attention settings with --set, e.g.
+           attention.cudnn_gather_gib=4 for the native kernels)
   target16k the dense 16K target alone: ours and PyTorch alternating, twice each
   profile  where the time goes: ours with LRSA_PROFILE_OPS=1 (GPU time per op, after the first
            step) at 0.5B dense 16K and LRSA 32K, PyTorch under torch.profiler at dense 16K
@@ -49,6 +51,7 @@ GROUPS = {
     "headline": [("ours", "0.5b", 16 * K, "dense", False, 6), ("ours", "0.5b", 32 * K, "dense", False, 5),
                  ("ours", "0.5b", 32 * K, "lrsa", False, 6)],
     "ours16k": [("ours", "0.5b", 16 * K, "dense", False, 6)] * 2,
+    "lrsa256k": [("ours", "0.5b", 256 * K, "lrsa", True, 3)],
     "target16k": [(impl, "0.5b", 16 * K, "dense", False, 6) for _ in range(2) for impl in ("ours", "pytorch")],
     "profile": [("ours", "0.5b", 16 * K, "dense", False, 4), ("ours", "0.5b", 32 * K, "lrsa", False, 4),
                 ("pytorch", "0.5b", 16 * K, "dense", False, 3)],
@@ -65,7 +68,7 @@ def passkey_data(binary, tokens, samples):
     return path
 
 
-def run_ours(binary, shape, tokens, attention, checkpointing, steps, scratch, profile):
+def run_ours(binary, shape, tokens, attention, checkpointing, steps, scratch, profile, extra_sets):
     data = passkey_data(binary, tokens, 8)
     out_dir = tempfile.mkdtemp(prefix="e2e-", dir=scratch)  # the final checkpoint lands in RAM
     sets = {"data.train": json.dumps(data), "data.max_seq_len": tokens, "batch.tokens_per_step": tokens,
@@ -76,10 +79,12 @@ def run_ours(binary, shape, tokens, attention, checkpointing, steps, scratch, pr
     cmd = [binary, "train", "--config", f"configs/bench/qwen2.5-{shape}-shape.json"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
+    for setting in extra_sets:
+        cmd += ["--set", setting]
     env = dict(os.environ, LRSA_PROFILE_OPS="1") if profile else None
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     result = {"impl": "lrsa-train", "shape": shape, "tokens": tokens, "attention": attention,
-              "checkpointing": checkpointing}
+              "checkpointing": checkpointing, "sets": extra_sets}
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     lines = [json.loads(l) for l in open(metrics_path)] if os.path.exists(metrics_path) else []
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -124,18 +129,23 @@ def main():
     ap.add_argument("--binary", default="build-gpu/lrsa-train")
     ap.add_argument("--scratch", default="/dev/shm", help="where run directories (and final checkpoints) go")
     ap.add_argument("--out", default="train-e2e.jsonl", help="JSON lines, one per run (appended)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for our runs (lrsa-train --set), e.g. attention.cudnn_gather_gib=4")
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
         sys.exit(f"train_e2e.py: {args.binary} is missing: build first (bash scripts/gpu/run.sh build)")
     header = ("| impl | shape | T | attention | checkpointing | tokens/s | step s | MFU | peak GiB |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    if args.sets:
+        print("our runs with --set " + " --set ".join(args.sets), flush=True)
     print(header, flush=True)
     with open(args.out, "a") as out:
         for group in args.groups:
             for impl, shape, tokens, attention, ckpt, steps in GROUPS[group]:
                 start = time.time()
                 profile = group == "profile"
-                r = (run_ours(args.binary, shape, tokens, attention, ckpt, steps, args.scratch, profile) if impl == "ours"
+                r = (run_ours(args.binary, shape, tokens, attention, ckpt, steps, args.scratch, profile, args.sets)
+                     if impl == "ours"
                      else run_torch(shape, tokens, ckpt, steps, profile))
                 r.update(group=group, wall_s=round(time.time() - start, 1))
                 out.write(json.dumps(r) + "\n")
