@@ -151,10 +151,9 @@ Gathered gather(const char* op, const attn::AttentionConfig& config, const Tenso
                 const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
   LRSA_CHECK(config.mode == attn::Mode::Lrsa, "{}: called for dense attention", op);
   LRSA_CHECK(lrsa_cudnn_usable(layout, config, k.size(1), q.size(2), q.dtype()),
-             "{}: not usable for {} (head dimension, dtype, or gathered keys of {:.2f} GiB over "
-             "attention.cudnn_gather_gib = {})",
-             op, q.describe(), lrsa_cudnn_gather_bytes(layout, config.lrsa, k.size(1), q.size(2)) / 1073741824.0,
-             config.cudnn_gather_gib);
+             "{}: not usable for {} (head dimension, dtype, or gathered keys over attention.cudnn_gather_gib = {} "
+             "GiB)",
+             op, q.describe(), config.cudnn_gather_gib);
   check_rows(op, "k", k);
   check_rows(op, "v", v);
   use_device(q);
@@ -189,10 +188,10 @@ int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaP
 bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t kv_heads,
                        int64_t head_dim, DType dtype) {
   // cuDNN's bf16 with D 64 / 128 is also what the gather and reduction kernels need (16-byte
-  // chunks of bf16 rows). The budget's ceiling also keeps the plan's i32 row numbers in range.
-  const double budget = std::min(config.cudnn_gather_gib, attn::kMaxCudnnGatherGib) * 1073741824.0;
-  return cudnn_attention_supported(head_dim, dtype) &&
-         double(lrsa_cudnn_gather_bytes(layout, config.lrsa, kv_heads, head_dim)) <= budget;
+  // chunks of bf16 rows); the plan's row numbers and codes are i32.
+  const int64_t rows = lrsa_gather::gathered_rows(layout.cu_seqlens, config.lrsa);
+  return cudnn_attention_supported(head_dim, dtype) && rows < (int64_t(1) << 31) &&
+         double(4 * rows * kv_heads * head_dim * 2) <= config.cudnn_gather_gib * 1073741824.0;
 }
 
 void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,

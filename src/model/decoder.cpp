@@ -67,6 +67,9 @@ Decoder::Decoder(const ModelConfig& config, const DecoderOptions& options, DType
   LRSA_CHECK(param_dtype == DType::BF16 || param_dtype == DType::F32, "decoder: parameters must be bf16 or f32, got {}",
              dtype_name(param_dtype));
   if (options_.attention.mode == attn::Mode::Lrsa) options_.attention.lrsa.validate();
+  const double gather_gib = options_.attention.cudnn_gather_gib;
+  LRSA_CHECK(gather_gib > 0 && gather_gib <= attn::kMaxCudnnGatherGib,
+             "attention.cudnn_gather_gib: must be in (0, {}], got {}", attn::kMaxCudnnGatherGib, gather_gib);
   params_ = make_param_set(config_, param_dtype, device_);
   grads_ = make_param_set(config_, DType::F32, device_);
   inv_freq_ = rope_inv_freq(config_).to(device_);

@@ -155,6 +155,18 @@ TEST_CASE("gradients accumulate over micro-batches", "[model]") {
   for (size_t i = 0; i < once.size(); i += 97) CHECK(std::abs(twice[i] - 2 * once[i]) <= 1e-5f + 1e-5f * std::abs(once[i]));
 }
 
+TEST_CASE("the decoder rejects a cuDNN gather budget outside (0, 16] GiB, naming the setting", "[model]") {
+  const ModelConfig c = tiny_config(Architecture::Qwen2, false);
+  DecoderOptions options;
+  for (double gib : {0.0, -1.0, 16.5, std::nan("")}) {
+    options.attention.cudnn_gather_gib = gib;
+    CHECK_THROWS_WITH(Decoder(c, options, DType::F32, Device::cpu()),
+                      Catch::StartsWith("attention.cudnn_gather_gib: must be in (0, 16], got"));
+  }
+  options.attention.cudnn_gather_gib = 16;
+  CHECK_NOTHROW(Decoder(c, options, DType::F32, Device::cpu()));
+}
+
 TEST_CASE("memory plan counts parameters, optimizer shards and checkpointing", "[model]") {
   ModelConfig c = tiny_config(Architecture::Qwen2, false);
   DecoderOptions options;

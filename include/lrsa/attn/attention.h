@@ -34,8 +34,8 @@ struct LrsaParams {
 // LRSA on cuDNN copies each query partition's visible keys into gathered buffers, four of them
 // per layer in the backward (kernels/attn_lrsa_cudnn.h); they grow like T^2. Auto runs LRSA on
 // cuDNN while they fit in AttentionConfig::cudnn_gather_gib, else on the native kernels. Past
-// the default, cuDNN's own backward workspace grows faster still (docs/config.md); the ceiling
-// keeps each buffer within 2^31 elements.
+// the default, cuDNN's own backward workspace grows faster still (docs/config.md). The ceiling
+// keeps each buffer within 2^31 elements (and the gather plan's i32 row numbers in range).
 constexpr double kDefaultCudnnGatherGib = 4;
 constexpr double kMaxCudnnGatherGib = 16;
 

@@ -388,7 +388,7 @@ Subcommand register_attention(CLI::App& app) {
   sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
   sub->add_option("--cudnn-gather-gib", options->cudnn_gather_gib,
                   "LRSA on cuDNN while its gathered keys fit in this many GiB (attention.cudnn_gather_gib)")
-      ->check(CLI::Range(0.001, attn::kMaxCudnnGatherGib));
+      ->check(CLI::PositiveNumber & CLI::Range(0.0, attn::kMaxCudnnGatherGib));
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
   sub->add_flag("--fused-qkv", options->fused_qkv,
                 "time q, k, v and their gradients as views of fused [T, (Hq + 2 Hk) D] buffers, as the decoder lays them out");
