@@ -2,8 +2,9 @@
 // frequencies once (fp32, as the contract says) and applies them to the token's every head.
 // Two layouts of the threads:
 // - rope_rows_kernel, for rows of 16-byte packs that a power-of-two group of lanes covers (head
-//   dims 64 and 128 among them): a group of D / K lanes owns one token's head row, so every warp
-//   access covers whole 128-byte lines; the rotation partner comes from another lane by a shuffle.
+//   dims 64 and 128 among them): a group of D / K lanes owns one token's head row, so a warp
+//   access covers whole 128-byte lines of rows aligned to them (the decoder's fused QKV rows are);
+//   the rotation partner comes from another lane by a shuffle.
 //   On the H200 it moves 77-89% of copy bandwidth at the 0.5B-7B shapes, where rope_kernel moved
 //   69-81% (docs/benchmarks.md).
 // - rope_kernel, for any other shape: a thread owns K adjacent frequencies and reads

@@ -120,19 +120,19 @@ TEST_CASE("rope rejects bad arguments with clear errors", "[ops]") {
 }
 
 TEST_CASE("rope on CUDA matches the CPU within the tolerance rule", "[ops][cuda]") {
-  const int64_t T = 70;
-  // D 128 and 64: the row-coalesced kernel (with 5 and 11 heads: one partial group of 8, then a
-  // full one and a partial one); D 80: rows of 10 packs, the per-thread kernel with 8-byte packs;
-  // D 20: single elements.
-  const int64_t shapes[][2] = {{5, 128}, {11, 64}, {5, 80}, {3, 20}};
-  const auto pos = packed_positions(T);
-  const Tensor positions = Tensor::from_ints(pos, {T});
-  for (const auto& [H, D] : shapes) {
+  // {T, H, D}. D 128 and 64: the row-coalesced kernel (with 5 and 11 heads: one partial group of
+  // 8, then a full one and a partial one; 40000 tokens: more rows than the grid's threads, so the
+  // grid-stride loop turns); D 80: rows of 10 (bf16) or 20 (f32) 16-byte packs, which no lane
+  // group covers, so the per-thread kernel with 8-byte packs; D 20: single elements.
+  const int64_t shapes[][3] = {{70, 5, 128}, {70, 11, 64}, {40000, 2, 64}, {70, 5, 80}, {70, 3, 20}};
+  for (const auto& [T, H, D] : shapes) {
+    const auto pos = packed_positions(T);
+    const Tensor positions = Tensor::from_ints(pos, {T});
     const Tensor inv_freq = ops::rope_inv_freq(D, 1000000.0);
     const auto freq = inv_freq.to_floats();
     for (DType dtype : {DType::F32, DType::BF16}) {
       for (bool inverse : {false, true}) {
-        CAPTURE(H, D, dtype_name(dtype), inverse);
+        CAPTURE(T, H, D, dtype_name(dtype), inverse);
         const Tensor qkv = randn({T, 3 * H, D}, 7, dtype);
         Tensor cpu_buf = qkv.clone(), gpu_buf = qkv.to(Device::cuda(0));
         Tensor cpu_q = cpu_buf.slice(1, H, 2 * H), gpu_q = gpu_buf.slice(1, H, 2 * H);  // the k part: offset and stride
