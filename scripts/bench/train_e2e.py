@@ -23,7 +23,7 @@ Groups (cases run in the order listed, ours then PyTorch for each setting):
            them are in the issue and in docs/benchmarks.md)
   ours16k  our side of the dense 16K target, twice (A/B of a change, e.g. an environment switch)
   lrsa256k ours LRSA 256K with checkpointing (A/B of attention settings with --set, e.g.
-           attention.cudnn_gather_gib=4 for the native kernels)
+           attention.cudnn_gather_gib=16 for LRSA on cuDNN, past the default budget)
   target16k the dense 16K target alone: ours and PyTorch alternating, twice each
   profile  where the time goes: ours with LRSA_PROFILE_OPS=1 (GPU time per op, after the first
            step) at 0.5B dense 16K and LRSA 32K, PyTorch under torch.profiler at dense 16K
@@ -130,7 +130,8 @@ def main():
     ap.add_argument("--scratch", default="/dev/shm", help="where run directories (and final checkpoints) go")
     ap.add_argument("--out", default="train-e2e.jsonl", help="JSON lines, one per run (appended)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="a config override for our runs (lrsa-train --set), e.g. attention.cudnn_gather_gib=4")
+                    help="a config override for our runs (lrsa-train --set, after the script's own, so it wins; "
+                         "the table still shows the group's attention mode), e.g. attention.cudnn_gather_gib=16")
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
         sys.exit(f"train_e2e.py: {args.binary} is missing: build first (bash scripts/gpu/run.sh build)")
