@@ -178,11 +178,14 @@ Gathered gather(const char* op, const attn::AttentionConfig& config, const Tenso
 
 float softmax_scale(const Tensor& q) { return 1.0f / std::sqrt(float(q.size(2))); }
 
+// Kg, Vg, dKg, dVg in bf16 (see the header).
+int64_t gather_bytes(int64_t rows, int64_t kv_heads, int64_t head_dim) { return 4 * rows * kv_heads * head_dim * 2; }
+
 }  // namespace
 
 int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
                                 int64_t head_dim) {
-  return 4 * lrsa_gather::gathered_rows(layout.cu_seqlens, params) * kv_heads * head_dim * 2;
+  return gather_bytes(lrsa_gather::gathered_rows(layout.cu_seqlens, params), kv_heads, head_dim);
 }
 
 bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t kv_heads,
@@ -191,7 +194,7 @@ bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfi
   // chunks of bf16 rows); the plan's row numbers and codes are i32.
   const int64_t rows = lrsa_gather::gathered_rows(layout.cu_seqlens, config.lrsa);
   return cudnn_attention_supported(head_dim, dtype) && rows < (int64_t(1) << 31) &&
-         double(4 * rows * kv_heads * head_dim * 2) <= config.cudnn_gather_gib * 1073741824.0;
+         double(gather_bytes(rows, kv_heads, head_dim)) <= config.cudnn_gather_gib * 1073741824.0;
 }
 
 void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
