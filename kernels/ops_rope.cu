@@ -5,7 +5,7 @@
 //   dims 64 and 128 among them): a group of D / K lanes owns one token's head row, so a warp
 //   access covers whole 128-byte lines of rows aligned to them (the decoder's fused QKV rows are);
 //   the rotation partner comes from another lane by a shuffle.
-//   On the H200 it moves 77-89% of copy bandwidth at the 0.5B-7B shapes, where rope_kernel moved
+//   On the H200 it moved 75-89% of copy bandwidth at the 0.5B-7B shapes, where rope_kernel moved
 //   69-81% (docs/benchmarks.md).
 // - rope_kernel, for any other shape: a thread owns K adjacent frequencies and reads
 //   x[..., i .. i+K) and x[..., i+D/2 .. i+D/2+K) itself (8-byte packs or single elements).
