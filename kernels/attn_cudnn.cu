@@ -107,7 +107,13 @@ enum Uid : int64_t {
   kOffQ, kOffK, kOffV, kOffO, kOffStats, kOffDO, kOffDQ, kOffDK, kOffDV,
 };
 
-int64_t bucket(int64_t n) { return int64_t(std::bit_ceil(uint64_t(std::max<int64_t>(n, 1)))); }
+// Graph dims round up to one of 8 steps per power of two: a varying batch builds few graphs, and
+// the padding stays under 1/8. cuDNN's backward workspace grows with B x s_kv (fp32 dK/dV per
+// query head), so rounding to a power of two could double it: 113 GiB for LRSA at 256K tokens.
+int64_t bucket(int64_t n) {
+  const uint64_t v = uint64_t(std::max<int64_t>(n, 1)), step = std::max<uint64_t>(std::bit_floor(v) / 8, 1);
+  return int64_t((v + step - 1) / step * step);
+}
 
 struct GraphKey {
   bool backward;

@@ -164,7 +164,8 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
   uint64_t seed = 900;
   // Each launch shape: a warp per row with 4, 6 and 8 packs per thread (9000 rows: several rows
   // per warp, so the weight gradient sums across rows), a block of 128 and of 256 threads per
-  // row, and the scalar path (C not a multiple of 8).
+  // row, and the scalar path (C not a multiple of 8). A second run must give the same bits (the
+  // weight gradient's partials are added in a fixed order).
   const int64_t shapes[][2] = {{37, 520}, {9000, 896}, {64, 1536}, {50, 2048}, {40, 3584}, {6, 20000}, {5, 100}};
   for (const auto& [N, C] : shapes) {
     for (DType dtype : {DType::F32, DType::BF16}) {
@@ -176,6 +177,9 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
         const Tensor residual = with_residual ? randn({N, C}, seed++, dtype) : Tensor();
         const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual);
         const Run cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual);
+        const Run gpu_again = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual);
+        CHECK(gpu_again.dw == gpu.dw);
+        CHECK(gpu_again.dx == gpu.dx);
         const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
         std::vector<double> rstd_ref, dx_ref, dw_ref;
         const auto y_ref = forward_ref<double>(xv, wv, N, C, &rstd_ref);
