@@ -187,7 +187,13 @@ Tensor Engine::prefill_whole(KvCache& cache, const std::vector<std::vector<int32
   const model::ModelConfig& c = decoder_.config();
   const Device device = decoder_.device();
   const attn::SeqLayout layout = attn::SeqLayout::from_lengths(lengths, device);
-  const attn::AttentionConfig attention = spec_.attention();
+  // The cache's method, run as the decoder runs its own attention (the run's backend,
+  // deterministic mode and cuDNN gather budget).
+  attn::AttentionConfig attention = spec_.attention();
+  const attn::AttentionConfig& run = decoder_.options().attention;
+  attention.backend = run.backend;
+  attention.deterministic = run.deterministic;
+  attention.cudnn_gather_gib = run.cudnn_gather_gib;
   const Tensor pos_t = host_ints(positions, device);
   Tensor x = decoder_.embed(host_ints(ids, device));
   for (size_t l = 0; l < size_t(c.num_hidden_layers); ++l) {

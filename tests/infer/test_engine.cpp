@@ -316,6 +316,23 @@ TEST_CASE("LagKV cache inference equals the LRSA training forward on CUDA (bf16)
   }
 }
 
+TEST_CASE("whole-prompt prefill runs attention with the decoder's execution settings", "[infer][cuda]") {
+  // backend cudnn with a gather budget no LRSA call fits in: the prefill must fail the way the
+  // training forward does (with the engine's own defaults, auto, it would run).
+  const model::ModelConfig c = tiny_config(64, 4, 2);
+  const CacheSpec spec = CacheSpec::lagkv(lrsa_params(16, 64, 0.25));
+  model::DecoderOptions options = Setup::options(spec);
+  options.attention.backend = attn::Backend::Cudnn;
+  options.attention.cudnn_gather_gib = 1e-9;
+  model::Decoder decoder(c, options, DType::BF16, Device::cuda(0));
+  model::init_params(decoder.params(), c, 7, 0.2f);
+  Engine engine(decoder, spec);
+  const std::vector<int32_t> ids = random_tokens(16 + 64 * 3 + 5, c.vocab_size, 52);
+  KvCache cache = engine.make_cache(1, int64_t(ids.size()));
+  CHECK_THROWS_WITH(engine.prefill_whole(cache, {ids}), Catch::Contains("attention backend cudnn cannot run this call"));
+  CHECK_THROWS_WITH(training_logits(decoder, ids), Catch::Contains("attention backend cudnn cannot run this call"));
+}
+
 TEST_CASE("CUDA cache attention and row gather equal the CPU ones", "[infer][cuda]") {
   for (DType dt : {DType::F32, DType::BF16})
     for (int64_t D : {64, 128}) {
