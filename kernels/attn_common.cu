@@ -81,13 +81,13 @@ bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unus
 #ifdef LRSA_WITH_CUDNN
     if (!cudnn_attention_supported(q.size(2), q.dtype()))
       why = "cuDNN attention takes bf16 with head dim 64 or 128 on an sm_90+ device, got q " + q.describe();
-    else if (config.mode == attn::Mode::Lrsa && !lrsa_cudnn_usable(layout, config, k.size(1), q.size(2), q.dtype())) {
+    else if (config.mode == attn::Mode::Lrsa &&
+             !lrsa_cudnn_usable(layout, config, q.size(1), k.size(1), q.size(2), q.dtype())) {
       if (config.backend != attn::Backend::Cudnn) return false;  // auto: the reason is not shown
-      char text[160];  // snprintf: nvcc cannot compile fmt's compile-time format checks
+      char text[200];  // snprintf: nvcc cannot compile fmt's compile-time format checks
       std::snprintf(text, sizeof text,
-                    "LRSA's gathered keys would take %.2f GiB at this length, over attention.cudnn_gather_gib = %g "
-                    "(kernels/attn_lrsa_cudnn.h)",
-                    double(lrsa_cudnn_gather_bytes(layout, config.lrsa, k.size(1), q.size(2))) / 1073741824.0,
+                    "one of LRSA's virtual sequences needs more than attention.cudnn_gather_gib = %g GiB (its "
+                    "gathered keys and cuDNN's workspace, kernels/attn_lrsa_cudnn.h)",
                     config.cudnn_gather_gib);
       why = text;
     }

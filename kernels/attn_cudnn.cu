@@ -107,13 +107,6 @@ enum Uid : int64_t {
   kOffQ, kOffK, kOffV, kOffO, kOffStats, kOffDO, kOffDQ, kOffDK, kOffDV,
 };
 
-// Graph dims round up to one of 8 steps per power of two: a varying batch builds few graphs, and
-// the padding stays under 1/8. cuDNN's backward workspace grows with B x s_kv (fp32 dK/dV per
-// query head), so rounding to a power of two could double it: 113 GiB for LRSA at 256K tokens.
-int64_t bucket(int64_t n) {
-  const uint64_t v = uint64_t(std::max<int64_t>(n, 1)), step = std::max<uint64_t>(std::bit_floor(v) / 8, 1);
-  return int64_t((v + step - 1) / step * step);
-}
 
 struct GraphKey {
   bool backward;
@@ -234,10 +227,11 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
 }
 
 const Built& cached_graph(const GraphKey& key, cudnnHandle_t handle, const char* op, const std::string& shape) {
-  // A training run sees a handful of shapes (batch sizes x the two directions), and building a
-  // graph (cuDNN plan building on the host) costs far more than running it: keep many.
+  // A training run sees a handful of shapes (batch sizes x the two directions; LRSA's passes at
+  // long context: up to a hundred or so), and building a graph (cuDNN plan building on the host)
+  // costs far more than running it: keep many.
   thread_local std::list<std::pair<GraphKey, Built>> cache;
-  return recent(cache, 64, key, [&] { return build_graph(key, handle, op, shape); });
+  return recent(cache, 256, key, [&] { return build_graph(key, handle, op, shape); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,7 +316,7 @@ GraphKey key_of(bool backward, const Problem& p, const VarlenSpans& s, float sca
     return GraphKey{backward, true, device.index, p.Hq, p.Hk, p.D, 1, p.Tq, p.Tk, p.Tq, p.Tk,
                     std::bit_cast<uint32_t>(scale), strides};
   return GraphKey{backward,          false,               device.index,        p.Hq,        p.Hk,        p.D,
-                  s.batch,           bucket(s.max_seqlen_q), bucket(s.max_seqlen_kv), bucket(p.Tq), bucket(p.Tk),
+                  s.batch,           cudnn_graph_dim(s.max_seqlen_q), cudnn_graph_dim(s.max_seqlen_kv), cudnn_graph_dim(p.Tq), cudnn_graph_dim(p.Tk),
                   std::bit_cast<uint32_t>(scale), strides};
 }
 
@@ -373,6 +367,16 @@ Problem check_call(const char* op, const Tensor& q, const Tensor& k, const Tenso
 }
 
 }  // namespace
+
+int64_t cudnn_graph_dim(int64_t n) {
+  const uint64_t v = uint64_t(std::max<int64_t>(n, 1)), step = std::max<uint64_t>(std::bit_floor(v) / 8, 1);
+  return int64_t((v + step - 1) / step * step);
+}
+
+int64_t cudnn_backward_workspace_estimate(int64_t batch, int64_t max_seqlen_kv, int64_t total_q, int64_t q_heads,
+                                          int64_t head_dim) {
+  return (batch * cudnn_graph_dim(max_seqlen_kv) + cudnn_graph_dim(total_q)) * q_heads * head_dim * 4;
+}
 
 bool cudnn_attention_supported(int64_t head_dim, DType dtype) {
   if (dtype != DType::BF16 || (head_dim != 64 && head_dim != 128)) return false;

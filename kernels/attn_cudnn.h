@@ -17,7 +17,7 @@
 //   (cuDNN's backward accumulates dQ with atomics; see attention.h).
 // - Graphs are built once per (direction, device, Hq, Hk, D, row strides, B, max lengths and
 //   total rows each rounded up to one of 8 steps per power of two, scale) and cached
-//   (64 per thread); a new batch size B therefore builds a new graph (host-side cuDNN plan
+//   (256 per thread); a new batch size B therefore builds a new graph (host-side cuDNN plan
 //   building, once per key: keep B stable where possible).
 // - Needs cuDNN >= 9.6 for bottom-right alignment with lengths that are not multiples of 64
 //   (frontend support check); our targets have 9.14 (GPU machine) and 9.19 (this machine).
@@ -30,6 +30,19 @@ namespace lrsa::cuda {
 
 // True when built with cuDNN and the shape is supported (head_dim 64 or 128, bf16, sm_90+ device).
 bool cudnn_attention_supported(int64_t head_dim, DType dtype);
+
+// Graph dims (longest sequences, total rows) round up to one of 8 steps per power of two: a
+// varying batch builds few graphs, and the padding stays under 1/8. (cuDNN's backward workspace
+// grows with B x the longest key sequence: rounding to a power of two could double it.)
+int64_t cudnn_graph_dim(int64_t n);
+
+// What cuDNN's varlen backward asks for as workspace, as measured: fp32 dK/dV per query head
+// over batch x the longest key sequence (padded) plus fp32 dQ, each at graph dims. cuDNN asked
+// for 115,854 MiB for 255 sequences of up to 67,072 keys, 14 query heads of d64 and 256K queries
+// when graph dims were powers of two; at those dims (131,072 and 262,144) this gives 115,136 MiB.
+// Used to size LRSA's passes (kernels/attn_lrsa_cudnn.h).
+int64_t cudnn_backward_workspace_estimate(int64_t batch, int64_t max_seqlen_kv, int64_t total_q, int64_t q_heads,
+                                          int64_t head_dim);
 
 // B sequences packed FlashAttention-varlen style: sequence b has query rows
 // [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q/out/dout/dq/lse and key rows

@@ -48,10 +48,14 @@ __global__ void inverse_kernel(const int32_t* __restrict__ indices, int64_t comp
 }
 
 // dk / dv row r of head h = sum of dKg / dVg over the gathered copies of r, in the fixed order
-// of for_each_copy, in fp32; written (overwritten) in bf16. One thread per 16-byte chunk.
-__global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __restrict__ dvg,
+// of for_each_copy_in, in fp32. One pass (gathered rows [g0, g1), dKg / dVg holding just those)
+// adds its copies to the running sums acc_k / acc_v [T, Hk, D] f32 (none before the first pass)
+// and writes them back, or, in the last pass, writes dk / dv (overwritten) in bf16. With one
+// pass the sums stay in registers. One thread per 16-byte chunk.
+__global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __restrict__ dvg, int32_t g0, int32_t g1,
                               const lrsa_gather::CopyLists lists, const int32_t* __restrict__ inv, int64_t T, int Hk,
-                              int D, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv, int64_t dk_stride,
+                              int D, float* __restrict__ acc_k, float* __restrict__ acc_v, bool first, bool last,
+                              bf16_t* __restrict__ dk, bf16_t* __restrict__ dv, int64_t dk_stride,
                               int64_t dv_stride) {
   const int chunks = D / kChunk;
   const int64_t n = T * Hk * chunks;
@@ -60,8 +64,13 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
     const int ch = int(i % chunks), h = int(rh % Hk);
     const int64_t r = rh / Hk;
     float sk[kChunk] = {}, sv[kChunk] = {};
-    lrsa_gather::for_each_copy(lists, r, inv[h * T + r], [&](int32_t g) {
-      const int64_t at = (int64_t(g) * Hk + h) * D + ch * kChunk;
+    const int64_t running = rh * D + ch * kChunk;  // in acc_k / acc_v
+    if (!first) {
+      load_floats<kChunk>(acc_k + running, sk);
+      load_floats<kChunk>(acc_v + running, sv);
+    }
+    lrsa_gather::for_each_copy_in(lists, r, inv[h * T + r], g0, g1, [&](int32_t g) {
+      const int64_t at = (int64_t(g - g0) * Hk + h) * D + ch * kChunk;
       const uint4 kw = *reinterpret_cast<const uint4*>(dkg + at), vw = *reinterpret_cast<const uint4*>(dvg + at);
       const bf16_t* kx = reinterpret_cast<const bf16_t*>(&kw);
       const bf16_t* vx = reinterpret_cast<const bf16_t*>(&vw);
@@ -71,6 +80,11 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
         sv[e] += __bfloat162float(vx[e]);
       }
     });
+    if (!last) {
+      store_floats<kChunk>(acc_k + running, sk);
+      store_floats<kChunk>(acc_v + running, sv);
+      continue;
+    }
     uint4 kw, vw;
     bf16_t* kx = reinterpret_cast<bf16_t*>(&kw);
     bf16_t* vx = reinterpret_cast<bf16_t*>(&vw);
@@ -85,12 +99,20 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
   }
 }
 
+// One cuDNN call of LRSA: virtual sequences [s0, s1) of the plan, i.e. query rows [q0, q1) of
+// q / out / lse / dq and gathered rows [g0, g1), with spans counted from those starts.
+struct Pass {
+  VarlenSpans spans;
+  int64_t q0 = 0, q1 = 0;
+  int32_t g0 = 0, g1 = 0;
+};
+
 // The plan of one layout on the device, uploaded once and cached: every layer of a step (and
 // the forward and backward) shares it.
 struct GatherTables {
-  VarlenSpans spans;
+  std::vector<Pass> passes;
   Tensor source, raw_first, raw_copies, comp_first, comp_copies;
-  int64_t rows = 0, compact_rows = 0;
+  int64_t compact_rows = 0;
   lrsa_gather::CopyLists lists() const {
     return {raw_first.data_as<int32_t>(), raw_copies.data_as<int32_t>(), comp_first.data_as<int32_t>(),
             comp_copies.data_as<int32_t>()};
@@ -104,31 +126,65 @@ Tensor upload(const std::vector<int32_t>& values, Device device) {
   return Tensor::from_ints(wide, {int64_t(wide.size())}, DType::I32, device);
 }
 
+// Kg, Vg, dKg, dVg in bf16 (see the header).
+int64_t gather_bytes(int64_t rows, int64_t kv_heads, int64_t head_dim) { return 4 * rows * kv_heads * head_dim * 2; }
+
+// Memory of one pass: its gathered buffers and cuDNN's backward workspace.
+struct PassMemory {
+  int64_t q_heads, kv_heads, head_dim;
+  int64_t operator()(int64_t sequences, int64_t rows, int64_t longest, int64_t q_rows) const {
+    return gather_bytes(rows, kv_heads, head_dim) +
+           cudnn_backward_workspace_estimate(sequences, longest, q_rows, q_heads, head_dim);
+  }
+};
+
+double budget_bytes(const attn::AttentionConfig& config) { return config.cudnn_gather_gib * 1073741824.0; }
+
 struct TablesKey {
   int device;
-  int64_t sink, lag, kept;
+  int64_t sink, lag, kept, q_heads, kv_heads, head_dim;
+  double budget;
   std::vector<int64_t> cu_seqlens;
   bool operator==(const TablesKey&) const = default;
 };
 
-const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::LrsaParams& params, Device device) {
-  TablesKey key{device.index, params.sink, params.lag, params.kept(), layout.cu_seqlens};
+const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::AttentionConfig& config,
+                                  PassMemory memory, Device device) {
+  const attn::LrsaParams& params = config.lrsa;
+  TablesKey key{device.index,     params.sink,        params.lag,           params.kept(), memory.q_heads,
+                memory.kv_heads, memory.head_dim, budget_bytes(config), layout.cu_seqlens};
   thread_local std::list<std::pair<TablesKey, GatherTables>> cache;
   // A few layouts cover forward, backward and interleaved evaluation.
   return recent(cache, 4, std::move(key), [&] {
     const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params);
     GatherTables t;
-    t.spans.cu_seqlens_q = upload(plan.cu_q, device);
-    t.spans.cu_seqlens_kv = upload(plan.cu_kv, device);
-    t.spans.batch = plan.sequences();
-    t.spans.max_seqlen_q = plan.max_q;
-    t.spans.max_seqlen_kv = plan.max_kv;
+    const std::vector<int64_t> first = lrsa_gather::plan_passes(plan, budget_bytes(config), memory);
+    for (size_t i = 0; i + 1 < first.size(); ++i) {
+      const size_t s0 = size_t(first[i]), s1 = size_t(first[i + 1]);
+      Pass pass;
+      pass.q0 = plan.cu_q[s0];
+      pass.q1 = plan.cu_q[s1];
+      pass.g0 = plan.cu_kv[s0];
+      pass.g1 = plan.cu_kv[s1];
+      std::vector<int32_t> cu_q, cu_kv;
+      for (size_t s = s0; s <= s1; ++s) {
+        cu_q.push_back(plan.cu_q[s] - int32_t(pass.q0));
+        cu_kv.push_back(plan.cu_kv[s] - pass.g0);
+        if (s > s0) {
+          pass.spans.max_seqlen_q = std::max<int64_t>(pass.spans.max_seqlen_q, cu_q[s - s0] - cu_q[s - s0 - 1]);
+          pass.spans.max_seqlen_kv = std::max<int64_t>(pass.spans.max_seqlen_kv, cu_kv[s - s0] - cu_kv[s - s0 - 1]);
+        }
+      }
+      pass.spans.cu_seqlens_q = upload(cu_q, device);
+      pass.spans.cu_seqlens_kv = upload(cu_kv, device);
+      pass.spans.batch = int64_t(s1 - s0);
+      t.passes.push_back(std::move(pass));
+    }
     t.source = upload(plan.source, device);
     t.raw_first = upload(plan.raw_first, device);
     t.raw_copies = upload(plan.raw_copies, device);
     t.comp_first = upload(plan.comp_first, device);
     t.comp_copies = upload(plan.comp_copies, device);
-    t.rows = plan.rows();
     t.compact_rows = int64_t(plan.comp_first.size()) - 1;
     return t;
   });
@@ -141,45 +197,42 @@ void check_rows(const char* op, const char* name, const Tensor& t) {
              t.describe(), shape_str(t.strides()));
 }
 
-// Checks the arguments, returns the layout's tables and Kg / Vg [R, Hk, D] gathered from k / v.
-struct Gathered {
-  const GatherTables* tables;
-  Tensor kg, vg;
-};
-
-Gathered gather(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
+// Checks the arguments of either direction and returns the layout's tables.
+const GatherTables& prepare(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                            const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
   LRSA_CHECK(config.mode == attn::Mode::Lrsa, "{}: called for dense attention", op);
-  LRSA_CHECK(lrsa_cudnn_usable(layout, config, k.size(1), q.size(2), q.dtype()),
-             "{}: not usable for {} (head dimension, dtype, or gathered keys over attention.cudnn_gather_gib = {} "
-             "GiB)",
+  LRSA_CHECK(lrsa_cudnn_usable(layout, config, q.size(1), k.size(1), q.size(2), q.dtype()),
+             "{}: not usable for {} (head dimension, dtype, or one virtual sequence over attention.cudnn_gather_gib "
+             "= {} GiB)",
              op, q.describe(), config.cudnn_gather_gib);
   check_rows(op, "k", k);
   check_rows(op, "v", v);
   use_device(q);
-  const int64_t Hk = k.size(1), D = k.size(2), K = config.lrsa.kept();
-  Gathered out{&gather_tables(layout, config.lrsa, q.device()), {}, {}};
-  const GatherTables& t = *out.tables;
-  LRSA_CHECK(selection.indices.defined() && selection.num_parts() * K == t.compact_rows &&
+  const GatherTables& t = gather_tables(layout, config, PassMemory{q.size(1), k.size(1), q.size(2)}, q.device());
+  LRSA_CHECK(selection.indices.defined() && selection.num_parts() * config.lrsa.kept() == t.compact_rows &&
                  selection.indices.device() == q.device(),
              "{}: the selection ({} partitions, indices {}) does not belong to this layout ({} compact rows per head)",
              op, selection.num_parts(), selection.indices.defined() ? selection.indices.describe() : "undefined",
              t.compact_rows);
-  out.kg = Tensor::empty({t.rows, Hk, D}, DType::BF16, q.device());
-  out.vg = Tensor::empty({t.rows, Hk, D}, DType::BF16, q.device());
-  const int64_t items = t.rows * Hk * (D / kChunk);
+  return t;
+}
+
+// Kg / Vg [g1 - g0, Hk, D] of one pass, gathered from k / v.
+std::pair<Tensor, Tensor> gather(const GatherTables& t, const Pass& pass, const Tensor& k, const Tensor& v,
+                                 const attn::LrsaSelection& selection) {
+  const int64_t rows = pass.g1 - pass.g0, Hk = k.size(1), D = k.size(2);
+  Tensor kg = Tensor::empty({rows, Hk, D}, DType::BF16, k.device());
+  Tensor vg = Tensor::empty({rows, Hk, D}, DType::BF16, k.device());
+  const int64_t items = rows * Hk * (D / kChunk);
   gather_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
       static_cast<const bf16_t*>(k.data()), static_cast<const bf16_t*>(v.data()), k.stride(0), v.stride(0),
-      t.source.data_as<int32_t>(), selection.indices.data_as<int32_t>(), t.compact_rows, t.rows, int(Hk), int(D),
-      static_cast<bf16_t*>(out.kg.data()), static_cast<bf16_t*>(out.vg.data()));
+      t.source.data_as<int32_t>() + pass.g0, selection.indices.data_as<int32_t>(), t.compact_rows, rows, int(Hk),
+      int(D), static_cast<bf16_t*>(kg.data()), static_cast<bf16_t*>(vg.data()));
   LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: gather");
-  return out;
+  return {kg, vg};
 }
 
 float softmax_scale(const Tensor& q) { return 1.0f / std::sqrt(float(q.size(2))); }
-
-// Kg, Vg, dKg, dVg in bf16 (see the header).
-int64_t gather_bytes(int64_t rows, int64_t kv_heads, int64_t head_dim) { return 4 * rows * kv_heads * head_dim * 2; }
 
 }  // namespace
 
@@ -188,19 +241,38 @@ int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaP
   return gather_bytes(lrsa_gather::gathered_rows(layout.cu_seqlens, params), kv_heads, head_dim);
 }
 
-bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t kv_heads,
-                       int64_t head_dim, DType dtype) {
+bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
+                       int64_t kv_heads, int64_t head_dim, DType dtype) {
   // cuDNN's bf16 with D 64 / 128 is also what the gather and reduction kernels need (16-byte
   // chunks of bf16 rows); the plan's row numbers and codes are i32.
-  const int64_t rows = lrsa_gather::gathered_rows(layout.cu_seqlens, config.lrsa);
-  return cudnn_attention_supported(head_dim, dtype) && rows < (int64_t(1) << 31) &&
-         double(gather_bytes(rows, kv_heads, head_dim)) <= config.cudnn_gather_gib * 1073741824.0;
+  if (!cudnn_attention_supported(head_dim, dtype)) return false;
+  const PassMemory memory{q_heads, kv_heads, head_dim};
+  int64_t rows = 0;
+  bool fits = true;
+  lrsa_gather::for_each_sequence(layout.cu_seqlens, config.lrsa, [&](const lrsa_gather::VirtualSeq& s) {
+    rows += s.kv_rows();
+    fits = fits && double(memory(1, s.kv_rows(), s.kv_rows(), s.q1 - s.q0)) <= budget_bytes(config);
+  });
+  return fits && rows < (int64_t(1) << 31);
+}
+
+int64_t lrsa_cudnn_pass_count(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
+                              int64_t kv_heads, int64_t head_dim) {
+  const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, config.lrsa);
+  return int64_t(lrsa_gather::plan_passes(plan, budget_bytes(config), PassMemory{q_heads, kv_heads, head_dim}).size()) - 1;
 }
 
 void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                         const attn::SeqLayout& layout, attn::AttentionForward& result) {
-  const Gathered g = gather("lrsa_cudnn_forward", config, q, k, v, layout, result.selection);
-  cudnn_varlen_forward(q, g.kg, g.vg, g.tables->spans, softmax_scale(q), result.out, result.lse);
+  const GatherTables& t = prepare("lrsa_cudnn_forward", config, q, k, v, layout, result.selection);
+  for (const Pass& pass : t.passes) {
+    const auto [kg, vg] = gather(t, pass, k, v, result.selection);
+    Tensor out = result.out.slice(0, pass.q0, pass.q1), lse_view = result.lse.slice(1, pass.q0, pass.q1);
+    // cuDNN writes a contiguous [Hq, rows] log-sum-exp: the view itself when the pass has all rows.
+    Tensor lse = lse_view.is_contiguous() ? lse_view : Tensor::empty(lse_view.shape(), DType::F32, q.device());
+    cudnn_varlen_forward(q.slice(0, pass.q0, pass.q1), kg, vg, pass.spans, softmax_scale(q), out, lse);
+    if (!lse_view.is_contiguous()) lse_view.copy_(lse);
+  }
 }
 
 void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -209,15 +281,10 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
   const char* op = "lrsa_cudnn_backward";
   // cuDNN's backward sums dQ with atomics (kernels/attn_cudnn.h): not bitwise reproducible.
   LRSA_CHECK(!config.deterministic, "{}: attention.deterministic needs the native kernels (cuDNN's dQ uses atomics)", op);
-  const Gathered g = gather(op, config, q, k, v, layout, saved.selection);
+  const GatherTables& t = prepare(op, config, q, k, v, layout, saved.selection);
   check_rows(op, "dk", dk);
   check_rows(op, "dv", dv);
-  const GatherTables& t = *g.tables;
   const int64_t T = q.size(0), Hk = k.size(1), D = k.size(2);
-  Tensor dkg = Tensor::empty({t.rows, Hk, D}, DType::BF16, q.device());
-  Tensor dvg = Tensor::empty({t.rows, Hk, D}, DType::BF16, q.device());
-  cudnn_varlen_backward(q, g.kg, g.vg, saved.out, saved.lse, dout, t.spans, softmax_scale(q), dq, dkg, dvg);
-
   const Tensor inv = Tensor::empty({Hk, T}, DType::I32, q.device());
   LRSA_CUDA_CHECK(cudaMemsetAsync(inv.data(), 0xff, size_t(Hk * T) * sizeof(int32_t), current_stream()));  // -1
   if (t.compact_rows > 0) {
@@ -225,12 +292,29 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
         saved.selection.indices.data_as<int32_t>(), t.compact_rows, int(Hk), T, inv.data_as<int32_t>());
     LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: inverse selection");
   }
-  const int64_t items = T * Hk * (D / kChunk);
-  reduce_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
-      static_cast<const bf16_t*>(dkg.data()), static_cast<const bf16_t*>(dvg.data()), t.lists(),
-      inv.data_as<int32_t>(), T, int(Hk), int(D), static_cast<bf16_t*>(dk.data()), static_cast<bf16_t*>(dv.data()),
-      dk.stride(0), dv.stride(0));
-  LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: reduce gathered gradients");
+  // Running fp32 sums of dK / dV between passes (one pass needs none).
+  Tensor acc_k, acc_v;
+  if (t.passes.size() > 1) {
+    acc_k = Tensor::empty({T, Hk, D}, DType::F32, q.device());
+    acc_v = Tensor::empty({T, Hk, D}, DType::F32, q.device());
+  }
+  for (size_t i = 0; i < t.passes.size(); ++i) {
+    const Pass& pass = t.passes[i];
+    const auto [kg, vg] = gather(t, pass, k, v, saved.selection);
+    Tensor dkg = Tensor::empty(kg.shape(), DType::BF16, q.device());
+    Tensor dvg = Tensor::empty(vg.shape(), DType::BF16, q.device());
+    Tensor dq_rows = dq.slice(0, pass.q0, pass.q1);
+    cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1),
+                          saved.lse.slice(1, pass.q0, pass.q1).contiguous(), dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q),
+                          dq_rows, dkg, dvg);
+    const int64_t items = T * Hk * (D / kChunk);
+    reduce_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
+        static_cast<const bf16_t*>(dkg.data()), static_cast<const bf16_t*>(dvg.data()), pass.g0, pass.g1, t.lists(),
+        inv.data_as<int32_t>(), T, int(Hk), int(D), acc_k.defined() ? acc_k.data_as<float>() : nullptr,
+        acc_v.defined() ? acc_v.data_as<float>() : nullptr, i == 0, i + 1 == t.passes.size(),
+        static_cast<bf16_t*>(dk.data()), static_cast<bf16_t*>(dv.data()), dk.stride(0), dv.stride(0));
+    LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: reduce gathered gradients");
+  }
 }
 
 }  // namespace lrsa::cuda

@@ -7,6 +7,11 @@
 // rows stay where they are (out, lse and dq are written in place). Backward: gather again,
 // cuDNN's backward gives dKg / dVg, and every source row's dK / dV is the sum of its gathered
 // copies in a fixed order (deterministic, no atomics).
+// Passes: the virtual sequences run in consecutive groups, one cuDNN call each, so that a call's
+// gathered buffers plus cuDNN's backward workspace fit in attention.cudnn_gather_gib; dK / dV
+// sums run on in fp32 across the passes (same order, same bits as one pass). The memory of one
+// layer's attention therefore stays bounded however long the documents: 256K and 512K tokens
+// run on cuDNN at the default budget.
 #ifdef LRSA_WITH_CUDNN
 #include <cstdint>
 
@@ -14,18 +19,22 @@
 
 namespace lrsa::cuda {
 
-// Memory: the backward holds Kg, Vg, dKg, dVg at once, 4 * R * Hk * D * 2 bytes for R gathered
-// rows, one layer's transient buffers. R grows like r * T^2 / (2L) (every query partition
-// re-reads the whole selected history): at S = 16, L = 1024, r = 0.25 and 2 KV heads of d64,
-// R = 5.6 T at 32K tokens (187 MB), 17.6 T at 128K (2.4 GB), 34 T at 256K (9.0 GB) and 66 T at
-// 512K (35 GB).
+// Gathered buffers of all passes together: Kg, Vg, dKg, dVg, 4 * R * Hk * D * 2 bytes for R
+// gathered rows. R grows like r * T^2 / (2L) (every query partition re-reads the whole selected
+// history): at S = 16, L = 1024, r = 0.25 and 2 KV heads of d64, R = 5.6 T at 32K tokens
+// (187 MB), 17.6 T at 128K (2.4 GB), 34 T at 256K (9.0 GB) and 66 T at 512K (35 GB). A pass holds
+// its share of them, plus cuDNN's workspace (cudnn_backward_workspace_estimate).
 int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
                                 int64_t head_dim);
 
-// True when cuDNN takes this head dimension and dtype (bf16) and the gathered buffers fit in
-// config.cudnn_gather_gib.
-bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t kv_heads,
-                       int64_t head_dim, DType dtype);
+// True when cuDNN takes this head dimension and dtype (bf16), every virtual sequence alone fits
+// a pass within config.cudnn_gather_gib, and the gathered rows stay within i32.
+bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
+                       int64_t kv_heads, int64_t head_dim, DType dtype);
+
+// The cuDNN calls (passes) of one direction for this layout and budget (host-side planning).
+int64_t lrsa_cudnn_pass_count(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
+                              int64_t kv_heads, int64_t head_dim);
 
 // Mode::Lrsa forward: result.selection already filled, result.out [T, Hq, D] and result.lse
 // [Hq, T] allocated (as cuda::attention_forward receives them).

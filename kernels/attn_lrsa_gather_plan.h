@@ -50,15 +50,33 @@ struct CopyLists {
   const int32_t* comp_copies;
 };
 
-// Calls add(g) for every gathered row g holding source row r of a KV head, in a fixed order
-// (its raw copies ascending, then its compact copies ascending): the backward's dK/dV of row r
-// is the sum of dKg/dVg over these rows. comp_row = the compact row of r for this head (the
-// inverse of the selection), or -1 when r is not selected.
+// Index of the first of copies[lo, hi) (ascending) that is >= g.
+LRSA_GATHER_HD int32_t first_copy_from(const int32_t* copies, int32_t lo, int32_t hi, int32_t g) {
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (copies[mid] < g) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Calls add(g) for every gathered row g in [g0, g1) holding source row r of a KV head, in a
+// fixed order (its raw copies ascending, then its compact copies ascending): the backward's
+// dK/dV of row r is the sum of dKg/dVg over all its copies, and a pass of the backward (see
+// plan_passes) holds the copies of one range of gathered rows. comp_row = the compact row of r
+// for this head (the inverse of the selection), or -1 when r is not selected.
 template <typename Add>
-LRSA_GATHER_HD void for_each_copy(const CopyLists& lists, int64_t r, int32_t comp_row, Add&& add) {
-  for (int32_t i = lists.raw_first[r]; i < lists.raw_first[r + 1]; ++i) add(lists.raw_copies[i]);
+LRSA_GATHER_HD void for_each_copy_in(const CopyLists& lists, int64_t r, int32_t comp_row, int32_t g0, int32_t g1,
+                                     Add&& add) {
+  const int32_t raw_end = lists.raw_first[r + 1];
+  for (int32_t i = first_copy_from(lists.raw_copies, lists.raw_first[r], raw_end, g0);
+       i < raw_end && lists.raw_copies[i] < g1; ++i)
+    add(lists.raw_copies[i]);
   if (comp_row < 0) return;
-  for (int32_t i = lists.comp_first[comp_row]; i < lists.comp_first[comp_row + 1]; ++i) add(lists.comp_copies[i]);
+  const int32_t comp_end = lists.comp_first[comp_row + 1];
+  for (int32_t i = first_copy_from(lists.comp_copies, lists.comp_first[comp_row], comp_end, g0);
+       i < comp_end && lists.comp_copies[i] < g1; ++i)
+    add(lists.comp_copies[i]);
 }
 
 // One virtual sequence: queries [q0, q1) and its keys as four ranges in order: raw [sink0,
@@ -139,6 +157,30 @@ inline GatherPlan plan_gather(const std::vector<int64_t>& cu_seqlens, const attn
     else p.comp_copies[size_t(comp_next[size_t(-int64_t(code) - 1)]++)] = int32_t(g);
   }
   return p;
+}
+
+// Passes: LRSA on cuDNN runs consecutive runs of virtual sequences as one cuDNN call each, so
+// that one call's memory, bytes(sequences, gathered rows, longest gathered sequence, query rows),
+// stays within `budget` however long the batch. Greedy in sequence order; a sequence alone over
+// the budget still gets a pass (callers refuse such layouts first). Returns the first sequence of
+// every pass, then plan.sequences().
+template <typename Bytes>
+std::vector<int64_t> plan_passes(const GatherPlan& plan, double budget, Bytes&& bytes) {
+  std::vector<int64_t> first{0};
+  int64_t longest = 0;
+  for (int64_t s = 0; s < plan.sequences(); ++s) {
+    const int64_t s0 = first.back(), kv = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)];
+    const int64_t rows = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s0)];
+    const int64_t q_rows = plan.cu_q[size_t(s) + 1] - plan.cu_q[size_t(s0)];
+    if (s > s0 && double(bytes(s + 1 - s0, rows, std::max(longest, kv), q_rows)) > budget) {
+      first.push_back(s);
+      longest = kv;
+    } else {
+      longest = std::max(longest, kv);
+    }
+  }
+  first.push_back(plan.sequences());
+  return first;
 }
 
 }  // namespace lrsa::cuda::lrsa_gather

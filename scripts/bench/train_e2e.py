@@ -23,7 +23,8 @@ Groups (cases run in the order listed, ours then PyTorch for each setting):
            them are in the issue and in docs/benchmarks.md)
   ours16k  our side of the dense 16K target, twice (A/B of a change, e.g. an environment switch)
   lrsa256k ours LRSA 256K with checkpointing (A/B of attention settings with --set, e.g.
-           attention.cudnn_gather_gib=16 for LRSA on cuDNN, past the default budget)
+           attention.cudnn_gather_gib=16: fewer, larger LRSA-on-cuDNN calls)
+  lrsa512k ours LRSA 512K with checkpointing (one timed step), without PyTorch's runs of longest
   target16k the dense 16K target alone: ours and PyTorch alternating, twice each
   profile  where the time goes: ours with LRSA_PROFILE_OPS=1 (GPU time per op, after the first
            step) at 0.5B dense 16K and LRSA 32K, PyTorch under torch.profiler at dense 16K
@@ -52,6 +53,7 @@ GROUPS = {
                  ("ours", "0.5b", 32 * K, "lrsa", False, 6)],
     "ours16k": [("ours", "0.5b", 16 * K, "dense", False, 6)] * 2,
     "lrsa256k": [("ours", "0.5b", 256 * K, "lrsa", True, 3)],
+    "lrsa512k": [("ours", "0.5b", 512 * K, "lrsa", True, 2)],
     "target16k": [(impl, "0.5b", 16 * K, "dense", False, 6) for _ in range(2) for impl in ("ours", "pytorch")],
     "profile": [("ours", "0.5b", 16 * K, "dense", False, 4), ("ours", "0.5b", 32 * K, "lrsa", False, 4),
                 ("pytorch", "0.5b", 16 * K, "dense", False, 3)],

@@ -139,10 +139,11 @@ TEST_CASE("LRSA gather plan: the backward's copy lists are exactly the inverse o
       std::vector<int32_t> inv(size_t(T), -1);
       for (int64_t i = 0; i < compact_rows; ++i) inv[size_t(head_indices[i])] = int32_t(i);
       std::vector<int> visits(size_t(plan.rows()), 0);
-      int64_t wrong_source = 0, unordered = 0;
+      int64_t wrong_source = 0, unordered = 0, split_differs = 0;
+      const int32_t rows = int32_t(plan.rows()), split = rows / 3;
       for (int64_t r = 0; r < T; ++r) {
-        std::vector<int32_t> copies;
-        for_each_copy(plan.lists(), r, inv[size_t(r)], [&](int32_t g) {
+        std::vector<int32_t> copies, in_parts;
+        for_each_copy_in(plan.lists(), r, inv[size_t(r)], 0, rows, [&](int32_t g) {
           ++visits[size_t(g)];
           wrong_source += source_row(plan.source[size_t(g)], head_indices) != r;
           copies.push_back(g);
@@ -151,10 +152,51 @@ TEST_CASE("LRSA gather plan: the backward's copy lists are exactly the inverse o
         auto raw = [&](size_t i) { return plan.source[size_t(copies[i])] >= 0; };
         for (size_t i = 1; i < copies.size(); ++i)
           unordered += raw(i) == raw(i - 1) ? copies[i] <= copies[i - 1] : raw(i);
+        // Two passes over [0, split) and [split, rows) see the copies of each range, in that order.
+        for (const auto& [g0, g1] : {std::pair{0, split}, std::pair{split, rows}})
+          for_each_copy_in(plan.lists(), r, inv[size_t(r)], g0, g1, [&](int32_t g) { in_parts.push_back(g); });
+        std::vector<int32_t> expected;
+        for (bool first_range : {true, false})
+          for (int32_t g : copies)
+            if ((g < split) == first_range) expected.push_back(g);
+        split_differs += in_parts != expected;
       }
       CHECK(wrong_source == 0);
       CHECK(unordered == 0);
+      CHECK(split_differs == 0);
       CHECK(std::count(visits.begin(), visits.end(), 1) == plan.rows());  // every gathered row once
+    }
+  }
+}
+
+TEST_CASE("LRSA gather plan: passes are maximal runs of sequences within the budget", "[attn]") {
+  for (const PlanCase& c : plan_cases()) {
+    INFO(describe(c));
+    const GatherPlan plan = plan_gather(attn::SeqLayout::from_lengths(c.lengths).cu_seqlens, c.params);
+    // A memory model that counts every argument, so each one's bookkeeping is checked.
+    const auto bytes = [](int64_t seqs, int64_t rows, int64_t longest, int64_t q_rows) {
+      return 1000 * seqs + rows + 3 * longest + 2 * q_rows;
+    };
+    const auto pass_bytes = [&](int64_t s0, int64_t s1) {
+      int64_t longest = 0;
+      for (int64_t s = s0; s < s1; ++s) longest = std::max<int64_t>(longest, plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)]);
+      return bytes(s1 - s0, plan.cu_kv[size_t(s1)] - plan.cu_kv[size_t(s0)], longest,
+                   plan.cu_q[size_t(s1)] - plan.cu_q[size_t(s0)]);
+    };
+    const int64_t all = pass_bytes(0, plan.sequences());
+    for (double budget : {0.0, double(all) / 5, double(all) / 2, double(all)}) {
+      INFO("budget " << budget);
+      const std::vector<int64_t> first = plan_passes(plan, budget, bytes);
+      REQUIRE(first.size() >= 2);
+      CHECK(first.front() == 0);
+      CHECK(first.back() == plan.sequences());
+      for (size_t i = 0; i + 1 < first.size(); ++i) {
+        const int64_t s0 = first[i], s1 = first[i + 1];
+        REQUIRE(s1 > s0);
+        CHECK((s1 - s0 == 1 || double(pass_bytes(s0, s1)) <= budget));  // within, or one sequence alone
+        if (s1 < plan.sequences()) CHECK(double(pass_bytes(s0, s1 + 1)) > budget);  // maximal
+      }
+      if (budget >= double(all)) CHECK(first.size() == 2);
     }
   }
 }
@@ -195,56 +237,80 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
     const test::Inputs cpu = test::make_inputs(c.problem);
     const test::Inputs gpu = test::make_inputs(c.problem, Device::cuda(0));
     const int64_t T = test::total_tokens(c.problem), Hq = c.problem.Hq, Hk = c.problem.Hk, D = c.problem.D;
-    REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, c.config, Hk, D, DType::BF16));
-
-    attn::AttentionForward fwd;
-    fwd.selection = attn::lrsa_select(gpu.k, gpu.v, gpu.layout, c.config.lrsa);
-    fwd.out = Tensor::empty({T, Hq, D}, DType::BF16, Device::cuda(0));
-    fwd.lse = Tensor::empty({Hq, T}, DType::F32, Device::cuda(0));
-    cuda::lrsa_cudnn_forward(c.config, gpu.q, gpu.k, gpu.v, gpu.layout, fwd);
-    Tensor dq = Tensor::empty({T, Hq, D}, DType::BF16, Device::cuda(0));
-    Tensor dk = Tensor::empty({T, Hk, D}, DType::BF16, Device::cuda(0));
-    Tensor dv = Tensor::empty({T, Hk, D}, DType::BF16, Device::cuda(0));
-    cuda::lrsa_cudnn_backward(c.config, gpu.q, gpu.k, gpu.v, gpu.layout, fwd, gpu.dout, dq, dk, dv);
-    const test::Outputs ours{fwd.out.to_doubles(), fwd.lse.to_doubles(), dq.to_doubles(), dk.to_doubles(),
-                             dv.to_doubles(), fwd.selection.indices.to_ints()};
-    CHECK(ours.selection == attn::lrsa_select_reference(cpu.k, cpu.v, cpu.layout, c.config.lrsa));
-
     const test::Outputs exact =
         test::from_reference(attn::attention_reference(c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout));
     const test::Outputs baseline = test::from_reference(attn::attention_reference(
         c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout, attn::ReferenceRounding::Bf16));
-    test::check_rule(ours, baseline, exact, test::kGatheredCopiesAllowance);
+    // The default budget runs every virtual sequence in one cuDNN call; the smallest budget that
+    // still takes every sequence (doubling from 1 KiB) splits them into passes, whose dK / dV
+    // sums run on across the calls. (A document shorter than S + 2L is one sequence: one pass.)
+    attn::AttentionConfig many_passes = c.config;
+    many_passes.cudnn_gather_gib = 1.0 / (1 << 20);
+    while (!cuda::lrsa_cudnn_usable(gpu.layout, many_passes, Hq, Hk, D, DType::BF16)) many_passes.cudnn_gather_gib *= 2;
+    const int64_t sequences = plan_gather(gpu.layout.cu_seqlens, c.config.lrsa).sequences();
+    CHECK(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D) > (sequences > 2 ? 2 : 0));
+    for (const attn::AttentionConfig& config : {c.config, many_passes}) {
+      const int64_t passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D);
+      INFO("budget " << config.cudnn_gather_gib << " GiB: " << passes << " passes");
+      REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, config, Hq, Hk, D, DType::BF16));
+      if (config.cudnn_gather_gib == c.config.cudnn_gather_gib) CHECK(passes == 1);
 
-    // cuDNN's dQ uses atomics: the deterministic mode is refused, not silently ignored.
-    attn::AttentionConfig deterministic = c.config;
-    deterministic.deterministic = true;
-    CHECK_THROWS_WITH(
-        cuda::lrsa_cudnn_backward(deterministic, gpu.q, gpu.k, gpu.v, gpu.layout, fwd, gpu.dout, dq, dk, dv),
-        Catch::Contains("attention.deterministic needs the native kernels"));
+      attn::AttentionForward fwd;
+      fwd.selection = attn::lrsa_select(gpu.k, gpu.v, gpu.layout, config.lrsa);
+      fwd.out = Tensor::empty({T, Hq, D}, DType::BF16, Device::cuda(0));
+      fwd.lse = Tensor::empty({Hq, T}, DType::F32, Device::cuda(0));
+      cuda::lrsa_cudnn_forward(config, gpu.q, gpu.k, gpu.v, gpu.layout, fwd);
+      Tensor dq = Tensor::empty({T, Hq, D}, DType::BF16, Device::cuda(0));
+      Tensor dk = Tensor::empty({T, Hk, D}, DType::BF16, Device::cuda(0));
+      Tensor dv = Tensor::empty({T, Hk, D}, DType::BF16, Device::cuda(0));
+      cuda::lrsa_cudnn_backward(config, gpu.q, gpu.k, gpu.v, gpu.layout, fwd, gpu.dout, dq, dk, dv);
+      const test::Outputs ours{fwd.out.to_doubles(), fwd.lse.to_doubles(), dq.to_doubles(), dk.to_doubles(),
+                               dv.to_doubles(), fwd.selection.indices.to_ints()};
+      CHECK(ours.selection == attn::lrsa_select_reference(cpu.k, cpu.v, cpu.layout, config.lrsa));
+      test::check_rule(ours, baseline, exact, test::kGatheredCopiesAllowance);
+
+      // cuDNN's dQ uses atomics: the deterministic mode is refused, not silently ignored.
+      attn::AttentionConfig deterministic = config;
+      deterministic.deterministic = true;
+      CHECK_THROWS_WITH(
+          cuda::lrsa_cudnn_backward(deterministic, gpu.q, gpu.k, gpu.v, gpu.layout, fwd, gpu.dout, dq, dk, dv),
+          Catch::Contains("attention.deterministic needs the native kernels"));
+    }
   }
 }
 
-TEST_CASE("LRSA on cuDNN: usable for bf16 within the gather budget only", "[attn][cuda]") {
+TEST_CASE("LRSA on cuDNN: passes keep one call within the budget at any length", "[attn][cuda]") {
   attn::AttentionConfig c = test::lrsa_config(16, 1024, 0.25);
   const auto single = [](int64_t T) { return attn::SeqLayout::single(T); };
   const auto gib = [&](int64_t T, int64_t Hk, int64_t D) {
     return double(cuda::lrsa_cudnn_gather_bytes(single(T), c.lrsa, Hk, D)) / 1073741824.0;
   };
-  // 4 buffers x R rows x Hk x D x 2 bytes: R = 183,008 rows at 32K, 8,816,864 at 256K, 34,412,768 at 512K.
+  // All passes' gathered buffers together, 4 x R rows x Hk x D x 2 bytes: R = 183,008 rows at
+  // 32K, 8,816,864 at 256K, 34,412,768 at 512K.
   CHECK(gib(32768, 2, 64) == Approx(0.1745).epsilon(0.001));
   CHECK(gib(262144, 2, 64) == Approx(8.408).epsilon(0.001));
   CHECK(gib(524288, 2, 64) == Approx(32.82).epsilon(0.001));
-  // The default budget (4 GiB): the 0.5B shape on cuDNN up to 128K tokens.
+  // The default budget (4 GiB): the 0.5B shape (14:2 x d64) in one call at 32K, in passes
+  // beyond; the 7B shape (28:4 x d128) too. f32 never.
   CHECK(c.cudnn_gather_gib == attn::kDefaultCudnnGatherGib);
-  CHECK(cuda::lrsa_cudnn_usable(single(131072), c, 2, 64, DType::BF16));  // 2.2 GiB
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(262144), c, 2, 64, DType::BF16));
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(131072), c, 4, 128, DType::BF16));  // 8.8 GiB
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(32768), c, 2, 64, DType::F32));
-  // The ceiling (16 GiB) takes those two, not 512K.
+  const auto passes = [&](int64_t T, int64_t Hq, int64_t Hk, int64_t D) {
+    REQUIRE(cuda::lrsa_cudnn_usable(single(T), c, Hq, Hk, D, DType::BF16));
+    return cuda::lrsa_cudnn_pass_count(single(T), c, Hq, Hk, D);
+  };
+  CHECK(passes(32768, 14, 2, 64) == 1);
+  const int64_t at_256k = passes(262144, 14, 2, 64), at_512k = passes(524288, 14, 2, 64);
+  CHECK(at_256k > 1);
+  CHECK(at_512k > at_256k);
+  CHECK(passes(131072, 28, 4, 128) > 1);
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(32768), c, 14, 2, 64, DType::F32));
+  // The ceiling (16 GiB): fewer, larger calls.
   c.cudnn_gather_gib = attn::kMaxCudnnGatherGib;
-  CHECK(cuda::lrsa_cudnn_usable(single(262144), c, 2, 64, DType::BF16));
-  CHECK(cuda::lrsa_cudnn_usable(single(131072), c, 4, 128, DType::BF16));
-  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(524288), c, 2, 64, DType::BF16));
+  CHECK(passes(262144, 14, 2, 64) < at_256k);
+  // A budget below one virtual sequence's own needs (the 32K document's last partition: 9,728
+  // keys, about 40 MB of cuDNN workspace) leaves LRSA to the native kernels; a 1K document (one
+  // sequence, about 8 MB) still fits.
+  c.cudnn_gather_gib = 0.01;
+  CHECK_FALSE(cuda::lrsa_cudnn_usable(single(32768), c, 14, 2, 64, DType::BF16));
+  CHECK(cuda::lrsa_cudnn_usable(single(1024), c, 14, 2, 64, DType::BF16));
 }
 #endif
