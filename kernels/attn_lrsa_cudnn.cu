@@ -48,28 +48,36 @@ __global__ void inverse_kernel(const int32_t* __restrict__ indices, int64_t comp
 }
 
 // dk / dv row r of head h = sum of dKg / dVg over the gathered copies of r, in the fixed order
-// of for_each_copy_in, in fp32. One pass (gathered rows [g0, g1), dKg / dVg holding just those)
-// adds its copies to the running sums acc_k / acc_v [T, Hk, D] f32 (none before the first pass)
-// and writes them back, or, in the last pass, writes dk / dv (overwritten) in bf16. With one
-// pass the sums stay in registers. One thread per 16-byte chunk.
+// of for_each_copy_in, in fp32. One call per pass; dKg / dVg hold the pass's gathered rows
+// [g0, g1). The pass's keys all lie before its last query row, so only rows [0, rows) have
+// copies in it. A row's running sum sits in acc_k / acc_v [T, Hk, D] f32 from the pass of its
+// own query row on (every row is a raw key of its own sequence): rows >= fresh (this pass's
+// query rows) start from zero, earlier ones from acc, and then add this pass's copies in order:
+// the same fp32 adds as in one pass. Middle passes skip rows without copies in them; the last
+// pass (rows = T) writes every row's dk / dv (overwritten) in bf16. With one pass (fresh = 0)
+// the sums never leave registers. One thread per 16-byte chunk.
 __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __restrict__ dvg, int32_t g0, int32_t g1,
                               const lrsa_gather::CopyLists lists, const int32_t* __restrict__ inv, int64_t T, int Hk,
-                              int D, float* __restrict__ acc_k, float* __restrict__ acc_v, bool first, bool last,
-                              bf16_t* __restrict__ dk, bf16_t* __restrict__ dv, int64_t dk_stride,
-                              int64_t dv_stride) {
+                              int D, int64_t rows, int64_t fresh, bool last, float* __restrict__ acc_k,
+                              float* __restrict__ acc_v, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
+                              int64_t dk_stride, int64_t dv_stride) {
   const int chunks = D / kChunk;
-  const int64_t n = T * Hk * chunks;
+  const int64_t n = rows * Hk * chunks;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t rh = i / chunks;  // r * Hk + h
     const int ch = int(i % chunks), h = int(rh % Hk);
     const int64_t r = rh / Hk;
+    const int32_t comp_row = inv[h * T + r];
+    bool copies = false;
+    lrsa_gather::for_each_copy_in(lists, r, comp_row, g0, g1, [&](int32_t) { copies = true; });
+    if (!copies && !last) continue;
     float sk[kChunk] = {}, sv[kChunk] = {};
     const int64_t running = rh * D + ch * kChunk;  // in acc_k / acc_v
-    if (!first) {
+    if (r < fresh) {
       load_floats<kChunk>(acc_k + running, sk);
       load_floats<kChunk>(acc_v + running, sv);
     }
-    lrsa_gather::for_each_copy_in(lists, r, inv[h * T + r], g0, g1, [&](int32_t g) {
+    lrsa_gather::for_each_copy_in(lists, r, comp_row, g0, g1, [&](int32_t g) {
       const int64_t at = (int64_t(g - g0) * Hk + h) * D + ch * kChunk;
       const uint4 kw = *reinterpret_cast<const uint4*>(dkg + at), vw = *reinterpret_cast<const uint4*>(dvg + at);
       const bf16_t* kx = reinterpret_cast<const bf16_t*>(&kw);
@@ -307,11 +315,11 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
     cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1),
                           saved.lse.slice(1, pass.q0, pass.q1).contiguous(), dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q),
                           dq_rows, dkg, dvg);
-    const int64_t items = T * Hk * (D / kChunk);
+    const int64_t items = pass.q1 * Hk * (D / kChunk);  // rows [0, q1): the last pass has q1 = T
     reduce_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
         static_cast<const bf16_t*>(dkg.data()), static_cast<const bf16_t*>(dvg.data()), pass.g0, pass.g1, t.lists(),
-        inv.data_as<int32_t>(), T, int(Hk), int(D), acc_k.defined() ? acc_k.data_as<float>() : nullptr,
-        acc_v.defined() ? acc_v.data_as<float>() : nullptr, i == 0, i + 1 == t.passes.size(),
+        inv.data_as<int32_t>(), T, int(Hk), int(D), pass.q1, pass.q0, i + 1 == t.passes.size(),
+        acc_k.defined() ? acc_k.data_as<float>() : nullptr, acc_v.defined() ? acc_v.data_as<float>() : nullptr,
         static_cast<bf16_t*>(dk.data()), static_cast<bf16_t*>(dv.data()), dk.stride(0), dv.stride(0));
     LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: reduce gathered gradients");
   }
