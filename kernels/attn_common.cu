@@ -84,10 +84,11 @@ bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unus
     else if (config.mode == attn::Mode::Lrsa &&
              !lrsa_cudnn_usable(layout, config, q.size(1), k.size(1), q.size(2), q.dtype())) {
       if (config.backend != attn::Backend::Cudnn) return false;  // auto: the reason is not shown
-      char text[200];  // snprintf: nvcc cannot compile fmt's compile-time format checks
+      char text[256];  // snprintf: nvcc cannot compile fmt's compile-time format checks
       std::snprintf(text, sizeof text,
                     "one of LRSA's virtual sequences needs more than attention.cudnn_gather_gib = %g GiB (its "
-                    "gathered keys and cuDNN's workspace, kernels/attn_lrsa_cudnn.h)",
+                    "gathered keys and cuDNN's workspace), or all of them gather 2^31 rows or more "
+                    "(kernels/attn_lrsa_cudnn.h)",
                     config.cudnn_gather_gib);
       why = text;
     }

@@ -107,7 +107,6 @@ enum Uid : int64_t {
   kOffQ, kOffK, kOffV, kOffO, kOffStats, kOffDO, kOffDQ, kOffDK, kOffDV,
 };
 
-
 struct GraphKey {
   bool backward;
   bool plain;  // one sequence over all rows: exact dims, no ragged offsets, no padding mask
@@ -228,7 +227,7 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
 
 const Built& cached_graph(const GraphKey& key, cudnnHandle_t handle, const char* op, const std::string& shape) {
   // A training run sees a handful of shapes (batch sizes x the two directions; LRSA's passes at
-  // long context: up to a hundred or so), and building a graph (cuDNN plan building on the host)
+  // long context: a few dozen per direction), and building a graph (cuDNN plan building on the host)
   // costs far more than running it: keep many.
   thread_local std::list<std::pair<GraphKey, Built>> cache;
   return recent(cache, 256, key, [&] { return build_graph(key, handle, op, shape); });
@@ -315,9 +314,19 @@ GraphKey key_of(bool backward, const Problem& p, const VarlenSpans& s, float sca
   if (is_plain(p, s))
     return GraphKey{backward, true, device.index, p.Hq, p.Hk, p.D, 1, p.Tq, p.Tk, p.Tq, p.Tk,
                     std::bit_cast<uint32_t>(scale), strides};
-  return GraphKey{backward,          false,               device.index,        p.Hq,        p.Hk,        p.D,
-                  s.batch,           cudnn_graph_dim(s.max_seqlen_q), cudnn_graph_dim(s.max_seqlen_kv), cudnn_graph_dim(p.Tq), cudnn_graph_dim(p.Tk),
-                  std::bit_cast<uint32_t>(scale), strides};
+  return GraphKey{backward,
+                  false,
+                  device.index,
+                  p.Hq,
+                  p.Hk,
+                  p.D,
+                  s.batch,
+                  cudnn_graph_dim(s.max_seqlen_q),
+                  cudnn_graph_dim(s.max_seqlen_kv),
+                  cudnn_graph_dim(p.Tq),
+                  cudnn_graph_dim(p.Tk),
+                  std::bit_cast<uint32_t>(scale),
+                  strides};
 }
 
 // Device buffers of one call: the ragged offsets of each tensor and the sequence lengths.

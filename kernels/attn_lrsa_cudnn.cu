@@ -210,8 +210,8 @@ const GatherTables& prepare(const char* op, const attn::AttentionConfig& config,
                             const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
   LRSA_CHECK(config.mode == attn::Mode::Lrsa, "{}: called for dense attention", op);
   LRSA_CHECK(lrsa_cudnn_usable(layout, config, q.size(1), k.size(1), q.size(2), q.dtype()),
-             "{}: not usable for {} (head dimension, dtype, or one virtual sequence over attention.cudnn_gather_gib "
-             "= {} GiB)",
+             "{}: not usable for {} (head dimension, dtype, one virtual sequence over attention.cudnn_gather_gib "
+             "= {} GiB, or 2^31 gathered rows)",
              op, q.describe(), config.cudnn_gather_gib);
   check_rows(op, "k", k);
   check_rows(op, "v", v);
@@ -276,7 +276,8 @@ void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, co
   for (const Pass& pass : t.passes) {
     const auto [kg, vg] = gather(t, pass, k, v, result.selection);
     Tensor out = result.out.slice(0, pass.q0, pass.q1), lse_view = result.lse.slice(1, pass.q0, pass.q1);
-    // cuDNN writes a contiguous [Hq, rows] log-sum-exp: the view itself when the pass has all rows.
+    // cudnn_varlen_forward takes a contiguous [Hq, rows] log-sum-exp: the view itself when the
+    // pass has all rows, else a copy.
     Tensor lse = lse_view.is_contiguous() ? lse_view : Tensor::empty(lse_view.shape(), DType::F32, q.device());
     cudnn_varlen_forward(q.slice(0, pass.q0, pass.q1), kg, vg, pass.spans, softmax_scale(q), out, lse);
     if (!lse_view.is_contiguous()) lse_view.copy_(lse);
@@ -312,9 +313,9 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
     Tensor dkg = Tensor::empty(kg.shape(), DType::BF16, q.device());
     Tensor dvg = Tensor::empty(vg.shape(), DType::BF16, q.device());
     Tensor dq_rows = dq.slice(0, pass.q0, pass.q1);
-    cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1),
-                          saved.lse.slice(1, pass.q0, pass.q1).contiguous(), dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q),
-                          dq_rows, dkg, dvg);
+    const Tensor lse = saved.lse.slice(1, pass.q0, pass.q1).contiguous();  // a copy unless one pass
+    cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1), lse,
+                          dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q), dq_rows, dkg, dvg);
     const int64_t items = pass.q1 * Hk * (D / kChunk);  // rows [0, q1): the last pass has q1 = T
     reduce_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
         static_cast<const bf16_t*>(dkg.data()), static_cast<const bf16_t*>(dvg.data()), pass.g0, pass.g1, t.lists(),

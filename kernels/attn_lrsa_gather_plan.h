@@ -116,7 +116,6 @@ inline int64_t gathered_rows(const std::vector<int64_t>& cu_seqlens, const attn:
 // kernels need. All i32 (rows < 2^31; the caller bounds R).
 struct GatherPlan {
   std::vector<int32_t> cu_q{0}, cu_kv{0};  // [n_seq + 1]
-  int64_t max_q = 0, max_kv = 0;
   std::vector<int32_t> source;                                       // [R] codes (see top)
   std::vector<int32_t> raw_first, raw_copies, comp_first, comp_copies;  // CopyLists
   int64_t rows() const { return int64_t(source.size()); }
@@ -138,8 +137,6 @@ inline GatherPlan plan_gather(const std::vector<int64_t>& cu_seqlens, const attn
     for (int64_t r = s.raw0; r < s.q1; ++r) p.source.push_back(int32_t(r));
     p.cu_q.push_back(int32_t(s.q1));
     p.cu_kv.push_back(int32_t(p.source.size()));
-    p.max_q = std::max(p.max_q, s.q1 - s.q0);
-    p.max_kv = std::max(p.max_kv, s.kv_rows());
   });
   // Copy lists by counting sort over the codes: filled in gathered-row order, so ascending.
   p.raw_first.assign(size_t(T + 1), 0);

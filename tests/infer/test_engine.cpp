@@ -316,6 +316,7 @@ TEST_CASE("LagKV cache inference equals the LRSA training forward on CUDA (bf16)
   }
 }
 
+#ifdef LRSA_WITH_CUDNN
 TEST_CASE("whole-prompt prefill runs attention with the decoder's execution settings", "[infer][cuda]") {
   // backend cudnn with a gather budget no LRSA call fits in: the prefill must fail the way the
   // training forward does (with the engine's own defaults, auto, it would run).
@@ -329,9 +330,12 @@ TEST_CASE("whole-prompt prefill runs attention with the decoder's execution sett
   Engine engine(decoder, spec);
   const std::vector<int32_t> ids = random_tokens(16 + 64 * 3 + 5, c.vocab_size, 52);
   KvCache cache = engine.make_cache(1, int64_t(ids.size()));
-  CHECK_THROWS_WITH(engine.prefill_whole(cache, {ids}), Catch::Contains("attention backend cudnn cannot run this call"));
-  CHECK_THROWS_WITH(training_logits(decoder, ids), Catch::Contains("attention backend cudnn cannot run this call"));
+  CHECK_THROWS_WITH(engine.prefill_whole(cache, {ids}), Catch::Contains("attention backend cudnn cannot run this call") &&
+                                                            Catch::Contains("attention.cudnn_gather_gib = 1e-09 GiB"));
+  CHECK_THROWS_WITH(training_logits(decoder, ids), Catch::Contains("attention backend cudnn cannot run this call") &&
+                                                       Catch::Contains("attention.cudnn_gather_gib = 1e-09 GiB"));
 }
+#endif
 
 TEST_CASE("CUDA cache attention and row gather equal the CPU ones", "[infer][cuda]") {
   for (DType dt : {DType::F32, DType::BF16})

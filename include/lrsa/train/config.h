@@ -83,7 +83,7 @@ struct AttentionSection {
   attn::Mode mode = attn::Mode::Lrsa;
   attn::LrsaParams lrsa;  // sink, lag, ratio, score_v_ratio (defaults from attention.h)
   attn::Backend backend = attn::Backend::Auto;  // CUDA implementation: auto, native kernels or cuDNN
-  double cudnn_gather_gib = attn::kDefaultCudnnGatherGib;  // LRSA on cuDNN while its gathered keys fit
+  double cudnn_gather_gib = attn::kDefaultCudnnGatherGib;  // memory of one LRSA-on-cuDNN call (passes)
 };
 
 struct OptimConfig {  // AdamW
