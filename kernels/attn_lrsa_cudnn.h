@@ -4,9 +4,9 @@
 // keys are gathered into Kg / Vg [R, Hk, D] as [sink | selected rows of partitions 0..q-2 | raw
 // partition q-1 | raw partition q] (kernels/attn_lrsa_gather_plan.h), so cuDNN's bottom-right
 // causal mask gives exactly the spec's visibility and no pair is computed in vain. The query
-// rows stay where they are (out and dq are written in place, lse too when there is one pass). Backward: gather again,
-// cuDNN's backward gives dKg / dVg, and every source row's dK / dV is the sum of its gathered
-// copies in a fixed order (deterministic, no atomics).
+// rows stay where they are (out and dq are written in place, lse too when there is one pass).
+// Backward: gather again, cuDNN's backward gives dKg / dVg, and every source row's dK / dV is the
+// sum of its gathered copies in a fixed order (deterministic, no atomics).
 // Passes: the virtual sequences run in consecutive groups, one cuDNN call each, so that a call's
 // gathered buffers plus cuDNN's backward workspace fit in attention.cudnn_gather_gib; dK / dV
 // sums run on in fp32 across the passes (same order, same bits as one pass). The memory of one
