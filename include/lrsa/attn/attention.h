@@ -32,10 +32,11 @@ struct LrsaParams {
 };
 
 // LRSA on cuDNN copies each query partition's visible keys into gathered buffers, four of them
-// per layer in the backward (kernels/attn_lrsa_cudnn.h); they grow like T^2. Auto runs LRSA on
-// cuDNN while they fit in AttentionConfig::cudnn_gather_gib, else on the native kernels. Past
-// the default, cuDNN's own backward workspace grows faster still (docs/config.md). The ceiling
-// keeps each buffer within 2^31 elements (and the gather plan's i32 row numbers in range).
+// per layer in the backward (kernels/attn_lrsa_cudnn.h), and they grow like T^2, as does cuDNN's
+// backward workspace. So the partitions run in passes, one cuDNN call each, whose gathered keys
+// and estimated workspace fit in AttentionConfig::cudnn_gather_gib; auto runs LRSA on the native
+// kernels only when one partition alone needs more (docs/config.md). The ceiling keeps each
+// pass's buffers within 2^31 elements.
 constexpr double kDefaultCudnnGatherGib = 4;
 constexpr double kMaxCudnnGatherGib = 16;
 

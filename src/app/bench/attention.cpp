@@ -387,7 +387,8 @@ Subcommand register_attention(CLI::App& app) {
   sub->add_option("--backends", options->backends, "attention backends among native, cudnn, auto (each mode on each)");
   sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
   sub->add_option("--cudnn-gather-gib", options->cudnn_gather_gib,
-                  "memory of one LRSA-on-cuDNN call (gathered keys and cuDNN's workspace) in GiB: more calls when smaller (attention.cudnn_gather_gib)")
+                  "memory of one LRSA-on-cuDNN call (gathered keys and cuDNN's workspace) in GiB: more calls "
+                  "when smaller (attention.cudnn_gather_gib)")
       ->check(CLI::PositiveNumber & CLI::Range(0.0, attn::kMaxCudnnGatherGib));
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
   sub->add_flag("--fused-qkv", options->fused_qkv,
