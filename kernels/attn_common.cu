@@ -104,9 +104,11 @@ bool use_cudnn(const char* op, const attn::AttentionConfig& config, [[maybe_unus
 #ifdef LRSA_WITH_CUDNN
 // Every document is one sequence, queries and keys alike.
 VarlenSpans dense_spans(const attn::SeqLayout& layout) {
-  const int64_t longest = layout.max_seqlen();
-  return VarlenSpans{layout.cu_seqlens_device, layout.cu_seqlens_device, int64_t(layout.cu_seqlens.size()) - 1,
-                     longest, longest};
+  VarlenSpans spans;
+  spans.cu_seqlens_q = spans.cu_seqlens_kv = layout.cu_seqlens_device;
+  spans.batch = int64_t(layout.cu_seqlens.size()) - 1;
+  spans.max_seqlen_q = spans.max_seqlen_kv = layout.max_seqlen();
+  return spans;
 }
 #endif
 

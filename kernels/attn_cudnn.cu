@@ -80,11 +80,11 @@ __global__ void ragged_offsets_kernel(const OffsetArgs a) {
   }
 }
 
-// stats [T, H] (cuDNN, token-major) <-> lse [H, T] (ours), rows [0, cu_q[B]) only: the spans
-// cover exactly those rows (cu_seqlens_q starts at 0 and never decreases).
-__global__ void stats_layout_kernel(float* __restrict__ stats, float* __restrict__ lse, const int* cu_q_end, int T,
+// stats [T, H] (cuDNN, token-major) <-> lse [H, T] (ours), rows [0, end) only, end = the last
+// sequence's end row (query_starts[B]): the spans cover those rows, less any gaps (backward).
+__global__ void stats_layout_kernel(float* __restrict__ stats, float* __restrict__ lse, const int* rows_end, int T,
                                     int H, bool to_lse) {
-  const int rows = *cu_q_end;
+  const int rows = *rows_end;
   const int64_t n = int64_t(rows) * H;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / H, h = i % H;
@@ -93,8 +93,8 @@ __global__ void stats_layout_kernel(float* __restrict__ stats, float* __restrict
   }
 }
 
-void move_stats(float* stats, float* lse, const Tensor& cu_q, int64_t B, int64_t T, int64_t H, bool to_lse) {
-  stats_layout_kernel<<<grid_size(T * H, 256), 256, 0, current_stream()>>>(stats, lse, cu_q.data_as<int32_t>() + B,
+void move_stats(float* stats, float* lse, const Tensor& q_starts, int64_t B, int64_t T, int64_t H, bool to_lse) {
+  stats_layout_kernel<<<grid_size(T * H, 256), 256, 0, current_stream()>>>(stats, lse, q_starts.data_as<int32_t>() + B,
                                                                            int(T), int(H), to_lse);
   LRSA_CUDA_CHECK_LAUNCH("cudnn attention: stats layout");
 }
@@ -110,6 +110,7 @@ enum Uid : int64_t {
 struct GraphKey {
   bool backward;
   bool plain;  // one sequence over all rows: exact dims, no ragged offsets, no padding mask
+  bool causal;
   int device;
   int64_t Hq, Hk, D, B, s_q, s_kv, t_q, t_kv;  // s_* max lengths, t_* total rows, both bucketed
   uint32_t scale_bits;
@@ -180,12 +181,9 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
   const auto alignment = k.plain ? fe::DiagonalAlignment_t::TOP_LEFT : fe::DiagonalAlignment_t::BOTTOM_RIGHT;
   const float scale = std::bit_cast<float>(k.scale_bits);
   if (!k.backward) {
-    auto options = fe::graph::SDPA_attributes()
-                       .set_name("lrsa_sdpa_fwd")
-                       .set_generate_stats(true)
-                       .set_attn_scale(scale)
-                       .set_diagonal_alignment(alignment)
-                       .set_diagonal_band_right_bound(0);
+    auto options =
+        fe::graph::SDPA_attributes().set_name("lrsa_sdpa_fwd").set_generate_stats(true).set_attn_scale(scale);
+    if (k.causal) options.set_diagonal_alignment(alignment).set_diagonal_band_right_bound(0);
     if (!k.plain) options.set_padding_mask(true).set_seq_len_q(len_q).set_seq_len_kv(len_kv);
     auto [o, stats] = g->sdpa(q, kt, v, options);
     as_rows(o, kO, k.B, k.Hq, k.s_q, k.D, k.strides[3], off_o);
@@ -198,11 +196,8 @@ Built build_graph(const GraphKey& k, cudnnHandle_t handle, const char* op, const
     const TensorPtr dout = rows_tensor(*g, "dout", kDO, k.B, k.Hq, k.s_q, k.D, k.strides[4], off_do);
     const TensorPtr stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats"));
     stats_layout(stats, k, off_stats);
-    auto options = fe::graph::SDPA_backward_attributes()
-                       .set_name("lrsa_sdpa_bwd")
-                       .set_attn_scale(scale)
-                       .set_diagonal_alignment(alignment)
-                       .set_diagonal_band_right_bound(0);
+    auto options = fe::graph::SDPA_backward_attributes().set_name("lrsa_sdpa_bwd").set_attn_scale(scale);
+    if (k.causal) options.set_diagonal_alignment(alignment).set_diagonal_band_right_bound(0);
     if (!k.plain)
       options.set_padding_mask(true)
           .set_seq_len_q(len_q)
@@ -250,7 +245,9 @@ void check_rows(const char* op, const char* name, const Tensor& t, int64_t rows,
 }
 
 void check_spans(const char* op, const VarlenSpans& s, Device device) {
-  for (const auto& [name, t] : {std::pair{"cu_seqlens_q", &s.cu_seqlens_q}, std::pair{"cu_seqlens_kv", &s.cu_seqlens_kv}}) {
+  for (const auto& [name, t] : {std::pair{"cu_seqlens_q", &s.cu_seqlens_q},
+                                std::pair{"cu_seqlens_kv", &s.cu_seqlens_kv}, std::pair{"q_starts", &s.q_starts}}) {
+    if (t == &s.q_starts && !t->defined()) continue;  // optional
     LRSA_CHECK(t->defined() && t->dtype() == DType::I32 && t->dim() == 1 && t->size(0) == s.batch + 1 &&
                    t->device() == device,
                "{}: spans.{} must be i32 [batch + 1 = {}] on {}, got {}", op, name, s.batch + 1, device.str(),
@@ -306,16 +303,17 @@ std::string shape_of(const Problem& p, const VarlenSpans& s) {
 
 // One sequence over all rows of q and k (cu_seqlens = [0, T] on both sides).
 bool is_plain(const Problem& p, const VarlenSpans& s) {
-  return s.batch == 1 && p.Tq == p.Tk && s.max_seqlen_q == p.Tq && s.max_seqlen_kv == p.Tk;
+  return s.batch == 1 && !s.q_starts.defined() && p.Tq == p.Tk && s.max_seqlen_q == p.Tq && s.max_seqlen_kv == p.Tk;
 }
 
 GraphKey key_of(bool backward, const Problem& p, const VarlenSpans& s, float scale, std::array<int64_t, 8> strides,
                 Device device) {
   if (is_plain(p, s))
-    return GraphKey{backward, true, device.index, p.Hq, p.Hk, p.D, 1, p.Tq, p.Tk, p.Tq, p.Tk,
+    return GraphKey{backward, true, s.causal, device.index, p.Hq, p.Hk, p.D, 1, p.Tq, p.Tk, p.Tq, p.Tk,
                     std::bit_cast<uint32_t>(scale), strides};
   return GraphKey{backward,
                   false,
+                  s.causal,
                   device.index,
                   p.Hq,
                   p.Hk,
@@ -328,6 +326,9 @@ GraphKey key_of(bool backward, const Problem& p, const VarlenSpans& s, float sca
                   std::bit_cast<uint32_t>(scale),
                   strides};
 }
+
+// First query row of each sequence, then the end of the last: cu_seqlens_q unless gaps.
+const Tensor& query_starts(const VarlenSpans& s) { return s.q_starts.defined() ? s.q_starts : s.cu_seqlens_q; }
 
 // Device buffers of one call: the ragged offsets of each tensor and the sequence lengths.
 struct Ragged {
@@ -343,7 +344,7 @@ Ragged ragged(const VarlenSpans& s, std::initializer_list<std::pair<bool, int64_
   r.lengths = Tensor::empty({2, B}, DType::I32, device);
   OffsetArgs a{};
   for (const auto& [is_q, stride] : tensors) {
-    a.cu[a.n] = (is_q ? s.cu_seqlens_q : s.cu_seqlens_kv).data_as<int32_t>();
+    a.cu[a.n] = (is_q ? query_starts(s) : s.cu_seqlens_kv).data_as<int32_t>();
     a.row_stride[a.n++] = stride;
   }
   a.offsets = r.offsets.data_as<int64_t>();
@@ -402,6 +403,8 @@ void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
                           Tensor& out, Tensor& lse) {
   const char* op = "cudnn_varlen_forward";
   const Problem p = check_call(op, q, k, v, out, lse, spans);
+  // Its stats -> lse move covers every row up to the last sequence's end: gaps would get garbage.
+  LRSA_CHECK(!spans.q_starts.defined(), "{}: query rows with gaps (spans.q_starts) are for the backward only", op);
   const Device device = q.device();
   const std::string shape = shape_of(p, spans);
   const cudnnHandle_t handle = handle_for(device.index, op);
@@ -428,7 +431,7 @@ void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
       {kOffO, r.offset(3, B)},  {kOffStats, r.offset(4, B)},
   };
   execute(built, handle, pack, device, op, shape);
-  move_stats(stats.data_as<float>(), lse.data_as<float>(), spans.cu_seqlens_q, B, p.Tq, p.Hq, true);
+  move_stats(stats.data_as<float>(), lse.data_as<float>(), query_starts(spans), B, p.Tq, p.Hq, true);
 }
 
 void cudnn_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -463,7 +466,7 @@ void cudnn_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                            {false, dv.stride(0)}},
                           device);
   Tensor stats = Tensor::empty({p.Tq, p.Hq}, DType::F32, device);
-  move_stats(stats.data_as<float>(), lse.data_as<float>(), spans.cu_seqlens_q, B, p.Tq, p.Hq, false);
+  move_stats(stats.data_as<float>(), lse.data_as<float>(), query_starts(spans), B, p.Tq, p.Hq, false);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.data()},          {kK, k.data()},           {kV, v.data()},
       {kO, out.data()},        {kStats, stats.data()},   {kDO, dout.data()},

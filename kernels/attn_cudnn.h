@@ -1,7 +1,7 @@
 #pragma once
 // cuDNN SDPA (Hopper flash kernels, through the header-only cudnn-frontend graph API) behind a
 // FlashAttention-style varlen interface: B sequences packed along the token axis, causal with
-// bottom-right alignment, native GQA, bf16 in and out, f32 log-sum-exp in our [Hq, Tq] layout.
+// bottom-right alignment (or not causal), native GQA, bf16 in and out, f32 log-sum-exp in our [Hq, Tq] layout.
 // Used by the dense CUDA attention (Backend::Cudnn, kernels/attn_cudnn.cu) and by the LRSA path
 // that gathers each query partition's visible keys (kernels/attn_lrsa_cudnn.cu).
 //
@@ -10,9 +10,10 @@
 //   sm_90 or newer device (the Hopper engines; cuDNN also runs on sm_80 but we do not test it).
 // - Rows of q/k/v/out/dout/dq/dk/dv: last two dims contiguous, row stride a multiple of 8
 //   elements, base pointers 16-byte aligned (the engines load 16-byte vectors).
-// - Each sequence needs len_kv_b >= len_q_b >= 1: with bottom-right alignment, query i sees keys
-//   [0, len_kv - len_q + i], so len_q > len_kv would leave the first rows with no key (their lse
-//   would be -inf). Empty sequences (len 0) are untested with cuDNN: callers must not pass them.
+// - Each causal sequence needs len_kv_b >= len_q_b >= 1: with bottom-right alignment, query i
+//   sees keys [0, len_kv - len_q + i], so len_q > len_kv would leave the first rows with no key
+//   (their lse would be -inf). Empty sequences (len 0) are untested with cuDNN: callers must not
+//   pass them.
 // - No deterministic mode here: Backend::Cudnn with AttentionConfig::deterministic is rejected
 //   (cuDNN's backward accumulates dQ with atomics; see attention.h).
 // - Graphs are built once per (direction, device, Hq, Hk, D, row strides, B, max lengths and
@@ -48,11 +49,16 @@ int64_t cudnn_backward_workspace_estimate(int64_t batch, int64_t max_seqlen_kv, 
 // [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q/out/dout/dq/lse and key rows
 // [cu_seqlens_kv[b], cu_seqlens_kv[b+1]) of k/v/dk/dv. Causal, bottom-right aligned:
 // query i of sequence b sees key j iff j <= (len_kv_b - len_q_b) + i  (equal lengths = ordinary causal).
-// Every sequence must have 1 <= len_q_b <= len_kv_b (see above).
+// Every sequence must have 1 <= len_q_b <= len_kv_b (see above). Not causal: every query sees
+// every key of its sequence (any lengths >= 1). The backward also takes query rows with gaps
+// between sequences: q_starts[b] is then the first query row of sequence b (its length still
+// from cu_seqlens_q) and q_starts[B] the end of the last one; rows in the gaps are untouched.
 struct VarlenSpans {
   Tensor cu_seqlens_q;   // i32 [B + 1] on the device, starts at 0, non-decreasing
   Tensor cu_seqlens_kv;  // i32 [B + 1] on the device
   int64_t batch = 0, max_seqlen_q = 0, max_seqlen_kv = 0;  // host copies of what the kernels need
+  bool causal = true;
+  Tensor q_starts;  // optional i32 [B + 1] on the device (backward only)
 };
 
 // q [Tq, Hq, D], k/v [Tk, Hk, D] bf16 (last two dims contiguous; row stride may exceed H*D: views

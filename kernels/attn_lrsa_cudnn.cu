@@ -51,11 +51,11 @@ __global__ void inverse_kernel(const int32_t* __restrict__ indices, int64_t comp
 // of for_each_copy_in, in fp32. One call per pass; dKg / dVg hold the pass's gathered rows
 // [g0, g1). The pass's keys all lie before its last query row, so only rows [0, rows) have
 // copies in it. A row's running sum sits in acc_k / acc_v [T, Hk, D] f32 from the pass of its
-// own query row on (every row is a raw key of its own sequence): rows >= fresh (this pass's
-// query rows) start from zero, earlier ones from acc, and then add this pass's copies in order:
-// the same fp32 adds as in one pass. Middle passes skip rows without copies in them; the last
-// pass (rows = T) writes every row's dk / dv (overwritten) in bf16. With one pass (fresh = 0)
-// the sums never leave registers. One thread per 16-byte chunk.
+// own query row on (every row is a raw key of its own causal sequence, and those come first):
+// rows >= fresh (a causal pass's query rows; none in grouped passes) start from zero, earlier
+// ones from acc, and then add this pass's copies in order. Middle passes skip rows without
+// copies in them; the last pass (rows = T) writes every row's dk / dv (overwritten) in bf16.
+// With one pass (fresh = 0) the sums never leave registers. One thread per 16-byte chunk.
 __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __restrict__ dvg, int32_t g0, int32_t g1,
                               const lrsa_gather::CopyLists lists, const int32_t* __restrict__ inv, int64_t T, int Hk,
                               int D, int64_t rows, int64_t fresh, bool last, float* __restrict__ acc_k,
@@ -68,9 +68,7 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
     const int ch = int(i % chunks), h = int(rh % Hk);
     const int64_t r = rh / Hk;
     const int32_t comp_row = inv[h * T + r];
-    bool copies = false;
-    lrsa_gather::for_each_copy_in(lists, r, comp_row, g0, g1, [&](int32_t) { copies = true; });
-    if (!copies && !last) continue;
+    if (!last && !lrsa_gather::has_copy_in(lists, r, comp_row, g0, g1)) continue;
     float sk[kChunk] = {}, sv[kChunk] = {};
     const int64_t running = rh * D + ch * kChunk;  // in acc_k / acc_v
     if (r < fresh) {
@@ -107,12 +105,33 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
   }
 }
 
+// dst [rows, width] (rows dst_stride apart) += src [rows, width] contiguous, bf16, added in fp32:
+// a grouped pass's dQ into the causal passes' dq. One thread per 16-byte chunk.
+__global__ void add_rows_kernel(bf16_t* __restrict__ dst, int64_t dst_stride, const bf16_t* __restrict__ src,
+                                int64_t rows, int width) {
+  const int chunks = width / kChunk;
+  const int64_t n = rows * chunks;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / chunks, col = int64_t(i % chunks) * kChunk;
+    uint4* d = reinterpret_cast<uint4*>(dst + r * dst_stride + col);
+    const uint4 sw = *reinterpret_cast<const uint4*>(src + r * width + col);
+    uint4 dw = *d;
+    bf16_t* dx = reinterpret_cast<bf16_t*>(&dw);
+    const bf16_t* sx = reinterpret_cast<const bf16_t*>(&sw);
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) dx[e] = __float2bfloat16_rn(__bfloat162float(dx[e]) + __bfloat162float(sx[e]));
+    *d = dw;
+  }
+}
+
 // One cuDNN call of LRSA: virtual sequences [s0, s1) of the plan, i.e. query rows [q0, q1) of
-// q / out / lse / dq and gathered rows [g0, g1), with spans counted from those starts.
+// q / out / lse / dq and gathered rows [g0, g1), with spans counted from those starts; the
+// reduction's rows and fresh rows (reduce_kernel).
 struct Pass {
   VarlenSpans spans;
   int64_t q0 = 0, q1 = 0;
   int32_t g0 = 0, g1 = 0;
+  int64_t reduce_rows = 0, fresh = 0;
 };
 
 // The plan of one layout on the device, uploaded once and cached: every layer of a step (and
@@ -150,42 +169,51 @@ double budget_bytes(const attn::AttentionConfig& config) { return config.cudnn_g
 
 struct TablesKey {
   int device;
-  int64_t sink, lag, kept, q_heads, kv_heads, head_dim;
+  int64_t group, sink, lag, kept, q_heads, kv_heads, head_dim;
   double budget;
   std::vector<int64_t> cu_seqlens;
   bool operator==(const TablesKey&) const = default;
 };
 
+// The forward's plan (group 0) or the backward's (kLrsaCudnnBackwardGroup), see attn_lrsa_gather_plan.h.
 const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::AttentionConfig& config,
-                                  PassMemory memory, Device device) {
+                                  PassMemory memory, Device device, int64_t group) {
   const attn::LrsaParams& params = config.lrsa;
-  TablesKey key{device.index,     params.sink,        params.lag,           params.kept(), memory.q_heads,
-                memory.kv_heads, memory.head_dim, budget_bytes(config), layout.cu_seqlens};
+  TablesKey key{device.index,   group,           params.sink,     params.lag,           params.kept(),
+                memory.q_heads, memory.kv_heads, memory.head_dim, budget_bytes(config), layout.cu_seqlens};
   thread_local std::list<std::pair<TablesKey, GatherTables>> cache;
-  // A few layouts cover forward, backward and interleaved evaluation.
-  return recent(cache, 4, std::move(key), [&] {
-    const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params);
+  // A few layouts, each with its forward and backward plan, cover training and interleaved evaluation.
+  return recent(cache, 8, std::move(key), [&] {
+    const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params, group);
     GatherTables t;
     const std::vector<int64_t> first = lrsa_gather::plan_passes(plan, budget_bytes(config), memory);
+    const int64_t T = layout.total();
     for (size_t i = 0; i + 1 < first.size(); ++i) {
-      const size_t s0 = size_t(first[i]), s1 = size_t(first[i + 1]);
+      const int64_t s0 = first[i], s1 = first[i + 1];
       Pass pass;
-      pass.q0 = plan.cu_q[s0];
-      pass.q1 = plan.cu_q[s1];
-      pass.g0 = plan.cu_kv[s0];
-      pass.g1 = plan.cu_kv[s1];
-      std::vector<int32_t> cu_q, cu_kv;
-      for (size_t s = s0; s <= s1; ++s) {
-        cu_q.push_back(plan.cu_q[s] - int32_t(pass.q0));
-        cu_kv.push_back(plan.cu_kv[s] - pass.g0);
+      pass.q0 = plan.q_start[size_t(s0)];
+      pass.q1 = plan.q_end(s1 - 1);
+      pass.g0 = plan.cu_kv[size_t(s0)];
+      pass.g1 = plan.cu_kv[size_t(s1)];
+      std::vector<int32_t> cu_q, cu_kv, q_starts;
+      for (int64_t s = s0; s <= s1; ++s) {
+        cu_q.push_back(plan.cu_q[size_t(s)] - plan.cu_q[size_t(s0)]);
+        cu_kv.push_back(plan.cu_kv[size_t(s)] - pass.g0);
+        q_starts.push_back(int32_t((s < s1 ? plan.q_start[size_t(s)] : pass.q1) - pass.q0));
         if (s > s0) {
-          pass.spans.max_seqlen_q = std::max<int64_t>(pass.spans.max_seqlen_q, cu_q[s - s0] - cu_q[s - s0 - 1]);
-          pass.spans.max_seqlen_kv = std::max<int64_t>(pass.spans.max_seqlen_kv, cu_kv[s - s0] - cu_kv[s - s0 - 1]);
+          const size_t n = cu_q.size();
+          pass.spans.max_seqlen_q = std::max<int64_t>(pass.spans.max_seqlen_q, cu_q[n - 1] - cu_q[n - 2]);
+          pass.spans.max_seqlen_kv = std::max<int64_t>(pass.spans.max_seqlen_kv, cu_kv[n - 1] - cu_kv[n - 2]);
         }
       }
       pass.spans.cu_seqlens_q = upload(cu_q, device);
       pass.spans.cu_seqlens_kv = upload(cu_kv, device);
-      pass.spans.batch = int64_t(s1 - s0);
+      pass.spans.causal = plan.causal(s0);
+      if (!pass.spans.causal) pass.spans.q_starts = upload(q_starts, device);  // documents' heads are gaps
+      pass.spans.batch = s1 - s0;
+      const bool last = i + 2 == first.size();
+      pass.reduce_rows = last ? T : pass.q1;
+      pass.fresh = pass.spans.causal ? pass.q0 : T;
       t.passes.push_back(std::move(pass));
     }
     t.source = upload(plan.source, device);
@@ -207,7 +235,8 @@ void check_rows(const char* op, const char* name, const Tensor& t) {
 
 // Checks the arguments of either direction and returns the layout's tables.
 const GatherTables& prepare(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                            const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
+                            const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection,
+                            int64_t group) {
   LRSA_CHECK(config.mode == attn::Mode::Lrsa, "{}: called for dense attention", op);
   LRSA_CHECK(lrsa_cudnn_usable(layout, config, q.size(1), k.size(1), q.size(2), q.dtype()),
              "{}: not usable for {} (head dimension, dtype, one virtual sequence over attention.cudnn_gather_gib "
@@ -216,7 +245,7 @@ const GatherTables& prepare(const char* op, const attn::AttentionConfig& config,
   check_rows(op, "k", k);
   check_rows(op, "v", v);
   use_device(q);
-  const GatherTables& t = gather_tables(layout, config, PassMemory{q.size(1), k.size(1), q.size(2)}, q.device());
+  const GatherTables& t = gather_tables(layout, config, PassMemory{q.size(1), k.size(1), q.size(2)}, q.device(), group);
   LRSA_CHECK(selection.indices.defined() && selection.num_parts() * config.lrsa.kept() == t.compact_rows &&
                  selection.indices.device() == q.device(),
              "{}: the selection ({} partitions, indices {}) does not belong to this layout ({} compact rows per head)",
@@ -245,8 +274,9 @@ float softmax_scale(const Tensor& q) { return 1.0f / std::sqrt(float(q.size(2)))
 }  // namespace
 
 int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
-                                int64_t head_dim) {
-  return gather_bytes(lrsa_gather::gathered_rows(layout.cu_seqlens, params), kv_heads, head_dim);
+                                int64_t head_dim, bool backward) {
+  const int64_t group = backward ? kLrsaCudnnBackwardGroup : 0;
+  return gather_bytes(lrsa_gather::gathered_rows(layout.cu_seqlens, params, group), kv_heads, head_dim);
 }
 
 bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
@@ -255,24 +285,28 @@ bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfi
   // chunks of bf16 rows); the plan's row numbers and codes are i32.
   if (!cudnn_attention_supported(head_dim, dtype)) return false;
   const PassMemory memory{q_heads, kv_heads, head_dim};
-  int64_t rows = 0;
-  bool fits = true;
-  lrsa_gather::for_each_sequence(layout.cu_seqlens, config.lrsa, [&](const lrsa_gather::VirtualSeq& s) {
-    rows += s.kv_rows();
-    fits = fits && double(memory(1, s.kv_rows(), s.kv_rows(), s.q1 - s.q0)) <= budget_bytes(config);
-  });
-  return fits && rows < (int64_t(1) << 31);
+  for (const int64_t group : {int64_t(0), kLrsaCudnnBackwardGroup}) {  // the forward's plan and the backward's
+    int64_t rows = 0;
+    bool fits = true;
+    lrsa_gather::for_each_sequence(layout.cu_seqlens, config.lrsa, group, [&](const lrsa_gather::VirtualSeq& s) {
+      rows += s.kv_rows();
+      fits = fits && double(memory(1, s.kv_rows(), s.kv_rows(), s.q1 - s.q0)) <= budget_bytes(config);
+    });
+    if (!fits || rows >= (int64_t(1) << 31)) return false;
+  }
+  return true;
 }
 
 int64_t lrsa_cudnn_pass_count(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
-                              int64_t kv_heads, int64_t head_dim) {
-  const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, config.lrsa);
+                              int64_t kv_heads, int64_t head_dim, bool backward) {
+  const lrsa_gather::GatherPlan plan =
+      lrsa_gather::plan_gather(layout.cu_seqlens, config.lrsa, backward ? kLrsaCudnnBackwardGroup : 0);
   return int64_t(lrsa_gather::plan_passes(plan, budget_bytes(config), PassMemory{q_heads, kv_heads, head_dim}).size()) - 1;
 }
 
 void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                         const attn::SeqLayout& layout, attn::AttentionForward& result) {
-  const GatherTables& t = prepare("lrsa_cudnn_forward", config, q, k, v, layout, result.selection);
+  const GatherTables& t = prepare("lrsa_cudnn_forward", config, q, k, v, layout, result.selection, 0);
   for (const Pass& pass : t.passes) {
     const auto [kg, vg] = gather(t, pass, k, v, result.selection);
     Tensor out = result.out.slice(0, pass.q0, pass.q1), lse_view = result.lse.slice(1, pass.q0, pass.q1);
@@ -290,10 +324,10 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
   const char* op = "lrsa_cudnn_backward";
   // cuDNN's backward sums dQ with atomics (kernels/attn_cudnn.h): not bitwise reproducible.
   LRSA_CHECK(!config.deterministic, "{}: attention.deterministic needs the native kernels (cuDNN's dQ uses atomics)", op);
-  const GatherTables& t = prepare(op, config, q, k, v, layout, saved.selection);
+  const GatherTables& t = prepare(op, config, q, k, v, layout, saved.selection, kLrsaCudnnBackwardGroup);
   check_rows(op, "dk", dk);
   check_rows(op, "dv", dv);
-  const int64_t T = q.size(0), Hk = k.size(1), D = k.size(2);
+  const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1), D = k.size(2);
   const Tensor inv = Tensor::empty({Hk, T}, DType::I32, q.device());
   LRSA_CUDA_CHECK(cudaMemsetAsync(inv.data(), 0xff, size_t(Hk * T) * sizeof(int32_t), current_stream()));  // -1
   if (t.compact_rows > 0) {
@@ -312,14 +346,23 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
     const auto [kg, vg] = gather(t, pass, k, v, saved.selection);
     Tensor dkg = Tensor::empty(kg.shape(), DType::BF16, q.device());
     Tensor dvg = Tensor::empty(vg.shape(), DType::BF16, q.device());
+    // Causal passes write their rows' dq; grouped ones add theirs to it (gap rows add zero).
     Tensor dq_rows = dq.slice(0, pass.q0, pass.q1);
+    Tensor dq_pass = pass.spans.causal ? dq_rows : Tensor::zeros({pass.q1 - pass.q0, Hq, D}, DType::BF16, q.device());
     const Tensor lse = saved.lse.slice(1, pass.q0, pass.q1).contiguous();  // a copy unless one pass
     cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1), lse,
-                          dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q), dq_rows, dkg, dvg);
-    const int64_t items = pass.q1 * Hk * (D / kChunk);  // rows [0, q1): the last pass has q1 = T
+                          dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q), dq_pass, dkg, dvg);
+    if (!pass.spans.causal) {
+      const int64_t chunks = (pass.q1 - pass.q0) * Hq * (D / kChunk);
+      add_rows_kernel<<<grid_size(chunks, 256), 256, 0, current_stream()>>>(
+          static_cast<bf16_t*>(dq_rows.data()), dq_rows.stride(0), static_cast<const bf16_t*>(dq_pass.data()),
+          pass.q1 - pass.q0, int(Hq * D));
+      LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: add a grouped pass's dq");
+    }
+    const int64_t items = pass.reduce_rows * Hk * (D / kChunk);
     reduce_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
         static_cast<const bf16_t*>(dkg.data()), static_cast<const bf16_t*>(dvg.data()), pass.g0, pass.g1, t.lists(),
-        inv.data_as<int32_t>(), T, int(Hk), int(D), pass.q1, pass.q0, i + 1 == t.passes.size(),
+        inv.data_as<int32_t>(), T, int(Hk), int(D), pass.reduce_rows, pass.fresh, i + 1 == t.passes.size(),
         acc_k.defined() ? acc_k.data_as<float>() : nullptr, acc_v.defined() ? acc_v.data_as<float>() : nullptr,
         static_cast<bf16_t*>(dk.data()), static_cast<bf16_t*>(dv.data()), dk.stride(0), dv.stride(0));
     LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: reduce gathered gradients");

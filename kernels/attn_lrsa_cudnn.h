@@ -6,7 +6,10 @@
 // causal mask gives exactly the spec's visibility and no pair is computed in vain. The query
 // rows stay where they are (out and dq are written in place, lse too when there is one pass).
 // Backward: gather again, cuDNN's backward gives dKg / dVg, and every source row's dK / dV is the
-// sum of its gathered copies in a fixed order (deterministic, no atomics).
+// sum of its gathered copies in a fixed order (deterministic, no atomics). The backward groups 8
+// partitions: their shared history is one non-causal sequence of 8L queries (cuDNN's backward
+// runs far faster on long query runs), each partition keeps a causal sequence for the rest, and
+// the grouped sequences' dQ is added to the causal ones'.
 // Passes: the virtual sequences run in consecutive groups, one cuDNN call each, so that a call's
 // gathered buffers plus cuDNN's backward workspace fit in attention.cudnn_gather_gib; dK / dV
 // sums run on in fp32 across the passes (same order, same bits as one pass). The memory of one
@@ -19,22 +22,28 @@
 
 namespace lrsa::cuda {
 
-// Gathered buffers of all passes together: Kg, Vg, dKg, dVg, 4 * R * Hk * D * 2 bytes for R
-// gathered rows. R grows like r * T^2 / (2L) (every query partition re-reads the whole selected
-// history): at S = 16, L = 1024, r = 0.25 and 2 KV heads of d64, R = 5.6 T at 32K tokens
-// (187 MB), 17.6 T at 128K (2.4 GB), 34 T at 256K (9.0 GB) and 66 T at 512K (35 GB). A pass holds
-// its share of them, plus cuDNN's workspace (cudnn_backward_workspace_estimate).
-int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
-                                int64_t head_dim);
+// Partitions per grouped sequence of the backward (kernels/attn_lrsa_gather_plan.h): at L = 1024
+// the shared history's key blocks meet 8192 queries in one sequence instead of 1024.
+constexpr int64_t kLrsaCudnnBackwardGroup = 8;
 
-// True when cuDNN takes this head dimension and dtype (bf16), every virtual sequence alone fits
-// a pass within config.cudnn_gather_gib, and the gathered rows stay within i32.
+// Gathered buffers of all passes of one direction together: Kg, Vg, dKg, dVg, 4 * R * Hk * D * 2
+// bytes for R gathered rows. In the forward R grows like r * T^2 / (2L) (every query partition
+// re-reads the whole selected history): at S = 16, L = 1024, r = 0.25 and 2 KV heads of d64,
+// R = 5.6 T at 32K tokens (187 MB), 17.6 T at 128K (2.4 GB), 34 T at 256K (9.0 GB) and 66 T at
+// 512K (35 GB); the backward's groups share their history, about 8 times fewer rows at long
+// context. A pass holds its share of them, plus cuDNN's workspace
+// (cudnn_backward_workspace_estimate).
+int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
+                                int64_t head_dim, bool backward);
+
+// True when cuDNN takes this head dimension and dtype (bf16), every virtual sequence of either
+// direction alone fits a pass within config.cudnn_gather_gib, and the gathered rows stay within i32.
 bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
                        int64_t kv_heads, int64_t head_dim, DType dtype);
 
 // The cuDNN calls (passes) of one direction for this layout and budget (host-side planning).
 int64_t lrsa_cudnn_pass_count(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
-                              int64_t kv_heads, int64_t head_dim);
+                              int64_t kv_heads, int64_t head_dim, bool backward);
 
 // Mode::Lrsa forward: result.selection already filled, result.out [T, Hq, D] and result.lse
 // [Hq, T] allocated (as cuda::attention_forward receives them).

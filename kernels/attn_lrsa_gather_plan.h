@@ -14,8 +14,17 @@
 // With causal attention aligned bottom-right (query i of a sequence sees its first
 // len_kv - len_q + i + 1 keys) a query of partition q sees everything before its own partition
 // plus its own partition causally: exactly the spec's sink | selected history | recent window.
-// Query rows of consecutive sequences are consecutive rows of q, so cu_seqlens_q covers
-// [0, T) in order and out/lse/dq are written in place. No sequence is empty.
+// Query rows of consecutive sequences are consecutive rows of q, so the sequences cover [0, T)
+// in order and out/lse/dq are written in place. No sequence is empty.
+//
+// The backward may group partitions (`group` m > 0): a 1024-query sequence gives each key block
+// of cuDNN's backward only a few query tiles, so the history the partitions of block
+// b = floor(q / m) share, [sink | selected rows of partitions 0 .. bm-2], becomes one
+// non-causal sequence whose queries are all rows of partitions [bm, bm + m) (when bm >= 2), and
+// each of those partitions keeps a causal sequence with only the rest: [selected rows of
+// bm-1 .. q-2 | raw q-1 | raw rows of q]. The two cover each visible pair once; their dQ add up.
+// The causal sequences come first (all documents), then the grouped ones, whose query rows skip
+// the heads of documents (explicit query starts).
 //
 // A gathered row is described by one i32 `source` code: >= 0 a raw absolute row (the same for
 // every KV head); < 0 the compact row c = -code - 1 of the selection, i.e. absolute row
@@ -79,18 +88,35 @@ LRSA_GATHER_HD void for_each_copy_in(const CopyLists& lists, int64_t r, int32_t 
     add(lists.comp_copies[i]);
 }
 
+// Whether source row r of a KV head has a gathered copy in [g0, g1): the first copy from g0 in
+// either list is below g1 (the reduction skips the other rows in middle passes).
+LRSA_GATHER_HD bool has_copy_in(const CopyLists& lists, int64_t r, int32_t comp_row, int32_t g0, int32_t g1) {
+  const int32_t raw_end = lists.raw_first[r + 1];
+  const int32_t raw = first_copy_from(lists.raw_copies, lists.raw_first[r], raw_end, g0);
+  if (raw < raw_end && lists.raw_copies[raw] < g1) return true;
+  if (comp_row < 0) return false;
+  const int32_t comp_end = lists.comp_first[comp_row + 1];
+  const int32_t comp = first_copy_from(lists.comp_copies, lists.comp_first[comp_row], comp_end, g0);
+  return comp < comp_end && lists.comp_copies[comp] < g1;
+}
+
 // One virtual sequence: queries [q0, q1) and its keys as four ranges in order: raw [sink0,
 // sink1), compact rows [comp0, comp1), raw [raw0, q1) (the previous partition and the query
-// rows themselves). The head sequence has only the last range (raw0 = q0 = document start).
+// rows themselves). The head sequence has only the last range (raw0 = q0 = document start); a
+// grouped (non-causal) sequence has no raw range (raw0 = q1).
 struct VirtualSeq {
   int64_t q0, q1, sink0, sink1, comp0, comp1, raw0;
+  bool causal = true;
   int64_t kv_rows() const { return (sink1 - sink0) + (comp1 - comp0) + (q1 - raw0); }
 };
 
-// Calls fn(seq) for every virtual sequence of the batch, in query-row order.
+// Calls fn(seq) for every virtual sequence of the batch: the causal ones in query-row order,
+// then (group > 0, the backward's grouping above) the grouped ones in query-row order.
 template <typename Fn>
-void for_each_sequence(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params, Fn&& fn) {
+void for_each_sequence(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params, int64_t group, Fn&& fn) {
   const int64_t S = params.sink, L = params.lag, K = params.kept();
+  // First partition of q's block when that block is grouped, else 0 (q sees its whole history).
+  auto block_start = [&](int64_t q) { return group > 0 && q / group * group >= 2 ? q / group * group : 0; };
   int64_t po = 0;  // selectable partitions of the documents before this one
   for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b) {
     const int64_t ds = cu_seqlens[b], N = cu_seqlens[b + 1] - ds;
@@ -98,45 +124,64 @@ void for_each_sequence(const std::vector<int64_t>& cu_seqlens, const attn::LrsaP
     fn(VirtualSeq{ds, ds + head, 0, 0, 0, 0, ds});
     // Partition q >= 2 exists when it holds a row: its history partitions 0 .. q-2 are
     // selectable (their successors, up to q - 1, are complete).
-    for (int64_t q = 2; S + q * L < N; ++q)
-      fn(VirtualSeq{ds + S + q * L, ds + std::min(S + (q + 1) * L, N), ds, ds + S, po * K, (po + q - 1) * K,
+    for (int64_t q = 2; S + q * L < N; ++q) {
+      const int64_t from = block_start(q), sink1 = from == 0 ? ds + S : ds;
+      const int64_t comp0 = (po + std::max<int64_t>(from - 1, 0)) * K;
+      fn(VirtualSeq{ds + S + q * L, ds + std::min(S + (q + 1) * L, N), ds, sink1, comp0, (po + q - 1) * K,
                     ds + S + (q - 1) * L});
+    }
+    po += attn::selectable_partitions(N, params);
+  }
+  if (group <= 0) return;
+  po = 0;
+  for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b) {
+    const int64_t ds = cu_seqlens[b], N = cu_seqlens[b + 1] - ds;
+    for (int64_t a = std::max<int64_t>(group, (2 + group - 1) / group * group); S + a * L < N; a += group) {
+      const int64_t q1 = ds + std::min(S + (a + group) * L, N);
+      fn(VirtualSeq{ds + S + a * L, q1, ds, ds + S, po * K, (po + a - 1) * K, q1, false});
+    }
     po += attn::selectable_partitions(N, params);
   }
 }
 
 // Gathered rows R of the whole batch (the rows of Kg / Vg).
-inline int64_t gathered_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params) {
+inline int64_t gathered_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params, int64_t group) {
   int64_t rows = 0;
-  for_each_sequence(cu_seqlens, params, [&](const VirtualSeq& s) { rows += s.kv_rows(); });
+  for_each_sequence(cu_seqlens, params, group, [&](const VirtualSeq& s) { rows += s.kv_rows(); });
   return rows;
 }
 
-// The plan of one (layout, S, L, K): what cuDNN's varlen attention and the gather / reduction
-// kernels need. All i32 (rows < 2^31; the caller bounds R).
+// The plan of one (layout, S, L, K, group): what cuDNN's varlen attention and the gather /
+// reduction kernels need. All i32 (rows < 2^31; the caller bounds R).
 struct GatherPlan {
-  std::vector<int32_t> cu_q{0}, cu_kv{0};  // [n_seq + 1]
+  std::vector<int32_t> cu_q{0}, cu_kv{0};  // [n_seq + 1]: query counts and gathered rows, cumulative
+  std::vector<int32_t> q_start;            // [n_seq]: first query row of each sequence
+  int64_t causal_sequences = 0;            // the first ones; the grouped rest are not causal
   std::vector<int32_t> source;                                       // [R] codes (see top)
   std::vector<int32_t> raw_first, raw_copies, comp_first, comp_copies;  // CopyLists
   int64_t rows() const { return int64_t(source.size()); }
   int64_t sequences() const { return int64_t(cu_q.size()) - 1; }
+  bool causal(int64_t s) const { return s < causal_sequences; }
+  int64_t q_end(int64_t s) const { return q_start[size_t(s)] + (cu_q[size_t(s) + 1] - cu_q[size_t(s)]); }
   CopyLists lists() const { return {raw_first.data(), raw_copies.data(), comp_first.data(), comp_copies.data()}; }
 };
 
-inline GatherPlan plan_gather(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params) {
+inline GatherPlan plan_gather(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params, int64_t group) {
   GatherPlan p;
   const int64_t T = cu_seqlens.empty() ? 0 : cu_seqlens.back();
   int64_t parts = 0;
   for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b)
     parts += attn::selectable_partitions(cu_seqlens[b + 1] - cu_seqlens[b], params);
   const int64_t compact_rows = parts * params.kept();
-  p.source.reserve(size_t(gathered_rows(cu_seqlens, params)));
-  for_each_sequence(cu_seqlens, params, [&](const VirtualSeq& s) {
+  p.source.reserve(size_t(gathered_rows(cu_seqlens, params, group)));
+  for_each_sequence(cu_seqlens, params, group, [&](const VirtualSeq& s) {
     for (int64_t r = s.sink0; r < s.sink1; ++r) p.source.push_back(int32_t(r));
     for (int64_t c = s.comp0; c < s.comp1; ++c) p.source.push_back(int32_t(-c - 1));
     for (int64_t r = s.raw0; r < s.q1; ++r) p.source.push_back(int32_t(r));
-    p.cu_q.push_back(int32_t(s.q1));
+    p.q_start.push_back(int32_t(s.q0));
+    p.cu_q.push_back(p.cu_q.back() + int32_t(s.q1 - s.q0));
     p.cu_kv.push_back(int32_t(p.source.size()));
+    p.causal_sequences += s.causal;
   });
   // Copy lists by counting sort over the codes: filled in gathered-row order, so ascending.
   p.raw_first.assign(size_t(T + 1), 0);
@@ -157,10 +202,11 @@ inline GatherPlan plan_gather(const std::vector<int64_t>& cu_seqlens, const attn
 }
 
 // Passes: LRSA on cuDNN runs consecutive runs of virtual sequences as one cuDNN call each, so
-// that one call's memory, bytes(sequences, gathered rows, longest gathered sequence, query rows),
-// stays within `budget` however long the batch. Greedy in sequence order; a sequence alone over
-// the budget still gets a pass (callers refuse such layouts first). Returns the first sequence of
-// every pass, then plan.sequences().
+// that one call's memory, bytes(sequences, gathered rows, longest gathered sequence, query rows
+// spanned), stays within `budget` however long the batch. Greedy in sequence order; a pass never
+// mixes causal and grouped sequences (one mask per call); a sequence alone over the budget
+// still gets a pass (callers refuse such layouts first). Returns the first sequence of every
+// pass, then plan.sequences().
 template <typename Bytes>
 std::vector<int64_t> plan_passes(const GatherPlan& plan, double budget, Bytes&& bytes) {
   std::vector<int64_t> first{0};
@@ -168,8 +214,9 @@ std::vector<int64_t> plan_passes(const GatherPlan& plan, double budget, Bytes&& 
   for (int64_t s = 0; s < plan.sequences(); ++s) {
     const int64_t s0 = first.back(), kv = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)];
     const int64_t rows = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s0)];
-    const int64_t q_rows = plan.cu_q[size_t(s) + 1] - plan.cu_q[size_t(s0)];
-    if (s > s0 && double(bytes(s + 1 - s0, rows, std::max(longest, kv), q_rows)) > budget) {
+    const int64_t q_rows = plan.q_end(s) - plan.q_start[size_t(s0)];
+    const bool new_mask = s == plan.causal_sequences;
+    if (s > s0 && (new_mask || double(bytes(s + 1 - s0, rows, std::max(longest, kv), q_rows)) > budget)) {
       first.push_back(s);
       longest = kv;
     } else {

@@ -1,6 +1,7 @@
 // LRSA on cuDNN's dense flash attention ("gather then dense flash", kernels/attn_lrsa_cudnn.cu):
 // the gather plan (kernels/attn_lrsa_gather_plan.h) checked on the host with the functions the
-// kernels use: within its virtual sequence's bottom-right causal window, every query (per KV
+// kernels use: within the virtual sequences that hold it (its causal one's bottom-right window,
+// plus its group's shared history when the backward groups partitions), every query (per KV
 // head, real CPU selections) meets exactly the keys the spec's visibility rule admits, once
 // each; the backward's copy lists are exactly the inverse of the gather. On a GPU built with
 // cuDNN: forward and backward against the fp64 reference by the FlashAttention rule.
@@ -51,6 +52,10 @@ std::vector<PlanCase> plan_cases() {
   return cases;
 }
 
+// Partitions per grouped sequence: 0 (the forward), the backward's 8, and small groups that
+// short test documents reach.
+constexpr int64_t kGroups[] = {0, 1, 2, 3, 8};  // 8: cuda::kLrsaCudnnBackwardGroup
+
 std::string describe(const PlanCase& c) {
   return fmt::format("lengths [{}] Hk {} S {} L {} K {}", fmt::join(c.lengths, ", "), c.Hk, c.params.sink,
                      c.params.lag, c.params.kept());
@@ -66,133 +71,160 @@ std::vector<int32_t> cpu_selection(const PlanCase& c, const attn::SeqLayout& lay
 
 }  // namespace
 
-TEST_CASE("LRSA gather plan: each query's causal window holds exactly its visible keys, once", "[attn]") {
+TEST_CASE("LRSA gather plan: each query's windows hold exactly its visible keys, once", "[attn]") {
   uint64_t seed = 1;
   for (const PlanCase& c : plan_cases()) {
-    INFO(describe(c));
     const attn::SeqLayout layout = attn::SeqLayout::from_lengths(c.lengths);
     const std::vector<int64_t>& cu = layout.cu_seqlens;
     const int64_t T = layout.total();
-    const GatherPlan plan = plan_gather(cu, c.params);
     const std::vector<int32_t> indices = cpu_selection(c, layout, seed++);
-    const int64_t compact_rows = int64_t(plan.comp_first.size()) - 1;
-    REQUIRE(int64_t(indices.size()) == c.Hk * compact_rows);
+    for (const int64_t group : kGroups) {
+      INFO(describe(c) << " group " << group);
+      const GatherPlan plan = plan_gather(cu, c.params, group);
+      const int64_t compact_rows = int64_t(plan.comp_first.size()) - 1;
+      REQUIRE(int64_t(indices.size()) == c.Hk * compact_rows);
 
-    // Spans as cuDNN needs them: queries cover [0, T) in order, 1 <= len_q <= len_kv.
-    REQUIRE(plan.cu_q.front() == 0);
-    REQUIRE(plan.cu_q.back() == T);
-    REQUIRE(plan.cu_kv.back() == plan.rows());
-    CHECK(plan.rows() == gathered_rows(cu, c.params));
-    int64_t bad_span = 0;
-    for (int64_t s = 0; s < plan.sequences(); ++s) {
-      const int64_t len_q = plan.cu_q[size_t(s) + 1] - plan.cu_q[size_t(s)];
-      const int64_t len_kv = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)];
-      bad_span += len_q < 1 || len_kv < len_q;
-    }
-    CHECK(bad_span == 0);
+      // Spans as cuDNN needs them: the causal sequences' queries cover [0, T) in order with
+      // 1 <= len_q <= len_kv; the grouped ones' are ascending, apart, within [0, T), non-empty.
+      REQUIRE(plan.cu_kv.back() == plan.rows());
+      CHECK(plan.rows() == gathered_rows(cu, c.params, group));
+      if (group == 0) CHECK(plan.causal_sequences == plan.sequences());
+      REQUIRE(plan.cu_q[size_t(plan.causal_sequences)] == T);
+      int64_t bad_span = 0;
+      for (int64_t s = 0; s < plan.sequences(); ++s) {
+        const int64_t len_q = plan.cu_q[size_t(s) + 1] - plan.cu_q[size_t(s)];
+        const int64_t len_kv = plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)];
+        bad_span += len_q < 1 || len_kv < (plan.causal(s) ? len_q : 1);
+        if (plan.causal(s)) bad_span += plan.q_start[size_t(s)] != plan.cu_q[size_t(s)];
+        else if (s > plan.causal_sequences) bad_span += plan.q_start[size_t(s)] < plan.q_end(s - 1);
+        bad_span += plan.q_end(s) > T;
+      }
+      CHECK(bad_span == 0);
 
-    int64_t wrong = 0, checked = 0;
-    for (int64_t h = 0; h < c.Hk; ++h) {
-      const int32_t* head_indices = indices.data() + h * compact_rows;
-      std::vector<char> selected(size_t(T), 0);
-      for (int64_t i = 0; i < compact_rows; ++i) selected[size_t(head_indices[i])] = 1;
-      for (size_t b = 0; b + 1 < cu.size(); ++b) {
-        for (int64_t t = cu[b]; t < cu[b + 1]; ++t) {
-          const int64_t s = std::upper_bound(plan.cu_q.begin(), plan.cu_q.end(), int32_t(t)) - plan.cu_q.begin() - 1;
-          const int64_t q0 = plan.cu_q[size_t(s)], kv0 = plan.cu_kv[size_t(s)];
-          const int64_t len_q = plan.cu_q[size_t(s) + 1] - q0, len_kv = plan.cu_kv[size_t(s) + 1] - kv0;
-          std::vector<int64_t> met;  // bottom-right causal window of query t - q0
-          for (int64_t g = kv0; g <= kv0 + (len_kv - len_q) + (t - q0); ++g)
-            met.push_back(source_row(plan.source[size_t(g)], head_indices));
-          std::sort(met.begin(), met.end());
-          std::vector<int64_t> want;
-          for (int64_t j = cu[b]; j <= t; ++j)
-            if (attn::lrsa_visible(t - cu[b], j - cu[b], c.params,
-                                   [&](int64_t jj) { return selected[size_t(cu[b] + jj)] != 0; }))
-              want.push_back(j);
-          wrong += met != want;  // equal sorted lists: no missing key, no extra one, no duplicate
-          ++checked;
+      int64_t wrong = 0, checked = 0;
+      for (int64_t h = 0; h < c.Hk; ++h) {
+        const int32_t* head_indices = indices.data() + h * compact_rows;
+        std::vector<char> selected(size_t(T), 0);
+        for (int64_t i = 0; i < compact_rows; ++i) selected[size_t(head_indices[i])] = 1;
+        // Keys each query meets: a causal sequence's bottom-right window, a grouped one's all.
+        std::vector<std::vector<int64_t>> met(static_cast<size_t>(T));
+        for (int64_t s = 0; s < plan.sequences(); ++s) {
+          const int64_t q0 = plan.q_start[size_t(s)], kv0 = plan.cu_kv[size_t(s)];
+          const int64_t len_q = plan.q_end(s) - q0, len_kv = plan.cu_kv[size_t(s) + 1] - kv0;
+          for (int64_t t = q0; t < q0 + len_q; ++t) {
+            const int64_t window = plan.causal(s) ? (len_kv - len_q) + (t - q0) + 1 : len_kv;
+            for (int64_t g = kv0; g < kv0 + window; ++g)
+              met[size_t(t)].push_back(source_row(plan.source[size_t(g)], head_indices));
+          }
+        }
+        for (size_t b = 0; b + 1 < cu.size(); ++b) {
+          for (int64_t t = cu[b]; t < cu[b + 1]; ++t) {
+            std::vector<int64_t>& keys = met[size_t(t)];
+            std::sort(keys.begin(), keys.end());
+            std::vector<int64_t> want;
+            for (int64_t j = cu[b]; j <= t; ++j)
+              if (attn::lrsa_visible(t - cu[b], j - cu[b], c.params,
+                                     [&](int64_t jj) { return selected[size_t(cu[b] + jj)] != 0; }))
+                want.push_back(j);
+            wrong += keys != want;  // equal sorted lists: no missing key, no extra one, no duplicate
+            ++checked;
+          }
         }
       }
+      CHECK(checked == c.Hk * T);
+      CHECK(wrong == 0);
     }
-    CHECK(checked == c.Hk * T);
-    CHECK(wrong == 0);
   }
 }
 
 TEST_CASE("LRSA gather plan: the backward's copy lists are exactly the inverse of the gather", "[attn]") {
   uint64_t seed = 100;
   for (const PlanCase& c : plan_cases()) {
-    INFO(describe(c));
     const attn::SeqLayout layout = attn::SeqLayout::from_lengths(c.lengths);
     const int64_t T = layout.total();
-    const GatherPlan plan = plan_gather(layout.cu_seqlens, c.params);
     const std::vector<int32_t> indices = cpu_selection(c, layout, seed++);
-    const int64_t compact_rows = int64_t(plan.comp_first.size()) - 1;
-    for (int64_t h = 0; h < c.Hk; ++h) {
-      const int32_t* head_indices = indices.data() + h * compact_rows;
-      // The inverse map of the backward (inverse_kernel): compact row of each selected row.
-      std::vector<int32_t> inv(size_t(T), -1);
-      for (int64_t i = 0; i < compact_rows; ++i) inv[size_t(head_indices[i])] = int32_t(i);
-      std::vector<int> visits(size_t(plan.rows()), 0);
-      int64_t wrong_source = 0, unordered = 0, split_differs = 0;
-      const int32_t rows = int32_t(plan.rows()), split = rows / 3;
-      for (int64_t r = 0; r < T; ++r) {
-        std::vector<int32_t> copies, in_parts;
-        for_each_copy_in(plan.lists(), r, inv[size_t(r)], 0, rows, [&](int32_t g) {
-          ++visits[size_t(g)];
-          wrong_source += source_row(plan.source[size_t(g)], head_indices) != r;
-          copies.push_back(g);
-        });
-        // Raw copies ascending, then compact copies ascending (a fixed order of summation); the
-        // raw ones come first in gathered order too (partition p is raw in sequences p and p + 1,
-        // compact from p + 2 on), so the whole list ascends.
-        auto raw = [&](size_t i) { return plan.source[size_t(copies[i])] >= 0; };
-        for (size_t i = 1; i < copies.size(); ++i)
-          unordered += raw(i) == raw(i - 1) ? copies[i] <= copies[i - 1] : raw(i);
-        unordered += !std::is_sorted(copies.begin(), copies.end());
-        // Two passes over [0, split) and [split, rows) add the copies in the order one pass does.
-        for (const auto& [g0, g1] : {std::pair{0, split}, std::pair{split, rows}})
-          for_each_copy_in(plan.lists(), r, inv[size_t(r)], g0, g1, [&](int32_t g) { in_parts.push_back(g); });
-        split_differs += in_parts != copies;
+    for (const int64_t group : kGroups) {
+      INFO(describe(c) << " group " << group);
+      const GatherPlan plan = plan_gather(layout.cu_seqlens, c.params, group);
+      const int64_t compact_rows = int64_t(plan.comp_first.size()) - 1;
+      for (int64_t h = 0; h < c.Hk; ++h) {
+        const int32_t* head_indices = indices.data() + h * compact_rows;
+        // The inverse map of the backward (inverse_kernel): compact row of each selected row.
+        std::vector<int32_t> inv(size_t(T), -1);
+        for (int64_t i = 0; i < compact_rows; ++i) inv[size_t(head_indices[i])] = int32_t(i);
+        std::vector<int> visits(size_t(plan.rows()), 0);
+        int64_t wrong_source = 0, unordered = 0, split_differs = 0, has_copy_wrong = 0;
+        const int32_t rows = int32_t(plan.rows()), split = rows / 3;
+        for (int64_t r = 0; r < T; ++r) {
+          std::vector<int32_t> copies, in_parts;
+          for_each_copy_in(plan.lists(), r, inv[size_t(r)], 0, rows, [&](int32_t g) {
+            ++visits[size_t(g)];
+            wrong_source += source_row(plan.source[size_t(g)], head_indices) != r;
+            copies.push_back(g);
+          });
+          // Raw copies ascending, then compact copies ascending (a fixed order of summation); the
+          // raw ones come first in gathered order too (partition p is raw in sequences p and p + 1,
+          // compact from p + 2 on and in grouped sequences, which come last), so the whole list
+          // ascends.
+          auto raw = [&](size_t i) { return plan.source[size_t(copies[i])] >= 0; };
+          for (size_t i = 1; i < copies.size(); ++i)
+            unordered += raw(i) == raw(i - 1) ? copies[i] <= copies[i - 1] : raw(i);
+          unordered += !std::is_sorted(copies.begin(), copies.end());
+          // Two passes over [0, split) and [split, rows) add the copies in the order one pass does.
+          for (const auto& [g0, g1] : {std::pair{0, split}, std::pair{split, rows}}) {
+            const size_t before = in_parts.size();
+            for_each_copy_in(plan.lists(), r, inv[size_t(r)], g0, g1, [&](int32_t g) { in_parts.push_back(g); });
+            has_copy_wrong += has_copy_in(plan.lists(), r, inv[size_t(r)], g0, g1) != (in_parts.size() > before);
+          }
+          split_differs += in_parts != copies;
+        }
+        CHECK(wrong_source == 0);
+        CHECK(unordered == 0);
+        CHECK(split_differs == 0);
+        CHECK(has_copy_wrong == 0);
+        CHECK(std::count(visits.begin(), visits.end(), 1) == plan.rows());  // every gathered row once
       }
-      CHECK(wrong_source == 0);
-      CHECK(unordered == 0);
-      CHECK(split_differs == 0);
-      CHECK(std::count(visits.begin(), visits.end(), 1) == plan.rows());  // every gathered row once
     }
   }
 }
 
 TEST_CASE("LRSA gather plan: passes are maximal runs of sequences within the budget", "[attn]") {
   for (const PlanCase& c : plan_cases()) {
-    INFO(describe(c));
-    const GatherPlan plan = plan_gather(attn::SeqLayout::from_lengths(c.lengths).cu_seqlens, c.params);
-    // A memory model that counts every argument, so each one's bookkeeping is checked.
-    const auto bytes = [](int64_t seqs, int64_t rows, int64_t longest, int64_t q_rows) {
-      return 1000 * seqs + rows + 3 * longest + 2 * q_rows;
-    };
-    const auto pass_bytes = [&](int64_t s0, int64_t s1) {
-      int64_t longest = 0;
-      for (int64_t s = s0; s < s1; ++s)
-        longest = std::max<int64_t>(longest, plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)]);
-      return bytes(s1 - s0, plan.cu_kv[size_t(s1)] - plan.cu_kv[size_t(s0)], longest,
-                   plan.cu_q[size_t(s1)] - plan.cu_q[size_t(s0)]);
-    };
-    const int64_t all = pass_bytes(0, plan.sequences());
-    for (double budget : {0.0, double(all) / 5, double(all) / 2, double(all)}) {
-      INFO("budget " << budget);
-      const std::vector<int64_t> first = plan_passes(plan, budget, bytes);
-      REQUIRE(first.size() >= 2);
-      CHECK(first.front() == 0);
-      CHECK(first.back() == plan.sequences());
-      for (size_t i = 0; i + 1 < first.size(); ++i) {
-        const int64_t s0 = first[i], s1 = first[i + 1];
-        REQUIRE(s1 > s0);
-        CHECK((s1 - s0 == 1 || double(pass_bytes(s0, s1)) <= budget));  // within, or one sequence alone
-        if (s1 < plan.sequences()) CHECK(double(pass_bytes(s0, s1 + 1)) > budget);  // maximal
+    for (const int64_t group : kGroups) {
+      INFO(describe(c) << " group " << group);
+      const GatherPlan plan = plan_gather(attn::SeqLayout::from_lengths(c.lengths).cu_seqlens, c.params, group);
+      // A memory model that counts every argument, so each one's bookkeeping is checked.
+      const auto bytes = [](int64_t seqs, int64_t rows, int64_t longest, int64_t q_rows) {
+        return 1000 * seqs + rows + 3 * longest + 2 * q_rows;
+      };
+      const auto pass_bytes = [&](int64_t s0, int64_t s1) {
+        int64_t longest = 0;
+        for (int64_t s = s0; s < s1; ++s)
+          longest = std::max<int64_t>(longest, plan.cu_kv[size_t(s) + 1] - plan.cu_kv[size_t(s)]);
+        return bytes(s1 - s0, plan.cu_kv[size_t(s1)] - plan.cu_kv[size_t(s0)], longest,
+                     plan.q_end(s1 - 1) - plan.q_start[size_t(s0)]);
+      };
+      // Every sequence in as few calls as the masks allow: one, or one per kind.
+      const bool both_kinds = plan.causal_sequences < plan.sequences();
+      const int64_t all = both_kinds ? std::max(pass_bytes(0, plan.causal_sequences),
+                                                pass_bytes(plan.causal_sequences, plan.sequences()))
+                                     : pass_bytes(0, plan.sequences());
+      for (double budget : {0.0, double(all) / 5, double(all) / 2, double(all)}) {
+        INFO("budget " << budget);
+        const std::vector<int64_t> first = plan_passes(plan, budget, bytes);
+        REQUIRE(first.size() >= 2);
+        CHECK(first.front() == 0);
+        CHECK(first.back() == plan.sequences());
+        for (size_t i = 0; i + 1 < first.size(); ++i) {
+          const int64_t s0 = first[i], s1 = first[i + 1];
+          REQUIRE(s1 > s0);
+          CHECK(plan.causal(s0) == plan.causal(s1 - 1));  // one mask per call
+          CHECK((s1 - s0 == 1 || double(pass_bytes(s0, s1)) <= budget));  // within, or one sequence alone
+          if (s1 < plan.sequences() && s1 != plan.causal_sequences)
+            CHECK(double(pass_bytes(s0, s1 + 1)) > budget);  // maximal
+        }
+        if (budget >= double(all)) CHECK(first.size() == (both_kinds ? 3u : 2u));
       }
-      if (budget >= double(all)) CHECK(first.size() == 2);
     }
   }
 }
@@ -206,12 +238,19 @@ TEST_CASE("LRSA gather plan: gathered rows at 32K and 128K tokens (S 16, L 1024,
     const int64_t seqs = parts - 2;
     return (p.sink + 2 * p.lag) + seqs * (p.sink + p.lag) + K * (seqs * (seqs + 1) / 2) + (T - p.sink - 2 * p.lag);
   };
-  CHECK(gathered_rows({0, 32768}, p) == 183008);
-  CHECK(gathered_rows({0, 32768}, p) == closed_form(32768));
-  CHECK(gathered_rows({0, 131072}, p) == 2310368);
-  CHECK(gathered_rows({0, 131072}, p) == closed_form(131072));
+  CHECK(gathered_rows({0, 32768}, p, 0) == 183008);
+  CHECK(gathered_rows({0, 32768}, p, 0) == closed_form(32768));
+  CHECK(gathered_rows({0, 131072}, p, 0) == 2310368);
+  CHECK(gathered_rows({0, 131072}, p, 0) == closed_form(131072));
   // The same tokens in several documents gather far fewer rows (history restarts per document).
-  CHECK(gathered_rows({0, 32768, 65536, 98304, 131072}, p) == 4 * 183008);
+  CHECK(gathered_rows({0, 32768, 65536, 98304, 131072}, p, 0) == 4 * 183008);
+  // The backward's groups of 8 partitions: partition q >= 8 keeps (q - 8 floor(q / 8)) K rows
+  // of history in its causal sequence, and each group a of 8 (a = 8, 16, ...) gathers
+  // S + (a - 1) K rows once: at 32K groups 8, 16, 24.
+  CHECK(gathered_rows({0, 32768}, p, 8) == 102032);
+  CHECK(gathered_rows({0, 131072}, p, 8) == 615248);
+  CHECK(gathered_rows({0, 524288}, p, 8) == 5617232);  // 6.1 times fewer than the forward's
+  CHECK(gathered_rows({0, 524288}, p, 0) == 34412768);
 }
 
 #ifdef LRSA_WITH_CUDNN
@@ -226,6 +265,8 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
       {{{200}, 2, 2, 64, DType::BF16, 903}, test::lrsa_config(3, 128, 0.25)},
       {{{900}, 4, 2, 64, DType::BF16, 904}, test::lrsa_config(7, 100, 0.2)},  // any lag, unlike the native kernels
       {{{600}, 2, 1, 128, DType::BF16, 905}, test::lrsa_config(0, 128, 1.0, 0.0f)},
+      // Enough partitions for the backward's groups of 8: two documents with grouped history.
+      {{{2600, 300, 1500}, 4, 2, 64, DType::BF16, 906}, test::lrsa_config(16, 128, 0.25)},
   };
   for (const GpuCase& c : cases) {
     INFO(c.problem.str() << " S " << c.config.lrsa.sink << " L " << c.config.lrsa.lag << " K "
@@ -237,24 +278,32 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
         test::from_reference(attn::attention_reference(c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout));
     const test::Outputs baseline = test::from_reference(attn::attention_reference(
         c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout, attn::ReferenceRounding::Bf16));
-    // The default budget runs every virtual sequence in one cuDNN call; the smallest budget that
+    // The default budget runs every virtual sequence of the forward in one cuDNN call (the
+    // backward: one for the causal ones, one for the grouped ones); the smallest budget that
     // still takes every sequence (doubling from 1 KiB) splits them into passes, whose dK / dV
     // sums run on across the calls. A document shorter than S + 2L is one sequence: no passes.
     std::vector<attn::AttentionConfig> configs{c.config};
-    if (plan_gather(gpu.layout.cu_seqlens, c.config.lrsa).sequences() > 2) {
+    if (plan_gather(gpu.layout.cu_seqlens, c.config.lrsa, 0).sequences() > 2) {
       attn::AttentionConfig many_passes = c.config;
       many_passes.cudnn_gather_gib = 1.0 / (1 << 20);
       while (!cuda::lrsa_cudnn_usable(gpu.layout, many_passes, Hq, Hk, D, DType::BF16) &&
              many_passes.cudnn_gather_gib < attn::kMaxCudnnGatherGib)
         many_passes.cudnn_gather_gib *= 2;
-      REQUIRE(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D) > 2);
+      REQUIRE(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D, false) > 2);
+      REQUIRE(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D, true) > 2);
       configs.push_back(many_passes);
     }
     for (const attn::AttentionConfig& config : configs) {
-      const int64_t passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D);
-      INFO("budget " << config.cudnn_gather_gib << " GiB: " << passes << " passes");
+      const int64_t passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D, false);
+      const int64_t backward_passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D, true);
+      INFO("budget " << config.cudnn_gather_gib << " GiB: " << passes << " forward passes, " << backward_passes
+                     << " backward passes");
       REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, config, Hq, Hk, D, DType::BF16));
-      if (config.cudnn_gather_gib == c.config.cudnn_gather_gib) CHECK(passes == 1);
+      if (config.cudnn_gather_gib == c.config.cudnn_gather_gib) {
+        CHECK(passes == 1);
+        const GatherPlan backward = plan_gather(gpu.layout.cu_seqlens, c.config.lrsa, cuda::kLrsaCudnnBackwardGroup);
+        CHECK(backward_passes == (backward.causal_sequences < backward.sequences() ? 2 : 1));
+      }
 
       attn::AttentionForward fwd;
       fwd.selection = attn::lrsa_select(gpu.k, gpu.v, gpu.layout, config.lrsa);
@@ -284,7 +333,7 @@ TEST_CASE("LRSA on cuDNN: passes keep one call within the budget at any length",
   attn::AttentionConfig c = test::lrsa_config(16, 1024, 0.25);
   const auto single = [](int64_t T) { return attn::SeqLayout::single(T); };
   const auto gib = [&](int64_t T, int64_t Hk, int64_t D) {
-    return double(cuda::lrsa_cudnn_gather_bytes(single(T), c.lrsa, Hk, D)) / 1073741824.0;
+    return double(cuda::lrsa_cudnn_gather_bytes(single(T), c.lrsa, Hk, D, false)) / 1073741824.0;
   };
   // All passes' gathered buffers together, 4 x R rows x Hk x D x 2 bytes: R = 183,008 rows at
   // 32K, 8,816,864 at 256K, 34,412,768 at 512K.
@@ -296,7 +345,7 @@ TEST_CASE("LRSA on cuDNN: passes keep one call within the budget at any length",
   CHECK(c.cudnn_gather_gib == attn::kDefaultCudnnGatherGib);
   const auto passes = [&](int64_t T, int64_t Hq, int64_t Hk, int64_t D) {
     REQUIRE(cuda::lrsa_cudnn_usable(single(T), c, Hq, Hk, D, DType::BF16));
-    return cuda::lrsa_cudnn_pass_count(single(T), c, Hq, Hk, D);
+    return cuda::lrsa_cudnn_pass_count(single(T), c, Hq, Hk, D, false);
   };
   CHECK(passes(32768, 14, 2, 64) == 1);
   const int64_t at_256k = passes(262144, 14, 2, 64), at_512k = passes(524288, 14, 2, 64);
@@ -304,6 +353,10 @@ TEST_CASE("LRSA on cuDNN: passes keep one call within the budget at any length",
   CHECK(at_512k > at_256k);
   CHECK(passes(131072, 28, 4, 128) > 1);
   CHECK_FALSE(cuda::lrsa_cudnn_usable(single(32768), c, 14, 2, 64, DType::F32));
+  // The backward's groups share their history: fewer gathered rows, fewer passes.
+  CHECK(cuda::lrsa_cudnn_pass_count(single(262144), c, 14, 2, 64, true) < at_256k);
+  CHECK(cuda::lrsa_cudnn_gather_bytes(single(262144), c.lrsa, 2, 64, true) * 5 <
+        cuda::lrsa_cudnn_gather_bytes(single(262144), c.lrsa, 2, 64, false));
   // The ceiling (16 GiB): fewer, larger calls.
   c.cudnn_gather_gib = attn::kMaxCudnnGatherGib;
   CHECK(passes(262144, 14, 2, 64) < at_256k);
