@@ -450,6 +450,10 @@ void cudnn_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                               {q.stride(0), k.stride(0), v.stride(0), out.stride(0), dout.stride(0), dq.stride(0),
                                dk.stride(0), dv.stride(0)},
                               device);
+  // Seen in training: ragged graphs gave NaN dQ with q and dq rows apart by different strides.
+  LRSA_CHECK(key.plain || dq.stride(0) == q.stride(0),
+             "{}: dq must have q's row stride ({} elements) for packed sequences, got {}", op, q.stride(0),
+             dq.stride(0));
   const Built& built = cached_graph(key, handle, op, shape);
   if (key.plain) {
     std::unordered_map<int64_t, void*> pack = {

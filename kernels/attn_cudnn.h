@@ -9,7 +9,8 @@
 // - bf16, head dim 64 or 128 (what our kernels and the config accept; cuDNN itself takes more);
 //   sm_90 or newer device (the Hopper engines; cuDNN also runs on sm_80 but we do not test it).
 // - Rows of q/k/v/out/dout/dq/dk/dv: last two dims contiguous, row stride a multiple of 8
-//   elements, base pointers 16-byte aligned (the engines load 16-byte vectors).
+//   elements, base pointers 16-byte aligned (the engines load 16-byte vectors). Packed
+//   (ragged) backward: dq with q's row stride (cuDNN 9.14 gave NaN dQ otherwise; checked).
 // - Each causal sequence needs len_kv_b >= len_q_b >= 1: with bottom-right alignment, query i
 //   sees keys [0, len_kv - len_q + i], so len_q > len_kv would leave the first rows with no key
 //   (their lse would be -inf). Empty sequences (len 0) are untested with cuDNN: callers must not

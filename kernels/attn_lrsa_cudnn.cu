@@ -105,16 +105,16 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
   }
 }
 
-// dst [rows, width] (rows dst_stride apart) += src [rows, width] contiguous, bf16, added in fp32:
-// a grouped pass's dQ into the causal passes' dq. One thread per 16-byte chunk.
+// dst [rows, width] += src [rows, width] (rows dst_stride / src_stride apart), bf16, added in
+// fp32: a grouped pass's dQ into the causal passes' dq. One thread per 16-byte chunk.
 __global__ void add_rows_kernel(bf16_t* __restrict__ dst, int64_t dst_stride, const bf16_t* __restrict__ src,
-                                int64_t rows, int width) {
+                                int64_t src_stride, int64_t rows, int width) {
   const int chunks = width / kChunk;
   const int64_t n = rows * chunks;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / chunks, col = int64_t(i % chunks) * kChunk;
     uint4* d = reinterpret_cast<uint4*>(dst + r * dst_stride + col);
-    const uint4 sw = *reinterpret_cast<const uint4*>(src + r * width + col);
+    const uint4 sw = *reinterpret_cast<const uint4*>(src + r * src_stride + col);
     uint4 dw = *d;
     bf16_t* dx = reinterpret_cast<bf16_t*>(&dw);
     const bf16_t* sx = reinterpret_cast<const bf16_t*>(&sw);
@@ -271,6 +271,13 @@ std::pair<Tensor, Tensor> gather(const GatherTables& t, const Pass& pass, const 
 
 float softmax_scale(const Tensor& q) { return 1.0f / std::sqrt(float(q.size(2))); }
 
+// A grouped pass's dQ [rows, Hq, D], zero, laid out with q's row stride: cuDNN's packed backward
+// needs dq and q alike (attn_cudnn.h).
+Tensor grouped_dq(int64_t rows, const Tensor& q) {
+  const int64_t Hq = q.size(1), D = q.size(2);
+  return Tensor::zeros({rows, q.stride(0)}, DType::BF16, q.device()).slice(1, 0, Hq * D).unflatten(1, {Hq, D});
+}
+
 }  // namespace
 
 int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
@@ -348,7 +355,7 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
     Tensor dvg = Tensor::empty(vg.shape(), DType::BF16, q.device());
     // Causal passes write their rows' dq; grouped ones add theirs to it (gap rows add zero).
     Tensor dq_rows = dq.slice(0, pass.q0, pass.q1);
-    Tensor dq_pass = pass.spans.causal ? dq_rows : Tensor::zeros({pass.q1 - pass.q0, Hq, D}, DType::BF16, q.device());
+    Tensor dq_pass = pass.spans.causal ? dq_rows : grouped_dq(pass.q1 - pass.q0, q);
     const Tensor lse = saved.lse.slice(1, pass.q0, pass.q1).contiguous();  // a copy unless one pass
     cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1), lse,
                           dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q), dq_pass, dkg, dvg);
@@ -356,7 +363,7 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
       const int64_t chunks = (pass.q1 - pass.q0) * Hq * (D / kChunk);
       add_rows_kernel<<<grid_size(chunks, 256), 256, 0, current_stream()>>>(
           static_cast<bf16_t*>(dq_rows.data()), dq_rows.stride(0), static_cast<const bf16_t*>(dq_pass.data()),
-          pass.q1 - pass.q0, int(Hq * D));
+          dq_pass.stride(0), pass.q1 - pass.q0, int(Hq * D));
       LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: add a grouped pass's dq");
     }
     const int64_t items = pass.reduce_rows * Hk * (D / kChunk);

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "../../kernels/attn_lrsa_gather_plan.h"
@@ -318,6 +319,28 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
                                dv.to_doubles(), fwd.selection.indices.to_ints()};
       CHECK(ours.selection == attn::lrsa_select_reference(cpu.k, cpu.v, cpu.layout, config.lrsa));
       test::check_rule(ours, baseline, exact, test::kGatheredCopiesAllowance);
+
+      // The backward as the decoder runs it: q, k, v and their gradients are views of fused
+      // [T, Hq + 2 Hk, D] buffers (q's row stride is not out's), and the allocator's cache holds
+      // NaN from earlier work (its buffers are never cleared), so a read of anything unwritten
+      // shows. A grouped pass's dQ buffer with a contiguous layout gave NaN here.
+      {
+        const int64_t W = Hq + 2 * Hk;
+        const auto heads = [&](Tensor& t, int64_t h0, int64_t h1) { return t.slice(1, h0, h1); };
+        Tensor qkv = Tensor::empty({T, W, D}, DType::BF16, Device::cuda(0));
+        Tensor fq = heads(qkv, 0, Hq), fk = heads(qkv, Hq, Hq + Hk), fv = heads(qkv, Hq + Hk, W);
+        fq.copy_(gpu.q);
+        fk.copy_(gpu.k);
+        fv.copy_(gpu.v);
+        Tensor dqkv = Tensor::empty({T, W, D}, DType::BF16, Device::cuda(0));
+        Tensor fdq = heads(dqkv, 0, Hq), fdk = heads(dqkv, Hq, Hq + Hk), fdv = heads(dqkv, Hq + Hk, W);
+        Tensor::full({int64_t(1) << 26}, std::nan(""), DType::F32, Device::cuda(0));  // 256 MiB, freed at once
+        cuda::lrsa_cudnn_backward(config, fq, fk, fv, gpu.layout, fwd, gpu.dout, fdq, fdk, fdv);
+        const test::Outputs fused{ours.out, ours.lse, fdq.contiguous().to_doubles(), fdk.contiguous().to_doubles(),
+                                  fdv.contiguous().to_doubles(), ours.selection};
+        INFO("fused q, k, v views, NaN in the allocator's cache");
+        test::check_rule(fused, baseline, exact, test::kGatheredCopiesAllowance);
+      }
 
       // cuDNN's dQ uses atomics: the deterministic mode is refused, not silently ignored.
       attn::AttentionConfig deterministic = config;
