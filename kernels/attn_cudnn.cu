@@ -298,6 +298,8 @@ std::string shape_of(const Problem& p, const VarlenSpans& s) {
     out += name;
     out += std::to_string(value);
   }
+  if (!s.causal) out += " not causal";
+  if (s.q_starts.defined()) out += " query gaps";
   return out;
 }
 

@@ -17,8 +17,8 @@
 //   pass them.
 // - No deterministic mode here: Backend::Cudnn with AttentionConfig::deterministic is rejected
 //   (cuDNN's backward accumulates dQ with atomics; see attention.h).
-// - Graphs are built once per (direction, device, Hq, Hk, D, row strides, B, max lengths and
-//   total rows each rounded up to one of 8 steps per power of two, scale) and cached
+// - Graphs are built once per (direction, causal or not, device, Hq, Hk, D, row strides, B, max
+//   lengths and total rows each rounded up to one of 8 steps per power of two, scale) and cached
 //   (256 per thread); a new batch size B therefore builds a new graph (host-side cuDNN plan
 //   building, once per key: keep B stable where possible).
 // - Needs cuDNN >= 9.6 for bottom-right alignment with lengths that are not multiples of 64

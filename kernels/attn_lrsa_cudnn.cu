@@ -1,5 +1,6 @@
-// LRSA on cuDNN's dense flash attention: gather, varlen causal attention, reduction of the
-// gathered copies' gradients (kernels/attn_lrsa_cudnn.h; plan in attn_lrsa_gather_plan.h).
+// LRSA on cuDNN's dense flash attention: gather, varlen attention (causal, and in the backward
+// also non-causal for grouped partitions), reduction of the gathered copies' gradients
+// (kernels/attn_lrsa_cudnn.h; plan in attn_lrsa_gather_plan.h).
 // Compiled only with cuDNN (the attn_*.cu glob takes every file).
 #ifdef LRSA_WITH_CUDNN
 #include "attn_lrsa_cudnn.h"
@@ -209,7 +210,7 @@ const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::Att
       pass.spans.cu_seqlens_q = upload(cu_q, device);
       pass.spans.cu_seqlens_kv = upload(cu_kv, device);
       pass.spans.causal = plan.causal(s0);
-      if (!pass.spans.causal) pass.spans.q_starts = upload(q_starts, device);  // documents' heads are gaps
+      if (!pass.spans.causal) pass.spans.q_starts = upload(q_starts, device);  // rows between groups are gaps
       pass.spans.batch = s1 - s0;
       const bool last = i + 2 == first.size();
       pass.reduce_rows = last ? T : pass.q1;

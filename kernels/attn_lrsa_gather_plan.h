@@ -24,7 +24,7 @@
 // each of those partitions keeps a causal sequence with only the rest: [selected rows of
 // bm-1 .. q-2 | raw q-1 | raw rows of q]. The two cover each visible pair once; their dQ add up.
 // The causal sequences come first (all documents), then the grouped ones, whose query rows skip
-// the heads of documents (explicit query starts).
+// each document's rows before S + mL and whole short documents (explicit query starts).
 //
 // A gathered row is described by one i32 `source` code: >= 0 a raw absolute row (the same for
 // every KV head); < 0 the compact row c = -code - 1 of the selection, i.e. absolute row

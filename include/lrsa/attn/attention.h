@@ -93,6 +93,8 @@ void attention_forward(const AttentionConfig& config, const Tensor& q, const Ten
 
 // dq [T, Hq, D], dk and dv [T, Hk, D] are overwritten (same layout rules as q/k/v; allocated
 // when undefined). Deterministic on the CPU: every gradient row is summed in a fixed order.
+// cuDNN with packed documents or LRSA needs dq with q's row stride and refuses other calls
+// (kernels/attn_cudnn.h): a contiguous q with an undefined dq, or views of fused buffers for both.
 void attention_backward(const AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                         const SeqLayout& layout, const AttentionForward& saved, const Tensor& dout, Tensor& dq,
                         Tensor& dk, Tensor& dv);
