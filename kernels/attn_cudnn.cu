@@ -81,7 +81,7 @@ __global__ void ragged_offsets_kernel(const OffsetArgs a) {
 }
 
 // stats [T, H] (cuDNN, token-major) <-> lse [H, T] (ours), rows [0, end) only, end = the last
-// sequence's end row (query_starts[B]): the spans cover those rows, less any gaps (backward).
+// sequence's end row (query_starts[B]): the spans cover those rows, less any gaps.
 __global__ void stats_layout_kernel(float* __restrict__ stats, float* __restrict__ lse, const int* rows_end, int T,
                                     int H, bool to_lse) {
   const int rows = *rows_end;
@@ -405,8 +405,6 @@ void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
                           Tensor& out, Tensor& lse) {
   const char* op = "cudnn_varlen_forward";
   const Problem p = check_call(op, q, k, v, out, lse, spans);
-  // Its stats -> lse move covers every row up to the last sequence's end: gaps would get garbage.
-  LRSA_CHECK(!spans.q_starts.defined(), "{}: query rows with gaps (spans.q_starts) are for the backward only", op);
   const Device device = q.device();
   const std::string shape = shape_of(p, spans);
   const cudnnHandle_t handle = handle_for(device.index, op);
@@ -424,6 +422,8 @@ void cudnn_varlen_forward(const Tensor& q, const Tensor& k, const Tensor& v, con
                                   {true, out.stride(0)}, {true, p.Hq}},
                           device);
   Tensor stats = Tensor::empty({p.Tq, p.Hq}, DType::F32, device);
+  // cuDNN writes no stats for rows in gaps: they reach lse as the -inf filled in here.
+  if (spans.q_starts.defined()) stats.fill_(-INFINITY);
   const int64_t B = spans.batch;
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.data()},           {kK, k.data()},           {kV, v.data()},

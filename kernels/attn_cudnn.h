@@ -51,15 +51,16 @@ int64_t cudnn_backward_workspace_estimate(int64_t batch, int64_t max_seqlen_kv, 
 // [cu_seqlens_kv[b], cu_seqlens_kv[b+1]) of k/v/dk/dv. Causal, bottom-right aligned:
 // query i of sequence b sees key j iff j <= (len_kv_b - len_q_b) + i  (equal lengths = ordinary causal).
 // Every sequence must have 1 <= len_q_b <= len_kv_b (see above). Not causal: every query sees
-// every key of its sequence (any lengths >= 1). The backward also takes query rows with gaps
-// between sequences: q_starts[b] is then the first query row of sequence b (its length still
-// from cu_seqlens_q) and q_starts[B] the end of the last one; rows in the gaps are untouched.
+// every key of its sequence (any lengths >= 1). Query rows may have gaps between sequences:
+// q_starts[b] is then the first query row of sequence b (its length still from cu_seqlens_q) and
+// q_starts[B] the end of the last one; rows in the gaps are untouched, but for the forward's lse,
+// which is -inf there.
 struct VarlenSpans {
   Tensor cu_seqlens_q;   // i32 [B + 1] on the device, starts at 0, non-decreasing
   Tensor cu_seqlens_kv;  // i32 [B + 1] on the device
   int64_t batch = 0, max_seqlen_q = 0, max_seqlen_kv = 0;  // host copies of what the kernels need
   bool causal = true;
-  Tensor q_starts;  // optional i32 [B + 1] on the device (backward only)
+  Tensor q_starts;  // optional i32 [B + 1] on the device
 };
 
 // q [Tq, Hq, D], k/v [Tk, Hk, D] bf16 (last two dims contiguous; row stride may exceed H*D: views

@@ -1,6 +1,6 @@
-// LRSA on cuDNN's dense flash attention: gather, varlen attention (causal, and in the backward
-// also non-causal for grouped partitions), reduction of the gathered copies' gradients
-// (kernels/attn_lrsa_cudnn.h; plan in attn_lrsa_gather_plan.h).
+// LRSA on cuDNN's dense flash attention: gather, varlen attention (causal per partition,
+// non-causal per group of partitions), merge of the grouped passes' outputs, reduction of the
+// gathered copies' gradients (kernels/attn_lrsa_cudnn.h; plan in attn_lrsa_gather_plan.h).
 // Compiled only with cuDNN (the attn_*.cu glob takes every file).
 #ifdef LRSA_WITH_CUDNN
 #include "attn_lrsa_cudnn.h"
@@ -125,6 +125,49 @@ __global__ void add_rows_kernel(bf16_t* __restrict__ dst, int64_t dst_stride, co
   }
 }
 
+// A grouped pass's forward output merged into the causal passes' (in place): per (row, head)
+// with lse_c = lse[h, r] (causal part) and lse_g (grouped part, -inf for rows in gaps, whose out_g
+// is garbage and skipped), out = out_c e^(lse_c - m) + out_g e^(lse_g - m), m = logaddexp of the
+// two. merge_lse_kernel then writes m: the out kernel reads lse_c of every chunk first. One
+// thread per 16-byte chunk of a (row, head).
+__device__ __forceinline__ float log_add_exp(float a, float b) {
+  const float hi = fmaxf(a, b);
+  return hi + log1pf(__expf(fminf(a, b) - hi));
+}
+
+__global__ void merge_out_kernel(bf16_t* __restrict__ out, int64_t out_stride, const float* __restrict__ lse,
+                                 int64_t lse_stride, const bf16_t* __restrict__ out_g, const float* __restrict__ lse_g,
+                                 int64_t rows, int Hq, int D) {
+  const int chunks = D / kChunk;
+  const int64_t n = rows * Hq * chunks;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t rh = i / chunks, r = rh / Hq;
+    const int h = int(rh % Hq), ch = int(i % chunks);
+    const float lg = lse_g[h * rows + r];
+    if (lg == -INFINITY) continue;
+    const float lc = lse[h * lse_stride + r], m = log_add_exp(lc, lg), wc = __expf(lc - m), wg = __expf(lg - m);
+    uint4* o = reinterpret_cast<uint4*>(out + r * out_stride + int64_t(h) * D) + ch;
+    const uint4 gw = reinterpret_cast<const uint4*>(out_g + rh * D)[ch];
+    uint4 ow = *o;
+    bf16_t* ox = reinterpret_cast<bf16_t*>(&ow);
+    const bf16_t* gx = reinterpret_cast<const bf16_t*>(&gw);
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e)
+      ox[e] = __float2bfloat16_rn(__bfloat162float(ox[e]) * wc + __bfloat162float(gx[e]) * wg);
+    *o = ow;
+  }
+}
+
+__global__ void merge_lse_kernel(float* __restrict__ lse, int64_t lse_stride, const float* __restrict__ lse_g,
+                                 int64_t rows, int Hq) {
+  const int64_t n = rows * Hq;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t h = i / rows, r = i % rows;
+    const float lg = lse_g[i];
+    if (lg != -INFINITY) lse[h * lse_stride + r] = log_add_exp(lse[h * lse_stride + r], lg);
+  }
+}
+
 // One cuDNN call of LRSA: virtual sequences [s0, s1) of the plan, i.e. query rows [q0, q1) of
 // q / out / lse / dq and gathered rows [g0, g1), with spans counted from those starts; the
 // reduction's rows and fresh rows (reduce_kernel).
@@ -170,22 +213,22 @@ double budget_bytes(const attn::AttentionConfig& config) { return config.cudnn_g
 
 struct TablesKey {
   int device;
-  int64_t group, sink, lag, kept, q_heads, kv_heads, head_dim;
+  int64_t sink, lag, kept, q_heads, kv_heads, head_dim;
   double budget;
   std::vector<int64_t> cu_seqlens;
   bool operator==(const TablesKey&) const = default;
 };
 
-// The forward's plan (group 0) or the backward's (kLrsaCudnnBackwardGroup), see attn_lrsa_gather_plan.h.
+// The plan of both directions (groups of kLrsaCudnnGroup), see attn_lrsa_gather_plan.h.
 const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::AttentionConfig& config,
-                                  PassMemory memory, Device device, int64_t group) {
+                                  PassMemory memory, Device device) {
   const attn::LrsaParams& params = config.lrsa;
-  TablesKey key{device.index,   group,           params.sink,     params.lag,           params.kept(),
-                memory.q_heads, memory.kv_heads, memory.head_dim, budget_bytes(config), layout.cu_seqlens};
+  TablesKey key{device.index,    params.sink,     params.lag,           params.kept(),    memory.q_heads,
+                memory.kv_heads, memory.head_dim, budget_bytes(config), layout.cu_seqlens};
   thread_local std::list<std::pair<TablesKey, GatherTables>> cache;
-  // A few layouts, each with its forward and backward plan, cover training and interleaved evaluation.
+  // A few layouts cover training and interleaved evaluation.
   return recent(cache, 8, std::move(key), [&] {
-    const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params, group);
+    const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, params, kLrsaCudnnGroup);
     GatherTables t;
     const std::vector<int64_t> first = lrsa_gather::plan_passes(plan, budget_bytes(config), memory);
     const int64_t T = layout.total();
@@ -236,8 +279,7 @@ void check_rows(const char* op, const char* name, const Tensor& t) {
 
 // Checks the arguments of either direction and returns the layout's tables.
 const GatherTables& prepare(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                            const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection,
-                            int64_t group) {
+                            const Tensor& v, const attn::SeqLayout& layout, const attn::LrsaSelection& selection) {
   LRSA_CHECK(config.mode == attn::Mode::Lrsa, "{}: called for dense attention", op);
   LRSA_CHECK(lrsa_cudnn_usable(layout, config, q.size(1), k.size(1), q.size(2), q.dtype()),
              "{}: not usable for {} (head dimension, dtype, one virtual sequence over attention.cudnn_gather_gib "
@@ -246,7 +288,7 @@ const GatherTables& prepare(const char* op, const attn::AttentionConfig& config,
   check_rows(op, "k", k);
   check_rows(op, "v", v);
   use_device(q);
-  const GatherTables& t = gather_tables(layout, config, PassMemory{q.size(1), k.size(1), q.size(2)}, q.device(), group);
+  const GatherTables& t = gather_tables(layout, config, PassMemory{q.size(1), k.size(1), q.size(2)}, q.device());
   LRSA_CHECK(selection.indices.defined() && selection.num_parts() * config.lrsa.kept() == t.compact_rows &&
                  selection.indices.device() == q.device(),
              "{}: the selection ({} partitions, indices {}) does not belong to this layout ({} compact rows per head)",
@@ -282,9 +324,8 @@ Tensor grouped_dq(int64_t rows, const Tensor& q) {
 }  // namespace
 
 int64_t lrsa_cudnn_gather_bytes(const attn::SeqLayout& layout, const attn::LrsaParams& params, int64_t kv_heads,
-                                int64_t head_dim, bool backward) {
-  const int64_t group = backward ? kLrsaCudnnBackwardGroup : 0;
-  return gather_bytes(lrsa_gather::gathered_rows(layout.cu_seqlens, params, group), kv_heads, head_dim);
+                                int64_t head_dim) {
+  return gather_bytes(lrsa_gather::gathered_rows(layout.cu_seqlens, params, kLrsaCudnnGroup), kv_heads, head_dim);
 }
 
 bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
@@ -293,31 +334,43 @@ bool lrsa_cudnn_usable(const attn::SeqLayout& layout, const attn::AttentionConfi
   // chunks of bf16 rows); the plan's row numbers and codes are i32.
   if (!cudnn_attention_supported(head_dim, dtype)) return false;
   const PassMemory memory{q_heads, kv_heads, head_dim};
-  for (const int64_t group : {int64_t(0), kLrsaCudnnBackwardGroup}) {  // the forward's plan and the backward's
-    int64_t rows = 0;
-    bool fits = true;
-    lrsa_gather::for_each_sequence(layout.cu_seqlens, config.lrsa, group, [&](const lrsa_gather::VirtualSeq& s) {
-      rows += s.kv_rows();
-      fits = fits && double(memory(1, s.kv_rows(), s.kv_rows(), s.q1 - s.q0)) <= budget_bytes(config);
-    });
-    if (!fits || rows >= (int64_t(1) << 31)) return false;
-  }
-  return true;
+  int64_t rows = 0;
+  bool fits = true;
+  using lrsa_gather::VirtualSeq;
+  lrsa_gather::for_each_sequence(layout.cu_seqlens, config.lrsa, kLrsaCudnnGroup, [&](const VirtualSeq& s) {
+    rows += s.kv_rows();
+    fits = fits && double(memory(1, s.kv_rows(), s.kv_rows(), s.q1 - s.q0)) <= budget_bytes(config);
+  });
+  return fits && rows < (int64_t(1) << 31);
 }
 
 int64_t lrsa_cudnn_pass_count(const attn::SeqLayout& layout, const attn::AttentionConfig& config, int64_t q_heads,
-                              int64_t kv_heads, int64_t head_dim, bool backward) {
-  const lrsa_gather::GatherPlan plan =
-      lrsa_gather::plan_gather(layout.cu_seqlens, config.lrsa, backward ? kLrsaCudnnBackwardGroup : 0);
+                              int64_t kv_heads, int64_t head_dim) {
+  const lrsa_gather::GatherPlan plan = lrsa_gather::plan_gather(layout.cu_seqlens, config.lrsa, kLrsaCudnnGroup);
   return int64_t(lrsa_gather::plan_passes(plan, budget_bytes(config), PassMemory{q_heads, kv_heads, head_dim}).size()) - 1;
 }
 
 void lrsa_cudnn_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                         const attn::SeqLayout& layout, attn::AttentionForward& result) {
-  const GatherTables& t = prepare("lrsa_cudnn_forward", config, q, k, v, layout, result.selection, 0);
+  const GatherTables& t = prepare("lrsa_cudnn_forward", config, q, k, v, layout, result.selection);
+  const int64_t Hq = q.size(1), D = q.size(2);
   for (const Pass& pass : t.passes) {
     const auto [kg, vg] = gather(t, pass, k, v, result.selection);
+    const int64_t rows = pass.q1 - pass.q0;
     Tensor out = result.out.slice(0, pass.q0, pass.q1), lse_view = result.lse.slice(1, pass.q0, pass.q1);
+    if (!pass.spans.causal) {  // after every causal pass (they come first): merge into their results
+      Tensor out_g = Tensor::empty({rows, Hq, D}, DType::BF16, q.device());
+      Tensor lse_g = Tensor::empty({Hq, rows}, DType::F32, q.device());
+      cudnn_varlen_forward(q.slice(0, pass.q0, pass.q1), kg, vg, pass.spans, softmax_scale(q), out_g, lse_g);
+      merge_out_kernel<<<grid_size(rows * Hq * (D / kChunk), 256), 256, 0, current_stream()>>>(
+          static_cast<bf16_t*>(out.data()), out.stride(0), lse_view.data_as<float>(), result.lse.stride(0),
+          static_cast<const bf16_t*>(out_g.data()), lse_g.data_as<float>(), rows, int(Hq), int(D));
+      LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: merge a grouped pass's out");
+      merge_lse_kernel<<<grid_size(rows * Hq, 256), 256, 0, current_stream()>>>(
+          lse_view.data_as<float>(), result.lse.stride(0), lse_g.data_as<float>(), rows, int(Hq));
+      LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: merge a grouped pass's lse");
+      continue;
+    }
     // cudnn_varlen_forward takes a contiguous [Hq, rows] log-sum-exp: the view itself when the
     // pass has all rows, else a copy.
     Tensor lse = lse_view.is_contiguous() ? lse_view : Tensor::empty(lse_view.shape(), DType::F32, q.device());
@@ -332,7 +385,7 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
   const char* op = "lrsa_cudnn_backward";
   // cuDNN's backward sums dQ with atomics (kernels/attn_cudnn.h): not bitwise reproducible.
   LRSA_CHECK(!config.deterministic, "{}: attention.deterministic needs the native kernels (cuDNN's dQ uses atomics)", op);
-  const GatherTables& t = prepare(op, config, q, k, v, layout, saved.selection, kLrsaCudnnBackwardGroup);
+  const GatherTables& t = prepare(op, config, q, k, v, layout, saved.selection);
   check_rows(op, "dk", dk);
   check_rows(op, "dv", dv);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1), D = k.size(2);

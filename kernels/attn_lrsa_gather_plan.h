@@ -17,12 +17,14 @@
 // Query rows of consecutive sequences are consecutive rows of q, so the sequences cover [0, T)
 // in order and out/lse/dq are written in place. No sequence is empty.
 //
-// The backward may group partitions (`group` m > 0): a 1024-query sequence gives each key block
-// of cuDNN's backward only a few query tiles, so the history the partitions of block
+// Partitions may be grouped (`group` m > 0; LRSA on cuDNN groups 8 in both directions): a
+// 1024-query sequence gives each key block of cuDNN's backward only a few query tiles, and every
+// partition would gather its whole history again, so the history the partitions of block
 // b = floor(q / m) share, [sink | selected rows of partitions 0 .. bm-2], becomes one
 // non-causal sequence whose queries are all rows of partitions [bm, bm + m) (when bm >= 2), and
 // each of those partitions keeps a causal sequence with only the rest: [selected rows of
-// bm-1 .. q-2 | raw q-1 | raw rows of q]. The two cover each visible pair once; their dQ add up.
+// bm-1 .. q-2 | raw q-1 | raw rows of q]. The two cover each visible pair once: their outputs
+// merge by their log-sum-exps, their dQ add up.
 // The causal sequences come first (all documents), then the grouped ones, whose query rows skip
 // each document's rows before S + mL and whole short documents (explicit query starts).
 //
@@ -111,7 +113,7 @@ struct VirtualSeq {
 };
 
 // Calls fn(seq) for every virtual sequence of the batch: the causal ones in query-row order,
-// then (group > 0, the backward's grouping above) the grouped ones in query-row order.
+// then (group > 0, the grouping above) the grouped ones in query-row order.
 template <typename Fn>
 void for_each_sequence(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params, int64_t group, Fn&& fn) {
   const int64_t S = params.sink, L = params.lag, K = params.kept();

@@ -1,7 +1,7 @@
 // LRSA on cuDNN's dense flash attention ("gather then dense flash", kernels/attn_lrsa_cudnn.cu):
 // the gather plan (kernels/attn_lrsa_gather_plan.h) checked on the host with the functions the
 // kernels use: within the virtual sequences that hold it (its causal one's bottom-right window,
-// plus its group's shared history when the backward groups partitions), every query (per KV
+// plus its group's shared history when partitions are grouped), every query (per KV
 // head, real CPU selections) meets exactly the keys the spec's visibility rule admits, once
 // each; the backward's copy lists are exactly the inverse of the gather. On a GPU built with
 // cuDNN: forward and backward against the fp64 reference by the FlashAttention rule.
@@ -55,7 +55,7 @@ std::vector<PlanCase> plan_cases() {
 
 // Partitions per grouped sequence: 0 (the forward), the backward's 8, and small groups that
 // short test documents reach.
-constexpr int64_t kGroups[] = {0, 1, 2, 3, 8};  // 8: cuda::kLrsaCudnnBackwardGroup
+constexpr int64_t kGroups[] = {0, 1, 2, 3, 8};  // 8: cuda::kLrsaCudnnGroup
 
 std::string describe(const PlanCase& c) {
   return fmt::format("lengths [{}] Hk {} S {} L {} K {}", fmt::join(c.lengths, ", "), c.Hk, c.params.sink,
@@ -245,7 +245,7 @@ TEST_CASE("LRSA gather plan: gathered rows at 32K and 128K tokens (S 16, L 1024,
   CHECK(gathered_rows({0, 131072}, p, 0) == closed_form(131072));
   // The same tokens in several documents gather far fewer rows (history restarts per document).
   CHECK(gathered_rows({0, 32768, 65536, 98304, 131072}, p, 0) == 4 * 183008);
-  // The backward's groups of 8 partitions: partition q >= 8 keeps (q - 8 floor(q / 8)) K rows
+  // Groups of 8 partitions (both directions on cuDNN): partition q >= 8 keeps (q - 8 floor(q / 8)) K rows
   // of history in its causal sequence, and each group a of 8 (a = 8, 16, ...) gathers
   // S + (a - 1) K rows once: at 32K groups 8, 16, 24.
   CHECK(gathered_rows({0, 32768}, p, 8) == 102032);
@@ -266,7 +266,7 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
       {{{200}, 2, 2, 64, DType::BF16, 903}, test::lrsa_config(3, 128, 0.25)},
       {{{900}, 4, 2, 64, DType::BF16, 904}, test::lrsa_config(7, 100, 0.2)},  // any lag, unlike the native kernels
       {{{600}, 2, 1, 128, DType::BF16, 905}, test::lrsa_config(0, 128, 1.0, 0.0f)},
-      // Enough partitions for the backward's groups of 8: two documents with grouped history.
+      // Enough partitions for groups of 8: two documents with grouped history.
       {{{2600, 300, 1500}, 4, 2, 64, DType::BF16, 906}, test::lrsa_config(16, 128, 0.25)},
   };
   for (const GpuCase& c : cases) {
@@ -279,31 +279,27 @@ TEST_CASE("LRSA on cuDNN matches the reference as well as a naive bf16 implement
         test::from_reference(attn::attention_reference(c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout));
     const test::Outputs baseline = test::from_reference(attn::attention_reference(
         c.config, cpu.q, cpu.k, cpu.v, cpu.layout, &cpu.dout, attn::ReferenceRounding::Bf16));
-    // The default budget runs every virtual sequence of the forward in one cuDNN call (the
-    // backward: one for the causal ones, one for the grouped ones); the smallest budget that
-    // still takes every sequence (doubling from 1 KiB) splits them into passes, whose dK / dV
-    // sums run on across the calls. A document shorter than S + 2L is one sequence: no passes.
+    // The default budget runs the causal virtual sequences in one cuDNN call and the grouped ones
+    // in another (their outputs merged, their dQ added); the smallest budget that still takes
+    // every sequence (doubling from 1 KiB) splits them into more passes, whose dK / dV sums run
+    // on across the calls. A document shorter than S + 2L is one sequence: no passes.
     std::vector<attn::AttentionConfig> configs{c.config};
-    if (plan_gather(gpu.layout.cu_seqlens, c.config.lrsa, 0).sequences() > 2) {
+    if (plan_gather(gpu.layout.cu_seqlens, c.config.lrsa, cuda::kLrsaCudnnGroup).sequences() > 2) {
       attn::AttentionConfig many_passes = c.config;
       many_passes.cudnn_gather_gib = 1.0 / (1 << 20);
       while (!cuda::lrsa_cudnn_usable(gpu.layout, many_passes, Hq, Hk, D, DType::BF16) &&
              many_passes.cudnn_gather_gib < attn::kMaxCudnnGatherGib)
         many_passes.cudnn_gather_gib *= 2;
-      REQUIRE(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D, false) > 2);
-      REQUIRE(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D, true) > 2);
+      REQUIRE(cuda::lrsa_cudnn_pass_count(gpu.layout, many_passes, Hq, Hk, D) > 2);
       configs.push_back(many_passes);
     }
     for (const attn::AttentionConfig& config : configs) {
-      const int64_t passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D, false);
-      const int64_t backward_passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D, true);
-      INFO("budget " << config.cudnn_gather_gib << " GiB: " << passes << " forward passes, " << backward_passes
-                     << " backward passes");
+      const int64_t passes = cuda::lrsa_cudnn_pass_count(gpu.layout, config, Hq, Hk, D);
+      INFO("budget " << config.cudnn_gather_gib << " GiB: " << passes << " passes");
       REQUIRE(cuda::lrsa_cudnn_usable(gpu.layout, config, Hq, Hk, D, DType::BF16));
       if (config.cudnn_gather_gib == c.config.cudnn_gather_gib) {
-        CHECK(passes == 1);
-        const GatherPlan backward = plan_gather(gpu.layout.cu_seqlens, c.config.lrsa, cuda::kLrsaCudnnBackwardGroup);
-        CHECK(backward_passes == (backward.causal_sequences < backward.sequences() ? 2 : 1));
+        const GatherPlan plan = plan_gather(gpu.layout.cu_seqlens, c.config.lrsa, cuda::kLrsaCudnnGroup);
+        CHECK(passes == (plan.causal_sequences < plan.sequences() ? 2 : 1));
       }
 
       attn::AttentionForward fwd;
@@ -356,30 +352,28 @@ TEST_CASE("LRSA on cuDNN: passes keep one call within the budget at any length",
   attn::AttentionConfig c = test::lrsa_config(16, 1024, 0.25);
   const auto single = [](int64_t T) { return attn::SeqLayout::single(T); };
   const auto gib = [&](int64_t T, int64_t Hk, int64_t D) {
-    return double(cuda::lrsa_cudnn_gather_bytes(single(T), c.lrsa, Hk, D, false)) / 1073741824.0;
+    return double(cuda::lrsa_cudnn_gather_bytes(single(T), c.lrsa, Hk, D)) / 1073741824.0;
   };
-  // All passes' gathered buffers together, 4 x R rows x Hk x D x 2 bytes: R = 183,008 rows at
-  // 32K, 8,816,864 at 256K, 34,412,768 at 512K.
-  CHECK(gib(32768, 2, 64) == Approx(0.1745).epsilon(0.001));
-  CHECK(gib(262144, 2, 64) == Approx(8.408).epsilon(0.001));
-  CHECK(gib(524288, 2, 64) == Approx(32.82).epsilon(0.001));
-  // The default budget (4 GiB): the 0.5B shape (14:2 x d64) in one call at 32K, in passes
-  // beyond; the 7B shape (28:4 x d128) too. f32 never.
+  // All passes' gathered buffers together, 4 x R rows x Hk x D x 2 bytes: R = 102,032 rows at
+  // 32K, 1,758,288 at 256K, 5,617,232 at 512K. Groups share their history: one sequence per
+  // partition would gather 183,008 / 8,816,864 / 34,412,768 rows.
+  CHECK(gib(32768, 2, 64) == Approx(0.09731).epsilon(0.001));
+  CHECK(gib(262144, 2, 64) == Approx(1.6768).epsilon(0.001));
+  CHECK(gib(524288, 2, 64) == Approx(5.3570).epsilon(0.001));
+  CHECK(gathered_rows({0, 524288}, c.lrsa, 0) == 34412768);
+  // The default budget (4 GiB): the 0.5B shape (14:2 x d64) in two calls at 32K (one per mask),
+  // in more beyond; the 7B shape (28:4 x d128) too. f32 never.
   CHECK(c.cudnn_gather_gib == attn::kDefaultCudnnGatherGib);
   const auto passes = [&](int64_t T, int64_t Hq, int64_t Hk, int64_t D) {
     REQUIRE(cuda::lrsa_cudnn_usable(single(T), c, Hq, Hk, D, DType::BF16));
-    return cuda::lrsa_cudnn_pass_count(single(T), c, Hq, Hk, D, false);
+    return cuda::lrsa_cudnn_pass_count(single(T), c, Hq, Hk, D);
   };
-  CHECK(passes(32768, 14, 2, 64) == 1);
+  CHECK(passes(32768, 14, 2, 64) == 2);
   const int64_t at_256k = passes(262144, 14, 2, 64), at_512k = passes(524288, 14, 2, 64);
-  CHECK(at_256k > 1);
+  CHECK(at_256k > 2);
   CHECK(at_512k > at_256k);
-  CHECK(passes(131072, 28, 4, 128) > 1);
+  CHECK(passes(131072, 28, 4, 128) > 2);
   CHECK_FALSE(cuda::lrsa_cudnn_usable(single(32768), c, 14, 2, 64, DType::F32));
-  // The backward's groups share their history: fewer gathered rows, fewer passes.
-  CHECK(cuda::lrsa_cudnn_pass_count(single(262144), c, 14, 2, 64, true) < at_256k);
-  CHECK(cuda::lrsa_cudnn_gather_bytes(single(262144), c.lrsa, 2, 64, true) * 5 <
-        cuda::lrsa_cudnn_gather_bytes(single(262144), c.lrsa, 2, 64, false));
   // The ceiling (16 GiB): fewer, larger calls.
   c.cudnn_gather_gib = attn::kMaxCudnnGatherGib;
   CHECK(passes(262144, 14, 2, 64) < at_256k);
