@@ -3,7 +3,7 @@
 // FlashAttention-style varlen interface: B sequences packed along the token axis, causal with
 // bottom-right alignment (or not causal), native GQA, bf16 in and out, f32 log-sum-exp in our [Hq, Tq] layout.
 // Used by the dense CUDA attention (Backend::Cudnn, kernels/attn_cudnn.cu) and by the LRSA path
-// that gathers each query partition's visible keys (kernels/attn_lrsa_cudnn.cu).
+// that gathers the visible keys of its virtual sequences (kernels/attn_lrsa_cudnn.cu).
 //
 // cuDNN constraints (from the cudnn-frontend 1.32 support checks and the cuDNN attention docs):
 // - bf16, head dim 64 or 128 (what our kernels and the config accept; cuDNN itself takes more);
@@ -51,10 +51,12 @@ int64_t cudnn_backward_workspace_estimate(int64_t batch, int64_t max_seqlen_kv, 
 // [cu_seqlens_kv[b], cu_seqlens_kv[b+1]) of k/v/dk/dv. Causal, bottom-right aligned:
 // query i of sequence b sees key j iff j <= (len_kv_b - len_q_b) + i  (equal lengths = ordinary causal).
 // Every sequence must have 1 <= len_q_b <= len_kv_b (see above). Not causal: every query sees
-// every key of its sequence (any lengths >= 1). Query rows may have gaps between sequences:
-// q_starts[b] is then the first query row of sequence b (its length still from cu_seqlens_q) and
-// q_starts[B] the end of the last one; rows in the gaps are untouched, but for the forward's lse,
-// which is -inf there.
+// every key of its sequence (any lengths >= 1). Query rows may have gaps, before and between
+// sequences: q_starts[b] is then the first query row of sequence b (its length still from
+// cu_seqlens_q) and q_starts[B] the end of the last one. The caller guarantees that they are
+// non-decreasing, that each sequence ends by the next one's start and that q_starts[B] <= Tq
+// (they stay on the device, unchecked). Rows in the gaps are untouched, but for the forward's
+// lse, which is -inf there up to q_starts[B].
 struct VarlenSpans {
   Tensor cu_seqlens_q;   // i32 [B + 1] on the device, starts at 0, non-decreasing
   Tensor cu_seqlens_kv;  // i32 [B + 1] on the device

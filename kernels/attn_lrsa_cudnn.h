@@ -12,8 +12,8 @@
 // its out is merged into the causal one by the two parts' lse, its dQ added. Backward: gather
 // again, cuDNN's backward gives dKg / dVg, and every source row's dK / dV is the sum of its
 // gathered copies in a fixed order (deterministic, no atomics). Memory outside the budget: those
-// grouped-pass buffers (the pass's query rows x Hq x D x 2 bytes, out or dQ) and, with several
-// passes, fp32 running sums of dK / dV.
+// grouped-pass buffers (the pass's query rows x 2 bytes x Hq x D for out, x q's row stride for
+// dQ) and, with several passes, fp32 running sums of dK / dV.
 // Passes: the virtual sequences run in consecutive groups, one cuDNN call each, so that a call's
 // gathered buffers plus cuDNN's backward workspace fit in attention.cudnn_gather_gib; dK / dV
 // sums run on in fp32 across the passes (same order, same bits as one pass). The memory of one

@@ -7,6 +7,7 @@
 
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 
 #include "attn/attn_testing.h"
@@ -350,16 +351,18 @@ TEST_CASE("attention backend cudnn says why it cannot run a call", "[attn][cuda]
 #ifdef LRSA_WITH_CUDNN
 namespace {
 
-// Straightforward fp64 attention over varlen spans with bottom-right causal alignment, forward
-// and backward (the contract of kernels/attn_cudnn.h). Inputs are [rows, H, D] doubles.
+// Straightforward fp64 attention over varlen spans, bottom-right causal or not, forward and
+// backward (the contract of kernels/attn_cudnn.h): sequence b's queries start at row
+// q_starts[b], its keys at cu_kv[b]. Inputs are [rows, H, D] doubles.
 struct VarlenReference {
   std::vector<double> out, lse, dq, dk, dv;
 };
 
 VarlenReference varlen_reference(const std::vector<double>& q, const std::vector<double>& k,
                                  const std::vector<double>& v, const std::vector<double>& dout,
-                                 const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_kv, int64_t Tq,
-                                 int64_t Tk, int64_t Hq, int64_t Hk, int64_t D, double scale) {
+                                 const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_kv,
+                                 const std::vector<int64_t>& q_starts, bool causal, int64_t Tq, int64_t Tk, int64_t Hq,
+                                 int64_t Hk, int64_t D, double scale) {
   VarlenReference r{std::vector<double>(Tq * Hq * D), std::vector<double>(Hq * Tq), std::vector<double>(Tq * Hq * D),
                     std::vector<double>(Tk * Hk * D), std::vector<double>(Tk * Hk * D)};
   auto qrow = [&](int64_t t, int64_t h) { return (t * Hq + h) * D; };
@@ -369,7 +372,7 @@ VarlenReference varlen_reference(const std::vector<double>& q, const std::vector
     for (int64_t h = 0; h < Hq; ++h) {
       const int64_t hk = h / (Hq / Hk);
       for (int64_t i = 0; i < lq; ++i) {
-        const int64_t t = cu_q[b] + i, last = lk - lq + i;  // keys 0..last are visible
+        const int64_t t = q_starts[b] + i, last = causal ? lk - lq + i : lk - 1;  // keys 0..last are visible
         std::vector<double> p(last + 1);
         double top = -INFINITY;
         for (int64_t j = 0; j <= last; ++j) {
@@ -451,7 +454,7 @@ TEST_CASE("cudnn varlen attention: bottom-right causal spans, GQA, views, untouc
 
   const VarlenReference ref =
       varlen_reference(q.to_doubles(), k.contiguous().to_doubles(), v.contiguous().to_doubles(), dout.to_doubles(),
-                       cu_q, cu_kv, Tq, Tk, Hq, Hk, D, scale);
+                       cu_q, cu_kv, cu_q, true, Tq, Tk, Hq, Hk, D, scale);
   const int64_t rows_q = cu_q.back(), rows_kv = cu_kv.back();
   const std::vector<double> got_out = out.to_doubles(), got_dq = dq.to_doubles(), got_lse = lse.to_doubles();
   const std::vector<double> got_dk = dk.contiguous().to_doubles(), got_dv = dv.contiguous().to_doubles();
@@ -477,5 +480,79 @@ TEST_CASE("cudnn varlen attention: bottom-right causal spans, GQA, views, untouc
     REQUIRE(got_dk[i] == sentinel);
     REQUIRE(got_dv[i] == sentinel);
   }
+}
+
+TEST_CASE("cudnn varlen attention: not causal, query rows with gaps (LRSA's grouped history)", "[attn][cuda]") {
+  const int64_t Hq = 4, Hk = 2, D = 64;
+  // (first query row, len_q, len_kv): gaps before, between and after the sequences; any lengths.
+  const std::vector<std::array<int64_t, 3>> spans = {{9, 70, 40}, {100, 3, 150}, {103, 64, 64}};
+  std::vector<int64_t> cu_q = {0}, cu_kv = {0}, q_starts;
+  int64_t max_q = 0, max_kv = 0;
+  for (auto [start, lq, lk] : spans) {
+    q_starts.push_back(start);
+    cu_q.push_back(cu_q.back() + lq);
+    cu_kv.push_back(cu_kv.back() + lk);
+    max_q = std::max(max_q, lq);
+    max_kv = std::max(max_kv, lk);
+  }
+  const int64_t end = spans.back()[0] + spans.back()[1], Tq = end + 4, Tk = cu_kv.back();
+  q_starts.push_back(end);
+  std::vector<bool> covered(size_t(Tq), false);
+  for (auto [start, lq, lk] : spans)
+    for (int64_t t = start; t < start + lq; ++t) covered[size_t(t)] = true;
+  const Device gpu = Device::cuda(0);
+  const Tensor q = Tensor::normal({Tq, Hq, D}, 840, 0, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const Tensor k = Tensor::normal({Tk, Hk, D}, 840, 1, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const Tensor v = Tensor::normal({Tk, Hk, D}, 840, 2, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const Tensor dout = Tensor::normal({Tq, Hq, D}, 840, 3, 0.0f, 1.0f, DType::BF16).to(gpu);
+  const double sentinel = 7.0;
+  Tensor out = Tensor::full({Tq, Hq, D}, sentinel, DType::BF16, gpu);
+  Tensor lse = Tensor::full({Hq, Tq}, sentinel, DType::F32, gpu);
+  Tensor dq = Tensor::full({Tq, Hq, D}, sentinel, DType::BF16, gpu);
+  Tensor dk = Tensor::empty({Tk, Hk, D}, DType::BF16, gpu), dv = Tensor::empty({Tk, Hk, D}, DType::BF16, gpu);
+
+  cuda::VarlenSpans s;
+  s.cu_seqlens_q = Tensor::from_ints(cu_q, {int64_t(cu_q.size())}, DType::I32, gpu);
+  s.cu_seqlens_kv = Tensor::from_ints(cu_kv, {int64_t(cu_kv.size())}, DType::I32, gpu);
+  s.q_starts = Tensor::from_ints(q_starts, {int64_t(q_starts.size())}, DType::I32, gpu);
+  s.causal = false;
+  s.batch = int64_t(spans.size());
+  s.max_seqlen_q = max_q;
+  s.max_seqlen_kv = max_kv;
+  const float scale = 1.0f / std::sqrt(float(D));
+  REQUIRE(cuda::cudnn_attention_supported(D, DType::BF16));
+  cuda::cudnn_varlen_forward(q, k, v, s, scale, out, lse);
+  cuda::cudnn_varlen_backward(q, k, v, out, lse, dout, s, scale, dq, dk, dv);
+
+  const VarlenReference ref = varlen_reference(q.to_doubles(), k.to_doubles(), v.to_doubles(), dout.to_doubles(),
+                                               cu_q, cu_kv, q_starts, false, Tq, Tk, Hq, Hk, D, scale);
+  const std::vector<double> got_out = out.to_doubles(), got_dq = dq.to_doubles(), got_lse = lse.to_doubles();
+  // Covered rows against the reference; rows in gaps untouched, but for lse: -inf up to the last
+  // sequence's end (what the LRSA merge skips), untouched after it.
+  std::vector<double> out_rows, ref_out_rows, dq_rows, ref_dq_rows;
+  double lse_err = 0;
+  for (int64_t t = 0; t < Tq; ++t) {
+    for (int64_t h = 0; h < Hq; ++h) {
+      const double l = got_lse[size_t(h * Tq + t)];
+      if (covered[size_t(t)]) lse_err = std::max(lse_err, std::abs(l - ref.lse[size_t(h * Tq + t)]));
+      else CHECK(l == (t < end ? -INFINITY : sentinel));
+    }
+    for (int64_t i = t * Hq * D; i < (t + 1) * Hq * D; ++i) {
+      if (covered[size_t(t)]) {
+        out_rows.push_back(got_out[size_t(i)]);
+        ref_out_rows.push_back(ref.out[size_t(i)]);
+        dq_rows.push_back(got_dq[size_t(i)]);
+        ref_dq_rows.push_back(ref.dq[size_t(i)]);
+      } else {
+        REQUIRE(got_out[size_t(i)] == sentinel);
+        REQUIRE(got_dq[size_t(i)] == sentinel);
+      }
+    }
+  }
+  CHECK(lse_err < 1e-2);
+  CHECK(test::rel_max(out_rows, ref_out_rows) < 2e-2);
+  CHECK(test::rel_max(dq_rows, ref_dq_rows) < 3e-2);
+  CHECK(test::rel_max(dk.to_doubles(), ref.dk) < 3e-2);
+  CHECK(test::rel_max(dv.to_doubles(), ref.dv) < 3e-2);
 }
 #endif

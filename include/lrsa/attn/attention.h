@@ -31,11 +31,12 @@ struct LrsaParams {
   void validate() const;      // rejects K < 1, L < 1, S < 0, r outside (0, 1] with a clear error
 };
 
-// LRSA on cuDNN copies each query partition's visible keys into gathered buffers, four of them
-// per layer in the backward (kernels/attn_lrsa_cudnn.h), and they grow like T^2, as does cuDNN's
-// backward workspace. So the partitions run in passes, one cuDNN call each, whose gathered keys
-// and estimated workspace fit in AttentionConfig::cudnn_gather_gib; auto runs LRSA on the native
-// kernels only when one partition alone needs more (docs/config.md). The ceiling keeps each
+// LRSA on cuDNN copies the visible keys of each query partition (and the history each group of
+// partitions shares) into gathered buffers, four of them per layer in the backward
+// (kernels/attn_lrsa_cudnn.h), and they grow like T^2, as does cuDNN's backward workspace. So
+// these virtual sequences run in passes, one cuDNN call each, whose gathered keys and estimated
+// workspace fit in AttentionConfig::cudnn_gather_gib; auto runs LRSA on the native kernels only
+// when one virtual sequence alone needs more (docs/config.md). The ceiling keeps each
 // pass's buffers within 2^31 elements.
 constexpr double kDefaultCudnnGatherGib = 4;
 constexpr double kMaxCudnnGatherGib = 16;
