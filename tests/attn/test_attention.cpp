@@ -413,6 +413,19 @@ std::vector<double> head_rows(const std::vector<double>& x, int64_t covered, int
   return {x.begin(), x.begin() + covered * H * D};
 }
 
+// Spans of cumulative query / key counts, on the GPU as cudnn_varlen_* take them.
+cuda::VarlenSpans gpu_spans(const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_kv) {
+  cuda::VarlenSpans s;
+  s.cu_seqlens_q = Tensor::from_ints(cu_q, {int64_t(cu_q.size())}, DType::I32, Device::cuda(0));
+  s.cu_seqlens_kv = Tensor::from_ints(cu_kv, {int64_t(cu_kv.size())}, DType::I32, Device::cuda(0));
+  s.batch = int64_t(cu_q.size()) - 1;
+  for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
+    s.max_seqlen_q = std::max(s.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
+    s.max_seqlen_kv = std::max(s.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
+  }
+  return s;
+}
+
 }  // namespace
 
 TEST_CASE("cudnn varlen attention: bottom-right causal spans, GQA, views, untouched rows", "[attn][cuda]") {
@@ -420,12 +433,9 @@ TEST_CASE("cudnn varlen attention: bottom-right causal spans, GQA, views, untouc
   // (len_q, len_kv): longer key spans (the LRSA gather), equal ones, a single query.
   const std::vector<std::pair<int64_t, int64_t>> spans = {{64, 200}, {1, 50}, {130, 130}, {77, 300}};
   std::vector<int64_t> cu_q = {0}, cu_kv = {0};
-  int64_t max_q = 0, max_kv = 0;
   for (auto [lq, lk] : spans) {
     cu_q.push_back(cu_q.back() + lq);
     cu_kv.push_back(cu_kv.back() + lk);
-    max_q = std::max(max_q, lq);
-    max_kv = std::max(max_kv, lk);
   }
   const int64_t Tq = cu_q.back() + 5, Tk = cu_kv.back() + 3;  // trailing rows no span covers
   const Device gpu = Device::cuda(0);
@@ -441,12 +451,7 @@ TEST_CASE("cudnn varlen attention: bottom-right causal spans, GQA, views, untouc
   Tensor dkv = Tensor::full({Tk, 2 * Hk, D}, sentinel, DType::BF16, gpu);
   Tensor dk = dkv.slice(1, 0, Hk), dv = dkv.slice(1, Hk, 2 * Hk);
 
-  cuda::VarlenSpans s;
-  s.cu_seqlens_q = Tensor::from_ints(cu_q, {int64_t(cu_q.size())}, DType::I32, gpu);
-  s.cu_seqlens_kv = Tensor::from_ints(cu_kv, {int64_t(cu_kv.size())}, DType::I32, gpu);
-  s.batch = int64_t(spans.size());
-  s.max_seqlen_q = max_q;
-  s.max_seqlen_kv = max_kv;
+  const cuda::VarlenSpans s = gpu_spans(cu_q, cu_kv);
   const float scale = 1.0f / std::sqrt(float(D));
   REQUIRE(cuda::cudnn_attention_supported(D, DType::BF16));
   cuda::cudnn_varlen_forward(q, k, v, s, scale, out, lse);
@@ -487,13 +492,10 @@ TEST_CASE("cudnn varlen attention: not causal, query rows with gaps (LRSA's grou
   // (first query row, len_q, len_kv): gaps before, between and after the sequences; any lengths.
   const std::vector<std::array<int64_t, 3>> spans = {{9, 70, 40}, {100, 3, 150}, {103, 64, 64}};
   std::vector<int64_t> cu_q = {0}, cu_kv = {0}, q_starts;
-  int64_t max_q = 0, max_kv = 0;
   for (auto [start, lq, lk] : spans) {
     q_starts.push_back(start);
     cu_q.push_back(cu_q.back() + lq);
     cu_kv.push_back(cu_kv.back() + lk);
-    max_q = std::max(max_q, lq);
-    max_kv = std::max(max_kv, lk);
   }
   const int64_t end = spans.back()[0] + spans.back()[1], Tq = end + 4, Tk = cu_kv.back();
   q_starts.push_back(end);
@@ -511,14 +513,9 @@ TEST_CASE("cudnn varlen attention: not causal, query rows with gaps (LRSA's grou
   Tensor dq = Tensor::full({Tq, Hq, D}, sentinel, DType::BF16, gpu);
   Tensor dk = Tensor::empty({Tk, Hk, D}, DType::BF16, gpu), dv = Tensor::empty({Tk, Hk, D}, DType::BF16, gpu);
 
-  cuda::VarlenSpans s;
-  s.cu_seqlens_q = Tensor::from_ints(cu_q, {int64_t(cu_q.size())}, DType::I32, gpu);
-  s.cu_seqlens_kv = Tensor::from_ints(cu_kv, {int64_t(cu_kv.size())}, DType::I32, gpu);
+  cuda::VarlenSpans s = gpu_spans(cu_q, cu_kv);
   s.q_starts = Tensor::from_ints(q_starts, {int64_t(q_starts.size())}, DType::I32, gpu);
   s.causal = false;
-  s.batch = int64_t(spans.size());
-  s.max_seqlen_q = max_q;
-  s.max_seqlen_kv = max_kv;
   const float scale = 1.0f / std::sqrt(float(D));
   REQUIRE(cuda::cudnn_attention_supported(D, DType::BF16));
   cuda::cudnn_varlen_forward(q, k, v, s, scale, out, lse);
