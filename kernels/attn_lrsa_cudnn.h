@@ -2,18 +2,18 @@
 // LRSA forward/backward on cuDNN's dense flash attention (kernels/attn_cudnn.h): "gather then
 // dense flash". Each query's visible keys are gathered into Kg / Vg [R, Hk, D] as virtual
 // sequences (kernels/attn_lrsa_gather_plan.h) whose masks give exactly the spec's visibility, so
-// no pair is computed in vain. Partitions go in groups of 8: the history that a group shares,
-// [sink | selected rows of the partitions before the group's last two], is one non-causal
+// no pair is computed in vain. Partitions go in groups of 8: the history that the group
+// [8b, 8b + 8) shares, [sink | selected rows of partitions 0 .. 8b-2], is one non-causal
 // sequence whose queries are all the group's rows (cuDNN's backward runs far faster on long
 // query runs, and the history is gathered once per group rather than once per partition); each
-// partition keeps a causal sequence with the rest, [selected rows since | raw partition q-1 |
-// raw partition q], bottom-right aligned. The causal sequences run first and write out, lse and
-// dq in place; a grouped pass writes out / lse / dQ into buffers (dQ with q's row stride), and
-// its out is merged into the causal one by the two parts' lse, its dQ added. Backward: gather
-// again, cuDNN's backward gives dKg / dVg, and every source row's dK / dV is the sum of its
-// gathered copies in a fixed order (deterministic, no atomics). Memory outside the budget: those
-// grouped-pass buffers (the pass's query rows x 2 bytes x Hq x D for out, x q's row stride for
-// dQ) and, with several passes, fp32 running sums of dK / dV.
+// partition q keeps a causal sequence with the rest, [selected rows of 8b-1 .. q-2 | raw
+// partition q-1 | raw partition q], bottom-right aligned. The causal sequences run first and
+// write out, lse and dq in place; a grouped pass writes out / lse / dQ into buffers (dQ with q's
+// row stride), and its out is merged into the causal one by the two parts' lse, its dQ added.
+// Backward: gather again, cuDNN's backward gives dKg / dVg, and every source row's dK / dV is
+// the sum of its gathered copies in a fixed order (deterministic, no atomics). Memory outside
+// the budget: those grouped-pass buffers (the pass's query rows x 2 bytes x Hq x D for out, x
+// q's row stride for dQ) and, with several passes, fp32 running sums of dK / dV.
 // Passes: the virtual sequences run in consecutive groups, one cuDNN call each, so that a call's
 // gathered buffers plus cuDNN's backward workspace fit in attention.cudnn_gather_gib; dK / dV
 // sums run on in fp32 across the passes (same order, same bits as one pass). The memory of one
