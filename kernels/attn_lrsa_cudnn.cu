@@ -12,6 +12,7 @@
 #include "attn_cudnn.h"
 #include "attn_lrsa_gather_plan.h"
 #include "cuda_common.cuh"
+#include "lrsa/ops/cuda_ops.h"
 #include "recent_cache.h"
 
 namespace lrsa::cuda {
@@ -103,25 +104,6 @@ __global__ void reduce_kernel(const bf16_t* __restrict__ dkg, const bf16_t* __re
     const int64_t col = int64_t(h) * D + ch * kChunk;
     *reinterpret_cast<uint4*>(dk + r * dk_stride + col) = kw;
     *reinterpret_cast<uint4*>(dv + r * dv_stride + col) = vw;
-  }
-}
-
-// dst [rows, width] += src [rows, width] (rows dst_stride / src_stride apart), bf16, added in
-// fp32: a grouped pass's dQ into the causal passes' dq. One thread per 16-byte chunk.
-__global__ void add_rows_kernel(bf16_t* __restrict__ dst, int64_t dst_stride, const bf16_t* __restrict__ src,
-                                int64_t src_stride, int64_t rows, int width) {
-  const int chunks = width / kChunk;
-  const int64_t n = rows * chunks;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / chunks, col = int64_t(i % chunks) * kChunk;
-    uint4* d = reinterpret_cast<uint4*>(dst + r * dst_stride + col);
-    const uint4 sw = *reinterpret_cast<const uint4*>(src + r * src_stride + col);
-    uint4 dw = *d;
-    bf16_t* dx = reinterpret_cast<bf16_t*>(&dw);
-    const bf16_t* sx = reinterpret_cast<const bf16_t*>(&sw);
-#pragma unroll
-    for (int e = 0; e < kChunk; ++e) dx[e] = __float2bfloat16_rn(__bfloat162float(dx[e]) + __bfloat162float(sx[e]));
-    *d = dw;
   }
 }
 
@@ -413,13 +395,7 @@ void lrsa_cudnn_backward(const attn::AttentionConfig& config, const Tensor& q, c
     const Tensor lse = saved.lse.slice(1, pass.q0, pass.q1).contiguous();  // a copy unless one pass
     cudnn_varlen_backward(q.slice(0, pass.q0, pass.q1), kg, vg, saved.out.slice(0, pass.q0, pass.q1), lse,
                           dout.slice(0, pass.q0, pass.q1), pass.spans, softmax_scale(q), dq_pass, dkg, dvg);
-    if (!pass.spans.causal) {
-      const int64_t chunks = (pass.q1 - pass.q0) * Hq * (D / kChunk);
-      add_rows_kernel<<<grid_size(chunks, 256), 256, 0, current_stream()>>>(
-          static_cast<bf16_t*>(dq_rows.data()), dq_rows.stride(0), static_cast<const bf16_t*>(dq_pass.data()),
-          dq_pass.stride(0), pass.q1 - pass.q0, int(Hq * D));
-      LRSA_CUDA_CHECK_LAUNCH("lrsa_cudnn: add a grouped pass's dq");
-    }
+    if (!pass.spans.causal) add(dq_rows, dq_pass, dq_rows);
     const int64_t items = pass.reduce_rows * Hk * (D / kChunk);
     reduce_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
         static_cast<const bf16_t*>(dkg.data()), static_cast<const bf16_t*>(dvg.data()), pass.g0, pass.g1, t.lists(),

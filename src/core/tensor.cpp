@@ -520,6 +520,14 @@ void check_tensor(const Tensor& t, const char* op, const char* name, std::initia
              name, t.describe(), shape_str(t.strides()));
 }
 
+RowLayout row_layout(const Tensor& t, const char* op, const char* name) {
+  if (t.dim() == 0 || t.numel() == 0) return {1, t.numel(), t.numel()};
+  const Tensor row = t.select(0, 0);
+  LRSA_CHECK(row.is_contiguous(), "{}: {} must be contiguous after its first dimension, got {} with strides {}", op,
+             name, t.describe(), shape_str(t.strides()));
+  return {t.size(0), row.numel(), t.size(0) == 1 ? row.numel() : t.stride(0)};
+}
+
 void check_same_device(const char* op, std::initializer_list<const Tensor*> tensors) {
   const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {

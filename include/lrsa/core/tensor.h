@@ -148,6 +148,13 @@ T* Tensor::data_as() const {
 // `op` and `name` go into the message: "rmsnorm_forward: x must be contiguous, got bf16[..] ...".
 void check_tensor(const Tensor& t, const char* op, const char* name, std::initializer_list<DType> dtypes,
                   bool need_contiguous = true);
+// A tensor as rows of contiguous elements: dimension 0 indexes the rows, `stride` elements apart,
+// and the other dimensions must be contiguous (a slice of a fused buffer, say); stride == width
+// when the whole tensor is contiguous. For elementwise ops that take such views.
+struct RowLayout {
+  int64_t rows, width, stride;
+};
+RowLayout row_layout(const Tensor& t, const char* op, const char* name);
 void check_same_device(const char* op, std::initializer_list<const Tensor*> tensors);
 void check_shape(const Tensor& t, const char* op, const char* name, const Shape& expected);
 

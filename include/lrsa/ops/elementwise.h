@@ -7,7 +7,8 @@ namespace lrsa::ops {
 // y += x (the residual connection; its backward passes the gradient through unchanged).
 void add_(Tensor& y, const Tensor& x);
 
-// out = a + b
+// out = a + b. Each operand may be a row-strided view (dimension 0 strided, the rest contiguous:
+// a slice of a fused buffer), as row_layout describes; out may alias a or b.
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 
 // x *= s
