@@ -221,11 +221,12 @@ const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::Att
       pass.q1 = plan.q_end(s1 - 1);
       pass.g0 = plan.cu_kv[size_t(s0)];
       pass.g1 = plan.cu_kv[size_t(s1)];
-      std::vector<int32_t> cu_q, cu_kv, q_starts;
+      pass.spans.causal = plan.causal(s0);
+      std::vector<int32_t> cu_q, cu_kv, q_starts;  // q_starts: grouped passes only (gaps between groups)
       for (int64_t s = s0; s <= s1; ++s) {
         cu_q.push_back(plan.cu_q[size_t(s)] - plan.cu_q[size_t(s0)]);
         cu_kv.push_back(plan.cu_kv[size_t(s)] - pass.g0);
-        q_starts.push_back(int32_t((s < s1 ? plan.q_start[size_t(s)] : pass.q1) - pass.q0));
+        if (!pass.spans.causal) q_starts.push_back(int32_t((s < s1 ? plan.q_start[size_t(s)] : pass.q1) - pass.q0));
         if (s > s0) {
           const size_t n = cu_q.size();
           pass.spans.max_seqlen_q = std::max<int64_t>(pass.spans.max_seqlen_q, cu_q[n - 1] - cu_q[n - 2]);
@@ -234,8 +235,7 @@ const GatherTables& gather_tables(const attn::SeqLayout& layout, const attn::Att
       }
       pass.spans.cu_seqlens_q = upload(cu_q, device);
       pass.spans.cu_seqlens_kv = upload(cu_kv, device);
-      pass.spans.causal = plan.causal(s0);
-      if (!pass.spans.causal) pass.spans.q_starts = upload(q_starts, device);  // rows between groups are gaps
+      if (!pass.spans.causal) pass.spans.q_starts = upload(q_starts, device);
       pass.spans.batch = s1 - s0;
       const bool last = i + 2 == first.size();
       pass.reduce_rows = last ? T : pass.q1;
