@@ -40,7 +40,7 @@ constexpr int kTile = 32;
 
 template <typename TO>
 __global__ void __launch_bounds__(kTile * kTile)
-    accumulate_partials_kernel(const float* partials, TO* out, int64_t splits, int64_t cols) {
+    sum_partials_kernel(const float* partials, TO* out, int64_t splits, int64_t cols, bool accumulate) {
   __shared__ float sums[kTile][kTile + 1];
   const int64_t c = int64_t(blockIdx.x) * kTile + threadIdx.x;
   float acc = 0.0f;
@@ -53,14 +53,14 @@ __global__ void __launch_bounds__(kTile * kTile)
   if (threadIdx.y == 0 && c < cols) {
     float total = 0.0f;
     for (int y = 0; y < kTile; ++y) total += sums[y][threadIdx.x];
-    out[c] = from_float<TO>(to_float(out[c]) + total);
+    out[c] = from_float<TO>(accumulate ? to_float(out[c]) + total : total);
   }
 }
 
 }  // namespace
 
-void accumulate_partials(const Tensor& partials, const Tensor& out) {
-  const char* op = "accumulate_partials";
+void sum_partials_into(const Tensor& partials, Tensor& out, ops::GradWrite write) {
+  const char* op = "sum_partials_into";
   check_tensor(partials, op, "partials", {DType::F32});
   check_tensor(out, op, "out", {DType::F32, DType::BF16});
   const int64_t cols = out.numel();
@@ -69,19 +69,24 @@ void accumulate_partials(const Tensor& partials, const Tensor& out) {
   if (cols == 0) return;
   dispatch_float(out.dtype(), op, [&](auto* tag) {
     using TO = std::remove_pointer_t<decltype(tag)>;
-    accumulate_partials_kernel<<<unsigned((cols + kTile - 1) / kTile), dim3{kTile, kTile}, 0, current_stream()>>>(
-        partials.data_as<float>(), static_cast<TO*>(out.data()), partials.size(0), cols);
+    sum_partials_kernel<<<unsigned((cols + kTile - 1) / kTile), dim3{kTile, kTile}, 0, current_stream()>>>(
+        partials.data_as<float>(), static_cast<TO*>(out.data()), partials.size(0), cols,
+        write == ops::GradWrite::Accumulate);
   });
   LRSA_CUDA_CHECK_LAUNCH(op);
 }
 
-void accumulate_column_sums(const Tensor& x, const Tensor& out) {
-  const char* op = "accumulate_column_sums";
+void column_sums_into(const Tensor& x, Tensor& out, ops::GradWrite write) {
+  const char* op = "column_sums_into";
   check_tensor(x, op, "x", {DType::F32, DType::BF16});
   LRSA_CHECK(x.dim() == 2 && x.size(1) == out.numel(), "{}: x {} does not match out {}", op, x.describe(),
              out.describe());
   const int64_t rows = x.size(0), cols = x.size(1);
-  if (rows == 0 || cols == 0) return;
+  if (cols == 0) return;
+  if (rows == 0) {  // empty sums
+    if (write == ops::GradWrite::Overwrite) out.zero_();
+    return;
+  }
   const bool vector = cols % kPack == 0 && aligned16(x.data());
   const int k = vector ? 4 : 1, threads = 128;  // 4 = pack_of<T, float>: the partials are f32
   const int64_t col_blocks = (cols + int64_t(threads) * k - 1) / (int64_t(threads) * k);
@@ -102,7 +107,7 @@ void accumulate_column_sums(const Tensor& x, const Tensor& out) {
     });
   });
   LRSA_CUDA_CHECK_LAUNCH(op);
-  accumulate_partials(partials, out);
+  sum_partials_into(partials, out, write);
 }
 
 void check_indices(const char* op, const char* name, const Tensor& indices, int64_t limit,

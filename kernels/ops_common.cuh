@@ -3,16 +3,18 @@
 #include <optional>
 
 #include "lrsa/core/tensor.h"
+#include "lrsa/ops/grad_write.h"
 
 namespace lrsa::cuda {
 
 // Deterministic column reductions (the bias gradient, RMSNorm's weight gradient): blocks sum
-// fixed row ranges into fp32 partials [S, C]; one pass then adds the partials to the output in
-// a fixed order, so the result does not depend on scheduling (no atomics).
-// out [C] (f32 or bf16) += sum over s = 0 .. S-1 of partials [S, C] (f32), in that order.
-void accumulate_partials(const Tensor& partials, const Tensor& out);
-// out [C] += column sums of x [R, C] (f32 or bf16, contiguous).
-void accumulate_column_sums(const Tensor& x, const Tensor& out);
+// fixed row ranges into fp32 partials [S, C]; one pass then adds the partials up in a fixed
+// order, so the result does not depend on scheduling (no atomics).
+// out [C] (f32 or bf16) = (or +=, by `write`) the sum over s = 0 .. S-1 of partials [S, C] (f32),
+// in that order.
+void sum_partials_into(const Tensor& partials, Tensor& out, ops::GradWrite write);
+// out [C] = (or +=) the column sums of x [R, C] (f32 or bf16, contiguous).
+void column_sums_into(const Tensor& x, Tensor& out, ops::GradWrite write);
 
 // Throws (naming op, the tensor, the first offending position and value) unless every element
 // of the device tensor indices (i32) lies in [0, limit) or equals `except`. Waits for the stream

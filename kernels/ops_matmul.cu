@@ -307,8 +307,8 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   run_lt(p, 1.0f, residual.defined() ? 1.0f : 0.0f);
 }
 
-// dbias [C] += column sums of dy [N, C].
-void bias_backward(const Tensor& dy, Tensor& dbias) {
+// dbias [C] = (or +=) column sums of dy [N, C].
+void bias_backward(const Tensor& dy, Tensor& dbias, ops::GradWrite write) {
   const char* op = "bias_backward";
   check_tensor(dy, op, "dy", {DType::F32, DType::BF16});
   check_tensor(dbias, op, "dbias", {DType::F32, DType::BF16});
@@ -316,8 +316,8 @@ void bias_backward(const Tensor& dy, Tensor& dbias) {
   const int64_t cols = dbias.numel();
   LRSA_CHECK(dy.dim() >= 1 && dy.size(-1) == cols, "bias_backward: dbias {} does not match the last dimension of dy {}",
              dbias.describe(), dy.describe());
-  if (dy.numel() == 0) return;
-  accumulate_column_sums(dy.view({-1, cols}), dbias);
+  if (cols == 0) return;
+  column_sums_into(dy.view({-1, cols}), dbias, write);
 }
 
 }  // namespace lrsa::cuda

@@ -6,7 +6,7 @@
 // memory once; the row statistic is a warp or block reduction. The weight gradient is summed per
 // thread over all rows its warp/block visits (in shared memory), merged per block in a fixed
 // warp order, written as per-block fp32 partials and added up in a fixed order by
-// accumulate_partials: deterministic, no atomics.
+// sum_partials_into: deterministic, no atomics.
 #include "cuda_common.cuh"
 #include "lrsa/ops/cuda_ops.h"
 #include "ops_common.cuh"
@@ -211,7 +211,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
-                      const Tensor& residual) {
+                      ops::GradWrite dw_write, const Tensor& residual) {
   const char* op = "rmsnorm_backward";
   check_tensor(x, op, "x", {DType::F32, DType::BF16});
   check_tensor(dy, op, "dy", {x.dtype()});
@@ -225,7 +225,10 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
                  rstd.numel() == rows && dw.numel() == cols,
              "{}: shapes do not agree: dy {}, x {}, w {}, rstd {}, dx {}, dw {}", op, dy.describe(), x.describe(),
              w.describe(), rstd.describe(), dx.describe(), dw.describe());
-  if (rows == 0) return;
+  if (rows == 0) {  // an empty sum
+    if (dw_write == ops::GradWrite::Overwrite) dw.zero_();
+    return;
+  }
   const RowLaunch launch = row_launch(
       op, cols,
       packable(cols, {dy.data(), x.data(), w.data(), dx.data(), residual.defined() ? residual.data() : nullptr}));
@@ -250,7 +253,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     });
   });
   LRSA_CUDA_CHECK_LAUNCH(op);
-  accumulate_partials(partials, dw);
+  sum_partials_into(partials, dw, dw_write);
 }
 
 }  // namespace lrsa::cuda

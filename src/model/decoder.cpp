@@ -150,7 +150,8 @@ Tensor Decoder::layer_output(size_t l, const Tensor& x_in, const Tensor& attn_ou
   return layer_attention_output(l, a);
 }
 
-Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerActs& a, const Tensor& dx_out) {
+Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerActs& a, const Tensor& dx_out,
+                               ops::GradWrite write) {
   const LayerParams& p = params_.layers[l];
   LayerParams& g = grads_.layers[l];
   const ModelConfig& c = config_;
@@ -161,26 +162,26 @@ Tensor Decoder::layer_backward(size_t l, const TokenBatch& batch, const LayerAct
   // x_out = x_mid + down(swiglu(gate_up(norm2(x_mid))))
   Tensor no_bias;
   Tensor dh = empty({T, F});
-  ops::linear_backward(dx_out, a.h, p.down_w, dh, g.down_w, no_bias);
+  ops::linear_backward(dx_out, a.h, p.down_w, dh, g.down_w, no_bias, write);
   Tensor dgate_up = empty({T, 2 * F});
   ops::swiglu_backward(dh, a.gate_up, dgate_up);
   Tensor dnorm2 = empty({T, C});
-  ops::linear_backward(dgate_up, a.norm2, p.gate_up_w, dnorm2, g.gate_up_w, no_bias);
+  ops::linear_backward(dgate_up, a.norm2, p.gate_up_w, dnorm2, g.gate_up_w, no_bias, write);
   Tensor dx_mid = empty({T, C});
-  ops::rmsnorm_backward(dnorm2, a.x_mid, p.post_norm, a.rstd2, dx_mid, g.post_norm, dx_out);
+  ops::rmsnorm_backward(dnorm2, a.x_mid, p.post_norm, a.rstd2, dx_mid, g.post_norm, write, dx_out);
 
   // x_mid = x_in + o(attention(rope(qkv(norm1(x_in)))))
   Tensor dattn = empty({T, c.q_dim()});
-  ops::linear_backward(dx_mid, a.attn.out.view({T, c.q_dim()}), p.o_w, dattn, g.o_w, g.o_b);
+  ops::linear_backward(dx_mid, a.attn.out.view({T, c.q_dim()}), p.o_w, dattn, g.o_w, g.o_b, write);
   Tensor dqkv = empty({T, c.q_dim() + 2 * c.kv_dim()});
   QkvViews qkv = split_qkv(a.qkv, c), dqkv_views = split_qkv(dqkv, c);
   attn::attention_backward(options_.attention, qkv.q, qkv.k, qkv.v, batch.layout, a.attn,
                            dattn.unflatten(1, {-1, c.head_dim}), dqkv_views.q, dqkv_views.k, dqkv_views.v);
   ops::rope_backward(dqkv_views.qk, batch.positions, inv_freq_);
   Tensor dnorm1 = empty({T, C});
-  ops::linear_backward(dqkv, a.norm1, p.qkv_w, dnorm1, g.qkv_w, g.qkv_b);
+  ops::linear_backward(dqkv, a.norm1, p.qkv_w, dnorm1, g.qkv_w, g.qkv_b, write);
   Tensor dx_in = empty({T, C});
-  ops::rmsnorm_backward(dnorm1, a.x_in, p.input_norm, a.rstd1, dx_in, g.input_norm, dx_mid);
+  ops::rmsnorm_backward(dnorm1, a.x_in, p.input_norm, a.rstd1, dx_in, g.input_norm, write, dx_mid);
   return dx_in;
 }
 
@@ -217,17 +218,18 @@ Tensor Decoder::lm_logits(const Tensor& normed) {
   return logits;
 }
 
-LossSums Decoder::forward_backward(const TokenBatch& batch, float grad_scale) {
+LossSums Decoder::forward_backward(const TokenBatch& batch, float grad_scale, ops::GradWrite write) {
   std::vector<LayerActs> acts(params_.layers.size());
   Tensor x_last, rstd_final;
   Tensor normed = final_hidden(batch, &acts, &x_last, &rstd_final);
 
   Tensor dnormed = Tensor::empty(normed.shape(), normed.dtype(), device_), no_nll;
   const ops::LmHeadLossResult loss = ops::lm_head_loss(normed, params_.lm_head, batch.targets, grad_scale,
-                                                       options_.loss_chunk_rows, dnormed, grads_.lm_head, no_nll);
+                                                       options_.loss_chunk_rows, dnormed, grads_.lm_head, write,
+                                                       no_nll);
   normed = Tensor();
   Tensor dx = Tensor::empty(x_last.shape(), x_last.dtype(), device_);
-  ops::rmsnorm_backward(dnormed, x_last, params_.final_norm, rstd_final, dx, grads_.final_norm);
+  ops::rmsnorm_backward(dnormed, x_last, params_.final_norm, rstd_final, dx, grads_.final_norm, write);
   dnormed = Tensor();
 
   for (size_t l = acts.size(); l-- > 0;) {
@@ -235,10 +237,13 @@ LossSums Decoder::forward_backward(const TokenBatch& batch, float grad_scale) {
       Tensor x_in = acts[l].x_in;
       layer_forward(l, x_in, batch, acts[l]);
     }
-    dx = layer_backward(l, batch, acts[l], dx);
+    dx = layer_backward(l, batch, acts[l], dx, write);
     acts[l] = LayerActs{};  // free as we go: peak memory is the forward's
     if (grads_ready_) grads_ready_(int64_t(l));
   }
+  // embedding_backward adds the rows of the ids present. A tied embedding's gradient already
+  // holds the lm_head's; an untied one is zeroed first when this micro-batch overwrites.
+  if (write == ops::GradWrite::Overwrite && !config_.tie_word_embeddings) grads_.embed.zero_();
   ops::embedding_backward(dx, batch.ids, grads_.embed);
   if (grads_ready_) grads_ready_(kNonLayerGrads);
   return {loss.loss_sum, loss.tokens};
@@ -248,7 +253,8 @@ LossSums Decoder::forward_loss(const TokenBatch& batch, Tensor* nll_out) {
   Tensor normed = final_hidden(batch, nullptr, nullptr, nullptr);
   Tensor no_grad_h, no_grad_w, nll = nll_out ? *nll_out : Tensor();
   const ops::LmHeadLossResult loss = ops::lm_head_loss(normed, params_.lm_head, batch.targets, 1.0f,
-                                                       options_.loss_chunk_rows, no_grad_h, no_grad_w, nll);
+                                                       options_.loss_chunk_rows, no_grad_h, no_grad_w,
+                                                       ops::GradWrite::Overwrite, nll);
   return {loss.loss_sum, loss.tokens};
 }
 

@@ -93,7 +93,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& n
 
 // Device-generic: built from matmul and the fused cross-entropy, so it runs wherever they do.
 LmHeadLossResult lm_head_loss(const Tensor& h, const Tensor& w, const Tensor& labels, float grad_scale,
-                              int64_t chunk_rows, Tensor& dh, Tensor& dw, Tensor& nll_out) {
+                              int64_t chunk_rows, Tensor& dh, Tensor& dw, GradWrite dw_write, Tensor& nll_out) {
   constexpr const char* op = "lm_head_loss";
   check_tensor(h, op, "h", {DType::F32, DType::BF16});
   LRSA_CHECK(h.dim() == 2, "{}: h must be [N, C], got {}", op, h.describe());
@@ -138,8 +138,12 @@ LmHeadLossResult lm_head_loss(const Tensor& h, const Tensor& w, const Tensor& la
       Tensor dh_chunk = dh.slice(0, r0, r1);
       matmul(logits, w, dh_chunk);  // [rows, V] @ [V, C]
     }
-    if (dw.defined()) matmul(logits, h_chunk, dw, true, false, 1.0f, 1.0f);  // [V, rows] @ [rows, C]
+    if (dw.defined()) {  // [V, rows] @ [rows, C]; the first chunk overwrites when asked to
+      const bool overwrite = r0 == 0 && dw_write == GradWrite::Overwrite;
+      matmul(logits, h_chunk, dw, true, false, 1.0f, overwrite ? 0.0f : 1.0f);
+    }
   }
+  if (N == 0 && dw.defined() && dw_write == GradWrite::Overwrite) dw.zero_();  // an empty sum
 
   LmHeadLossResult result;
   for (double v : nll.to_doubles()) result.loss_sum += v;  // one read-back of N floats

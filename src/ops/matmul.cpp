@@ -281,8 +281,8 @@ void add_bias_cpu(Tensor& y, const Tensor& bias) {
   });
 }
 
-// dbias[j] += sum_r dy[r, j], rows summed in order (deterministic: threads split the columns).
-void bias_backward_cpu(const Tensor& dy, Tensor& dbias) {
+// dbias[j] (+)= sum_r dy[r, j], rows summed in order (deterministic: threads split the columns).
+void bias_backward_cpu(const Tensor& dy, Tensor& dbias, GradWrite write) {
   const int64_t C = dbias.numel(), rows = dy.numel() / std::max<int64_t>(C, 1);
   float* db = dbias.data_as<float>();
   cpu::visit_float(dy.dtype(), [&](auto tag) {
@@ -295,7 +295,7 @@ void bias_backward_cpu(const Tensor& dy, Tensor& dbias) {
       float sum[kCols] = {};
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = j0; j < j1; ++j) sum[j - j0] += cpu::load(g, r * C + j);
-      for (int64_t j = j0; j < j1; ++j) db[j] += sum[j - j0];
+      for (int64_t j = j0; j < j1; ++j) db[j] = write == GradWrite::Accumulate ? db[j] + sum[j - j0] : sum[j - j0];
     }
   });
 }
@@ -395,7 +395,8 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
   if (!in_place) y.copy_(acc);
 }
 
-void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias) {
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias,
+                     GradWrite write) {
   check_tensor(dy, "linear_backward", "dy", {DType::F32, DType::BF16});
   check_tensor(x, "linear_backward", "x", {DType::F32, DType::BF16});
   check_tensor(w, "linear_backward", "w", {DType::F32, DType::BF16});
@@ -408,13 +409,13 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
     Tensor dx2 = dx.view({-1, dx.size(-1)});
     matmul(dy2, w, dx2, false, false);
   }
-  if (dw.defined()) matmul(dy2, x2, dw, true, false, 1.0f, 1.0f);
+  if (dw.defined()) matmul(dy2, x2, dw, true, false, 1.0f, write == GradWrite::Accumulate ? 1.0f : 0.0f);
   if (!dbias.defined()) return;
   check_tensor(dbias, "linear_backward", "dbias", {DType::F32});
   check_shape(dbias, "linear_backward", "dbias", {w.size(0)});
   check_same_device("linear_backward", {&dy, &dbias});
-  LRSA_DISPATCH_CUDA(dy.device(), "linear_backward", cuda::bias_backward(dy2, dbias));
-  bias_backward_cpu(dy2, dbias);
+  LRSA_DISPATCH_CUDA(dy.device(), "linear_backward", cuda::bias_backward(dy2, dbias, write));
+  bias_backward_cpu(dy2, dbias, write);
 }
 
 }  // namespace lrsa::ops

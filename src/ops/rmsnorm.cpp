@@ -34,12 +34,12 @@ void forward_cpu(const T* x, const TW* w, float eps, int64_t N, int64_t C, T* y,
   }
 }
 
-// With xhat = x * rstd and g = dy * w:  dx = rstd * (g - xhat * mean(g * xhat)),  dw += sum_n dy * xhat.
+// With xhat = x * rstd and g = dy * w:  dx = rstd * (g - xhat * mean(g * xhat)),  dw (+)= sum_n dy * xhat.
 // dw first (column-parallel, rows summed in order: deterministic), then dx row-parallel, so dx may
 // alias dy (or residual, added to dx when not null).
 template <typename T, typename TW>
 void backward_cpu(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, int64_t N, int64_t C, T* dx,
-                  float* dw) {
+                  float* dw, bool accumulate) {
   const bool parallel = N * C > cpu::kParallelElements;
   constexpr int64_t kCols = 64;
 #pragma omp parallel for if (parallel)
@@ -48,7 +48,7 @@ void backward_cpu(const T* dy, const T* x, const TW* w, const float* rstd, const
     float sum[kCols] = {};
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = c0; c < c1; ++c) sum[c - c0] += cpu::load(dy + n * C, c) * cpu::load(x + n * C, c) * rstd[n];
-    for (int64_t c = c0; c < c1; ++c) dw[c] += sum[c - c0];
+    for (int64_t c = c0; c < c1; ++c) dw[c] = accumulate ? dw[c] + sum[c - c0] : sum[c - c0];
   }
 #pragma omp parallel for if (parallel)
   for (int64_t n = 0; n < N; ++n) {
@@ -86,7 +86,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
-                      const Tensor& residual) {
+                      GradWrite dw_write, const Tensor& residual) {
   check_rmsnorm_inputs("rmsnorm_backward", x, w);
   check_tensor(dy, "rmsnorm_backward", "dy", {x.dtype()});
   check_shape(dy, "rmsnorm_backward", "dy", x.shape());
@@ -102,14 +102,15 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     check_shape(residual, "rmsnorm_backward", "residual", x.shape());
     check_same_device("rmsnorm_backward", {&x, &residual});
   }
-  LRSA_DISPATCH_CUDA(x.device(), "rmsnorm_backward", cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw, residual));
+  LRSA_DISPATCH_CUDA(x.device(), "rmsnorm_backward",
+                     cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw, dw_write, residual));
   cpu::visit_float(x.dtype(), [&](auto tx) {
     using T = decltype(tx);
     cpu::visit_float(w.dtype(), [&](auto tw) {
       using TW = decltype(tw);
       backward_cpu(dy.data_as<T>(), x.data_as<T>(), w.data_as<TW>(), rstd.data_as<float>(),
                    residual.defined() ? residual.data_as<T>() : nullptr, x.size(0), x.size(1), dx.data_as<T>(),
-                   dw.data_as<float>());
+                   dw.data_as<float>(), dw_write == GradWrite::Accumulate);
     });
   });
 }

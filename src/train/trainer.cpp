@@ -372,13 +372,14 @@ TrainResult train_ranks(const RunConfig& config, const TrainOptions& options, st
       const int64_t step_trained = int64_t(counts[0]), step_tokens = int64_t(counts[1]);
       const double flops = counts[2];
       ++step;
-      decoder.zero_grads();
       double loss_sum = 0;
       const float grad_scale = step_trained > 0 ? 1.0f / float(step_trained) : 0.0f;
       for (size_t j = 0; j < micro.size(); ++j) {
-        // Gradients are reduced during the last micro-batch's backward; earlier ones accumulate.
+        // The first micro-batch replaces the last step's gradients, the others add to them; they
+        // are reduced during the last one's backward.
         if (data_parallel && j + 1 == micro.size()) data_parallel->arm();
-        loss_sum += decoder.forward_backward(micro[j], grad_scale).loss_sum;
+        const ops::GradWrite write = j == 0 ? ops::GradWrite::Overwrite : ops::GradWrite::Accumulate;
+        loss_sum += decoder.forward_backward(micro[j], grad_scale, write).loss_sum;
       }
       micro.clear();
       if (data_parallel) data_parallel->finish();

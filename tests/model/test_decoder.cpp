@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "lrsa/model/decoder.h"
 #include "support/compare.h"
@@ -71,10 +73,12 @@ TEST_CASE("decoder gradients match finite differences", "[model]") {
       Decoder model(c, options, DType::F32, Device::cpu());
       init_params(model.params(), c, 11, 0.2f);
       TokenBatch batch = random_batch(c, {0, 19, 30}, 3);
-      model.zero_grads();
-      const LossSums base = model.forward_backward(batch, 1.0f);
+      // Overwritten from NaN: every gradient must be written, none read.
+      model.grads().flat.fill_(std::numeric_limits<double>::quiet_NaN());
+      const LossSums base = model.forward_backward(batch, 1.0f, ops::GradWrite::Overwrite);
       REQUIRE(base.tokens == batch.trained_tokens);
       const std::vector<float> grads = model.grads().flat.to_floats();
+      CHECK(std::all_of(grads.begin(), grads.end(), [](float g) { return std::isfinite(g); }));
 
       // Central differences on a spread of parameters (every tensor of the layout is hit).
       float* w = model.params().flat.data_as<float>();
@@ -135,24 +139,30 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[model]
   init_params(a.params(), c, 2);
   init_params(b.params(), c, 2);
   TokenBatch batch = random_batch(c, {0, 33}, 4);
-  a.zero_grads();
-  b.zero_grads();
-  const LossSums la = a.forward_backward(batch, 0.5f), lb = b.forward_backward(batch, 0.5f);
+  const LossSums la = a.forward_backward(batch, 0.5f, ops::GradWrite::Overwrite);
+  const LossSums lb = b.forward_backward(batch, 0.5f, ops::GradWrite::Overwrite);
   CHECK(la.loss_sum == lb.loss_sum);
   CHECK(a.grads().flat.to_floats() == b.grads().flat.to_floats());
 }
 
-TEST_CASE("gradients accumulate over micro-batches", "[model]") {
-  const ModelConfig c = tiny_config(Architecture::Qwen2, false);
-  Decoder model(c, DecoderOptions{}, DType::F32, Device::cpu());
-  init_params(model.params(), c, 8);
-  TokenBatch batch = random_batch(c, {0, 12}, 1);
-  model.zero_grads();
-  model.forward_backward(batch, 1.0f);
-  const std::vector<float> once = model.grads().flat.to_floats();
-  model.forward_backward(batch, 1.0f);
-  const std::vector<float> twice = model.grads().flat.to_floats();
-  for (size_t i = 0; i < once.size(); i += 97) CHECK(std::abs(twice[i] - 2 * once[i]) <= 1e-5f + 1e-5f * std::abs(once[i]));
+TEST_CASE("a step's first micro-batch overwrites the gradients, later ones add to them", "[model]") {
+  for (bool tied : {false, true}) {
+    CAPTURE(tied);
+    const ModelConfig c = tiny_config(Architecture::Qwen2, tied);
+    Decoder model(c, DecoderOptions{}, DType::F32, Device::cpu());
+    init_params(model.params(), c, 8);
+    TokenBatch batch = random_batch(c, {0, 12}, 1);
+    model.forward_backward(batch, 1.0f, ops::GradWrite::Overwrite);
+    const std::vector<float> once = model.grads().flat.to_floats();
+    model.forward_backward(batch, 1.0f, ops::GradWrite::Accumulate);
+    const std::vector<float> twice = model.grads().flat.to_floats();
+    size_t off = 0;  // gradients that are not twice the first micro-batch's
+    for (size_t i = 0; i < once.size(); ++i)
+      off += std::abs(twice[i] - 2 * once[i]) > 1e-5f + 1e-5f * std::abs(once[i]);
+    CHECK(off == 0);
+    model.forward_backward(batch, 1.0f, ops::GradWrite::Overwrite);  // the next step: the same bits as the first
+    CHECK(model.grads().flat.to_floats() == once);
+  }
 }
 
 TEST_CASE("the decoder rejects a cuDNN gather budget outside (0, 16] GiB, naming the setting", "[model]") {

@@ -35,8 +35,7 @@ void check_parity(const std::string& name, Device device, DType dtype) {
   INFO(name << " on " << device.str() << " " << dtype_name(dtype));
   CHECK(test::rel_l2(logits, ref_logits) < tol);
 
-  model.zero_grads();
-  const LossSums loss = model.forward_backward(batch, 1.0f / float(batch.trained_tokens));
+  const LossSums loss = model.forward_backward(batch, 1.0f / float(batch.trained_tokens), ops::GradWrite::Overwrite);
   const double mean_loss = loss.loss_sum / double(loss.tokens);
   CHECK(std::abs(mean_loss - reference.at("loss").item()) < (dtype == DType::F32 ? 1e-5 : 1e-2));
 

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 
 #include "lrsa/ops/cross_entropy.h"
 #include "ops/op_test_util.h"
@@ -97,10 +98,12 @@ struct LmRun {
 LmRun run_lm(const Tensor& h, const Tensor& w, const std::vector<int64_t>& labels, float grad_scale, int64_t chunk_rows,
              Device device) {
   const int64_t N = h.size(0);
-  Tensor dh = Tensor::empty(h.shape(), h.dtype(), device), dw = Tensor::zeros(w.shape(), DType::F32, device);
+  // dw is overwritten, as in a step's first micro-batch: from NaN, which must not be read.
+  Tensor dh = Tensor::empty(h.shape(), h.dtype(), device);
+  Tensor dw = Tensor::full(w.shape(), std::numeric_limits<double>::quiet_NaN(), DType::F32, device);
   Tensor nll = Tensor::empty({N}, DType::F32, device);
   const auto result = ops::lm_head_loss(h.to(device), w.to(device), Tensor::from_ints(labels, {N}, DType::I32, device),
-                                        grad_scale, chunk_rows, dh, dw, nll);
+                                        grad_scale, chunk_rows, dh, dw, ops::GradWrite::Overwrite, nll);
   return {result, nll.to_doubles(), dh.to_doubles(), dw.to_doubles()};
 }
 
@@ -177,13 +180,16 @@ TEST_CASE("lm_head_loss matches the fp64 pipeline for every chunking; evaluation
     check_close(r.dh, ref.dh, 1e-6);
     check_close(r.dw, ref.dw, 1e-6);
   }
-  // Evaluation: no gradients, no nll_out; dw accumulates across calls.
+  // Evaluation: no gradients, no nll_out. Then dw alone: overwritten by a first call, added to by
+  // a second.
   Tensor none;
-  const auto eval = ops::lm_head_loss(h, w, Tensor::from_ints(labels, {N}), grad_scale, 5, none, none, none);
+  const auto eval = ops::lm_head_loss(h, w, Tensor::from_ints(labels, {N}), grad_scale, 5, none, none,
+                                      ops::GradWrite::Overwrite, none);
   CHECK(std::abs(eval.loss_sum - ref.loss_sum) <= 1e-5 * ref.loss_sum);
   CHECK(eval.tokens == 9);
-  Tensor dw = Tensor::zeros({V, C}, DType::F32), nll = Tensor::empty({N}, DType::F32);
-  for (int call = 0; call < 2; ++call) ops::lm_head_loss(h, w, Tensor::from_ints(labels, {N}), grad_scale, 6, none, dw, nll);
+  Tensor dw = randn({V, C}, 3), nll = Tensor::empty({N}, DType::F32);
+  for (ops::GradWrite write : {ops::GradWrite::Overwrite, ops::GradWrite::Accumulate})
+    ops::lm_head_loss(h, w, Tensor::from_ints(labels, {N}), grad_scale, 6, none, dw, write, nll);
   auto twice = ref.dw;
   for (double& v : twice) v *= 2;
   check_close(dw.to_doubles(), twice, 1e-6);
@@ -217,12 +223,13 @@ TEST_CASE("cross-entropy and lm_head_loss reject bad arguments with clear errors
                     Catch::Contains("nll must have shape [3], got f32[4]"));
   Tensor none;
   const Tensor h = randn({3, 4}, 2), labels = Tensor::from_ints({0, 1, 2}, {3});
-  CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 5}, 3), labels, 1.0f, 2, none, none, none),
+  const ops::GradWrite add = ops::GradWrite::Accumulate;
+  CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 5}, 3), labels, 1.0f, 2, none, none, add, none),
                     Catch::Contains("lm_head_loss: w must be [V, 4] to match h f32[3, 4] cpu, got f32[6, 5]"));
-  CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 4}, 3), labels, 1.0f, 0, none, none, none),
+  CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 4}, 3), labels, 1.0f, 0, none, none, add, none),
                     Catch::Contains("lm_head_loss: chunk_rows must be positive, got 0"));
   Tensor dw_bf16 = Tensor::zeros({6, 4}, DType::BF16);
-  CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 4}, 3), labels, 1.0f, 2, none, dw_bf16, none),
+  CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 4}, 3), labels, 1.0f, 2, none, dw_bf16, add, none),
                     Catch::Contains("lm_head_loss: dw must be f32, got bf16[6, 4]"));
 }
 

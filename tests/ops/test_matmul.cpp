@@ -177,14 +177,14 @@ TEST_CASE("matmul_backward matches the fp64 gradient for every transpose and bat
   }
 }
 
-TEST_CASE("linear forward and backward: 3-D input, bias, accumulated dw/dbias", "[ops]") {
+TEST_CASE("linear forward and backward: 3-D input, bias, dw/dbias accumulated or overwritten", "[ops]") {
   const int64_t B = 2, T = 5, in = 7, out = 6;
   const Tensor x = randn({B, T, in}, 1), w = randn({out, in}, 2), bias = randn({out}, 3), dy = randn({B, T, out}, 4);
   const Tensor dw0 = randn({out, in}, 5), db0 = randn({out}, 6);
   Tensor y = Tensor::empty({B, T, out}, DType::F32), dx = Tensor::empty({B, T, in}, DType::F32);
   Tensor dw = dw0.clone(), dbias = db0.clone();
   ops::linear_forward(x, w, bias, y);
-  ops::linear_backward(dy, x, w, dx, dw, dbias);
+  ops::linear_backward(dy, x, w, dx, dw, dbias, ops::GradWrite::Accumulate);
 
   const auto xv = x.to_doubles(), wv = w.to_doubles(), bv = bias.to_doubles(), dyv = dy.to_doubles();
   std::vector<double> y_ref(size_t(B * T * out)), dx_ref(size_t(B * T * in), 0.0);
@@ -224,10 +224,14 @@ TEST_CASE("linear forward and backward: 3-D input, bias, accumulated dw/dbias", 
   check_close(y3.to_doubles(), y3_ref, 1e-5);
   check_close(y4.to_doubles(), y3_ref, 1e-5);
 
-  Tensor dw2 = Tensor::zeros({out, in}, DType::F32);
-  ops::linear_backward(dy, x, w, none, dw2, none);
+  // Overwritten, without dx: from NaN, so the old values must not be read.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Tensor dw2 = Tensor::full({out, in}, nan, DType::F32), db2 = Tensor::full({out}, nan, DType::F32);
+  ops::linear_backward(dy, x, w, none, dw2, db2, ops::GradWrite::Overwrite);
   for (size_t i = 0; i < dw_ref.size(); ++i) dw_ref[i] -= dw0.to_doubles()[i];
+  for (size_t i = 0; i < db_ref.size(); ++i) db_ref[i] -= db0.to_doubles()[i];
   check_close(dw2.to_doubles(), dw_ref, 1e-5);
+  check_close(db2.to_doubles(), db_ref, 1e-5);
 }
 
 TEST_CASE("matmul rejects bad arguments with clear errors", "[ops]") {
@@ -290,6 +294,41 @@ TEST_CASE("matmul on CUDA matches the CPU within the tolerance rule", "[ops][cud
         }
       }
     }
+  }
+}
+
+TEST_CASE("linear backward on CUDA: dx, and dw and dbias accumulated or overwritten", "[ops][cuda]") {
+  const Device gpu = Device::cuda(0);
+  const int64_t rows = 333, in = 96, out = 40;
+  const Tensor x = randn({rows, in}, 40, DType::BF16), w = randn({out, in}, 41, DType::BF16, 0.1f);
+  const Tensor dy = randn({rows, out}, 42, DType::BF16), dw0 = randn({out, in}, 43), db0 = randn({out}, 44);
+  const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
+  for (ops::GradWrite write : {ops::GradWrite::Accumulate, ops::GradWrite::Overwrite}) {
+    const bool accumulate = write == ops::GradWrite::Accumulate;
+    CAPTURE(accumulate);
+    auto dw_ref = accumulate ? dw0.to_doubles() : std::vector<double>(size_t(out * in), 0.0);
+    auto db_ref = accumulate ? db0.to_doubles() : std::vector<double>(size_t(out), 0.0);
+    std::vector<double> dx_ref(size_t(rows * in), 0.0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < out; ++o) {
+        const double g = dyv[size_t(r * out + o)];
+        db_ref[size_t(o)] += g;
+        for (int64_t i = 0; i < in; ++i) {
+          dx_ref[size_t(r * in + i)] += g * wv[size_t(o * in + i)];
+          dw_ref[size_t(o * in + i)] += g * xv[size_t(r * in + i)];
+        }
+      }
+    // The old gradients: dw0/db0 to add to, or NaN that must not be read.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const Tensor dw_start = accumulate ? dw0 : Tensor::full({out, in}, nan, DType::F32);
+    const Tensor db_start = accumulate ? db0 : Tensor::full({out}, nan, DType::F32);
+    Tensor dx_cpu = Tensor::empty({rows, in}, DType::BF16), dw_cpu = dw_start.clone(), db_cpu = db_start.clone();
+    Tensor dx_gpu = Tensor::empty({rows, in}, DType::BF16, gpu), dw_gpu = dw_start.to(gpu), db_gpu = db_start.to(gpu);
+    ops::linear_backward(dy, x, w, dx_cpu, dw_cpu, db_cpu, write);
+    ops::linear_backward(dy.to(gpu), x.to(gpu), w.to(gpu), dx_gpu, dw_gpu, db_gpu, write);
+    check_rule(dx_gpu.to(Device::cpu()).to_doubles(), dx_cpu.to_doubles(), dx_ref, 1e-5);
+    check_rule(dw_gpu.to(Device::cpu()).to_doubles(), dw_cpu.to_doubles(), dw_ref, 1e-5);
+    check_rule(db_gpu.to(Device::cpu()).to_doubles(), db_cpu.to_doubles(), db_ref, 1e-5);
   }
 }
 

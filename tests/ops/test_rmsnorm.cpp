@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 
 #include "lrsa/ops/rmsnorm.h"
 #include "ops/op_test_util.h"
@@ -53,15 +54,17 @@ struct Run {
   std::vector<double> y, rstd, dx, dw;
 };
 
-// Forward and backward of our op on `device`; dw starts from dw0; dx includes `residual` if defined.
+// Forward and backward of our op on `device`; dx includes `residual` if defined. dw is added to
+// dw0 (Accumulate) or, starting from NaN, overwritten (Overwrite: the old values must not be read).
 Run run_rmsnorm(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dw0, Device device,
-                const Tensor& residual = Tensor()) {
+                const Tensor& residual = Tensor(), ops::GradWrite write = ops::GradWrite::Accumulate) {
   const int64_t N = x.size(0), C = x.size(1);
   const Tensor xd = x.to(device), wd = w.to(device), dyd = dy.to(device);
   Tensor y = Tensor::empty({N, C}, x.dtype(), device), rstd = Tensor::empty({N}, DType::F32, device);
   Tensor dx = Tensor::empty({N, C}, x.dtype(), device), dw = dw0.to(device).clone();
+  if (write == ops::GradWrite::Overwrite) dw.fill_(std::numeric_limits<double>::quiet_NaN());
   ops::rmsnorm_forward(xd, wd, kEps, y, rstd);
-  ops::rmsnorm_backward(dyd, xd, wd, rstd, dx, dw, residual.defined() ? residual.to(device) : Tensor());
+  ops::rmsnorm_backward(dyd, xd, wd, rstd, dx, dw, write, residual.defined() ? residual.to(device) : Tensor());
   return {y.to_doubles(), rstd.to_doubles(), dx.to_doubles(), dw.to_doubles()};
 }
 
@@ -82,6 +85,7 @@ TEST_CASE("rmsnorm forward matches fp64 and its backward matches finite differen
     const Tensor x = randn({N, C}, seed++), w = randn({C}, seed++, DType::F32, 0.5f), dy = randn({N, C}, seed++);
     const Tensor dw0 = randn({C}, seed++);
     const Run r = run_rmsnorm(x, w, dy, dw0, Device::cpu());
+    const Run overwritten = run_rmsnorm(x, w, dy, dw0, Device::cpu(), Tensor(), ops::GradWrite::Overwrite);
     const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
     std::vector<double> rstd_ref;
     check_close(r.y, forward_ref<double>(xv, wv, N, C, &rstd_ref), 2e-6);
@@ -91,6 +95,8 @@ TEST_CASE("rmsnorm forward matches fp64 and its backward matches finite differen
     backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
     check_close(r.dx, dx_ref, 1e-5);
     check_close(r.dw, plus(dw0.to_doubles(), dw_ref), 1e-5);
+    check_close(overwritten.dw, dw_ref, 1e-5);
+    CHECK(overwritten.dx == r.dx);
     if (N * C <= 200) {  // the analytic reference itself against finite differences of L = <y, dy>
       check_close(dx_ref, finite_diff([&](const std::vector<double>& xx) { return dot(forward_ref<double>(xx, wv, N, C), dyv); }, xv), 1e-7);
       check_close(dw_ref, finite_diff([&](const std::vector<double>& ww) { return dot(forward_ref<double>(xv, ww, N, C), dyv); }, wv), 1e-7);
@@ -128,16 +134,16 @@ TEST_CASE("rmsnorm_backward allows dx to alias dy or the residual", "[ops]") {
   Tensor y = Tensor::empty({6, 40}, DType::F32), rstd = Tensor::empty({6}, DType::F32);
   ops::rmsnorm_forward(x, w, kEps, y, rstd);
   Tensor dx = Tensor::empty({6, 40}, DType::F32), dw = Tensor::zeros({40}, DType::F32);
-  ops::rmsnorm_backward(dy, x, w, rstd, dx, dw);
+  ops::rmsnorm_backward(dy, x, w, rstd, dx, dw, ops::GradWrite::Accumulate);
   Tensor inplace = dy.clone(), dw2 = Tensor::zeros({40}, DType::F32);
-  ops::rmsnorm_backward(inplace, x, w, rstd, inplace, dw2);
+  ops::rmsnorm_backward(inplace, x, w, rstd, inplace, dw2, ops::GradWrite::Accumulate);
   CHECK(inplace.to_doubles() == dx.to_doubles());
   CHECK(dw2.to_doubles() == dw.to_doubles());
 
   // dx may alias the residual too: dx = gradient + residual, in place.
   const Tensor residual = randn({6, 40}, 4);
   Tensor summed = residual.clone(), dw3 = Tensor::zeros({40}, DType::F32);
-  ops::rmsnorm_backward(dy, x, w, rstd, summed, dw3, summed);
+  ops::rmsnorm_backward(dy, x, w, rstd, summed, dw3, ops::GradWrite::Accumulate, summed);
   const auto expected = plus(dx.to_doubles(), residual.to_doubles());
   const auto got = summed.to_doubles();
   for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == float(expected[i]));
@@ -157,7 +163,8 @@ TEST_CASE("rmsnorm rejects bad arguments with clear errors", "[ops]") {
   CHECK_THROWS_WITH(ops::rmsnorm_forward(randn({4, 8}, 1, DType::BF16), randn({8}, 2, DType::BF16), kEps, y, rstd),
                     Catch::Contains("y must be bf16"));
   Tensor dx = Tensor::empty({4, 8}, DType::F32), dw_bf16 = Tensor::zeros({8}, DType::BF16);
-  CHECK_THROWS_WITH(ops::rmsnorm_backward(x, x, w, rstd, dx, dw_bf16), Catch::Contains("rmsnorm_backward: dw must be f32"));
+  CHECK_THROWS_WITH(ops::rmsnorm_backward(x, x, w, rstd, dx, dw_bf16, ops::GradWrite::Accumulate),
+                    Catch::Contains("rmsnorm_backward: dw must be f32"));
 }
 
 TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cuda]") {
@@ -165,7 +172,8 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
   // Each launch shape: a warp per row with 4, 6 and 8 packs per thread (9000 rows: several rows
   // per warp, so the weight gradient sums across rows), a block of 128 and of 256 threads per
   // row, and the scalar path (C not a multiple of 8). A second run must give the same bits (the
-  // weight gradient's partials are added in a fixed order).
+  // weight gradient's partials are added in a fixed order). bf16 inputs overwrite the weight
+  // gradient (starting from NaN), f32 inputs add to it: every shape sees both.
   const int64_t shapes[][2] = {{37, 520}, {9000, 896}, {64, 1536}, {50, 2048}, {40, 3584}, {6, 20000}, {5, 100}};
   for (const auto& [N, C] : shapes) {
     for (DType dtype : {DType::F32, DType::BF16}) {
@@ -175,9 +183,10 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
         const Tensor dw0 = randn({C}, seed++);
         const bool with_residual = w_dtype == DType::F32;  // each shape runs with and without
         const Tensor residual = with_residual ? randn({N, C}, seed++, dtype) : Tensor();
-        const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual);
-        const Run cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual);
-        const Run gpu_again = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual);
+        const ops::GradWrite write = dtype == DType::BF16 ? ops::GradWrite::Overwrite : ops::GradWrite::Accumulate;
+        const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual, write);
+        const Run cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual, write);
+        const Run gpu_again = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual, write);
         CHECK(gpu_again.dw == gpu.dw);
         CHECK(gpu_again.dx == gpu.dx);
         const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
@@ -188,8 +197,16 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
         check_rule(gpu.y, cpu.y, y_ref);
         check_rule(gpu.rstd, cpu.rstd, rstd_ref);
         check_rule(gpu.dx, cpu.dx, dx_ref);
-        check_rule(gpu.dw, cpu.dw, plus(dw0.to_doubles(), dw_ref));
+        check_rule(gpu.dw, cpu.dw, write == ops::GradWrite::Overwrite ? dw_ref : plus(dw0.to_doubles(), dw_ref));
       }
     }
+  }
+  // No rows: the weight gradient is an empty sum (zeros when overwritten, unchanged when added to).
+  for (Device device : {Device::cpu(), Device::cuda(0)}) {
+    const Tensor none = Tensor::empty({0, 96}, DType::BF16), w = randn({96}, seed++, DType::BF16);
+    const Tensor dw0 = randn({96}, seed++);
+    CHECK(run_rmsnorm(none, w, none, dw0, device, Tensor(), ops::GradWrite::Overwrite).dw ==
+          std::vector<double>(96, 0.0));
+    CHECK(run_rmsnorm(none, w, none, dw0, device).dw == dw0.to_doubles());
   }
 }

@@ -13,6 +13,7 @@
 #include "lrsa/attn/attention.h"
 #include "lrsa/model/config.h"
 #include "lrsa/model/params.h"
+#include "lrsa/ops/grad_write.h"
 
 namespace lrsa::model {
 
@@ -64,11 +65,11 @@ class Decoder {
   ParamSet& params() { return params_; }
   ParamSet& grads() { return grads_; }
   const ParamSet& params() const { return params_; }
-  void zero_grads() { grads_.flat.zero_(); }
 
-  // Forward and backward of one micro-batch: gradients of grad_scale * sum(nll) are added to
-  // grads() (so micro-batches accumulate; grad_scale = 1 / trained tokens of the global batch).
-  LossSums forward_backward(const TokenBatch& batch, float grad_scale);
+  // Forward and backward of one micro-batch: the gradients of grad_scale * sum(nll) (grad_scale =
+  // 1 / trained tokens of the global batch) replace grads() (Overwrite: a step's first
+  // micro-batch, with no zeroing pass before it) or are added to them (Accumulate: the others).
+  LossSums forward_backward(const TokenBatch& batch, float grad_scale, ops::GradWrite write);
 
   // Called during forward_backward as gradients become final for this micro-batch: with the
   // layer index after each layer's backward (layers finish in reverse order), then with
@@ -100,7 +101,8 @@ class Decoder {
   void layer_attention_input(size_t l, const Tensor& x_in, const Tensor& positions, LayerActs& acts);
   Tensor layer_attention_output(size_t l, LayerActs& acts);
   Tensor layer_forward(size_t l, const Tensor& x_in, const TokenBatch& batch, LayerActs& acts);
-  Tensor layer_backward(size_t l, const TokenBatch& batch, const LayerActs& acts, const Tensor& dx_out);
+  Tensor layer_backward(size_t l, const TokenBatch& batch, const LayerActs& acts, const Tensor& dx_out,
+                        ops::GradWrite write);
   Tensor final_hidden(const TokenBatch& batch, std::vector<LayerActs>* saved, Tensor* pre_norm, Tensor* rstd);
 
   ModelConfig config_;

@@ -1,6 +1,7 @@
 #pragma once
 // Softmax cross-entropy with an ignore index, and the chunked lm_head loss built on it.
 #include "lrsa/core/tensor.h"
+#include "lrsa/ops/grad_write.h"
 
 namespace lrsa::ops {
 
@@ -24,9 +25,10 @@ struct LmHeadLossResult {
 // Final projection + cross-entropy, chunked over tokens so that at most chunk_rows x V logits
 // exist at once (in h's dtype): for each chunk, logits = h_chunk @ W^T, then the fused
 // cross-entropy above, then dh_chunk = dlogits @ W and dW += dlogits^T @ h_chunk.
-// h [N, C], w [V, C], labels [N] i32. dh [N, C] overwritten, dw [V, C] f32 accumulated; pass
-// undefined dh/dw for evaluation. nll_out [N] f32 (optional) receives every row's nll.
+// h [N, C], w [V, C], labels [N] i32. dh [N, C] overwritten, dw [V, C] f32 written as dw_write
+// says (Overwrite: set to the sum over the chunks); pass undefined dh/dw for evaluation.
+// nll_out [N] f32 (optional) receives every row's nll.
 LmHeadLossResult lm_head_loss(const Tensor& h, const Tensor& w, const Tensor& labels, float grad_scale,
-                              int64_t chunk_rows, Tensor& dh, Tensor& dw, Tensor& nll_out);
+                              int64_t chunk_rows, Tensor& dh, Tensor& dw, GradWrite dw_write, Tensor& nll_out);
 
 }  // namespace lrsa::ops

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "lrsa/ops/cross_entropy.h"
+#include "lrsa/ops/grad_write.h"
 #include "lrsa/ops/optimizer.h"
 
 namespace lrsa::cuda {
@@ -13,12 +14,12 @@ namespace lrsa::cuda {
 void matmul(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float alpha, float beta);
 // y = x @ W^T + bias + residual in one cuBLASLt call (bias and residual may be undefined).
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual, Tensor& y);
-// dbias += column sums of dy.
-void bias_backward(const Tensor& dy, Tensor& dbias);
+// dbias = (or +=) column sums of dy.
+void bias_backward(const Tensor& dy, Tensor& dbias, ops::GradWrite write);
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
-                      const Tensor& residual);
+                      ops::GradWrite dw_write, const Tensor& residual);
 void rope_apply(Tensor& x, const Tensor& positions, const Tensor& inv_freq, bool inverse);
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& gate_up, Tensor& dgate_up);

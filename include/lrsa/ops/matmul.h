@@ -4,6 +4,7 @@
 // A batch dimension (leading dims) must agree between A, B and C, or A or B may be 2-D and shared
 // by every batch entry. A and B share one dtype (f32 or bf16); C is f32 or bf16.
 #include "lrsa/core/tensor.h"
+#include "lrsa/ops/grad_write.h"
 
 namespace lrsa::ops {
 
@@ -22,9 +23,10 @@ void matmul_backward(const Tensor& dc, const Tensor& a, const Tensor& b, Tensor&
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y,
                     const Tensor& residual = Tensor());
 
-// dx = dy @ W (overwritten; skipped when undefined); dw += dy^T @ x and dbias += sum_rows(dy)
-// (accumulated: gradients sum over micro-batches; skipped when undefined).
-void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias);
+// dx = dy @ W (overwritten; skipped when undefined); dw (+)= dy^T @ x and dbias (+)= sum_rows(dy),
+// written as `write` says (skipped when undefined).
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw, Tensor& dbias,
+                     GradWrite write);
 
 // How matmul and linear_forward choose a cuBLASLt algorithm on CUDA, once per shape, dtypes and
 // alignments: 1 takes cuBLASLt's first heuristic choice; N > 1 times its first N candidates on the

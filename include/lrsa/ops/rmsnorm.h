@@ -3,15 +3,16 @@
 // x, y [N, C] (f32 or bf16, same dtype), w [C] (x's dtype or f32), rstd [N] f32 (saved for backward).
 // Statistics and the product are computed in fp32; y is rounded once.
 #include "lrsa/core/tensor.h"
+#include "lrsa/ops/grad_write.h"
 
 namespace lrsa::ops {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 
-// dx [N, C] (x's dtype) is overwritten; dw [C] f32 is accumulated (+=). With `residual` [N, C]
-// (x's dtype; may alias dx) dx = the norm's gradient + residual, rounded once: a pre-norm
+// dx [N, C] (x's dtype) is overwritten; dw [C] f32 is written as dw_write says. With `residual`
+// [N, C] (x's dtype; may alias dx) dx = the norm's gradient + residual, rounded once: a pre-norm
 // residual block's input gradient without a separate add.
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx, Tensor& dw,
-                      const Tensor& residual = Tensor());
+                      GradWrite dw_write, const Tensor& residual = Tensor());
 
 }  // namespace lrsa::ops

@@ -161,8 +161,8 @@ void check_linear(Checks& checks) {
   Tensor dx_cpu = Tensor::empty({70, 96}, DType::BF16), dx_gpu = dx_cpu.to(kGpu);
   Tensor dw_cpu = random({40, 96}, DType::F32, 204), dw_gpu = dw_cpu.to(kGpu);
   Tensor db_cpu = random({40}, DType::F32, 205), db_gpu = db_cpu.to(kGpu);
-  ops::linear_backward(dy, x, w, dx_cpu, dw_cpu, db_cpu);
-  ops::linear_backward(dy.to(kGpu), x.to(kGpu), w.to(kGpu), dx_gpu, dw_gpu, db_gpu);
+  ops::linear_backward(dy, x, w, dx_cpu, dw_cpu, db_cpu, ops::GradWrite::Accumulate);
+  ops::linear_backward(dy.to(kGpu), x.to(kGpu), w.to(kGpu), dx_gpu, dw_gpu, db_gpu, ops::GradWrite::Accumulate);
   checks.compare("linear: backward dx", dx_gpu, dx_cpu);
   checks.compare("linear: backward dw (accumulated)", dw_gpu, dw_cpu);
   checks.compare("linear: backward dbias (accumulated)", db_gpu, db_cpu);
@@ -190,8 +190,8 @@ void check_rmsnorm(Checks& checks) {
     checks.compare("rmsnorm_forward: rstd " + tag, r_gpu, r_cpu);
     Tensor dx_cpu = Tensor::empty({k.rows, k.cols}, k.x), dx_gpu = dx_cpu.to(kGpu);
     Tensor dw_cpu = random({k.cols}, DType::F32, stream++), dw_gpu = dw_cpu.to(kGpu);
-    ops::rmsnorm_backward(dy, x, w, r_cpu, dx_cpu, dw_cpu);
-    ops::rmsnorm_backward(dy.to(kGpu), xg, wg, r_cpu.to(kGpu), dx_gpu, dw_gpu);
+    ops::rmsnorm_backward(dy, x, w, r_cpu, dx_cpu, dw_cpu, ops::GradWrite::Accumulate);
+    ops::rmsnorm_backward(dy.to(kGpu), xg, wg, r_cpu.to(kGpu), dx_gpu, dw_gpu, ops::GradWrite::Accumulate);
     checks.compare("rmsnorm_backward: dx " + tag, dx_gpu, dx_cpu);
     checks.compare("rmsnorm_backward: dw " + tag, dw_gpu, dw_cpu);
   }
@@ -417,9 +417,10 @@ void check_lm_head(Checks& checks) {
   Tensor dw_cpu = Tensor::zeros({V, C}, DType::F32), dw_gpu = dw_cpu.to(kGpu);
   Tensor nll_cpu, nll_gpu;
   const float scale = 1.0f / 34;
-  const ops::LmHeadLossResult r_cpu = ops::lm_head_loss(h, w, labels, scale, 16, dh_cpu, dw_cpu, nll_cpu);
+  const ops::GradWrite write = ops::GradWrite::Overwrite;
+  const ops::LmHeadLossResult r_cpu = ops::lm_head_loss(h, w, labels, scale, 16, dh_cpu, dw_cpu, write, nll_cpu);
   const ops::LmHeadLossResult r_gpu =
-      ops::lm_head_loss(h.to(kGpu), w.to(kGpu), labels.to(kGpu), scale, 16, dh_gpu, dw_gpu, nll_gpu);
+      ops::lm_head_loss(h.to(kGpu), w.to(kGpu), labels.to(kGpu), scale, 16, dh_gpu, dw_gpu, write, nll_gpu);
   checks.scalar("lm_head_loss: loss sum, chunks of 16 rows", r_gpu.loss_sum, r_cpu.loss_sum, 1e-4);
   checks.scalar("lm_head_loss: trained tokens", double(r_gpu.tokens), double(r_cpu.tokens), 0);
   checks.compare("lm_head_loss: dh", dh_gpu, dh_cpu, 2 * kBf16Rtol, 4 * kBf16Atol);
@@ -522,7 +523,7 @@ class Bench {
       run(row("rmsnorm fwd", tc_shape, 4 * tc + 2.0 * C + 4.0 * T, "2*T*C*2 (x, y) + 2*C + 4*T (rstd)", "rmsnorm_forward"),
           [&] { ops::rmsnorm_forward(x, w, kEps, y, rstd); });
       run(row("rmsnorm bwd", tc_shape, 6 * tc + 2.0 * C + 4.0 * T, "3*T*C*2 (dy, x, dx) + 2*C + 4*T", "rmsnorm_backward"),
-          [&] { ops::rmsnorm_backward(dy, x, w, rstd, dx, dw); });
+          [&] { ops::rmsnorm_backward(dy, x, w, rstd, dx, dw, ops::GradWrite::Overwrite); });
     }
     {
       Tensor buffer = random({T, qkv}, DType::BF16, 20, 1.0f, kGpu);
@@ -679,7 +680,10 @@ class Bench {
     total.flops = 3.0 * flops;
     total.formula = "3*2*T*V*C (the three GEMMs; CE work not counted)";
     total.check = "lm_head_loss";
-    run(total, [&] { ops::lm_head_loss(h, w, labels, 1.0f / float(T), options_.lm_head_chunk, dh, dw, nll); }, nullptr,
+    run(total, [&] {
+          ops::lm_head_loss(h, w, labels, 1.0f / float(T), options_.lm_head_chunk, dh, dw, ops::GradWrite::Overwrite,
+                            nll);
+        }, nullptr,
         [&](double ms) { return fmt::format("GEMMs alone {:.3f} ms = {:.1f}% of the total", gemm_ms, 100.0 * gemm_ms / ms); });
   }
 
