@@ -1,16 +1,12 @@
-// RMSNorm forward and backward, fused. A row is owned by a group of 16 or 32 lanes of a warp
-// (rows of up to 32 * 8 packs: no block barrier per row) or, for longer rows, by one block of
-// 64 to 256 threads; grid-stride over rows either way. Few threads per row with several packs
-// each keep many rows' loads in flight per SM, which is what a memory-bound row kernel needs;
-// the shape is chosen so that the row's packs fill every lane (row_launch).
+// RMSNorm forward and backward, fused. A row is owned by one warp (rows of up to 32 * 8 packs:
+// no block barrier per row) or, for longer rows, by one block of 128 threads (256 beyond 2048
+// packs); grid-stride over rows either way. Few threads per row with several packs each keep
+// many rows' loads in flight per SM, which is what a memory-bound row kernel needs.
 // Each thread keeps its P packs of K columns of the row in registers, so x (and dy) are read from
 // memory once; the row statistic is a warp or block reduction. The weight gradient is summed per
 // thread over all rows its warp/block visits (in shared memory), merged per block in a fixed
 // warp order, written as per-block fp32 partials and added up in a fixed order by
 // sum_partials_into: deterministic, no atomics.
-#include <span>
-#include <utility>
-
 #include "cuda_common.cuh"
 #include "lrsa/ops/cuda_ops.h"
 #include "ops_common.cuh"
@@ -18,38 +14,24 @@
 namespace lrsa::cuda {
 namespace {
 
-// Who owns which row. kLanes 16 or 32: lane group g (threadIdx.x / kLanes) of block b starts at
-// row b * groups + g; kLanes 0: block b starts at row b. `lane` indexes the row's threads, `width`
-// counts them, `owner` numbers the row owners of a block.
-template <int kLanes>
+// Who owns which row. kWarpRows: warp w of block b starts at row b * warps + w; otherwise block b
+// starts at row b. `lane` indexes the row's threads, `width` counts them.
+template <bool kWarpRows>
 struct RowMap {
-  static constexpr bool kGroups = kLanes > 0;
   __device__ static int64_t first() {
-    return kGroups ? int64_t(blockIdx.x) * (blockDim.x / kLanes) + threadIdx.x / kLanes : int64_t(blockIdx.x);
+    return kWarpRows ? int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32 : int64_t(blockIdx.x);
   }
-  __device__ static int64_t stride() { return kGroups ? int64_t(gridDim.x) * (blockDim.x / kLanes) : int64_t(gridDim.x); }
-  __device__ static int lane() { return kGroups ? int(threadIdx.x % kLanes) : int(threadIdx.x); }
-  __device__ static int width() { return kGroups ? kLanes : int(blockDim.x); }
-  __device__ static int owner() { return kGroups ? int(threadIdx.x / kLanes) : 0; }
-  __device__ static int owners() { return kGroups ? int(blockDim.x / kLanes) : 1; }
-  // The two halves of a warp may own rows of different loops' lengths: shuffle within the group.
-  __device__ static float sum(float v) {
-    if constexpr (!kGroups) {
-      return block_sum(v);
-    } else {
-      const unsigned mask = kLanes == 32 ? 0xffffffffu : ((1u << kLanes) - 1) << (threadIdx.x % 32 / kLanes * kLanes);
-#pragma unroll
-      for (int offset = kLanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(mask, v, offset);
-      return v;
-    }
-  }
+  __device__ static int64_t stride() { return kWarpRows ? int64_t(gridDim.x) * (blockDim.x / 32) : int64_t(gridDim.x); }
+  __device__ static int lane() { return kWarpRows ? int(threadIdx.x % 32) : int(threadIdx.x); }
+  __device__ static int width() { return kWarpRows ? 32 : int(blockDim.x); }
+  __device__ static float sum(float v) { return kWarpRows ? warp_sum(v) : block_sum(v); }
 };
 
 // Thread `lane` owns packs lane, lane + width, ..., lane + (P - 1) * width (K columns each).
-template <int K, int P, int kLanes, typename T, typename TW>
+template <int K, int P, bool kWarpRows, typename T, typename TW>
 __global__ void __launch_bounds__(256)
     rmsnorm_forward_kernel(const T* x, const TW* w, T* y, float* rstd, int64_t rows, int cols, float eps) {
-  using Map = RowMap<kLanes>;
+  using Map = RowMap<kWarpRows>;
   for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
     float v[P][K];
     float sum_sq = 0.0f;
@@ -81,20 +63,19 @@ __global__ void __launch_bounds__(256)
 
 // dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)) (+ residual); dw += dy * x * rs.
 // Between the row's two passes x and dy wait in registers in their storage type. The weight
-// gradient is summed in shared memory, one slice per row owner; slot (i * K + j) of all owners
-// of a block lies side by side, lanes consecutive, so a warp's accesses never conflict on a bank.
-// So registers do not grow with the row length and wide rows keep the occupancy a memory-bound
-// kernel needs. At the end the block adds its owners' slices in order into dw_partials
-// [gridDim.x, cols].
-template <int K, int P, int kLanes, typename T, typename TW>
+// gradient is summed in shared memory, one slice per row owner (warp or block); a thread's
+// columns sit `width` floats apart there (lanes consecutive: no bank conflicts). So registers do
+// not grow with the row length and wide rows keep the occupancy a memory-bound kernel needs.
+// At the end the block adds its slices in warp order into dw_partials [gridDim.x, cols].
+template <int K, int P, bool kWarpRows, typename T, typename TW>
 __global__ void __launch_bounds__(256)
     rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, T* dx,
                             float* dw_partials, int64_t rows, int cols) {
-  using Map = RowMap<kLanes>;
-  extern __shared__ float dw_slices[];  // [P * K slots][owners][width]
-  const int lane = Map::lane(), width = Map::width(), owners = Map::owners();
-  float* dw = dw_slices + Map::owner() * width + lane;  // this thread's slot s is dw[s * owners * width]
-  for (int s = 0; s < P * K; ++s) dw[s * owners * width] = 0.0f;
+  using Map = RowMap<kWarpRows>;
+  extern __shared__ float dw_slices[];  // [owners][P * K * width]: slot (i * K + j) * width + lane
+  const int lane = Map::lane(), width = Map::width(), slice = P * K * width;
+  float* dw = dw_slices + (kWarpRows ? int(threadIdx.x / 32) : 0) * slice;
+  for (int s = lane; s < slice; s += width) dw[s] = 0.0f;  // this thread's slots only
   for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
     const float rs = rstd[r];
     RawPack<K, T> xp[P], dyp[P], resp[P];
@@ -134,84 +115,69 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
         for (int j = 0; j < K; ++j) {
           out[j] = rs * (wv[j] * dyv[j] - xv[j] * coef) + add[j];
-          dw[(i * K + j) * owners * width] += dyv[j] * xv[j] * rs;
+          dw[(i * K + j) * width + lane] += dyv[j] * xv[j] * rs;
         }
         store_floats<K>(dx + r * cols + c, out);
       }
     }
   }
   __syncthreads();
+  const int owners = kWarpRows ? int(blockDim.x / 32) : 1;
   float* partial = dw_partials + int64_t(blockIdx.x) * cols;
-  for (int s = int(threadIdx.x); s < P * K * width; s += int(blockDim.x)) {
-    const int slot = s / width, l = s % width, c = (l + slot / K * width) * K + slot % K;
+  for (int s = int(threadIdx.x); s < slice; s += int(blockDim.x)) {
+    const int slot = s / width, c = (s % width + slot / K * width) * K + slot % K;
     if (c < cols) {
-      const float* column = dw_slices + slot * owners * width + l;  // owner o at column[o * width]
-      float sum = column[0];
-      for (int o = 1; o < owners; ++o) sum += column[o * width];
+      float sum = dw_slices[s];
+      for (int o = 1; o < owners; ++o) sum += dw_slices[o * slice + s];
       partial[c] = sum;
     }
   }
 }
 
-// Launch shape of rows of `cols` columns: vector width K, packs per thread P, lanes per row (16
-// or 32, several rows per block of 256 threads; 0: a block of `threads` per row).
+// Launch shape of rows of `cols` columns: vector width K, packs per thread P, a warp or a block
+// per row, threads per block.
 struct RowLaunch {
-  int k, passes, lanes, threads;
-  int64_t rows_per_block() const { return lanes > 0 ? threads / lanes : 1; }
+  int k, passes;
+  bool warp_rows;
+  int threads;
 };
 
-// The instantiated shapes: rows of up to 32 * 8 packs go to lane groups, longer ones to blocks.
-template <int... P> using Passes = std::integer_sequence<int, P...>;
-using GroupPasses = Passes<1, 2, 4, 6, 7, 8>;
-using BlockPasses = Passes<4, 7, 8, 16>;
-constexpr int kGroupLanes[] = {32, 16}, kBlockThreads[] = {256, 128, 64};
 constexpr int kMaxBlockPasses = 16;
 
-// Of the shapes that hold the row's packs, the one that leaves the fewest lanes idle (an idle
-// lane still costs its group's passes and reduction); ties go to the earlier candidate: wider
-// groups and blocks, then fewer passes (fewer registers).
 RowLaunch row_launch(const char* op, int64_t cols, bool vector) {
   const int k = vector ? kPack : 1;
   const int64_t packs = (cols + k - 1) / k;
+  int passes = 1;
+  if (packs <= 32 * 8) {  // a warp per row, 8 rows per block: passes 1, 2, 4, 6 or 8
+    while (int64_t(passes) * 32 < packs) passes = passes < 4 ? passes * 2 : passes + 2;
+    return {k, passes, true, 256};
+  }
+  // A block per row: 128 threads with 4, 8 or 16 passes, or 256 threads with 16.
   LRSA_CHECK(packs <= int64_t(256) * kMaxBlockPasses, "{}: rows of {} columns are too long (at most {})", op,
              cols, int64_t(256) * kMaxBlockPasses * k);
-  RowLaunch best{k, 0, 0, 0};
-  int64_t best_idle = -1;
-  auto consider = [&](int lanes, int threads, int passes) {
-    const int64_t idle = int64_t(lanes > 0 ? lanes : threads) * passes - packs;
-    if (idle >= 0 && (best_idle < 0 || idle < best_idle)) {
-      best = {k, passes, lanes, threads};
-      best_idle = idle;
-    }
-  };
-  const bool groups = packs <= 32 * 8;
-  for (int width : groups ? std::span<const int>(kGroupLanes) : std::span<const int>(kBlockThreads)) {
-    auto each = [&]<int... P>(Passes<P...>) {
-      (consider(groups ? width : 0, groups ? 256 : width, P), ...);
-    };
-    if (groups) each(GroupPasses{});
-    else each(BlockPasses{});
-  }
-  return best;
+  const int threads = packs <= int64_t(128) * kMaxBlockPasses ? 128 : 256;
+  passes = 4;
+  while (int64_t(passes) * threads < packs) passes *= 2;
+  return {k, passes, false, threads};
 }
 
-// Calls fn(K, P, lanes) (as integral constants) for the launch shape.
+// Calls fn(K, P, warp_rows) (as integral constants) for the launch shape.
 template <typename Fn>
 void dispatch_row_launch(const RowLaunch& launch, Fn&& fn) {
   dispatch_int<kPack, 1>(launch.k, "vector width", [&](auto k) {
-    auto with_passes = [&]<int... P>(Passes<P...>, auto lanes) {
-      dispatch_int<P...>(launch.passes, "passes", [&](auto passes) { fn(k, passes, lanes); });
-    };
-    if (launch.lanes == 0) with_passes(BlockPasses{}, std::integral_constant<int, 0>{});
-    else
-      dispatch_int<32, 16>(launch.lanes, "lanes per row", [&](auto lanes) { with_passes(GroupPasses{}, lanes); });
+    if (launch.warp_rows) {
+      dispatch_int<1, 2, 4, 6, 8>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::true_type{}); });
+    } else {
+      dispatch_int<4, 8, kMaxBlockPasses>(launch.passes, "passes", [&](auto passes) { fn(k, passes, std::false_type{}); });
+    }
   });
 }
 
 // Blocks for a grid-stride loop over `rows`: what is resident at once, never more than needed.
 template <typename Kernel>
 unsigned row_grid(Kernel kernel, const RowLaunch& launch, int64_t rows, size_t smem) {
-  return resident_grid(kernel, launch.threads, smem, (rows + launch.rows_per_block() - 1) / launch.rows_per_block());
+  const int64_t rows_per_block = launch.warp_rows ? launch.threads / 32 : 1;
+  return resident_grid(kernel, launch.threads, smem, (rows + rows_per_block - 1) / rows_per_block);
 }
 
 }  // namespace
@@ -233,8 +199,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
     using T = std::remove_pointer_t<decltype(xtag)>;
     dispatch_float(w.dtype(), op, [&](auto* wtag) {
       using TW = std::remove_pointer_t<decltype(wtag)>;
-      dispatch_row_launch(launch, [&](auto k, auto passes, auto lanes) {
-        const auto kernel = rmsnorm_forward_kernel<k(), passes(), lanes(), T, TW>;
+      dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
+        const auto kernel = rmsnorm_forward_kernel<k(), passes(), warp_rows(), T, TW>;
         kernel<<<row_grid(kernel, launch, rows, 0), launch.threads, 0, current_stream()>>>(
             static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()), static_cast<T*>(y.data()),
             rstd.data_as<float>(), rows, int(cols), eps);
@@ -266,16 +232,16 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const RowLaunch launch = row_launch(
       op, cols,
       packable(cols, {dy.data(), x.data(), w.data(), dx.data(), residual.defined() ? residual.data() : nullptr}));
-  // The weight gradient's slices (see the kernel), P * K floats per thread: up to 128 KiB, past
-  // the default 48 KiB limit.
-  const size_t smem = size_t(launch.passes) * launch.k * launch.threads * sizeof(float);
+  // The weight gradient's slices (see the kernel): up to 128 KiB, past the default 48 KiB limit.
+  const int owners = launch.warp_rows ? launch.threads / 32 : 1;
+  const size_t smem = size_t(owners) * launch.passes * launch.k * (launch.warp_rows ? 32 : launch.threads) * sizeof(float);
   Tensor partials;
   dispatch_float(x.dtype(), op, [&](auto* xtag) {
     using T = std::remove_pointer_t<decltype(xtag)>;
     dispatch_float(w.dtype(), op, [&](auto* wtag) {
       using TW = std::remove_pointer_t<decltype(wtag)>;
-      dispatch_row_launch(launch, [&](auto k, auto passes, auto lanes) {
-        const auto kernel = rmsnorm_backward_kernel<k(), passes(), lanes(), T, TW>;
+      dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
+        const auto kernel = rmsnorm_backward_kernel<k(), passes(), warp_rows(), T, TW>;
         LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
         const unsigned grid = row_grid(kernel, launch, rows, smem);
         partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
