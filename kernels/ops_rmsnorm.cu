@@ -62,12 +62,14 @@ __global__ void __launch_bounds__(256)
 }
 
 // dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)) (+ residual); dw += dy * x * rs.
-// Between the row's two passes x and dy wait in registers in their storage type. The weight
+// Between the row's two passes x and dy (and the residual) wait in registers in their storage
+// type; kResidual is a template argument so that the plain op holds no residual registers (the
+// occupancy of this latency-bound loop is set by registers). The weight
 // gradient is summed in shared memory, one slice per row owner (warp or block); a thread's
 // columns sit `width` floats apart there (lanes consecutive: no bank conflicts). So registers do
 // not grow with the row length and wide rows keep the occupancy a memory-bound kernel needs.
 // At the end the block adds its slices in warp order into dw_partials [gridDim.x, cols].
-template <int K, int P, bool kWarpRows, typename T, typename TW>
+template <int K, int P, bool kWarpRows, bool kResidual, typename T, typename TW>
 __global__ void __launch_bounds__(256)
     rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, T* dx,
                             float* dw_partials, int64_t rows, int cols) {
@@ -85,7 +87,7 @@ __global__ void __launch_bounds__(256)
       if (c < cols) {
         xp[i].load(x + r * cols + c);
         dyp[i].load(dy + r * cols + c);
-        if (residual != nullptr) resp[i].load(residual + r * cols + c);
+        if constexpr (kResidual) resp[i].load(residual + r * cols + c);
       }
     }
     float dot = 0.0f;
@@ -110,7 +112,7 @@ __global__ void __launch_bounds__(256)
         float xv[K], dyv[K], wv[K], add[K] = {}, out[K];
         xp[i].floats(xv);
         dyp[i].floats(dyv);
-        if (residual != nullptr) resp[i].floats(add);
+        if constexpr (kResidual) resp[i].floats(add);
         load_floats<K>(w + c, wv);
 #pragma unroll
         for (int j = 0; j < K; ++j) {
@@ -241,14 +243,18 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     dispatch_float(w.dtype(), op, [&](auto* wtag) {
       using TW = std::remove_pointer_t<decltype(wtag)>;
       dispatch_row_launch(launch, [&](auto k, auto passes, auto warp_rows) {
-        const auto kernel = rmsnorm_backward_kernel<k(), passes(), warp_rows(), T, TW>;
-        LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        const unsigned grid = row_grid(kernel, launch, rows, smem);
-        partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
-        kernel<<<grid, launch.threads, smem, current_stream()>>>(
-            static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()),
-            rstd.data_as<float>(), residual.defined() ? static_cast<const T*>(residual.data()) : nullptr,
-            static_cast<T*>(dx.data()), partials.data_as<float>(), rows, int(cols));
+        auto run = [&](auto with_residual) {
+          const auto kernel = rmsnorm_backward_kernel<k(), passes(), warp_rows(), with_residual(), T, TW>;
+          LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+          const unsigned grid = row_grid(kernel, launch, rows, smem);
+          partials = Tensor::empty({int64_t(grid), cols}, DType::F32, x.device());
+          kernel<<<grid, launch.threads, smem, current_stream()>>>(
+              static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()), static_cast<const TW*>(w.data()),
+              rstd.data_as<float>(), residual.defined() ? static_cast<const T*>(residual.data()) : nullptr,
+              static_cast<T*>(dx.data()), partials.data_as<float>(), rows, int(cols));
+        };
+        if (residual.defined()) run(std::true_type{});
+        else run(std::false_type{});
       });
     });
   });

@@ -524,6 +524,11 @@ class Bench {
           [&] { ops::rmsnorm_forward(x, w, kEps, y, rstd); });
       run(row("rmsnorm bwd", tc_shape, 6 * tc + 2.0 * C + 4.0 * T, "3*T*C*2 (dy, x, dx) + 2*C + 4*T", "rmsnorm_backward"),
           [&] { ops::rmsnorm_backward(dy, x, w, rstd, dx, dw, ops::GradWrite::Overwrite); });
+      // As the decoder calls it: the residual stream's gradient added into dx.
+      const Tensor residual = random({T, C}, DType::BF16, 13, 1.0f, kGpu);
+      run(row("rmsnorm bwd+res", tc_shape, 8 * tc + 2.0 * C + 4.0 * T, "4*T*C*2 (dy, x, residual, dx) + 2*C + 4*T",
+              "rmsnorm_backward"),
+          [&] { ops::rmsnorm_backward(dy, x, w, rstd, dx, dw, ops::GradWrite::Overwrite, residual); });
     }
     {
       Tensor buffer = random({T, qkv}, DType::BF16, 20, 1.0f, kGpu);
