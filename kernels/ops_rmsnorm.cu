@@ -63,12 +63,12 @@ __global__ void __launch_bounds__(256)
 
 // dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)) (+ residual); dw += dy * x * rs.
 // Between the row's two passes x and dy (and the residual) wait in registers in their storage
-// type; kResidual is a template argument so that the plain op holds no residual registers (the
-// occupancy of this latency-bound loop is set by registers). The weight
-// gradient is summed in shared memory, one slice per row owner (warp or block); a thread's
-// columns sit `width` floats apart there (lanes consecutive: no bank conflicts). So registers do
-// not grow with the row length and wide rows keep the occupancy a memory-bound kernel needs.
-// At the end the block adds its slices in warp order into dw_partials [gridDim.x, cols].
+// type. kResidual is a template argument so that the plain op holds no residual registers:
+// registers set how many rows an SM keeps in flight. The weight gradient is summed in shared
+// memory, one slice per row owner (warp or block); a thread's columns sit `width` floats apart
+// there (lanes consecutive: no bank conflicts). So registers do not grow with the row length and
+// wide rows keep the occupancy a memory-bound kernel needs. At the end the block adds its slices
+// in warp order into dw_partials [gridDim.x, cols].
 template <int K, int P, bool kWarpRows, bool kResidual, typename T, typename TW>
 __global__ void __launch_bounds__(256)
     rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, T* dx,
