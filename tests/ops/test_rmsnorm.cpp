@@ -172,33 +172,41 @@ TEST_CASE("rmsnorm on CUDA matches the CPU within the tolerance rule", "[ops][cu
   // Each launch shape: a warp per row with 4, 6 and 8 packs per thread (9000 rows: several rows
   // per warp, so the weight gradient sums across rows), a block of 128 and of 256 threads per
   // row, and the scalar path (C not a multiple of 8). A second run must give the same bits (the
-  // weight gradient's partials are added in a fixed order). bf16 inputs overwrite the weight
-  // gradient (starting from NaN), f32 inputs add to it: every shape sees both.
+  // weight gradient's partials are added in a fixed order). Every shape runs each dtype pair
+  // with and without the residual, and each write mode with and without it: the weight gradient
+  // is overwritten (starting from NaN) or added to.
+  struct Variant {
+    DType x, w;
+    bool residual;
+    ops::GradWrite write;
+  };
+  const Variant variants[] = {{DType::F32, DType::F32, false, ops::GradWrite::Accumulate},
+                              {DType::F32, DType::F32, true, ops::GradWrite::Overwrite},
+                              {DType::BF16, DType::BF16, false, ops::GradWrite::Overwrite},
+                              {DType::BF16, DType::BF16, true, ops::GradWrite::Accumulate},
+                              {DType::BF16, DType::F32, true, ops::GradWrite::Overwrite},
+                              {DType::BF16, DType::F32, false, ops::GradWrite::Accumulate}};
   const int64_t shapes[][2] = {{37, 520}, {9000, 896}, {64, 1536}, {50, 2048}, {40, 3584}, {6, 20000}, {5, 100}};
   for (const auto& [N, C] : shapes) {
-    for (DType dtype : {DType::F32, DType::BF16}) {
-      for (DType w_dtype : {dtype, DType::F32}) {
-        CAPTURE(N, C, dtype_name(dtype), dtype_name(w_dtype));
-        const Tensor x = randn({N, C}, seed++, dtype), w = randn({C}, seed++, w_dtype), dy = randn({N, C}, seed++, dtype);
-        const Tensor dw0 = randn({C}, seed++);
-        const bool with_residual = w_dtype == DType::F32;  // each shape runs with and without
-        const Tensor residual = with_residual ? randn({N, C}, seed++, dtype) : Tensor();
-        const ops::GradWrite write = dtype == DType::BF16 ? ops::GradWrite::Overwrite : ops::GradWrite::Accumulate;
-        const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual, write);
-        const Run cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual, write);
-        const Run gpu_again = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual, write);
-        CHECK(gpu_again.dw == gpu.dw);
-        CHECK(gpu_again.dx == gpu.dx);
-        const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
-        std::vector<double> rstd_ref, dx_ref, dw_ref;
-        const auto y_ref = forward_ref<double>(xv, wv, N, C, &rstd_ref);
-        backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
-        if (with_residual) dx_ref = plus(dx_ref, residual.to_doubles());
-        check_rule(gpu.y, cpu.y, y_ref);
-        check_rule(gpu.rstd, cpu.rstd, rstd_ref);
-        check_rule(gpu.dx, cpu.dx, dx_ref);
-        check_rule(gpu.dw, cpu.dw, write == ops::GradWrite::Overwrite ? dw_ref : plus(dw0.to_doubles(), dw_ref));
-      }
+    for (const Variant& v : variants) {
+      CAPTURE(N, C, dtype_name(v.x), dtype_name(v.w), v.residual, v.write == ops::GradWrite::Overwrite);
+      const Tensor x = randn({N, C}, seed++, v.x), w = randn({C}, seed++, v.w), dy = randn({N, C}, seed++, v.x);
+      const Tensor dw0 = randn({C}, seed++);
+      const Tensor residual = v.residual ? randn({N, C}, seed++, v.x) : Tensor();
+      const Run gpu = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual, v.write);
+      const Run cpu = run_rmsnorm(x, w, dy, dw0, Device::cpu(), residual, v.write);
+      const Run gpu_again = run_rmsnorm(x, w, dy, dw0, Device::cuda(0), residual, v.write);
+      CHECK(gpu_again.dw == gpu.dw);
+      CHECK(gpu_again.dx == gpu.dx);
+      const auto xv = x.to_doubles(), wv = w.to_doubles(), dyv = dy.to_doubles();
+      std::vector<double> rstd_ref, dx_ref, dw_ref;
+      const auto y_ref = forward_ref<double>(xv, wv, N, C, &rstd_ref);
+      backward_ref<double>(dyv, xv, wv, N, C, dx_ref, dw_ref);
+      if (v.residual) dx_ref = plus(dx_ref, residual.to_doubles());
+      check_rule(gpu.y, cpu.y, y_ref);
+      check_rule(gpu.rstd, cpu.rstd, rstd_ref);
+      check_rule(gpu.dx, cpu.dx, dx_ref);
+      check_rule(gpu.dw, cpu.dw, v.write == ops::GradWrite::Overwrite ? dw_ref : plus(dw0.to_doubles(), dw_ref));
     }
   }
   // No rows: the weight gradient is an empty sum (zeros when overwritten, unchanged when added to).
