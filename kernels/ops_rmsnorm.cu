@@ -61,14 +61,27 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// What the backward keeps in registers for the whole grid-stride loop, by launch shape; the
+// choices were measured (docs/benchmarks.md, "Session 13: what the RMSNorm backward keeps in
+// registers"). w: read once instead of twice per row (from L1), a gain for every shape of up to
+// 6 packs per thread. The weight gradient's running sums: no shared-memory add per element, at
+// the cost of occupancy; a gain for the plain op of up to 4 packs per thread, a loss with the
+// residual's registers too or with 6 packs. More packs would spill.
+template <int P, bool kResidual>
+struct BackwardRegisters {
+  static constexpr bool weight = P <= 6;
+  static constexpr bool dw_sums = !kResidual && P <= 4;
+};
+
 // dx = rs * (w * dy - x * rs^2 * mean(w * dy * x)) (+ residual); dw += dy * x * rs.
 // Between the row's two passes x and dy (and the residual) wait in registers in their storage
 // type. kResidual is a template argument so that the plain op holds no residual registers:
 // registers set how many rows an SM keeps in flight. The weight gradient is summed in shared
-// memory, one slice per row owner (warp or block); a thread's columns sit `width` floats apart
-// there (lanes consecutive: no bank conflicts). So registers do not grow with the row length and
-// wide rows keep the occupancy a memory-bound kernel needs. At the end the block adds its slices
-// in warp order into dw_partials [gridDim.x, cols].
+// memory (or, for some shapes, in registers until the end: BackwardRegisters), one slice per row
+// owner (warp or block); a thread's columns sit `width` floats apart there (lanes consecutive: no
+// bank conflicts). So registers do not grow with the row length and wide rows keep the occupancy
+// a memory-bound kernel needs. At the end the block adds its slices in warp order into
+// dw_partials [gridDim.x, cols].
 template <int K, int P, bool kWarpRows, bool kResidual, typename T, typename TW>
 __global__ void __launch_bounds__(256)
     rmsnorm_backward_kernel(const T* dy, const T* x, const TW* w, const float* rstd, const T* residual, T* dx,
@@ -78,6 +91,20 @@ __global__ void __launch_bounds__(256)
   const int lane = Map::lane(), width = Map::width(), slice = P * K * width;
   float* dw = dw_slices + (kWarpRows ? int(threadIdx.x / 32) : 0) * slice;
   for (int s = lane; s < slice; s += width) dw[s] = 0.0f;  // this thread's slots only
+  using Registers = BackwardRegisters<P, kResidual>;
+  RawPack<K, TW> w_held[P];
+  float dw_held[P][K] = {};
+  if constexpr (Registers::weight) {
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int c = (lane + i * width) * K;
+      if (c < cols) w_held[i].load(w + c);
+    }
+  }
+  auto weights = [&](int i, int c, float(&wv)[K]) {
+    if constexpr (Registers::weight) w_held[i].floats(wv);
+    else load_floats<K>(w + c, wv);
+  };
   for (int64_t r = Map::first(); r < rows; r += Map::stride()) {
     const float rs = rstd[r];
     RawPack<K, T> xp[P], dyp[P], resp[P];
@@ -98,7 +125,7 @@ __global__ void __launch_bounds__(256)
         float xv[K], dyv[K], wv[K];
         xp[i].floats(xv);
         dyp[i].floats(dyv);
-        load_floats<K>(w + c, wv);
+        weights(i, c, wv);
 #pragma unroll
         for (int j = 0; j < K; ++j) dot += wv[j] * dyv[j] * xv[j];
       }
@@ -113,15 +140,22 @@ __global__ void __launch_bounds__(256)
         xp[i].floats(xv);
         dyp[i].floats(dyv);
         if constexpr (kResidual) resp[i].floats(add);
-        load_floats<K>(w + c, wv);
+        weights(i, c, wv);
 #pragma unroll
         for (int j = 0; j < K; ++j) {
           out[j] = rs * (wv[j] * dyv[j] - xv[j] * coef) + add[j];
-          dw[(i * K + j) * width + lane] += dyv[j] * xv[j] * rs;
+          if constexpr (Registers::dw_sums) dw_held[i][j] += dyv[j] * xv[j] * rs;
+          else dw[(i * K + j) * width + lane] += dyv[j] * xv[j] * rs;
         }
         store_floats<K>(dx + r * cols + c, out);
       }
     }
+  }
+  if constexpr (Registers::dw_sums) {
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+#pragma unroll
+      for (int j = 0; j < K; ++j) dw[(i * K + j) * width + lane] = dw_held[i][j];
   }
   __syncthreads();
   const int owners = kWarpRows ? int(blockDim.x / 32) : 1;
