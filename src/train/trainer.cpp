@@ -194,7 +194,7 @@ ModelSetup resolve_model(const RunConfig& config) {
   s.options.attention.deterministic = config.precision.deterministic;
   s.options.attention.backend = config.attention.backend;
   s.options.attention.cudnn_gather_gib = config.attention.cudnn_gather_gib;
-  s.gemm_candidates = config.precision.deterministic ? 1 : 8;
+  s.gemm_candidates = config.precision.deterministic ? 1 : ops::kTrainingGemmCandidates;
   switch (config.memory.activation_checkpointing) {
     case Checkpointing::None: s.options.checkpoint_every = 0; break;
     case Checkpointing::All: s.options.checkpoint_every = 1; break;

@@ -35,6 +35,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
 // not bitwise reproducible from one process to the next). LRSA_GEMM_CANDIDATES=N, when set,
 // overrides the setting. The CPU products do not depend on it.
 constexpr int kMaxGemmCandidates = 16;
+constexpr int kTrainingGemmCandidates = 8;  // what training times, unless precision.deterministic
 void set_gemm_candidates(int n);  // 1 .. kMaxGemmCandidates; the default is 1
 int gemm_candidates();            // the count in force (the environment's, else the setting)
 

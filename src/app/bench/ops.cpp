@@ -48,6 +48,7 @@ struct OpsOptions {
   std::vector<int64_t> tokens = {8192, 16384, 32768};
   int64_t lm_head_tokens = 32768;
   int64_t lm_head_chunk = 8192;
+  int gemm_candidates = ops::kTrainingGemmCandidates;  // as training runs them
   bool skip_checks = false;
 };
 
@@ -716,8 +717,12 @@ int run_ops(const OpsOptions& options) {
     LRSA_CHECK(it != kModels.end(), "lrsa-bench ops: unknown model '{}' (expected 0.5B, 1.5B or 7B)", name);
     models.push_back(*it);
   }
+  ops::set_gemm_candidates(options.gemm_candidates);
   const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
   Report report("ops", options.common, ceilings);
+  fmt::print("ops::matmul algorithm: {}\n", ops::gemm_candidates() == 1
+                                                ? std::string("cuBLASLt's first heuristic choice")
+                                                : fmt::format("the fastest of {} timed candidates", ops::gemm_candidates()));
   Checks checks(report);
   if (!options.skip_checks) run_checks(checks);
   Bench bench(report, checks, options);
@@ -740,6 +745,9 @@ Subcommand register_ops(CLI::App& app) {
   sub->add_option("--tokens", options->tokens, "token counts T");
   sub->add_option("--lm-head-tokens", options->lm_head_tokens, "tokens of the lm_head loss benchmark");
   sub->add_option("--lm-head-chunk", options->lm_head_chunk, "chunk_rows of the chunked lm_head_loss");
+  sub->add_option("--gemm-candidates", options->gemm_candidates,
+                  "cuBLASLt algorithms timed per GEMM shape (1: its first heuristic choice; default: as training)")
+      ->check(CLI::Range(1, ops::kMaxGemmCandidates));
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
   return {sub, [options] { return run_ops(*options); }};
 }
