@@ -720,9 +720,9 @@ int run_ops(const OpsOptions& options) {
   ops::set_gemm_candidates(options.gemm_candidates);
   const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
   Report report("ops", options.common, ceilings);
-  fmt::print("ops::matmul algorithm: {}\n", ops::gemm_candidates() == 1
-                                                ? std::string("cuBLASLt's first heuristic choice")
-                                                : fmt::format("the fastest of {} timed candidates", ops::gemm_candidates()));
+  const int candidates = ops::gemm_candidates();  // LRSA_GEMM_CANDIDATES may override the option
+  fmt::print("ops::matmul algorithm: {}\n", candidates == 1 ? std::string("cuBLASLt's first heuristic choice")
+                                                          : fmt::format("the fastest of {} timed", candidates));
   Checks checks(report);
   if (!options.skip_checks) run_checks(checks);
   Bench bench(report, checks, options);
