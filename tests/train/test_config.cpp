@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -446,4 +448,35 @@ TEST_CASE("inputs named by the config must exist", "[train]") {
   c.tokenizer.path = (dir / "model" / "tokenizer.json").string();
   CHECK_NOTHROW(check_inputs_exist(c));
   fs::remove_all(dir);
+}
+
+TEST_CASE("docs/config.md has a row for every key the dump writes", "[train]") {
+  // Rows "| `key` | ..." under "### Top level" or "### `section` ...": the keys each section documents.
+  std::ifstream doc(std::filesystem::path(LRSA_SOURCE_DIR) / "docs" / "config.md");
+  REQUIRE(doc);
+  std::map<std::string, std::set<std::string>> documented;
+  std::string line, section;
+  bool in_keys = false;
+  while (std::getline(doc, line)) {
+    if (line.rfind("## ", 0) == 0) in_keys = line == "## Keys";
+    if (!in_keys) continue;
+    if (line == "### Top level") section = "";
+    else if (line.rfind("### `", 0) == 0) section = line.substr(5, line.find('`', 5) - 5);
+    else if (line.rfind("| `", 0) == 0) documented[section].insert(line.substr(3, line.find('`', 3) - 3));
+  }
+  const json dumped = config_to_json(load(minimal()));
+  int keys = 0;
+  for (const auto& [name, value] : dumped.items()) {
+    if (!value.is_object()) {
+      CHECK(documented[""].count(name) == 1);
+      ++keys;
+      continue;
+    }
+    for (const auto& field : value.items()) {
+      INFO(name << "." << field.key());
+      CHECK(documented[name].count(field.key()) == 1);
+      ++keys;
+    }
+  }
+  CHECK(keys > 50);  // the dump is the whole schema, not a part of it
 }
