@@ -34,6 +34,7 @@ constexpr int kBlockN = 128;   // keys per tile
 constexpr int kThreads = 256;
 constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB, also the Q tile's size
 constexpr int kSmemBytes = kTileBytes * 5;    // Q, K x 2 stages, V x 2 stages
+static_assert(kBlockN == kBlockM, "the causal loop ends at the diagonal tile");
 
 // 128B swizzle within 1024-byte aligned tiles: 16-byte chunk c of row r sits at chunk c ^ (r % 8).
 __device__ uint32_t swizzled_byte(int row, int chunk) { return row * 128 + ((chunk ^ (row % 8)) * 16); }
@@ -184,6 +185,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int kk = 0; kk < 8; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    fence_operands(out);  // the rescaled accumulators stay before the fence
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) wgmma_pv(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
@@ -251,7 +253,12 @@ DeviceRun run(const Problem& p, int repeats) {
   CHECK_CUDA(cudaMemcpy(q, p.q.data(), nq * 2, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(k, p.k.data(), nk * 2, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(v, p.v.data(), nk * 2, cudaMemcpyHostToDevice));
+  if (p.T % kBlockM != 0 || p.Hq % p.Hk != 0) {
+    std::fprintf(stderr, "T (%d) must be a multiple of %d and Hk (%d) must divide Hq (%d)\n", p.T, kBlockM, p.Hk, p.Hq);
+    std::exit(1);
+  }
   CHECK_CUDA(cudaMemset(o, 0xFF, nq * 2));  // NaN: an unwritten row fails the check
+  CHECK_CUDA(cudaMemset(lse, 0xFF, size_t(p.Hq) * p.T * 4));
   CHECK_CUDA(cudaFuncSetAttribute(attn_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const dim3 grid(p.T / kBlockM, p.Hq);
   const float scale = 1.0f / std::sqrt(float(kD));
