@@ -15,7 +15,7 @@ for name in "${names[@]}"; do
       >"$log" 2>&1; then
     echo "$name: build FAILED (see $log)"; status=1; continue
   fi
-  timeout 300 "build-gpu/$name" 2>&1 | tee -a "$log"
+  timeout 120 "build-gpu/$name" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "$name: exit $rc"
   [ "$rc" -eq 0 ] || status=1

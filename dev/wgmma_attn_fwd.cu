@@ -1,238 +1,277 @@
-// dev/wgmma_attn_fwd.cu: a dense causal attention forward on wgmma (sm_90a), head dim 64: the
-// first step towards Hopper LRSA kernels (a dev harness, not part of the build).
+// dev/wgmma_attn_fwd.cu: a dense causal attention forward on wgmma + TMA (sm_90a), head dim 64: the
+// step towards Hopper LRSA kernels (a dev harness, not part of the build). Variants side by side.
 //
-// A CTA owns 128 query rows of one head: two warpgroups of 64 rows each. Key/value tiles of 128
-// rows stream through two shared-memory stages with cp.async (128B swizzle, so wgmma reads them
-// through descriptors); S = Q K^T is one m64n128 wgmma batch per warpgroup, the online softmax runs
-// on its accumulator registers, and P goes straight from them into the A operand of O += P V
-// (m64n64, V transposed). No overlap of softmax with the GEMMs yet: correct first. GQA by head
-// index. Checks O and the log-sum-exp against a CPU reference in double, then times T = 16K and
-// 32K at the Qwen2.5-0.5B shape (14:2 heads).
+// A CTA owns 64 query rows per consumer warpgroup (2 or 3 of them) of one head, plus one producer
+// warp whose first lane streams the key/value tiles (128 rows each) through a ring of shared-memory
+// stages with TMA (128B swizzle, so wgmma reads them through descriptors); full/empty mbarriers pace
+// the ring. S = Q K^T is one m64n128 wgmma batch per warpgroup, the online softmax runs on its
+// accumulator registers, and P goes straight from them into the A operand of O += P V (m64n64, V
+// MN-major). The variants:
+//   overlap:   S of tile j is issued together with P V of tile j-1, so the softmax of tile j runs
+//              while the tensor cores still work on tile j-1 (FlashAttention-3's intra-warpgroup
+//              pipelining);
+//   pingpong:  named barriers let one warpgroup issue its GEMMs at a time, in turn, so one
+//              warpgroup's softmax overlaps the other's GEMMs.
+// Checks O and the log-sum-exp against a CPU reference in double (T = 256, 1000, 1024), then times
+// T = 16K and 32K at the Qwen2.5-0.5B shape (14:2 heads).
 //
 //   nvcc -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a dev/wgmma_attn_fwd.cu -o build-gpu/wgmma_attn_fwd
 //   build-gpu/wgmma_attn_fwd
-#include <cuda_bf16.h>
+#include "attention_problem.h"
+#include "hopper.cuh"
 
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
+constexpr int kBlockN = 128;                  // keys per tile
+constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB: one K or V tile
 
-#define CHECK_CUDA(call)                                                                   \
-  do {                                                                                     \
-    const cudaError_t err_ = (call);                                                       \
-    if (err_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(err_));   \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
+template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+struct Config {
+  static constexpr int kBlockM = 64 * kConsumers;  // query rows per CTA
+  static constexpr int kThreads = 128 * kConsumers + 32;
+  static constexpr int kQBytes = kBlockM * kD * 2;
+  // Q, then the K stages, then the V stages (all 1024-byte aligned), then the mbarriers.
+  static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kTileBytes;
+  static constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
+};
 
-constexpr int kD = 64;         // head dim: one 128-byte swizzled row
-constexpr int kBlockM = 128;   // query rows per CTA (two warpgroups)
-constexpr int kBlockN = 128;   // keys per tile
-constexpr int kThreads = 256;
-constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB, also the Q tile's size
-constexpr int kSmemBytes = kTileBytes * 5;    // Q, K x 2 stages, V x 2 stages
-static_assert(kBlockN == kBlockM, "the causal loop ends at the diagonal tile");
-
-// 128B swizzle within 1024-byte aligned tiles: 16-byte chunk c of row r sits at chunk c ^ (r % 8).
-__device__ uint32_t swizzled_byte(int row, int chunk) { return row * 128 + ((chunk ^ (row % 8)) * 16); }
-
-__device__ uint64_t descriptor(uint32_t smem_address, uint32_t leading_bytes, uint32_t stride_bytes) {
-  uint64_t desc = uint64_t((smem_address & 0x3FFFF) >> 4);
-  desc |= uint64_t((leading_bytes & 0x3FFFF) >> 4) << 16;
-  desc |= uint64_t((stride_bytes & 0x3FFFF) >> 4) << 32;
-  return desc | (uint64_t(1) << 62);  // 128B swizzle, base offset 0
-}
-
-// Rows of 128 bytes of a [rows][64] bf16 matrix (row stride `stride` elements) into a swizzled tile.
-__device__ void load_tile_async(uint32_t tile, const __nv_bfloat16* src, int64_t stride, int rows) {
-  for (int e = threadIdx.x; e < rows * 8; e += kThreads) {
-    const int row = e / 8, chunk = e % 8;
-    const __nv_bfloat16* from = src + row * stride + chunk * 8;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(tile + swizzled_byte(row, chunk)), "l"(from));
+// Which keys a query row sees, as two intervals (../shared/lrsa-spec.md, "Visibility"): compacted rows
+// [0, compacted_end) of [sink | Sel(0) | Sel(1) | ...], and raw positions [raw_begin, t]. Dense causal
+// attention is lag 0: no compacted rows, raw [0, t].
+struct Lrsa {
+  int sink, lag, keep;  // S, L, K; lag 0: dense causal
+  __device__ int partition(int t) const { return (t - sink) / lag; }
+  __device__ int compacted_end(int t) const {
+    if (lag == 0) return 0;
+    return t < sink ? t + 1 : sink + keep * max(partition(t) - 1, 0);
   }
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
+  __device__ int raw_begin(int t) const {  // t < S: past t, so nothing raw
+    if (lag == 0) return 0;
+    return t < sink ? t + 1 : sink + lag * max(partition(t) - 1, 0);
+  }
+};
 
-// Waits for all but `pending` of this thread's copy groups, then makes every thread's copies
-// visible to the async proxy (wgmma).
-template <int kPending>
-__device__ void copies_landed() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-  __syncthreads();
-}
+// The key tiles of the query rows [first, last]: compacted tiles first, then raw tiles from the
+// earliest raw key any of the rows sees. Both sides derive it alike.
+struct TilePlan {
+  int compacted_tiles, raw_start, tiles;
+  __device__ TilePlan(const Lrsa& lrsa, int first, int last) {
+    compacted_tiles = (lrsa.compacted_end(last) + kBlockN - 1) / kBlockN;
+    raw_start = lrsa.raw_begin(max(first, lrsa.sink));  // raw_begin grows with t past the sinks
+    tiles = compacted_tiles + max(last + 1 - raw_start + kBlockN - 1, 0) / kBlockN;
+  }
+  __device__ bool compacted(int i) const { return i < compacted_tiles; }
+  __device__ int start(int i) const { return compacted(i) ? i * kBlockN : raw_start + (i - compacted_tiles) * kBlockN; }
+};
 
-template <int N>
-__device__ void fence_operands(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-__device__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-
-// S (+)= Q K^T for one k16 step: m64n128k16, both from shared memory, K-major.
-__device__ void wgmma_qk(float (&d)[64], uint64_t desc_q, uint64_t desc_k, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_q), "l"(desc_k), "r"(accumulate));
-}
-
-// O += P V for one k16 step: m64n64k16, P from registers, V from shared memory, transposed.
-__device__ void wgmma_pv(float (&d)[32], const uint32_t (&p)[4], uint64_t desc_v) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(p[0]), "r"(p[1]), "r"(p[2]), "r"(p[3]), "l"(desc_v));
-}
-
-__device__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// q: [T, Hq, 64], k, v: [T, Hk, 64], o: [T, Hq, 64] bf16; lse: [Hq, T] f32 (natural log).
-// Requires T % 128 == 0. Accumulator register i of an m64nN tile holds row 16 * warp + group +
-// 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2) (warp within the warpgroup,
+// q: [T, Hq, 64], k, v: [T, Hk, 64], o: [T, Hq, 64] bf16 (through the tensor maps for the inputs);
+// lse: [Hq, T] f32 (natural log). Accumulator register i of an m64nN tile holds row 16 * warp + group
+// + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2) (warp within the warpgroup,
 // group = lane / 4, quad = lane % 4): each thread holds two rows, a quad holds them whole.
-__global__ void __launch_bounds__(kThreads, 1)
-    attn_fwd_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o,
-                    float* lse, int T, int Hq, int Hk, float scale) {
-  extern __shared__ __align__(1024) unsigned char smem[];
-  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  if (base % 1024 != 0) __trap();  // the swizzle pattern and the descriptors assume it
-  const uint32_t q_tile = base, k_tiles = base + kTileBytes, v_tiles = base + 3 * kTileBytes;
+template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+// One consumer warpgroup: two CTAs per SM, which interleave on their own.
+__global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStages>::kThreads, kConsumers == 1 ? 2 : 1)
+    attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
+                    const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, __nv_bfloat16* o, float* lse, int T,
+                    int Hq, int Hk, float scale) {
+  using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
+  extern __shared__ unsigned char smem[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
+  const uint32_t q_tile = base, k_tiles = base + C::kQBytes, v_tiles = k_tiles + kStages * kTileBytes;
+  const uint32_t full = base + C::kBarrierOffset, empty = full + 8 * kStages, q_full = empty + 8 * kStages;
   const int m_block = int(gridDim.x - 1 - blockIdx.x);  // the longest rows first
   const int head = blockIdx.y, kv_head = head / (Hq / Hk);
-  const int64_t q_stride = int64_t(Hq) * kD, kv_stride = int64_t(Hk) * kD;
-  const int warpgroup = threadIdx.x / 128, t = threadIdx.x % 128;
-  const int warp = t / 32, group = (t % 32) / 4, quad = t % 4;
-  const int row0 = m_block * kBlockM + warpgroup * 64 + 16 * warp + group;  // and row0 + 8
+  const int row_begin = m_block * C::kBlockM;
+  const TilePlan plan(lrsa, row_begin, min(row_begin + C::kBlockM, T) - 1);
+  const int n_blocks = plan.tiles;
+  const int warpgroup = threadIdx.x / 128;
 
-  load_tile_async(q_tile, q + int64_t(m_block) * kBlockM * q_stride + int64_t(head) * kD, q_stride, kBlockM);
-  auto load_kv = [&](int n_block, int stage) {
-    const int64_t offset = int64_t(n_block) * kBlockN * kv_stride + int64_t(kv_head) * kD;
-    load_tile_async(k_tiles + stage * kTileBytes, k + offset, kv_stride, kBlockN);
-    load_tile_async(v_tiles + stage * kTileBytes, v + offset, kv_stride, kBlockN);
-  };
-  load_kv(0, 0);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(full + 8 * s, 1);                   // the producer's expect_tx
+      mbarrier_init(empty + 8 * s, 4 * kConsumers);     // lane 0 of every consumer warp
+    }
+    mbarrier_init(q_full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
 
+  if (warpgroup == kConsumers) {  // the producer warp
+    if (threadIdx.x % 32 == 0) {
+      mbarrier_expect_bytes(q_full, C::kQBytes);
+      tma_load(q_tile, &q_map, q_full, 0, head, row_begin);
+      for (int j = 0; j < n_blocks; ++j) {
+        const int stage = j % kStages;
+        if (j >= kStages) mbarrier_wait(empty + 8 * stage, ((j / kStages) & 1) ^ 1);
+        mbarrier_expect_bytes(full + 8 * stage, 2 * kTileBytes);
+        const bool compacted = plan.compacted(j);
+        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, full + 8 * stage, 0, kv_head, plan.start(j));
+        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, full + 8 * stage, 0, kv_head, plan.start(j));
+      }
+    }
+    return;
+  }
+
+  const int t = threadIdx.x % 128, warp = t / 32, group = (t % 32) / 4, quad = t % 4;
+  const int wg_row = row_begin + warpgroup * 64;
+  const int row0 = wg_row + 16 * warp + group;  // and row0 + 8
+  const int wg_last = min(wg_row + 63, T - 1);
+  // This thread's rows' visible intervals: compacted [0, compacted_end), raw [raw_begin, row].
+  const int compacted_end[2] = {lrsa.compacted_end(row0), lrsa.compacted_end(row0 + 8)};
+  const int raw_begin[2] = {lrsa.raw_begin(row0), lrsa.raw_begin(row0 + 8)};
   const float scale_log2 = scale * 1.4426950408889634f;
+  const uint32_t q_wg = q_tile + warpgroup * 64 * 128;
   float out[32], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int i = 0; i < 32; ++i) out[i] = 0.0f;
-  const int n_blocks = m_block + 1;  // causal, kBlockN == kBlockM
-  for (int n_block = 0; n_block < n_blocks; ++n_block) {
-    const int stage = n_block % 2;
-    copies_landed<0>();  // this tile (and Q); the other stage's last readers are done too
-    if (n_block + 1 < n_blocks) load_kv(n_block + 1, stage ^ 1);
+  uint32_t p[8][4];  // P of the tile whose P V is next, as the bf16 A operand
 
-    float s[64];
-    wgmma_fence();
-    const uint32_t q_wg = q_tile + warpgroup * 64 * 128, k_tile = k_tiles + stage * kTileBytes;
+  // Ping-pong: warpgroup g issues its GEMMs after barrier 1 + g, then lets the next one go.
+  const int next_consumer = (warpgroup + 1) % kConsumers;
+  auto my_turn = [&] {
+    if (kPingPong) named_barrier_sync(1 + warpgroup, 256);
+  };
+  auto your_turn = [&] {
+    if (kPingPong) named_barrier_arrive(1 + next_consumer, 256);
+  };
+  if (warpgroup == kConsumers - 1) your_turn();  // warpgroup 0 goes first
+  auto release = [&](int j) {  // tile j's K and V are read by finished wgmmas only
+    if (t % 32 == 0) mbarrier_arrive(empty + 8 * (j % kStages));
+  };
+  auto issue_qk = [&](int j, float (&s)[64]) {
+    const uint32_t k_tile = k_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)  // k16 steps: 32 bytes further into each row
-      wgmma_qk(s, descriptor(q_wg + kk * 32, 16, 1024), descriptor(k_tile + kk * 32, 16, 1024), kk > 0);
-    wgmma_commit();
-    wgmma_wait_all();
-    fence_operands(s);
-
-    // Online softmax on the two rows this thread holds (h = 0: row0, h = 1: row0 + 8).
-    const bool diagonal = n_block == m_block;
-    float new_max[2] = {row_max[0], row_max[1]};
+      wgmma_ss_n128(s, descriptor(q_wg + kk * 32, 16, 1024), descriptor(k_tile + kk * 32, 16, 1024), kk > 0);
+  };
+  auto issue_pv = [&](int j) {
+    const uint32_t v_tile = v_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      const int h = (i / 2) % 2;
-      if (diagonal) {
-        const int col = n_block * kBlockN + 8 * (i / 4) + 2 * quad + (i % 2);
-        if (col > row0 + 8 * h) s[i] = -INFINITY;
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
+  };
+  // Masks tile j, updates the row statistics and turns S into unnormalized probabilities; returns
+  // each row's rescaling of the output so far.
+  auto softmax = [&](int j, float (&s)[64], float (&correction)[2]) {
+    const int start = plan.start(j);
+    // The intervals grow with the row, so the warpgroup's first and last rows say whether every
+    // row sees the whole tile.
+    const bool whole = plan.compacted(j)
+                           ? start + kBlockN <= lrsa.compacted_end(wg_row)
+                           : lrsa.raw_begin(wg_last) <= start && start + kBlockN - 1 <= wg_row;
+    if (!whole) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int col = start + 8 * (i / 4) + 2 * quad + (i % 2), h = (i / 2) % 2;
+        const bool visible = plan.compacted(j) ? col < compacted_end[h] : raw_begin[h] <= col && col <= row0 + 8 * h;
+        if (!visible) s[i] = -INFINITY;
       }
-      new_max[h] = fmaxf(new_max[h], s[i]);
     }
-    float correction[2];
+    float new_max[2] = {row_max[0], row_max[1]}, max_scaled[2];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) new_max[(i / 2) % 2] = fmaxf(new_max[(i / 2) % 2], s[i]);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       new_max[h] = fmaxf(new_max[h], __shfl_xor_sync(0xffffffff, new_max[h], 1));
       new_max[h] = fmaxf(new_max[h], __shfl_xor_sync(0xffffffff, new_max[h], 2));
-      correction[h] = exp2f((row_max[h] - new_max[h]) * scale_log2);  // row_max -inf: 0
+      // A row that has seen no key yet (LRSA: compacted tiles past its history) keeps max -inf.
+      const float max_or_zero = new_max[h] == -INFINITY ? 0.0f : new_max[h];
+      correction[h] = exp2f((row_max[h] - max_or_zero) * scale_log2);  // row_max -inf: 0
       row_max[h] = new_max[h];
       row_sum[h] *= correction[h];
+      max_scaled[h] = max_or_zero * scale_log2;
     }
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
-      const int h = (i / 2) % 2;
-      s[i] = exp2f(s[i] * scale_log2 - row_max[h] * scale_log2);
-      row_sum[h] += s[i];
+      s[i] = exp2f(s[i] * scale_log2 - max_scaled[(i / 2) % 2]);
+      row_sum[(i / 2) % 2] += s[i];
     }
-#pragma unroll
-    for (int i = 0; i < 32; ++i) out[i] *= correction[(i / 2) % 2];
-
-    // O += P V: k16 step kk takes keys 16kk .. 16kk+15 = S registers 8kk .. 8kk+7 (as bf16 pairs)
-    // and V rows 16kk .. 16kk+15, 2048 bytes further. V is MN-major: its 8-row groups sit 1024
-    // bytes apart; that stride goes in both offset fields until dev/wgmma_tile.cu has said which
-    // one the hardware reads (at N = 64 the other is unused).
-    // All of P first: registers written between the wgmmas of one batch would make the compiler
-    // fence each one.
-    const uint32_t v_tile = v_tiles + stage * kTileBytes;
-    uint32_t p[8][4];
+  };
+  auto to_p = [&](const float (&s)[64]) {
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-    fence_operands(out);  // the rescaled accumulators stay before the fence
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_pv(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
-    wgmma_commit();
-    wgmma_wait_all();
+  };
+  auto pv_now = [&](int j) {  // O += P V of tile j, waited for
     fence_operands(out);
+    wgmma_fence();
+    issue_pv(j);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(out);
+  };
+
+  // Tile 0 alone: no P V to overlap with yet. The loop is then the same for every tile, with no
+  // branch between a wgmma's issue and its wait (ptxas serializes wgmmas across divergent paths).
+  mbarrier_wait(q_full, 0);
+  {
+    float s[64], correction[2];
+    mbarrier_wait(full, 0);
+    my_turn();
+    wgmma_fence();
+    issue_qk(0, s);
+    wgmma_commit();
+    your_turn();
+    wgmma_wait<0>();
+    fence_operands(s);
+    softmax(0, s, correction);
+    to_p(s);
+    if (!kOverlap) {
+      pv_now(0);
+      release(0);
+    }
   }
+  for (int j = 1; j < n_blocks; ++j) {
+    float s[64], correction[2];
+    mbarrier_wait(full + 8 * (j % kStages), (j / kStages) & 1);
+    my_turn();
+    fence_operands(out);
+    wgmma_fence();
+    issue_qk(j, s);
+    wgmma_commit();
+    if (kOverlap) {
+      issue_pv(j - 1);
+      wgmma_commit();
+    }
+    your_turn();
+    wgmma_wait<kOverlap ? 1 : 0>();
+    fence_operands(s);
+    softmax(j, s, correction);
+    if (kOverlap) {
+      wgmma_wait<0>();
+      fence_operands(out);
+      fence_operands(p);
+      release(j - 1);
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) out[i] *= correction[(i / 2) % 2];
+    to_p(s);
+    if (!kOverlap) {
+      pv_now(j);
+      release(j);
+    }
+  }
+  if (kOverlap) pv_now(n_blocks - 1);
+  if (warpgroup == 0) my_turn();  // takes the last warpgroup's final turn signal: every barrier ends balanced
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 1);
     row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 2);
   }
+  const int64_t q_stride = int64_t(Hq) * kD;
 #pragma unroll
   for (int i = 0; i < 32; i += 2) {
     const int h = (i / 2) % 2, row = row0 + 8 * h, col = 8 * (i / 4) + 2 * quad;
+    if (row >= T) continue;
     const float inv = 1.0f / row_sum[h];
     *reinterpret_cast<__nv_bfloat162*>(o + int64_t(row) * q_stride + int64_t(head) * kD + col) =
         __floats2bfloat162_rn(out[i] * inv, out[i + 1] * inv);
   }
   if (quad == 0) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) lse[int64_t(head) * T + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
+    for (int h = 0; h < 2; ++h)
+      if (row0 + 8 * h < T) lse[int64_t(head) * T + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
   }
-}
-
-struct Problem {
-  int T, Hq, Hk;
-  std::vector<__nv_bfloat16> q, k, v;
-};
-
-float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
-
-Problem make_problem(int T, int Hq, int Hk, uint32_t seed) {
-  Problem p{T, Hq, Hk, {}, {}, {}};
-  uint32_t state = seed;
-  auto next = [&] {
-    state = state * 1664525u + 1013904223u;
-    return __float2bfloat16(float(state >> 8) / float(1 << 24) * 4.0f - 2.0f);
-  };
-  p.q.resize(size_t(T) * Hq * kD);
-  p.k.resize(size_t(T) * Hk * kD);
-  p.v.resize(size_t(T) * Hk * kD);
-  for (auto& x : p.q) x = next();
-  for (auto& x : p.k) x = next();
-  for (auto& x : p.v) x = next();
-  return p;
 }
 
 struct DeviceRun {
@@ -241,103 +280,120 @@ struct DeviceRun {
   float ms = 0;
 };
 
+template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
 DeviceRun run(const Problem& p, int repeats) {
-  const size_t nq = p.q.size(), nk = p.k.size();
-  __nv_bfloat16 *q, *k, *v, *o;
+  using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
+  const size_t nq = p.q.size();
+  __nv_bfloat16 *q = upload(p.q), *k = upload(p.k), *v = upload(p.v), *o;
+  __nv_bfloat16 *ck = p.lag ? upload(p.ck) : k, *cv = p.lag ? upload(p.cv) : v;
   float* lse;
-  CHECK_CUDA(cudaMalloc(&q, nq * 2));
-  CHECK_CUDA(cudaMalloc(&k, nk * 2));
-  CHECK_CUDA(cudaMalloc(&v, nk * 2));
   CHECK_CUDA(cudaMalloc(&o, nq * 2));
   CHECK_CUDA(cudaMalloc(&lse, size_t(p.Hq) * p.T * 4));
-  CHECK_CUDA(cudaMemcpy(q, p.q.data(), nq * 2, cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(k, p.k.data(), nk * 2, cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(v, p.v.data(), nk * 2, cudaMemcpyHostToDevice));
-  if (p.T % kBlockM != 0 || p.Hq % p.Hk != 0) {
-    std::fprintf(stderr, "T (%d) must be a multiple of %d and Hk (%d) must divide Hq (%d)\n", p.T, kBlockM, p.Hk, p.Hq);
-    std::exit(1);
-  }
   CHECK_CUDA(cudaMemset(o, 0xFF, nq * 2));  // NaN: an unwritten row fails the check
   CHECK_CUDA(cudaMemset(lse, 0xFF, size_t(p.Hq) * p.T * 4));
-  CHECK_CUDA(cudaFuncSetAttribute(attn_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const dim3 grid(p.T / kBlockM, p.Hq);
+  const CUtensorMap q_map = tensor_map(q, p.T, p.Hq, C::kBlockM), k_map = tensor_map(k, p.T, p.Hk, kBlockN),
+                    v_map = tensor_map(v, p.T, p.Hk, kBlockN);
+  const int compacted = p.lag ? std::max(p.compacted_rows(), 1) : p.T;
+  const CUtensorMap ck_map = tensor_map(ck, compacted, p.Hk, kBlockN), cv_map = tensor_map(cv, compacted, p.Hk, kBlockN);
+  auto kernel = attn_fwd_kernel<kConsumers, kOverlap, kPingPong, kStages>;
+  CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+  const dim3 grid((p.T + C::kBlockM - 1) / C::kBlockM, p.Hq);
   const float scale = 1.0f / std::sqrt(float(kD));
+  const Lrsa lrsa{p.sink, p.lag, p.keep};
   cudaEvent_t start, stop;
   CHECK_CUDA(cudaEventCreate(&start));
   CHECK_CUDA(cudaEventCreate(&stop));
-  attn_fwd_kernel<<<grid, kThreads, kSmemBytes>>>(q, k, v, o, lse, p.T, p.Hq, p.Hk, scale);  // warm-up
+  auto launch = [&] {
+    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, o, lse, p.T, p.Hq, p.Hk,
+                                                 scale);
+  };
+  launch();  // warm-up, and the result checked
   CHECK_CUDA(cudaGetLastError());
-  CHECK_CUDA(cudaEventRecord(start));
-  for (int r = 0; r < repeats; ++r) attn_fwd_kernel<<<grid, kThreads, kSmemBytes>>>(q, k, v, o, lse, p.T, p.Hq, p.Hk, scale);
-  CHECK_CUDA(cudaEventRecord(stop));
-  CHECK_CUDA(cudaEventSynchronize(stop));
+  CHECK_CUDA(cudaDeviceSynchronize());
   DeviceRun out;
-  CHECK_CUDA(cudaEventElapsedTime(&out.ms, start, stop));
-  out.ms /= float(repeats);
   out.o.resize(nq);
   out.lse.resize(size_t(p.Hq) * p.T);
   CHECK_CUDA(cudaMemcpy(out.o.data(), o, nq * 2, cudaMemcpyDeviceToHost));
   CHECK_CUDA(cudaMemcpy(out.lse.data(), lse, out.lse.size() * 4, cudaMemcpyDeviceToHost));
+  if (repeats > 0) {
+    CHECK_CUDA(cudaEventRecord(start));
+    for (int r = 0; r < repeats; ++r) launch();
+    CHECK_CUDA(cudaEventRecord(stop));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    CHECK_CUDA(cudaEventElapsedTime(&out.ms, start, stop));
+    out.ms /= float(repeats);
+  }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse}) CHECK_CUDA(cudaFree(ptr));
+  if (p.lag) {
+    CHECK_CUDA(cudaFree(ck));
+    CHECK_CUDA(cudaFree(cv));
+  }
   return out;
 }
 
-// Max |error| of O and of the lse against double; and, for scale, the same error of O rounded
-// straight from the double result to bf16 (what a straightforward bf16 output carries).
-bool check(const Problem& p, const DeviceRun& r) {
-  const int T = p.T, Hq = p.Hq, group = p.Hq / p.Hk;
-  const double scale = 1.0 / std::sqrt(double(kD));
+// Max |error| of O and of the lse against double, and for scale the error of O rounded straight
+// from the double result to bf16 (what a straightforward bf16 output carries).
+bool check(const char* name, const Problem& p, const Reference& ref, const DeviceRun& r) {
   double o_err = 0, o_rounding = 0, lse_err = 0;
-  std::vector<double> s(T);
-  for (int h = 0; h < Hq; ++h) {
-    const int kh = h / group;
-    for (int i = 0; i < T; ++i) {
-      double mx = -INFINITY;
-      for (int j = 0; j <= i; ++j) {
-        double dot = 0;
-        for (int d = 0; d < kD; ++d)
-          dot += double(__bfloat162float(p.q[(size_t(i) * Hq + h) * kD + d])) *
-                 double(__bfloat162float(p.k[(size_t(j) * p.Hk + kh) * kD + d]));
-        s[j] = dot * scale;
-        mx = std::fmax(mx, s[j]);
-      }
-      double sum = 0;
-      for (int j = 0; j <= i; ++j) sum += std::exp(s[j] - mx);
-      const double lse = mx + std::log(sum);
-      const float got_lse = r.lse[size_t(h) * T + i];
-      lse_err = std::isnan(got_lse) ? INFINITY : std::fmax(lse_err, std::fabs(lse - got_lse));
-      for (int d = 0; d < kD; ++d) {
-        double ref = 0;
-        for (int j = 0; j <= i; ++j)
-          ref += std::exp(s[j] - lse) * double(__bfloat162float(p.v[(size_t(j) * p.Hk + kh) * kD + d]));
-        const float got = __bfloat162float(r.o[(size_t(i) * Hq + h) * kD + d]);
-        o_err = std::isnan(got) ? INFINITY : std::fmax(o_err, std::fabs(ref - got));
-        o_rounding = std::fmax(o_rounding, std::fabs(ref - bf16_round(float(ref))));
-      }
-    }
+  for (size_t i = 0; i < ref.o.size(); ++i) {
+    const float got = __bfloat162float(r.o[i]);
+    o_err = std::isnan(got) ? INFINITY : std::fmax(o_err, std::fabs(ref.o[i] - got));
+    o_rounding = std::fmax(o_rounding, std::fabs(ref.o[i] - bf16_round(float(ref.o[i]))));
   }
+  for (size_t i = 0; i < ref.lse.size(); ++i)
+    lse_err = std::isnan(r.lse[i]) ? INFINITY : std::fmax(lse_err, std::fabs(ref.lse[i] - r.lse[i]));
   // P is rounded to bf16 before P V (as every flash kernel does), so O carries more than the
   // output rounding; 4x it, and 1e-3 on the lse, separate a correct kernel from a wrong layout.
   const bool ok = o_err <= 4 * o_rounding + 1e-3 && lse_err < 1e-3;
-  std::printf("check T=%d %d:%d heads: O max error %.3g (bf16 rounding of O alone %.3g), lse max error %.3g: %s\n",
-              T, p.Hq, p.Hk, o_err, o_rounding, lse_err, ok ? "PASS" : "FAIL");
+  std::printf("%-30s check T=%4d %d:%d S=%d L=%d K=%d: O max error %.3g (bf16 rounding of O %.3g), lse %.3g: %s\n",
+              name, p.T, p.Hq, p.Hk, p.sink, p.lag, p.keep, o_err, o_rounding, lse_err, ok ? "PASS" : "FAIL");
   return ok;
 }
 
-int main() {
+struct Shape {
+  int T, Hq, Hk, sink, lag, keep;
+};
+// Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4.
+const Shape kCheckShapes[] = {{256, 2, 1, 0, 0, 0},    {1000, 4, 2, 0, 0, 0},  {1024, 4, 2, 0, 0, 0},
+                              {1000, 4, 2, 16, 128, 32}, {1500, 2, 1, 5, 200, 50}, {700, 4, 1, 0, 100, 25},
+                              {300, 2, 2, 16, 160, 40},  {2600, 2, 1, 300, 256, 64}};
+
+template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+bool variant(const std::vector<Problem>& problems, const std::vector<Reference>& refs) {
+  char name[96];
+  std::snprintf(name, sizeof name, "%d consumers%s%s, %d stages", kConsumers, kOverlap ? ", overlap" : "",
+                kPingPong ? ", pingpong" : "", kStages);
   bool ok = true;
-  struct Shape {
-    int T, Hq, Hk;
-  };
-  for (const Shape& shape : {Shape{256, 2, 1}, Shape{1024, 4, 2}}) {
-    const Problem p = make_problem(shape.T, shape.Hq, shape.Hk, 7 + shape.T);
-    ok = check(p, run(p, 1)) && ok;
+  for (size_t i = 0; i < problems.size(); ++i)
+    ok = check(name, problems[i], refs[i], run<kConsumers, kOverlap, kPingPong, kStages>(problems[i], 0)) && ok;
+  if (!ok) return false;  // no timing of a wrong kernel
+  for (int T : {16384, 32768, 131072}) {
+    double dense_ms = 0;
+    for (int lag : {0, 1024}) {
+      const Problem p = lag ? make_problem(T, 14, 2, 99, 16, 1024, 256) : make_problem(T, 14, 2, 99);
+      const DeviceRun r = run<kConsumers, kOverlap, kPingPong, kStages>(p, T > 32768 ? 3 : 20);
+      const double flops = 4.0 * visible_pairs(p) * kD * p.Hq;
+      if (lag == 0) dense_ms = r.ms;
+      std::printf("%-30s time T=%6d 14:2 d64 %-24s %7.3f ms, %5.1f TFLOP/s on the visible pairs%s", name, T,
+                  lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
+                  lag ? "" : "\n");
+      if (lag) std::printf(", %.3f of dense (pairs %.3f)\n", r.ms / dense_ms, visible_pairs(p) / (double(T) * (T + 1) / 2));
+    }
   }
-  for (int T : {16384, 32768}) {
-    const Problem p = make_problem(T, 14, 2, 99);
-    const DeviceRun r = run(p, 10);
-    const double flops = 4.0 * (double(T) * (T + 1) / 2) * kD * p.Hq;  // visible pairs x 4 x D x heads
-    std::printf("time T=%d 14:2 heads d64 causal: %.3f ms, %.1f TFLOP/s\n", T, r.ms, flops / (r.ms * 1e-3) / 1e12);
+  return true;
+}
+
+int main() {
+  std::vector<Problem> problems;
+  std::vector<Reference> refs;
+  for (const Shape& s : kCheckShapes) {
+    problems.push_back(make_problem(s.T, s.Hq, s.Hk, 7 + s.T, s.sink, s.lag, s.keep));
+    refs.push_back(reference(problems.back()));
   }
+  bool ok = true;
+  ok = variant<2, false, false, 2>(problems, refs) && ok;
+  ok = variant<1, false, false, 2>(problems, refs) && ok;
+  ok = variant<1, true, false, 2>(problems, refs) && ok;
+  ok = variant<1, false, false, 3>(problems, refs) && ok;
   return ok ? 0 : 1;
 }

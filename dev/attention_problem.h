@@ -1,0 +1,131 @@
+// dev/attention_problem.h: the attention problems the Hopper dev harnesses check and time: random
+// bf16 Q/K/V of one document, dense causal or LRSA with a random selection, and the reference in double.
+#pragma once
+#include "hopper.cuh"
+
+#include <algorithm>
+
+// One document of T tokens; lag 0 is dense causal attention. For LRSA the selection is random (any
+// sorted K rows per partition: the kernel does not care how they were chosen) and the compacted
+// K/V hold, per KV head, [sink | Sel(0) | Sel(1) | ...] as the kernel expects.
+struct Problem {
+  int T, Hq, Hk, sink = 0, lag = 0, keep = 0;
+  std::vector<__nv_bfloat16> q, k, v, ck, cv;
+  std::vector<std::vector<char>> selected;  // [Hk][T]: in some Sel(p)
+  int compacted_rows() const { return int(ck.size() / (size_t(Hk) * kD)); }
+  int partition(int t) const { return (t - sink) / lag; }
+  bool visible(int kv_head, int t, int j) const {  // ../shared/lrsa-spec.md, "Visibility"
+    if (j > t) return false;
+    if (lag == 0 || j < sink) return true;
+    if (t < sink) return false;
+    return partition(j) >= partition(t) - 1 || selected[kv_head][j];
+  }
+};
+
+inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0) {
+  Problem p{T, Hq, Hk, sink, lag, keep};
+  uint32_t state = seed;
+  auto next_u32 = [&] {
+    state = state * 1664525u + 1013904223u;
+    return state >> 8;
+  };
+  auto next = [&] { return __float2bfloat16(float(next_u32()) / float(1 << 24) * 4.0f - 2.0f); };
+  p.q.resize(size_t(T) * Hq * kD);
+  p.k.resize(size_t(T) * Hk * kD);
+  p.v.resize(size_t(T) * Hk * kD);
+  for (auto& x : p.q) x = next();
+  for (auto& x : p.k) x = next();
+  for (auto& x : p.v) x = next();
+  if (lag == 0) return p;
+  const int selected_partitions = std::max((T - sink) / lag - 1, 0);  // those with a complete successor
+  const int rows = sink + keep * selected_partitions;
+  p.ck.resize(size_t(rows) * Hk * kD);
+  p.cv.resize(p.ck.size());
+  p.selected.assign(Hk, std::vector<char>(T, 0));
+  for (int h = 0; h < Hk; ++h) {
+    std::vector<int> positions;
+    for (int j = 0; j < sink; ++j) positions.push_back(j);
+    for (int part = 0; part < selected_partitions; ++part) {
+      std::vector<int> rows_of_part(lag);
+      for (int i = 0; i < lag; ++i) rows_of_part[i] = sink + part * lag + i;
+      for (int i = 0; i < keep; ++i) std::swap(rows_of_part[i], rows_of_part[i + next_u32() % (lag - i)]);
+      std::sort(rows_of_part.begin(), rows_of_part.begin() + keep);
+      for (int i = 0; i < keep; ++i) {
+        positions.push_back(rows_of_part[i]);
+        p.selected[h][rows_of_part[i]] = 1;
+      }
+    }
+    for (int c = 0; c < rows; ++c)
+      for (int d = 0; d < kD; ++d) {
+        p.ck[(size_t(c) * Hk + h) * kD + d] = p.k[(size_t(positions[c]) * Hk + h) * kD + d];
+        p.cv[(size_t(c) * Hk + h) * kD + d] = p.v[(size_t(positions[c]) * Hk + h) * kD + d];
+      }
+  }
+  return p;
+}
+
+// Visible (query, key) pairs of one head: the spec's count per query.
+inline double visible_pairs(const Problem& p) {
+  double pairs = 0;
+  for (int t = 0; t < p.T; ++t) {
+    if (p.lag == 0 || t < p.sink + 2 * p.lag) {
+      pairs += t + 1;
+    } else {
+      const int q = p.partition(t);
+      pairs += p.sink + double(p.keep) * (q - 1) + p.lag + (t - p.sink - q * p.lag + 1);
+    }
+  }
+  return pairs;
+}
+
+// O and the lse in double, straight from the definition.
+struct Reference {
+  std::vector<double> o, lse;
+};
+
+inline Reference reference(const Problem& p) {
+  const int T = p.T, Hq = p.Hq, group = p.Hq / p.Hk;
+  const double scale = 1.0 / std::sqrt(double(kD));
+  Reference ref{std::vector<double>(size_t(T) * Hq * kD), std::vector<double>(size_t(Hq) * T)};
+  std::vector<double> s(T);
+  for (int h = 0; h < Hq; ++h) {
+    const int kh = h / group;
+    for (int i = 0; i < T; ++i) {
+      double mx = -INFINITY;
+      for (int j = 0; j <= i; ++j) {
+        if (!p.visible(kh, i, j)) {
+          s[j] = -INFINITY;
+          continue;
+        }
+        double dot = 0;
+        for (int d = 0; d < kD; ++d)
+          dot += double(__bfloat162float(p.q[(size_t(i) * Hq + h) * kD + d])) *
+                 double(__bfloat162float(p.k[(size_t(j) * p.Hk + kh) * kD + d]));
+        s[j] = dot * scale;
+        mx = std::fmax(mx, s[j]);
+      }
+      double sum = 0;
+      for (int j = 0; j <= i; ++j) sum += std::exp(s[j] - mx);
+      const double lse = mx + std::log(sum);
+      ref.lse[size_t(h) * T + i] = lse;
+      for (int d = 0; d < kD; ++d) {
+        double acc = 0;
+        for (int j = 0; j <= i; ++j)
+          if (s[j] != -INFINITY)
+            acc += std::exp(s[j] - lse) * double(__bfloat162float(p.v[(size_t(j) * p.Hk + kh) * kD + d]));
+        ref.o[(size_t(i) * Hq + h) * kD + d] = acc;
+      }
+    }
+  }
+  return ref;
+}
+
+inline __nv_bfloat16* upload(const std::vector<__nv_bfloat16>& host) {
+  __nv_bfloat16* device = nullptr;
+  CHECK_CUDA(cudaMalloc(&device, std::max<size_t>(host.size(), 1) * 2));
+  CHECK_CUDA(cudaMemcpy(device, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+  return device;
+}
+

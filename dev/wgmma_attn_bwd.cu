@@ -1,0 +1,405 @@
+// dev/wgmma_attn_bwd.cu: a dense causal attention backward on wgmma + TMA (sm_90a), head dim 64
+// (a dev harness, not part of the build).
+//
+// A CTA owns one tile of 128 keys of one KV head: each of its two warpgroups holds 64 of the keys and
+// their dK and dV accumulators in registers, while it walks every query tile that sees the keys, for
+// every query head of the GQA group. Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per step
+// through a ring of stages with TMA. Per step, warpgroup w (keys 64w..64w+63):
+//   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n128, both operands from shared memory)
+//   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D) / sqrt(d)   (in registers)
+//   dV_w += P^T dO,  dK_w += dS^T Q           (m64n64, A from registers, B MN-major)
+//   dS^T goes to shared memory; after a barrier between the two warpgroups,
+//   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
+// and dQ is added into an fp32 buffer with atomics (a last kernel rounds it to bf16).
+// Checks dQ, dK and dV against a reference in double, then times T = 16K and 32K (14:2 heads).
+//
+//   nvcc -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a dev/wgmma_attn_bwd.cu -o build-gpu/wgmma_attn_bwd
+#include "attention_problem.h"
+#include "hopper.cuh"
+
+constexpr int kBlock = 128;                  // keys per CTA, queries per step
+constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
+constexpr int kStages = 2;
+// Two warpgroups and no producer warp: ptxas gives every thread of a 288- or 384-thread CTA at most
+// 168 registers (setmaxnreg did not change that), and a step needs about 240. Thread 0 issues the copies.
+constexpr int kThreads = 2 * 128;
+// K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2 halves][128 keys][64 queries].
+constexpr int kQOffset = 2 * kTileBytes;
+constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
+constexpr int kDsOffset = kDoOffset + kStages * kTileBytes;
+constexpr int kStatsOffset = kDsOffset + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
+constexpr int kBarrierOffset = kStatsOffset + kStages * 2 * kBlock * 4;
+constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;
+
+__device__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// lse and d: [Hq][padded_T] f32, padded_T a multiple of kBlock. dq_accum: [T, Hq, 64] f32, zeroed.
+// dk, dv: [T, Hk, 64] bf16.
+__global__ void __launch_bounds__(kThreads, 1)
+    attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
+                    const float* lse, const float* d_sum, int padded_T, float* dq_accum, __nv_bfloat16* dk,
+                    __nv_bfloat16* dv, int T, int Hq, int Hk, float scale) {
+  extern __shared__ unsigned char smem[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
+  const uint32_t k_tile = base, v_tile = base + kTileBytes;
+  const uint32_t kv_full = base + kBarrierOffset, full = kv_full + 8, empty = full + 8 * kStages;
+  const float* stats = reinterpret_cast<const float*>(smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) +
+                                                      kStatsOffset);
+  const int n_block = blockIdx.x, kv_head = blockIdx.y, group = Hq / Hk;
+  const int key_begin = n_block * kBlock;
+  const int m_tiles = (T + kBlock - 1) / kBlock, m_first = n_block;  // causal: queries from the keys' tile on
+  const int steps = group * (m_tiles - m_first);
+  const int warpgroup = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(full + 8 * s, 1);
+      mbarrier_init(empty + 8 * s, 8);  // lane 0 of every consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  // Step i's Q, dO, lse and D into stage i % kStages; the stage's previous use must be released.
+  auto load_step = [&](int i) {
+    const int stage = i % kStages, head = kv_head * group + i / (m_tiles - m_first);
+    const int m = m_first + i % (m_tiles - m_first);
+    if (i >= kStages) mbarrier_wait(empty + 8 * stage, ((i / kStages) & 1) ^ 1);
+    const uint32_t bar = full + 8 * stage, stats_stage = base + kStatsOffset + stage * 2 * kBlock * 4;
+    mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
+    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, m * kBlock);
+    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, m * kBlock);
+    bulk_load(stats_stage, lse + int64_t(head) * padded_T + m * kBlock, kBlock * 4, bar);
+    bulk_load(stats_stage + kBlock * 4, d_sum + int64_t(head) * padded_T + m * kBlock, kBlock * 4, bar);
+  };
+  if (threadIdx.x == 0) {
+    mbarrier_expect_bytes(kv_full, 2 * kTileBytes);
+    tma_load(k_tile, &k_map, kv_full, 0, kv_head, key_begin);
+    tma_load(v_tile, &v_map, kv_full, 0, kv_head, key_begin);
+    for (int i = 0; i < min(kStages, steps); ++i) load_step(i);
+  }
+
+  const int t = threadIdx.x % 128, warp = t / 32, lane_group = (t % 32) / 4, quad = t % 4;
+  const int key0 = key_begin + 64 * warpgroup + 16 * warp + lane_group;  // and key0 + 8
+  const float scale_log2 = scale * 1.4426950408889634f;
+  float dk_acc[32], dv_acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+  const uint32_t k_wg = k_tile + warpgroup * 64 * 128, v_wg = v_tile + warpgroup * 64 * 128;
+
+  mbarrier_wait(kv_full, 0);
+  for (int i = 0; i < steps; ++i) {
+    const int stage = i % kStages, head = kv_head * group + i / (m_tiles - m_first);
+    const int m = m_first + i % (m_tiles - m_first), query_begin = m * kBlock;
+    const uint32_t q_s = base + kQOffset + stage * kTileBytes, do_s = base + kDoOffset + stage * kTileBytes;
+    const uint32_t ds_s = base + kDsOffset + (i % 2) * 2 * kTileBytes;
+    const float* lse_s = stats + stage * 2 * kBlock;
+    const float* d_s = lse_s + kBlock;
+    mbarrier_wait(full + 8 * stage, (i / kStages) & 1);
+
+    // S^T and dP^T in flight together; dV's GEMM then overlaps dP^T's, and each fp32 tile dies once
+    // it is packed to bf16 (the register budget: 240 per consumer thread).
+    float s[64], dp[64];
+    fence_operands(dk_acc);
+    fence_operands(dv_acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_n128(s, descriptor(k_wg + kk * 32, 16, 1024), descriptor(q_s + kk * 32, 16, 1024), kk > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_n128(dp, descriptor(v_wg + kk * 32, 16, 1024), descriptor(do_s + kk * 32, 16, 1024), kk > 0);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_operands(s);
+
+    // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
+    const bool whole = query_begin >= key_begin + kBlock - 1 && query_begin + kBlock <= T;
+    auto visible = [&](int i) {
+      const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), key = key0 + 8 * ((i / 2) % 2);
+      return whole || (query >= key && query < T);
+    };
+    uint32_t p_t[8][4], ds_t[8][4];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {  // 8-query column blocks
+      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + 8 * j + 2 * quad);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[4 * j + e] * scale_log2 - ((e % 2) ? lse2.y : lse2.x) * 1.4426950408889634f);
+        s[4 * j + e] = visible(4 * j + e) ? p : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) p_t[kk][r] = pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dv_acc, p_t[kk], descriptor(do_s + kk * 2048, 1024, 1024));
+    wgmma_commit();
+    wgmma_wait<1>();  // dP^T (committed before dV)
+    fence_operands(dp);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const float2 d2 = *reinterpret_cast<const float2*>(d_s + 8 * j + 2 * quad);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * j + e;  // P from its bf16 copy, as dV uses it
+        const __nv_bfloat162 pair = *reinterpret_cast<const __nv_bfloat162*>(&p_t[i / 8][(i % 8) / 2]);
+        const float p = (i % 2) ? __high2float(pair) : __low2float(pair);
+        dp[i] = p * (dp[i] - ((e % 2) ? d2.y : d2.x)) * scale;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) ds_t[kk][r] = pack_bf16x2(dp[8 * kk + 2 * r], dp[8 * kk + 2 * r + 1]);
+
+    // dS^T to shared memory for dQ: query q of key row kr sits in half q / 64, 128B-swizzled.
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int kr = 64 * warpgroup + 16 * warp + lane_group + 8 * (r % 2);
+        const int q = 16 * kk + 8 * (r / 2) + 2 * quad, chunk = (q % 64) / 8;
+        const uint32_t address = ds_s + (q / 64) * kTileBytes + kr * 128 + ((chunk ^ (kr % 8)) * 16) + (q % 8) * 2;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(ds_t[kk][r]) : "memory");
+      }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    named_barrier_sync(1, 256);  // both warpgroups' dS^T rows are in
+
+    float dq[32];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)  // dQ of queries 64w..64w+63: dS from half w, K as B over the 128 keys
+      wgmma_ss_n64_mn(dq, descriptor(ds_s + warpgroup * kTileBytes + kk * 2048, 1024, 1024),
+                      descriptor(k_tile + kk * 2048, 1024, 1024), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(dv_acc);
+    fence_operands(dk_acc);
+    fence_operands(dq);
+    fence_operands(p_t);
+    fence_operands(ds_t);
+    if (t % 32 == 0) mbarrier_arrive(empty + 8 * stage);
+    if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
+    __syncwarp();
+
+#pragma unroll
+    for (int r = 0; r < 32; r += 2) {
+      const int query = query_begin + 64 * warpgroup + 16 * warp + lane_group + 8 * ((r / 2) % 2);
+      const int col = 8 * (r / 4) + 2 * quad;
+      if (query < T)
+        atomicAdd(reinterpret_cast<float2*>(dq_accum + (int64_t(query) * Hq + head) * kD + col),
+                  make_float2(dq[r], dq[r + 1]));
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 32; r += 2) {
+    const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
+    if (key >= T) continue;
+    const int64_t at = (int64_t(key) * Hk + kv_head) * kD + col;
+    *reinterpret_cast<__nv_bfloat162*>(dk + at) = __floats2bfloat162_rn(dk_acc[r], dk_acc[r + 1]);
+    *reinterpret_cast<__nv_bfloat162*>(dv + at) = __floats2bfloat162_rn(dv_acc[r], dv_acc[r + 1]);
+  }
+}
+
+// D = rowsum(dO * O) per query row and head, into [Hq][padded_T]: one warp per (row, head).
+__global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, float* d_sum, int T, int Hq,
+                             int padded_T) {
+  const int row_head = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row_head >= T * Hq) return;
+  const int64_t at = int64_t(row_head) * kD + 2 * lane;
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o + at));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d_o + at));
+  float sum = a.x * b.x + a.y * b.y;
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+  if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_T + row_head / Hq] = sum;
+}
+
+__global__ void round_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16(x[i]);
+}
+
+// The gradients in double from the definition, given O and dO: dS = P (dP - D), D = rowsum(P dP).
+struct Gradients {
+  std::vector<double> dq, dk, dv;
+};
+
+Gradients reference_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o) {
+  const int T = p.T, Hq = p.Hq, Hk = p.Hk, group = Hq / Hk;
+  const double scale = 1.0 / std::sqrt(double(kD));
+  auto at = [](const std::vector<__nv_bfloat16>& x, int row, int heads, int head, int d) {
+    return double(__bfloat162float(x[(size_t(row) * heads + head) * kD + d]));
+  };
+  Gradients g{std::vector<double>(p.q.size()), std::vector<double>(p.k.size()), std::vector<double>(p.k.size())};
+  std::vector<double> prob(T), dprob(T);
+  for (int h = 0; h < Hq; ++h) {
+    const int kh = h / group;
+    for (int i = 0; i < T; ++i) {
+      double d_row = 0;
+      for (int j = 0; j <= i; ++j) {
+        prob[j] = dprob[j] = 0;
+        if (!p.visible(kh, i, j)) continue;
+        double dot = 0, ddot = 0;
+        for (int d = 0; d < kD; ++d) {
+          dot += at(p.q, i, Hq, h, d) * at(p.k, j, Hk, kh, d);
+          ddot += at(d_o, i, Hq, h, d) * at(p.v, j, Hk, kh, d);
+        }
+        prob[j] = std::exp(dot * scale - fwd.lse[size_t(h) * T + i]);
+        dprob[j] = ddot;
+        d_row += prob[j] * ddot;
+      }
+      for (int j = 0; j <= i; ++j) {
+        if (prob[j] == 0) continue;
+        const double ds = prob[j] * (dprob[j] - d_row) * scale;
+        for (int d = 0; d < kD; ++d) {
+          g.dq[(size_t(i) * Hq + h) * kD + d] += ds * at(p.k, j, Hk, kh, d);
+          g.dk[(size_t(j) * Hk + kh) * kD + d] += ds * at(p.q, i, Hq, h, d);
+          g.dv[(size_t(j) * Hk + kh) * kD + d] += prob[j] * at(d_o, i, Hq, h, d);
+        }
+      }
+    }
+  }
+  return g;
+}
+
+struct BackwardRun {
+  std::vector<__nv_bfloat16> dq, dk, dv;
+  float ms = 0, kernel_ms = 0;
+};
+
+// O (bf16) and lse come from the reference forward, so only the backward is under test.
+BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
+                         int repeats) {
+  const int T = p.T, Hq = p.Hq, Hk = p.Hk, padded_T = (T + kBlock - 1) / kBlock * kBlock;
+  std::vector<__nv_bfloat16> o_host(fwd.o.size());
+  for (size_t i = 0; i < o_host.size(); ++i) o_host[i] = __float2bfloat16(float(fwd.o[i]));
+  std::vector<float> lse_host(size_t(Hq) * padded_T, 0.0f);
+  for (int h = 0; h < Hq; ++h)
+    for (int t = 0; t < T; ++t) lse_host[size_t(h) * padded_T + t] = float(fwd.lse[size_t(h) * T + t]);
+  __nv_bfloat16 *q = upload(p.q), *k = upload(p.k), *v = upload(p.v), *o = upload(o_host), *d_o = upload(d_o_host);
+  __nv_bfloat16 *dq, *dk, *dv;
+  float *lse, *d_sum, *dq_accum;
+  CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
+  CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
+  CHECK_CUDA(cudaMalloc(&dv, p.k.size() * 2));
+  CHECK_CUDA(cudaMalloc(&dq_accum, p.q.size() * 4));
+  CHECK_CUDA(cudaMalloc(&lse, lse_host.size() * 4));
+  CHECK_CUDA(cudaMalloc(&d_sum, lse_host.size() * 4));
+  CHECK_CUDA(cudaMemcpy(lse, lse_host.data(), lse_host.size() * 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemset(d_sum, 0, lse_host.size() * 4));
+  CHECK_CUDA(cudaMemset(dk, 0xFF, p.k.size() * 2));  // NaN: an unwritten row fails the check
+  CHECK_CUDA(cudaMemset(dv, 0xFF, p.k.size() * 2));
+  const CUtensorMap q_map = tensor_map(q, T, Hq, kBlock), k_map = tensor_map(k, T, Hk, kBlock),
+                    v_map = tensor_map(v, T, Hk, kBlock), do_map = tensor_map(d_o, T, Hq, kBlock);
+  CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const float scale = 1.0f / std::sqrt(float(kD));
+  const dim3 grid(padded_T / kBlock, Hk);
+  auto backward_kernel = [&] {
+    attn_bwd_kernel<<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, do_map, lse, d_sum, padded_T, dq_accum, dk,
+                                                   dv, T, Hq, Hk, scale);
+  };
+  auto backward = [&] {
+    CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, p.q.size() * 4));
+    d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, d_o, d_sum, T, Hq, padded_T);
+    backward_kernel();
+    round_kernel<<<1024, 256>>>(dq_accum, dq, int64_t(p.q.size()));
+  };
+  backward();
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaDeviceSynchronize());
+  BackwardRun out;
+  out.dq.resize(p.q.size());
+  out.dk.resize(p.k.size());
+  out.dv.resize(p.k.size());
+  CHECK_CUDA(cudaMemcpy(out.dq.data(), dq, out.dq.size() * 2, cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(out.dk.data(), dk, out.dk.size() * 2, cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(out.dv.data(), dv, out.dv.size() * 2, cudaMemcpyDeviceToHost));
+  if (repeats > 0) {
+    cudaEvent_t start, stop;
+    CHECK_CUDA(cudaEventCreate(&start));
+    CHECK_CUDA(cudaEventCreate(&stop));
+    for (float* result : {&out.ms, &out.kernel_ms}) {
+      CHECK_CUDA(cudaEventRecord(start));
+      for (int r = 0; r < repeats; ++r) result == &out.ms ? backward() : backward_kernel();
+      CHECK_CUDA(cudaEventRecord(stop));
+      CHECK_CUDA(cudaEventSynchronize(stop));
+      CHECK_CUDA(cudaEventElapsedTime(result, start, stop));
+      *result /= float(repeats);
+    }
+  }
+  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
+                    (void*)dq_accum, (void*)lse, (void*)d_sum})
+    CHECK_CUDA(cudaFree(ptr));
+  return out;
+}
+
+// Max |error| against double, relative to the largest reference value; layout or masking bugs give
+// errors of the order of the values themselves, bf16 rounding of P and dS well under 1%.
+bool check_gradient(const char* name, const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
+                    double& worst) {
+  double err = 0, largest = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float x = __bfloat162float(got[i]);
+    err = std::isnan(x) ? INFINITY : std::fmax(err, std::fabs(x - want[i]));
+    largest = std::fmax(largest, std::fabs(want[i]));
+  }
+  std::printf(" %s %.3g of %.3g (%.2g)", name, err, largest, err / largest);
+  worst = std::fmax(worst, err / largest);
+  return err <= 1e-2 * largest;
+}
+
+std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint32_t seed) {
+  std::vector<__nv_bfloat16> y(x.size());
+  for (auto& e : y) {
+    seed = seed * 1664525u + 1013904223u;
+    e = __float2bfloat16(float(seed >> 8) / float(1 << 24) * 2.0f - 1.0f);
+  }
+  return y;
+}
+
+int main() {
+  bool ok = true;
+  struct Shape {
+    int T, Hq, Hk;
+  };
+  for (const Shape& shape : {Shape{256, 2, 1}, Shape{1000, 4, 2}, Shape{1024, 4, 2}, Shape{700, 4, 1}}) {
+    const Problem p = make_problem(shape.T, shape.Hq, shape.Hk, 11 + shape.T);
+    const Reference fwd = reference(p);
+    const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + shape.T);
+    const Gradients want = reference_backward(p, fwd, d_o);
+    const BackwardRun got = run_backward(p, fwd, d_o, 0);
+    std::printf("check T=%4d %d:%d dense causal:", p.T, p.Hq, p.Hk);
+    double worst = 0;
+    bool shape_ok = check_gradient("dQ", got.dq, want.dq, worst);
+    shape_ok = check_gradient("dK", got.dk, want.dk, worst) && shape_ok;
+    shape_ok = check_gradient("dV", got.dv, want.dv, worst) && shape_ok;
+    std::printf(": %s\n", shape_ok ? "PASS" : "FAIL");
+    ok = ok && shape_ok;
+  }
+  if (!ok) return 1;  // no timing of a wrong kernel
+  for (int T : {16384, 32768}) {
+    Problem p = make_problem(T, 14, 2, 99);
+    Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T)};
+    for (int h = 0; h < p.Hq; ++h)  // a plausible lse: log of the visible keys, so P stays near 1 / keys
+      for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t + 1));
+    const BackwardRun r = run_backward(p, fwd, random_like(p.q, 3), 10);
+    const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
+    std::printf("time T=%d 14:2 d64 dense causal backward: %.3f ms (%.1f TFLOP/s) with D, the dQ zeroing and "
+                "rounding; the kernel alone %.3f ms (%.1f TFLOP/s)\n",
+                T, r.ms, flops / (r.ms * 1e-3) / 1e12, r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
+  }
+  return 0;
+}
