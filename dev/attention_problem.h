@@ -5,20 +5,45 @@
 
 #include <algorithm>
 
+// Which keys a query row sees, as two intervals (../shared/lrsa-spec.md, "Visibility"): compacted rows
+// [0, compacted_end) of [sink | Sel(0) | Sel(1) | ...], and raw positions [raw_begin, t]. Dense causal
+// attention is lag 0: no compacted rows, raw [0, t].
+struct Lrsa {
+  int sink, lag, keep;  // S, L, K; lag 0: dense causal
+  float inverse_lag;    // 1 / L: the masks divide by L per element, and an integer division costs ~20 instructions
+  Lrsa(int sink, int lag, int keep)
+      : sink(sink), lag(lag), keep(keep), inverse_lag(lag ? 1.0f / float(lag) : 0.0f) {}
+  // floor((t - S) / L) for t >= S: the float quotient is off by at most one for t < 2^24; the compares fix it.
+  __host__ __device__ int partition(int t) const {
+    int part = int(float(t - sink) * inverse_lag);
+    if (sink + part * lag > t) --part;
+    if (sink + (part + 1) * lag <= t) ++part;
+    return part;
+  }
+  __host__ __device__ int compacted_end(int t) const {
+    if (lag == 0) return 0;
+    return t < sink ? t + 1 : sink + keep * max(partition(t) - 1, 0);
+  }
+  __host__ __device__ int raw_begin(int t) const {  // t < S: past t, so nothing raw
+    if (lag == 0) return 0;
+    return t < sink ? t + 1 : sink + lag * max(partition(t) - 1, 0);
+  }
+};
+
 // One document of T tokens; lag 0 is dense causal attention. For LRSA the selection is random (any
 // sorted K rows per partition: the kernel does not care how they were chosen) and the compacted
 // K/V hold, per KV head, [sink | Sel(0) | Sel(1) | ...] as the kernel expects.
 struct Problem {
   int T, Hq, Hk, sink = 0, lag = 0, keep = 0;
   std::vector<__nv_bfloat16> q, k, v, ck, cv;
-  std::vector<std::vector<char>> selected;  // [Hk][T]: in some Sel(p)
+  std::vector<std::vector<int>> compacted_row;  // [Hk][T]: the position's row in ck/cv, or -1
   int compacted_rows() const { return int(ck.size() / (size_t(Hk) * kD)); }
   int partition(int t) const { return (t - sink) / lag; }
   bool visible(int kv_head, int t, int j) const {  // ../shared/lrsa-spec.md, "Visibility"
     if (j > t) return false;
     if (lag == 0 || j < sink) return true;
     if (t < sink) return false;
-    return partition(j) >= partition(t) - 1 || selected[kv_head][j];
+    return partition(j) >= partition(t) - 1 || compacted_row[kv_head][j] >= 0;
   }
 };
 
@@ -43,7 +68,7 @@ inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, 
   const int rows = sink + keep * selected_partitions;
   p.ck.resize(size_t(rows) * Hk * kD);
   p.cv.resize(p.ck.size());
-  p.selected.assign(Hk, std::vector<char>(T, 0));
+  p.compacted_row.assign(Hk, std::vector<int>(T, -1));
   for (int h = 0; h < Hk; ++h) {
     std::vector<int> positions;
     for (int j = 0; j < sink; ++j) positions.push_back(j);
@@ -52,11 +77,9 @@ inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, 
       for (int i = 0; i < lag; ++i) rows_of_part[i] = sink + part * lag + i;
       for (int i = 0; i < keep; ++i) std::swap(rows_of_part[i], rows_of_part[i + next_u32() % (lag - i)]);
       std::sort(rows_of_part.begin(), rows_of_part.begin() + keep);
-      for (int i = 0; i < keep; ++i) {
-        positions.push_back(rows_of_part[i]);
-        p.selected[h][rows_of_part[i]] = 1;
-      }
+      for (int i = 0; i < keep; ++i) positions.push_back(rows_of_part[i]);
     }
+    for (int c = 0; c < rows; ++c) p.compacted_row[h][positions[c]] = c;
     for (int c = 0; c < rows; ++c)
       for (int d = 0; d < kD; ++d) {
         p.ck[(size_t(c) * Hk + h) * kD + d] = p.k[(size_t(positions[c]) * Hk + h) * kD + d];

@@ -28,7 +28,8 @@ constexpr int kQOffset = 2 * kTileBytes;
 constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
 constexpr int kDsOffset = kDoOffset + kStages * kTileBytes;
 constexpr int kStatsOffset = kDsOffset + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
-constexpr int kBarrierOffset = kStatsOffset + kStages * 2 * kBlock * 4;
+constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // per warpgroup, [64 queries][64] f32
+constexpr int kBarrierOffset = kDqOffset + 2 * 64 * kD * 4;
 constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;
 
 __device__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
@@ -37,23 +38,81 @@ __device__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_
                : "memory");
 }
 
-// lse and d: [Hq][padded_T] f32, padded_T a multiple of kBlock. dq_accum: [T, Hq, 64] f32, zeroed.
-// dk, dv: [T, Hk, 64] bf16.
+// The key tile a CTA owns and the query tiles that see it. The first raw_tiles CTAs (per KV head)
+// own tiles of raw positions, which their queries see through the interval [raw_begin(t), t]; the
+// rest own tiles of the compacted rows [sink | Sel(0) | Sel(1) | ...], seen by every query from the
+// partition two past the row's on (row < compacted_end(t)). Dense causal attention: lag 0, raw only.
+struct KeyTile {
+  bool compacted;
+  int key_begin, m_first, m_tiles;  // query tiles m_first .. m_first + m_tiles - 1
+  __host__ __device__ KeyTile(const Lrsa& lrsa, int tile, int raw_tiles, int T) {
+    compacted = tile >= raw_tiles;
+    key_begin = (compacted ? tile - raw_tiles : tile) * kBlock;
+    int first_query, query_end = T;
+    if (compacted) {
+      first_query = key_begin < lrsa.sink ? key_begin
+                                          : lrsa.sink + ((key_begin - lrsa.sink) / lrsa.keep + 2) * lrsa.lag;
+    } else {
+      first_query = key_begin;
+      const int last_key = min(key_begin + kBlock, T) - 1;
+      if (lrsa.lag > 0)  // the last query whose window [raw_begin(t), t] reaches the tile; none below the sinks
+        query_end = last_key < lrsa.sink ? 0 : min(T, lrsa.sink + (lrsa.partition(last_key) + 2) * lrsa.lag);
+    }
+    m_first = first_query / kBlock;
+    m_tiles = max((query_end + kBlock - 1) / kBlock - m_first, 0);
+  }
+  __host__ __device__ bool visible(const Lrsa& lrsa, int key, int query) const {
+    return compacted ? key < lrsa.compacted_end(query) : lrsa.raw_begin(query) <= key && key <= query;
+  }
+};
+
+// A CTA's work: query tiles [m_begin, m_begin + m_count) of one key tile. A key tile's query run is
+// split into units of at most kUnitQueryTiles query tiles, so that no CTA outlasts the rest (the
+// sinks' compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
+constexpr int kUnitQueryTiles = 24;
+struct WorkUnit {
+  int tile, m_begin, m_count;
+};
+
+// How a step's dQ reaches the fp32 sums: atomics from every thread; one bulk reduce-add (TMA) of the
+// warpgroup's 64 x 64 tile staged in shared memory; or not at all (a bound for timing, not a result).
+enum class DqMode { kAtomic, kBulk, kSkip };
+
+__device__ void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+// Where dQ's element (row, col) of a 64-row tile sits in the fp32 sums (and in the staging tile): its
+// 8-float chunk XOR-ed with row % 8, so a warp's eight rows of one column land in four bank groups
+// instead of one (the bulk reduce adds element by element, so any layout both sides agree on works).
+__host__ __device__ int dq_offset(int row, int col) { return row * kD + (col ^ (8 * (row % 8))); }
+
+// lse and d: [Hq][padded_T] f32, padded_T a multiple of kBlock. dq_accum: [Hq, padded_T, 64] f32 with
+// rows laid out by dq_offset, zeroed.
+// dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
+// all zeroed.
+template <DqMode kDq>
 __global__ void __launch_bounds__(kThreads, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
-                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap do_map,
-                    const float* lse, const float* d_sum, int padded_T, float* dq_accum, __nv_bfloat16* dk,
-                    __nv_bfloat16* dv, int T, int Hq, int Hk, float scale) {
+                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
+                    const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map,
+                    Lrsa lrsa, int raw_tiles, const WorkUnit* units, int compacted_rows, const float* lse, const float* d_sum, int padded_T,
+                    float* dq_accum, float* dk, float* dv, float* dkc, float* dvc, int T, int Hq, int Hk,
+                    float scale) {
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + kTileBytes;
   const uint32_t kv_full = base + kBarrierOffset, full = kv_full + 8, empty = full + 8 * kStages;
   const float* stats = reinterpret_cast<const float*>(smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) +
                                                       kStatsOffset);
-  const int n_block = blockIdx.x, kv_head = blockIdx.y, group = Hq / Hk;
-  const int key_begin = n_block * kBlock;
-  const int m_tiles = (T + kBlock - 1) / kBlock, m_first = n_block;  // causal: queries from the keys' tile on
-  const int steps = group * (m_tiles - m_first);
+  const int kv_head = blockIdx.y, group = Hq / Hk;
+  const WorkUnit unit = units[blockIdx.x];
+  const KeyTile tile(lrsa, unit.tile, raw_tiles, T);
+  const int key_begin = tile.key_begin, m_first = unit.m_begin, m_tiles = unit.m_count;
+  const int steps = group * m_tiles;
   const int warpgroup = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -68,8 +127,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Step i's Q, dO, lse and D into stage i % kStages; the stage's previous use must be released.
   auto load_step = [&](int i) {
-    const int stage = i % kStages, head = kv_head * group + i / (m_tiles - m_first);
-    const int m = m_first + i % (m_tiles - m_first);
+    const int stage = i % kStages, head = kv_head * group + i / m_tiles;
+    const int m = m_first + i % m_tiles;
     if (i >= kStages) mbarrier_wait(empty + 8 * stage, ((i / kStages) & 1) ^ 1);
     const uint32_t bar = full + 8 * stage, stats_stage = base + kStatsOffset + stage * 2 * kBlock * 4;
     mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
@@ -80,8 +139,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   if (threadIdx.x == 0) {
     mbarrier_expect_bytes(kv_full, 2 * kTileBytes);
-    tma_load(k_tile, &k_map, kv_full, 0, kv_head, key_begin);
-    tma_load(v_tile, &v_map, kv_full, 0, kv_head, key_begin);
+    tma_load(k_tile, tile.compacted ? &ck_map : &k_map, kv_full, 0, kv_head, key_begin);
+    tma_load(v_tile, tile.compacted ? &cv_map : &v_map, kv_full, 0, kv_head, key_begin);
     for (int i = 0; i < min(kStages, steps); ++i) load_step(i);
   }
 
@@ -95,8 +154,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   mbarrier_wait(kv_full, 0);
   for (int i = 0; i < steps; ++i) {
-    const int stage = i % kStages, head = kv_head * group + i / (m_tiles - m_first);
-    const int m = m_first + i % (m_tiles - m_first), query_begin = m * kBlock;
+    const int stage = i % kStages, head = kv_head * group + i / m_tiles;
+    const int m = m_first + i % m_tiles, query_begin = m * kBlock;
     const uint32_t q_s = base + kQOffset + stage * kTileBytes, do_s = base + kDoOffset + stage * kTileBytes;
     const uint32_t ds_s = base + kDsOffset + (i % 2) * 2 * kTileBytes;
     const float* lse_s = stats + stage * 2 * kBlock;
@@ -121,11 +180,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_operands(s);
 
     // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
-    const bool whole = query_begin >= key_begin + kBlock - 1 && query_begin + kBlock <= T;
-    auto visible = [&](int i) {
-      const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), key = key0 + 8 * ((i / 2) % 2);
-      return whole || (query >= key && query < T);
-    };
+    // The intervals grow with the query, so the tile's corners say whether every pair is visible.
+    const int query_last = query_begin + kBlock - 1;
+    const bool whole = query_last < T && tile.visible(lrsa, key_begin, query_last) &&
+                       tile.visible(lrsa, key_begin + kBlock - 1, query_begin);
+
     uint32_t p_t[8][4], ds_t[8][4];
 #pragma unroll
     for (int j = 0; j < 16; ++j) {  // 8-query column blocks
@@ -133,7 +192,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float p = exp2f(s[4 * j + e] * scale_log2 - ((e % 2) ? lse2.y : lse2.x) * 1.4426950408889634f);
-        s[4 * j + e] = visible(4 * j + e) ? p : 0.0f;
+        s[4 * j + e] = p;
+      }
+    }
+    if (!whole) {  // a branch of its own: the divisions in visible() stay off the common path
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), key = key0 + 8 * ((i / 2) % 2);
+        if (query >= T || !tile.visible(lrsa, key, query)) s[i] = 0.0f;
       }
     }
 #pragma unroll
@@ -194,23 +260,40 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
     __syncwarp();
 
+    float* dq_rows = dq_accum + (int64_t(head) * padded_T + query_begin + 64 * warpgroup) * kD;
+    if constexpr (kDq == DqMode::kAtomic) {
 #pragma unroll
-    for (int r = 0; r < 32; r += 2) {
-      const int query = query_begin + 64 * warpgroup + 16 * warp + lane_group + 8 * ((r / 2) % 2);
-      const int col = 8 * (r / 4) + 2 * quad;
-      if (query < T)
-        atomicAdd(reinterpret_cast<float2*>(dq_accum + (int64_t(query) * Hq + head) * kD + col),
-                  make_float2(dq[r], dq[r + 1]));
+      for (int r = 0; r < 32; r += 2) {
+        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
+        atomicAdd(reinterpret_cast<float2*>(dq_rows + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
+      }
+    } else if constexpr (kDq == DqMode::kBulk) {
+      const uint32_t staging = base + kDqOffset + warpgroup * 64 * kD * 4;
+      if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last step's tile is read
+      named_barrier_sync(2 + warpgroup, 128);
+#pragma unroll
+      for (int r = 0; r < 32; r += 2) {
+        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(staging + dq_offset(row, col) * 4), "f"(dq[r]),
+                     "f"(dq[r + 1])
+                     : "memory");
+      }
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      named_barrier_sync(2 + warpgroup, 128);
+      if (t == 0) bulk_reduce_add(dq_rows, staging, 64 * kD * 4);
     }
   }
+  if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 
+  float *dk_out = tile.compacted ? dkc : dk, *dv_out = tile.compacted ? dvc : dv;
+  const int rows = tile.compacted ? compacted_rows : T;
 #pragma unroll
   for (int r = 0; r < 32; r += 2) {
     const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-    if (key >= T) continue;
+    if (key >= rows) continue;
     const int64_t at = (int64_t(key) * Hk + kv_head) * kD + col;
-    *reinterpret_cast<__nv_bfloat162*>(dk + at) = __floats2bfloat162_rn(dk_acc[r], dk_acc[r + 1]);
-    *reinterpret_cast<__nv_bfloat162*>(dv + at) = __floats2bfloat162_rn(dv_acc[r], dv_acc[r + 1]);
+    atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r], dk_acc[r + 1]));
+    atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
   }
 }
 
@@ -227,9 +310,27 @@ __global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, f
   if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_T + row_head / Hq] = sum;
 }
 
-__global__ void round_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16(x[i]);
+// dQ: the fp32 sums [Hq, padded_T, 64] (rows by dq_offset) to bf16 [T, Hq, 64].
+__global__ void round_dq_kernel(const float* x, __nv_bfloat16* y, int T, int Hq, int padded_T) {
+  const int64_t n = int64_t(T) * Hq * kD;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int d = int(i % kD), head = int((i / kD) % Hq), row = int(i / (int64_t(Hq) * kD));
+    y[i] = __float2bfloat16(x[(int64_t(head) * padded_T + row - row % 64) * kD + dq_offset(row % 64, d)]);
+  }
+}
+
+// dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's.
+__global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
+                                   const int* compacted_row, __nv_bfloat16* dk_out, __nv_bfloat16* dv_out, int T,
+                                   int Hk) {
+  const int64_t n = int64_t(T) * Hk * kD;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int d = int(i % kD), head = int((i / kD) % Hk), position = int(i / (int64_t(Hk) * kD));
+    const int row = compacted_row[int64_t(head) * T + position];
+    const int64_t from = (int64_t(row) * Hk + head) * kD + d;
+    dk_out[i] = __float2bfloat16(dk[i] + (row >= 0 ? dkc[from] : 0.0f));
+    dv_out[i] = __float2bfloat16(dv[i] + (row >= 0 ? dvc[from] : 0.0f));
+  }
 }
 
 // The gradients in double from the definition, given O and dO: dS = P (dP - D), D = rowsum(P dP).
@@ -281,41 +382,79 @@ struct BackwardRun {
 };
 
 // O (bf16) and lse come from the reference forward, so only the backward is under test.
+template <DqMode kDq>
 BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
                          int repeats) {
   const int T = p.T, Hq = p.Hq, Hk = p.Hk, padded_T = (T + kBlock - 1) / kBlock * kBlock;
+  const int compacted_rows = p.lag ? p.compacted_rows() : 0;
+  const int raw_tiles = padded_T / kBlock, compacted_tiles = (compacted_rows + kBlock - 1) / kBlock;
   std::vector<__nv_bfloat16> o_host(fwd.o.size());
   for (size_t i = 0; i < o_host.size(); ++i) o_host[i] = __float2bfloat16(float(fwd.o[i]));
   std::vector<float> lse_host(size_t(Hq) * padded_T, 0.0f);
   for (int h = 0; h < Hq; ++h)
     for (int t = 0; t < T; ++t) lse_host[size_t(h) * padded_T + t] = float(fwd.lse[size_t(h) * T + t]);
+  std::vector<int> compacted_row_host(size_t(Hk) * T, -1);
+  for (int h = 0; h < Hk && p.lag; ++h)
+    std::copy(p.compacted_row[h].begin(), p.compacted_row[h].end(), compacted_row_host.begin() + size_t(h) * T);
   __nv_bfloat16 *q = upload(p.q), *k = upload(p.k), *v = upload(p.v), *o = upload(o_host), *d_o = upload(d_o_host);
+  __nv_bfloat16 *ck = p.lag ? upload(p.ck) : k, *cv = p.lag ? upload(p.cv) : v;
   __nv_bfloat16 *dq, *dk, *dv;
-  float *lse, *d_sum, *dq_accum;
+  float *lse, *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
+  int* compacted_row;
+  const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kD, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
   CHECK_CUDA(cudaMalloc(&dv, p.k.size() * 2));
-  CHECK_CUDA(cudaMalloc(&dq_accum, p.q.size() * 4));
+  const size_t dq_accum_size = size_t(Hq) * padded_T * kD;
+  CHECK_CUDA(cudaMalloc(&dq_accum, dq_accum_size * 4));
+  CHECK_CUDA(cudaMalloc(&dk_raw, p.k.size() * 4));
+  CHECK_CUDA(cudaMalloc(&dv_raw, p.k.size() * 4));
+  CHECK_CUDA(cudaMalloc(&dkc, compacted_size * 4));
+  CHECK_CUDA(cudaMalloc(&dvc, compacted_size * 4));
+  CHECK_CUDA(cudaMalloc(&compacted_row, compacted_row_host.size() * 4));
   CHECK_CUDA(cudaMalloc(&lse, lse_host.size() * 4));
   CHECK_CUDA(cudaMalloc(&d_sum, lse_host.size() * 4));
   CHECK_CUDA(cudaMemcpy(lse, lse_host.data(), lse_host.size() * 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(compacted_row, compacted_row_host.data(), compacted_row_host.size() * 4,
+                        cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemset(d_sum, 0, lse_host.size() * 4));
-  CHECK_CUDA(cudaMemset(dk, 0xFF, p.k.size() * 2));  // NaN: an unwritten row fails the check
-  CHECK_CUDA(cudaMemset(dv, 0xFF, p.k.size() * 2));
   const CUtensorMap q_map = tensor_map(q, T, Hq, kBlock), k_map = tensor_map(k, T, Hk, kBlock),
                     v_map = tensor_map(v, T, Hk, kBlock), do_map = tensor_map(d_o, T, Hq, kBlock);
-  CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const int compacted_map_rows = p.lag ? std::max(compacted_rows, 1) : T;
+  const CUtensorMap ck_map = tensor_map(ck, compacted_map_rows, Hk, kBlock),
+                    cv_map = tensor_map(cv, compacted_map_rows, Hk, kBlock);
+  CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
-  const dim3 grid(padded_T / kBlock, Hk);
+  const Lrsa lrsa(p.sink, p.lag, p.keep);
+  std::vector<WorkUnit> units_host;
+  for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
+    const KeyTile key_tile(lrsa, tile, raw_tiles, T);
+    const int pieces = (key_tile.m_tiles + kUnitQueryTiles - 1) / kUnitQueryTiles;
+    for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
+      const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
+      units_host.push_back({tile, m, count});
+      m += count;
+    }
+  }
+  std::stable_sort(units_host.begin(), units_host.end(),  // the longest first
+                   [](const WorkUnit& a, const WorkUnit& b) { return a.m_count > b.m_count; });
+  WorkUnit* units;
+  CHECK_CUDA(cudaMalloc(&units, std::max<size_t>(units_host.size(), 1) * sizeof(WorkUnit)));
+  CHECK_CUDA(cudaMemcpy(units, units_host.data(), units_host.size() * sizeof(WorkUnit), cudaMemcpyHostToDevice));
+  const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&] {
-    attn_bwd_kernel<<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, do_map, lse, d_sum, padded_T, dq_accum, dk,
-                                                   dv, T, Hq, Hk, scale);
+    attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, raw_tiles,
+                                                   units, compacted_rows, lse, d_sum, padded_T, dq_accum, dk_raw, dv_raw,
+                                                   dkc, dvc, T, Hq, Hk, scale);
   };
   auto backward = [&] {
-    CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, p.q.size() * 4));
+    CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
+    for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
+    for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
     d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, d_o, d_sum, T, Hq, padded_T);
     backward_kernel();
-    round_kernel<<<1024, 256>>>(dq_accum, dq, int64_t(p.q.size()));
+    round_dq_kernel<<<1024, 256>>>(dq_accum, dq, T, Hq, padded_T);
+    finalize_kv_kernel<<<1024, 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, dv, T, Hk);
   };
   backward();
   CHECK_CUDA(cudaGetLastError());
@@ -341,8 +480,13 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     }
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
-                    (void*)dq_accum, (void*)lse, (void*)d_sum})
+                    (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
+                    (void*)lse, (void*)d_sum, (void*)units})
     CHECK_CUDA(cudaFree(ptr));
+  if (p.lag) {
+    CHECK_CUDA(cudaFree(ck));
+    CHECK_CUDA(cudaFree(cv));
+  }
   return out;
 }
 
@@ -373,33 +517,57 @@ std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint
 int main() {
   bool ok = true;
   struct Shape {
-    int T, Hq, Hk;
+    int T, Hq, Hk, sink, lag, keep;
   };
-  for (const Shape& shape : {Shape{256, 2, 1}, Shape{1000, 4, 2}, Shape{1024, 4, 2}, Shape{700, 4, 1}}) {
-    const Problem p = make_problem(shape.T, shape.Hq, shape.Hk, 11 + shape.T);
+  // Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4.
+  for (const Shape& shape : {Shape{256, 2, 1, 0, 0, 0}, Shape{1000, 4, 2, 0, 0, 0}, Shape{1024, 4, 2, 0, 0, 0},
+                             Shape{700, 4, 1, 0, 0, 0}, Shape{1000, 4, 2, 16, 128, 32}, Shape{1500, 2, 1, 5, 200, 50},
+                             Shape{700, 4, 1, 0, 100, 25}, Shape{300, 2, 2, 16, 160, 40},
+                             Shape{2600, 2, 1, 300, 256, 64}}) {
+    const Problem p = make_problem(shape.T, shape.Hq, shape.Hk, 11 + shape.T, shape.sink, shape.lag, shape.keep);
     const Reference fwd = reference(p);
     const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + shape.T);
     const Gradients want = reference_backward(p, fwd, d_o);
-    const BackwardRun got = run_backward(p, fwd, d_o, 0);
-    std::printf("check T=%4d %d:%d dense causal:", p.T, p.Hq, p.Hk);
-    double worst = 0;
-    bool shape_ok = check_gradient("dQ", got.dq, want.dq, worst);
-    shape_ok = check_gradient("dK", got.dk, want.dk, worst) && shape_ok;
-    shape_ok = check_gradient("dV", got.dv, want.dv, worst) && shape_ok;
-    std::printf(": %s\n", shape_ok ? "PASS" : "FAIL");
-    ok = ok && shape_ok;
+    for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk}) {
+      const BackwardRun got =
+          mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, 0) : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
+      std::printf("check dQ %-6s T=%4d %d:%d S=%d L=%d K=%d:", mode == DqMode::kAtomic ? "atomic" : "bulk", p.T, p.Hq,
+                  p.Hk, p.sink, p.lag, p.keep);
+      double worst = 0;
+      bool shape_ok = check_gradient("dQ", got.dq, want.dq, worst);
+      shape_ok = check_gradient("dK", got.dk, want.dk, worst) && shape_ok;
+      shape_ok = check_gradient("dV", got.dv, want.dv, worst) && shape_ok;
+      std::printf(": %s\n", shape_ok ? "PASS" : "FAIL");
+      ok = ok && shape_ok;
+    }
   }
   if (!ok) return 1;  // no timing of a wrong kernel
-  for (int T : {16384, 32768}) {
-    Problem p = make_problem(T, 14, 2, 99);
-    Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T)};
-    for (int h = 0; h < p.Hq; ++h)  // a plausible lse: log of the visible keys, so P stays near 1 / keys
-      for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t + 1));
-    const BackwardRun r = run_backward(p, fwd, random_like(p.q, 3), 10);
-    const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
-    std::printf("time T=%d 14:2 d64 dense causal backward: %.3f ms (%.1f TFLOP/s) with D, the dQ zeroing and "
-                "rounding; the kernel alone %.3f ms (%.1f TFLOP/s)\n",
-                T, r.ms, flops / (r.ms * 1e-3) / 1e12, r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
+  for (int T : {16384, 32768, 131072}) {
+    double dense_ms = 0;
+    for (int lag : {0, 1024}) {
+      const Problem p = lag ? make_problem(T, 14, 2, 99, 16, 1024, 256) : make_problem(T, 14, 2, 99);
+      Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T)};
+      for (int h = 0; h < p.Hq; ++h)  // a plausible lse: log of the visible keys, so P stays near 1 / keys
+        for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t + 1));
+      const std::vector<__nv_bfloat16> d_o = random_like(p.q, 3);
+      const int repeats = T > 32768 ? 3 : 10;
+      for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk, DqMode::kSkip}) {
+        const BackwardRun r = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, repeats)
+                              : mode == DqMode::kBulk ? run_backward<DqMode::kBulk>(p, fwd, d_o, repeats)
+                                                      : run_backward<DqMode::kSkip>(p, fwd, d_o, repeats);
+        const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
+        if (lag == 0 && mode == DqMode::kAtomic) dense_ms = r.ms;
+        std::printf("time dQ %-30s T=%6d 14:2 d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
+                    "with D, dQ's zeroing and rounding, dK/dV's sums; the kernel alone %7.3f ms (%5.1f)",
+                    mode == DqMode::kAtomic ? "atomic" : mode == DqMode::kBulk ? "bulk" : "skipped (a bound, wrong dQ)",
+                    T, lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
+                    r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
+        if (lag)
+          std::printf(", %.3f of dense with atomics\n", r.ms / dense_ms);
+        else
+          std::printf("\n");
+      }
+    }
   }
   return 0;
 }
