@@ -43,3 +43,10 @@ foreach(layer core ops attn data model train dist infer)
     endif()
   endforeach()
 endforeach()
+
+# The dev harnesses' checks (CMakeLists.txt, "Dev harnesses").
+foreach(source IN LISTS LRSA_DEV_HARNESSES)
+  get_filename_component(name ${source} NAME_WE)
+  add_test(NAME dev/${name} COMMAND dev-${name} --check)
+  set_tests_properties(dev/${name} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 1200)
+endforeach()

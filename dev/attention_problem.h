@@ -34,7 +34,7 @@ struct Lrsa {
 // sorted K rows per partition: the kernel does not care how they were chosen) and the compacted
 // K/V hold, per KV head, [sink | Sel(0) | Sel(1) | ...] as the kernel expects.
 struct Problem {
-  int T, Hq, Hk, sink = 0, lag = 0, keep = 0;
+  int T = 0, Hq = 0, Hk = 0, sink = 0, lag = 0, keep = 0;
   std::vector<__nv_bfloat16> q, k, v, ck, cv;
   std::vector<std::vector<int>> compacted_row;  // [Hk][T]: the position's row in ck/cv, or -1
   int compacted_rows() const { return int(ck.size() / (size_t(Hk) * kD)); }
@@ -50,7 +50,8 @@ struct Problem {
 inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
 inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0) {
-  Problem p{T, Hq, Hk, sink, lag, keep};
+  Problem p;
+  p.T = T, p.Hq = Hq, p.Hk = Hk, p.sink = sink, p.lag = lag, p.keep = keep;
   uint32_t state = seed;
   auto next_u32 = [&] {
     state = state * 1664525u + 1013904223u;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #define CHECK_CUDA(call)                                                                   \
@@ -153,4 +154,27 @@ inline CUtensorMap tensor_map(const __nv_bfloat16* data, int T, int H, int rows)
     std::exit(1);
   }
   return map;
+}
+
+// The harnesses' command line: `--check` runs the checks only (CTest), no argument also times.
+// Exits 77 (CTest: skipped) with the reason when there is no sm_90 GPU to run sm_90a code on.
+inline bool checks_only(int argc, char** argv, const char* program) {
+  const bool check = argc == 2 && std::strcmp(argv[1], "--check") == 0;
+  if (argc > 2 || (argc == 2 && !check)) {
+    std::fprintf(stderr, "usage: %s [--check]\n", program);
+    std::exit(2);
+  }
+  int devices = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("%s: skipped: no CUDA device\n", program);
+    std::exit(77);
+  }
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  if (prop.major != 9 || prop.minor != 0) {
+    std::printf("%s: skipped: needs an sm_90 GPU (wgmma, TMA), found %s (sm_%d%d)\n", program, prop.name, prop.major,
+                prop.minor);
+    std::exit(77);
+  }
+  return check;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs the dev harnesses on the GPU machine (sm_90a); logs under $OUT (default out/).
+# Builds and runs the dev harnesses on the GPU machine (sm_90a) with nvcc alone, in seconds (the
+# CMake build makes the same programs as build-gpu/dev-<name>); logs under $OUT (default out/).
 #   bash dev/run.sh [name ...]        (default: every dev/*.cu)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2

@@ -1,5 +1,5 @@
-// dev/wgmma_attn_bwd.cu: a dense causal attention backward on wgmma + TMA (sm_90a), head dim 64
-// (a dev harness, not part of the build).
+// dev/wgmma_attn_bwd.cu: the attention backward on wgmma + TMA (sm_90a), head dim 64, dense causal
+// and LRSA: the Hopper kernel on its way into kernels/ (dev/README.md).
 //
 // A CTA owns one tile of 128 keys of one KV head: each of its two warpgroups holds 64 of the keys and
 // their dK and dV accumulators in registers, while it walks every query tile that sees the keys, for
@@ -11,9 +11,13 @@
 //   dS^T goes to shared memory; after a barrier between the two warpgroups,
 //   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
 // and dQ is added into an fp32 buffer with atomics (a last kernel rounds it to bf16).
-// Checks dQ, dK and dV against a reference in double, then times T = 16K and 32K (14:2 heads).
+// LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
+// tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
+// at most 24 query tiles; a last kernel adds each position's compacted-row gradient to its raw one.
+// Checks dQ, dK and dV against a reference in double (dense and LRSA shapes, both ways of adding dQ),
+// then times T = 16K, 32K and 128K (14:2 heads), dense and LRSA, each way of adding dQ.
 //
-//   nvcc -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a dev/wgmma_attn_bwd.cu -o build-gpu/wgmma_attn_bwd
+//   build-gpu/dev-wgmma_attn_bwd [--check]      (or: bash dev/run.sh wgmma_attn_bwd)
 #include "attention_problem.h"
 #include "hopper.cuh"
 
@@ -21,14 +25,15 @@ constexpr int kBlock = 128;                  // keys per CTA, queries per step
 constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
 constexpr int kStages = 2;
 // Two warpgroups and no producer warp: ptxas gives every thread of a 288- or 384-thread CTA at most
-// 168 registers (setmaxnreg did not change that), and a step needs about 240. Thread 0 issues the copies.
+// 168 registers (setmaxnreg did not change that), and a step needs about 240. Thread 0 issues the
+// copies.
 constexpr int kThreads = 2 * 128;
 // K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2 halves][128 keys][64 queries].
 constexpr int kQOffset = 2 * kTileBytes;
 constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
 constexpr int kDsOffset = kDoOffset + kStages * kTileBytes;
 constexpr int kStatsOffset = kDsOffset + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
-constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // per warpgroup, [64 queries][64] f32
+constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // dQ staging per warpgroup, [64][64] f32
 constexpr int kBarrierOffset = kDqOffset + 2 * 64 * kD * 4;
 constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;
 
@@ -98,16 +103,16 @@ template <DqMode kDq>
 __global__ void __launch_bounds__(kThreads, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
-                    const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map,
-                    Lrsa lrsa, int raw_tiles, const WorkUnit* units, int compacted_rows, const float* lse, const float* d_sum, int padded_T,
-                    float* dq_accum, float* dk, float* dv, float* dkc, float* dvc, int T, int Hq, int Hk,
+                    const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
+                    int raw_tiles, const WorkUnit* units, int compacted_rows, const float* lse, const float* d_sum,
+                    int padded_T, float* dq_accum, float* dk, float* dv, float* dkc, float* dvc, int T, int Hq, int Hk,
                     float scale) {
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + kTileBytes;
   const uint32_t kv_full = base + kBarrierOffset, full = kv_full + 8, empty = full + 8 * kStages;
-  const float* stats = reinterpret_cast<const float*>(smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) +
-                                                      kStatsOffset);
+  const float* stats = reinterpret_cast<const float*>(
+      smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + kStatsOffset);
   const int kv_head = blockIdx.y, group = Hq / Hk;
   const WorkUnit unit = units[blockIdx.x];
   const KeyTile tile(lrsa, unit.tile, raw_tiles, T);
@@ -444,8 +449,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&] {
     attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, raw_tiles,
-                                                   units, compacted_rows, lse, d_sum, padded_T, dq_accum, dk_raw, dv_raw,
-                                                   dkc, dvc, T, Hq, Hk, scale);
+                                                         units, compacted_rows, lse, d_sum, padded_T, dq_accum, dk_raw,
+                                                         dv_raw, dkc, dvc, T, Hq, Hk, scale);
   };
   auto backward = [&] {
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
@@ -514,7 +519,8 @@ std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint
   return y;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  const bool check_only = checks_only(argc, argv, "wgmma_attn_bwd");
   bool ok = true;
   struct Shape {
     int T, Hq, Hk, sink, lag, keep;
@@ -529,8 +535,8 @@ int main() {
     const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + shape.T);
     const Gradients want = reference_backward(p, fwd, d_o);
     for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk}) {
-      const BackwardRun got =
-          mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, 0) : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
+      const BackwardRun got = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, 0)
+                                                      : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
       std::printf("check dQ %-6s T=%4d %d:%d S=%d L=%d K=%d:", mode == DqMode::kAtomic ? "atomic" : "bulk", p.T, p.Hq,
                   p.Hk, p.sink, p.lag, p.keep);
       double worst = 0;
@@ -542,6 +548,7 @@ int main() {
     }
   }
   if (!ok) return 1;  // no timing of a wrong kernel
+  if (check_only) return 0;
   for (int T : {16384, 32768, 131072}) {
     double dense_ms = 0;
     for (int lag : {0, 1024}) {

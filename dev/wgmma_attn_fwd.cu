@@ -1,22 +1,25 @@
-// dev/wgmma_attn_fwd.cu: a dense causal attention forward on wgmma + TMA (sm_90a), head dim 64: the
-// step towards Hopper LRSA kernels (a dev harness, not part of the build). Variants side by side.
+// dev/wgmma_attn_fwd.cu: the attention forward on wgmma + TMA (sm_90a), head dim 64, dense causal
+// and LRSA (key-tile lists over [sink | compacted history] and the raw window): the Hopper kernel
+// on its way into kernels/ (dev/README.md). Variants side by side.
 //
-// A CTA owns 64 query rows per consumer warpgroup (2 or 3 of them) of one head, plus one producer
+// A CTA owns 64 query rows per consumer warpgroup (1 or 2 of them) of one head, plus one producer
 // warp whose first lane streams the key/value tiles (128 rows each) through a ring of shared-memory
 // stages with TMA (128B swizzle, so wgmma reads them through descriptors); full/empty mbarriers pace
 // the ring. S = Q K^T is one m64n128 wgmma batch per warpgroup, the online softmax runs on its
 // accumulator registers, and P goes straight from them into the A operand of O += P V (m64n64, V
 // MN-major). The variants:
+//   consumers: 1 (two CTAs per SM) or 2 warpgroups per CTA;
+//   stages:    the depth of the K/V ring;
 //   overlap:   S of tile j is issued together with P V of tile j-1, so the softmax of tile j runs
 //              while the tensor cores still work on tile j-1 (FlashAttention-3's intra-warpgroup
 //              pipelining);
 //   pingpong:  named barriers let one warpgroup issue its GEMMs at a time, in turn, so one
 //              warpgroup's softmax overlaps the other's GEMMs.
-// Checks O and the log-sum-exp against a CPU reference in double (T = 256, 1000, 1024), then times
-// T = 16K and 32K at the Qwen2.5-0.5B shape (14:2 heads).
+// Checks O and the log-sum-exp against a reference in double (dense and LRSA shapes: partition
+// boundaries off the tiles, S = 0, T < S + 2L, GQA 1..4), then times T = 16K, 32K and 128K at the
+// Qwen2.5-0.5B shape (14:2 heads), dense and LRSA (S = 16, L = 1024, K = 256).
 //
-//   nvcc -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a dev/wgmma_attn_fwd.cu -o build-gpu/wgmma_attn_fwd
-//   build-gpu/wgmma_attn_fwd
+//   build-gpu/dev-wgmma_attn_fwd [--check]      (or: bash dev/run.sh wgmma_attn_fwd)
 #include "attention_problem.h"
 #include "hopper.cuh"
 
@@ -71,8 +74,8 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(full + 8 * s, 1);                   // the producer's expect_tx
-      mbarrier_init(empty + 8 * s, 4 * kConsumers);     // lane 0 of every consumer warp
+      mbarrier_init(full + 8 * s, 1);                // the producer's expect_tx
+      mbarrier_init(empty + 8 * s, 4 * kConsumers);  // lane 0 of every consumer warp
     }
     mbarrier_init(q_full, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -88,8 +91,9 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
         if (j >= kStages) mbarrier_wait(empty + 8 * stage, ((j / kStages) & 1) ^ 1);
         mbarrier_expect_bytes(full + 8 * stage, 2 * kTileBytes);
         const bool compacted = plan.compacted(j);
-        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, full + 8 * stage, 0, kv_head, plan.start(j));
-        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, full + 8 * stage, 0, kv_head, plan.start(j));
+        const uint32_t bar = full + 8 * stage;
+        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, bar, 0, kv_head, plan.start(j));
+        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, bar, 0, kv_head, plan.start(j));
       }
     }
     return;
@@ -278,7 +282,8 @@ DeviceRun run(const Problem& p, int repeats) {
   const CUtensorMap q_map = tensor_map(q, p.T, p.Hq, C::kBlockM), k_map = tensor_map(k, p.T, p.Hk, kBlockN),
                     v_map = tensor_map(v, p.T, p.Hk, kBlockN);
   const int compacted = p.lag ? std::max(p.compacted_rows(), 1) : p.T;
-  const CUtensorMap ck_map = tensor_map(ck, compacted, p.Hk, kBlockN), cv_map = tensor_map(cv, compacted, p.Hk, kBlockN);
+  const CUtensorMap ck_map = tensor_map(ck, compacted, p.Hk, kBlockN),
+                    cv_map = tensor_map(cv, compacted, p.Hk, kBlockN);
   auto kernel = attn_fwd_kernel<kConsumers, kOverlap, kPingPong, kStages>;
   CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   const dim3 grid((p.T + C::kBlockM - 1) / C::kBlockM, p.Hq);
@@ -343,14 +348,14 @@ const Shape kCheckShapes[] = {{256, 2, 1, 0, 0, 0},    {1000, 4, 2, 0, 0, 0},  {
                               {300, 2, 2, 16, 160, 40},  {2600, 2, 1, 300, 256, 64}};
 
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
-bool variant(const std::vector<Problem>& problems, const std::vector<Reference>& refs) {
+bool variant(const std::vector<Problem>& problems, const std::vector<Reference>& refs, bool timed) {
   char name[96];
   std::snprintf(name, sizeof name, "%d consumers%s%s, %d stages", kConsumers, kOverlap ? ", overlap" : "",
                 kPingPong ? ", pingpong" : "", kStages);
   bool ok = true;
   for (size_t i = 0; i < problems.size(); ++i)
     ok = check(name, problems[i], refs[i], run<kConsumers, kOverlap, kPingPong, kStages>(problems[i], 0)) && ok;
-  if (!ok) return false;  // no timing of a wrong kernel
+  if (!ok || !timed) return ok;  // no timing of a wrong kernel
   for (int T : {16384, 32768, 131072}) {
     double dense_ms = 0;
     for (int lag : {0, 1024}) {
@@ -361,13 +366,15 @@ bool variant(const std::vector<Problem>& problems, const std::vector<Reference>&
       std::printf("%-30s time T=%6d 14:2 d64 %-24s %7.3f ms, %5.1f TFLOP/s on the visible pairs%s", name, T,
                   lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
                   lag ? "" : "\n");
-      if (lag) std::printf(", %.3f of dense (pairs %.3f)\n", r.ms / dense_ms, visible_pairs(p) / (double(T) * (T + 1) / 2));
+      const double pairs = visible_pairs(p) / (double(T) * (T + 1) / 2);
+      if (lag) std::printf(", %.3f of dense (pairs %.3f)\n", r.ms / dense_ms, pairs);
     }
   }
   return true;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  const bool check_only = checks_only(argc, argv, "wgmma_attn_fwd");
   std::vector<Problem> problems;
   std::vector<Reference> refs;
   for (const Shape& s : kCheckShapes) {
@@ -375,7 +382,9 @@ int main() {
     refs.push_back(reference(problems.back()));
   }
   bool ok = true;
-  ok = variant<2, false, false, 2>(problems, refs) && ok;
-  ok = variant<1, false, false, 2>(problems, refs) && ok;
+  ok = variant<2, false, false, 2>(problems, refs, !check_only) && ok;
+  ok = variant<1, false, false, 2>(problems, refs, !check_only) && ok;
+  ok = variant<2, true, false, 2>(problems, refs, !check_only) && ok;
+  ok = variant<2, false, true, 2>(problems, refs, !check_only) && ok;
   return ok ? 0 : 1;
 }
