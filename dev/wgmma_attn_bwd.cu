@@ -72,8 +72,9 @@ struct KeyTile {
 };
 
 // A CTA's work: query tiles [m_begin, m_begin + m_count) of one key tile. A key tile's query run is
-// split into units of at most kUnitQueryTiles query tiles, so that no CTA outlasts the rest (the
-// sinks' compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
+// split into units of at most kUnitQueryTiles query tiles (by default), so that no CTA outlasts the
+// rest (the sinks' compacted tile is seen by every query); the units add their dK and dV into fp32
+// sums.
 constexpr int kUnitQueryTiles = 24;
 struct WorkUnit {
   int tile, m_begin, m_count;
@@ -389,7 +390,7 @@ struct BackwardRun {
 // O (bf16) and lse come from the reference forward, so only the backward is under test.
 template <DqMode kDq>
 BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
-                         int repeats) {
+                         int repeats, int unit_query_tiles = kUnitQueryTiles) {
   const int T = p.T, Hq = p.Hq, Hk = p.Hk, padded_T = (T + kBlock - 1) / kBlock * kBlock;
   const int compacted_rows = p.lag ? p.compacted_rows() : 0;
   const int raw_tiles = padded_T / kBlock, compacted_tiles = (compacted_rows + kBlock - 1) / kBlock;
@@ -434,7 +435,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   std::vector<WorkUnit> units_host;
   for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
     const KeyTile key_tile(lrsa, tile, raw_tiles, T);
-    const int pieces = (key_tile.m_tiles + kUnitQueryTiles - 1) / kUnitQueryTiles;
+    const int pieces = (key_tile.m_tiles + unit_query_tiles - 1) / unit_query_tiles;
     for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
       const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
       units_host.push_back({tile, m, count});
@@ -519,6 +520,18 @@ std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint
   return y;
 }
 
+void report(const Problem& p, const char* name, const BackwardRun& r, double dense_ms) {
+  const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
+  std::printf("time dQ %-32s T=%6d 14:2 d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
+              "with D, dQ's zeroing and rounding, dK/dV's sums; the kernel alone %7.3f ms (%5.1f)",
+              name, p.T, p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
+              r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
+  if (p.lag)
+    std::printf(", %.3f of dense with atomics\n", r.ms / dense_ms);
+  else
+    std::printf("\n");
+}
+
 int main(int argc, char** argv) {
   const bool check_only = checks_only(argc, argv, "wgmma_attn_bwd");
   bool ok = true;
@@ -562,17 +575,14 @@ int main(int argc, char** argv) {
         const BackwardRun r = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, repeats)
                               : mode == DqMode::kBulk ? run_backward<DqMode::kBulk>(p, fwd, d_o, repeats)
                                                       : run_backward<DqMode::kSkip>(p, fwd, d_o, repeats);
-        const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
         if (lag == 0 && mode == DqMode::kAtomic) dense_ms = r.ms;
-        std::printf("time dQ %-30s T=%6d 14:2 d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
-                    "with D, dQ's zeroing and rounding, dK/dV's sums; the kernel alone %7.3f ms (%5.1f)",
-                    mode == DqMode::kAtomic ? "atomic" : mode == DqMode::kBulk ? "bulk" : "skipped (a bound, wrong dQ)",
-                    T, lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
-                    r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
-        if (lag)
-          std::printf(", %.3f of dense with atomics\n", r.ms / dense_ms);
-        else
-          std::printf("\n");
+        report(p, mode == DqMode::kAtomic ? "atomic" : mode == DqMode::kBulk ? "bulk" : "skipped (a bound, wrong dQ)",
+               r, dense_ms);
+      }
+      for (int unit : {12, 48}) {  // LRSA's units: the grid's tail against each unit's start
+        char name[64];
+        std::snprintf(name, sizeof name, "bulk, units of %d query tiles", unit);
+        if (lag > 0) report(p, name, run_backward<DqMode::kBulk>(p, fwd, d_o, repeats, unit), dense_ms);
       }
     }
   }
