@@ -24,9 +24,9 @@
 constexpr int kBlock = 128;                  // keys per CTA, queries per step
 constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
 constexpr int kStages = 2;
-// Two warpgroups and no producer warp: ptxas gives every thread of a 288- or 384-thread CTA at most
-// 168 registers (setmaxnreg did not change that), and a step needs about 240. Thread 0 issues the
-// copies.
+// Two warpgroups and no producer warp: a step needs about 255 registers per thread, more than the
+// 240 that setmaxnreg can give consumer warpgroups next to a producer warpgroup (a 288-thread CTA
+// gets 168 without it). Thread 0 issues the copies.
 constexpr int kThreads = 2 * 128;
 // K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2 halves][128 keys][64 queries].
 constexpr int kQOffset = 2 * kTileBytes;
