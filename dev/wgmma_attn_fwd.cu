@@ -53,9 +53,9 @@ struct TilePlan {
 // q: [T, Hq, 64], k, v: [T, Hk, 64], o: [T, Hq, 64] bf16 (through the tensor maps for the inputs);
 // lse: [Hq, T] f32 (natural log). Accumulator register i of an m64nN tile holds row 16 * warp + group
 // + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2) (warp within the warpgroup,
-// group = lane / 4, quad = lane % 4): each thread holds two rows, a quad holds them whole.
+// group = lane / 4, quad = lane % 4): each thread holds two rows, a quad holds them whole. With one
+// consumer warpgroup, two CTAs share an SM and interleave on their own.
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
-// One consumer warpgroup: two CTAs per SM, which interleave on their own.
 __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStages>::kThreads, kConsumers == 1 ? 2 : 1)
     attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
@@ -90,9 +90,9 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       for (int j = 0; j < n_blocks; ++j) {
         const int stage = j % kStages;
         if (j >= kStages) mbarrier_wait(empty + 8 * stage, ((j / kStages) & 1) ^ 1);
-        mbarrier_expect_bytes(full + 8 * stage, 2 * kTileBytes);
-        const bool compacted = plan.compacted(j);
         const uint32_t bar = full + 8 * stage;
+        const bool compacted = plan.compacted(j);
+        mbarrier_expect_bytes(bar, 2 * kTileBytes);
         tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, bar, 0, kv_head, plan.start(j));
         tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, bar, 0, kv_head, plan.start(j));
       }
