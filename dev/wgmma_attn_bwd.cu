@@ -43,10 +43,10 @@ __device__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_
                : "memory");
 }
 
-// The key tile a CTA owns and the query tiles that see it. The first raw_tiles CTAs (per KV head)
-// own tiles of raw positions, which their queries see through the interval [raw_begin(t), t]; the
-// rest own tiles of the compacted rows [sink | Sel(0) | Sel(1) | ...], seen by every query from the
-// partition two past the row's on (row < compacted_end(t)). Dense causal attention: lag 0, raw only.
+// A key tile and the query tiles that see it. Tiles 0 .. raw_tiles - 1 (per KV head) hold raw
+// positions, which their queries see through the interval [raw_begin(t), t]; the rest hold the
+// compacted rows [sink | Sel(0) | Sel(1) | ...], seen by every query from the partition two past
+// the row's on (row < compacted_end(t)). Dense causal attention: lag 0, raw tiles only.
 struct KeyTile {
   bool compacted;
   int key_begin, m_first, m_tiles;  // query tiles m_first .. m_first + m_tiles - 1
