@@ -2,13 +2,13 @@
 // and LRSA (key-tile lists over [sink | compacted history] and the raw window): the Hopper kernel
 // on its way into kernels/ (dev/README.md). Variants side by side.
 //
-// A CTA owns 64 query rows per consumer warpgroup (1 or 2 of them) of one head, plus one producer
-// warp whose first lane streams the key/value tiles (128 rows each) through a ring of shared-memory
+// A CTA owns 64 query rows per consumer warpgroup (1 to 3 of them) of one head, plus one producer
+// warp (or warpgroup) whose first lane streams the key/value tiles (128 rows each) through a ring of shared-memory
 // stages with TMA (128B swizzle, so wgmma reads them through descriptors); full/empty mbarriers pace
 // the ring. S = Q K^T is one m64n128 wgmma batch per warpgroup, the online softmax runs on its
 // accumulator registers, and P goes straight from them into the A operand of O += P V (m64n64, V
 // MN-major). The variants:
-//   consumers: 1 (two CTAs per SM) or 2 warpgroups per CTA;
+//   consumers: 1 (two CTAs per SM), 2 or 3 warpgroups per CTA;
 //   stages:    the depth of the K/V ring;
 //   overlap:   S of tile j is issued together with P V of tile j-1, so the softmax of tile j runs
 //              while the tensor cores still work on tile j-1 (FlashAttention-3's intra-warpgroup
@@ -30,7 +30,12 @@ constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB: one K or V tile
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
 struct Config {
   static constexpr int kBlockM = 64 * kConsumers;  // query rows per CTA
-  static constexpr int kThreads = 128 * kConsumers + 32;
+  // Three consumers (FlashAttention-3's d64 tile, 192 rows) take a whole producer warpgroup, so that
+  // setmaxnreg can move its registers to them: a 416-thread CTA gets 126 per thread, and a step
+  // needs ~165. Fewer consumers make do with a producer warp.
+  static constexpr bool kProducerWarpgroup = kConsumers == 3;
+  static constexpr int kThreads = 128 * kConsumers + (kProducerWarpgroup ? 128 : 32);
+  static constexpr int kProducerRegisters = 32, kConsumerRegisters = 160;  // 128 x 32 + 384 x 160 = 65536
   static constexpr int kQBytes = kBlockM * kD * 2;
   // Q, then the K stages, then the V stages (all 1024-byte aligned), then the mbarriers.
   static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kTileBytes;
@@ -83,8 +88,10 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   }
   __syncthreads();
 
-  if (warpgroup == kConsumers) {  // the producer warp
-    if (threadIdx.x % 32 == 0) {
+  if (warpgroup == kConsumers) {  // the producer: its first thread issues every copy
+    if constexpr (C::kProducerWarpgroup)
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(C::kProducerRegisters) : "memory");
+    if (threadIdx.x == 128 * kConsumers) {
       mbarrier_expect_bytes(q_full, C::kQBytes);
       tma_load(q_tile, &q_map, q_full, 0, head, row_begin);
       for (int j = 0; j < n_blocks; ++j) {
@@ -100,6 +107,8 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     return;
   }
 
+  if constexpr (C::kProducerWarpgroup)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(C::kConsumerRegisters) : "memory");
   const int t = threadIdx.x % 128, warp = t / 32, group = (t % 32) / 4, quad = t % 4;
   const int wg_row = row_begin + warpgroup * 64;
   const int row0 = wg_row + 16 * warp + group;  // and row0 + 8
@@ -116,7 +125,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
 
   // Ping-pong: warpgroup g issues its GEMMs after barrier 1 + g and lets the next one go once they
   // have completed.
-  static_assert(!kPingPong || (kOverlap && kConsumers == 2), "ping-pong alternates two overlapped warpgroups");
+  static_assert(!kPingPong || (kOverlap && kConsumers >= 2), "ping-pong alternates overlapped warpgroups");
   const int next_consumer = (warpgroup + 1) % kConsumers;
   auto my_turn = [&] {
     if (kPingPong) named_barrier_sync(1 + warpgroup, 256);
@@ -397,5 +406,6 @@ int main(int argc, char** argv) {
   ok = variant<1, false, false, 2>(problems, refs, !check_only) && ok;
   ok = variant<2, true, false, 2>(problems, refs, !check_only) && ok;
   ok = variant<2, true, true, 2>(problems, refs, !check_only) && ok;
+  ok = variant<3, false, false, 2>(problems, refs, !check_only) && ok;
   return ok ? 0 : 1;
 }
