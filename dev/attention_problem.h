@@ -104,16 +104,48 @@ inline double visible_pairs(const Problem& p) {
   return pairs;
 }
 
-// O and the lse in double, straight from the definition.
+// O and the lse in double, straight from the definition; and the same from the straightforward way
+// at the kernels' precision, as PyTorch runs attention in bf16 (S = Q K^T and its scaling rounded to
+// bf16, the softmax in fp32 rounded to bf16, O = P V with fp32 sums rounded to bf16). FlashAttention's
+// tolerance rule: a kernel's error against double may be at most twice the straightforward way's.
 struct Reference {
   std::vector<double> o, lse;
+  std::vector<float> o_simple, lse_simple;
 };
+
+// fp32 sums of bf16 products, as a bf16 GEMM accumulates.
+inline float dot_f32(const __nv_bfloat16* a, const __nv_bfloat16* b) {
+  float sum = 0.0f;
+  for (int d = 0; d < kD; ++d) sum += __bfloat162float(a[d]) * __bfloat162float(b[d]);
+  return sum;
+}
+
+// The straightforward way's probabilities of query row i of head h (bf16 values; 0 where not
+// visible, and for keys past i); returns its log-sum-exp.
+inline float simple_probabilities(const Problem& p, int h, int i, std::vector<float>& prob) {
+  const int kh = h / (p.Hq / p.Hk);
+  const float scale = 1.0f / std::sqrt(float(kD));
+  float mx = -INFINITY;
+  for (int j = 0; j < p.T; ++j) {
+    prob[j] = -INFINITY;
+    if (j > i || !p.visible(kh, i, j)) continue;
+    const float score = bf16_round(dot_f32(&p.q[(size_t(i) * p.Hq + h) * kD], &p.k[(size_t(j) * p.Hk + kh) * kD]));
+    prob[j] = bf16_round(score * scale);
+    mx = std::fmax(mx, prob[j]);
+  }
+  float sum = 0.0f;
+  for (int j = 0; j <= i; ++j) sum += prob[j] == -INFINITY ? 0.0f : std::exp(prob[j] - mx);
+  for (int j = 0; j < p.T; ++j) prob[j] = prob[j] == -INFINITY ? 0.0f : bf16_round(std::exp(prob[j] - mx) / sum);
+  return mx + std::log(sum);
+}
 
 inline Reference reference(const Problem& p) {
   const int T = p.T, Hq = p.Hq, group = p.Hq / p.Hk;
   const double scale = 1.0 / std::sqrt(double(kD));
-  Reference ref{std::vector<double>(size_t(T) * Hq * kD), std::vector<double>(size_t(Hq) * T)};
+  Reference ref{std::vector<double>(size_t(T) * Hq * kD), std::vector<double>(size_t(Hq) * T),
+                std::vector<float>(size_t(T) * Hq * kD), std::vector<float>(size_t(Hq) * T)};
   std::vector<double> s(T);
+  std::vector<float> prob(T);
   for (int h = 0; h < Hq; ++h) {
     const int kh = h / group;
     for (int i = 0; i < T; ++i) {
@@ -140,6 +172,12 @@ inline Reference reference(const Problem& p) {
           if (s[j] != -INFINITY)
             acc += std::exp(s[j] - lse) * double(__bfloat162float(p.v[(size_t(j) * p.Hk + kh) * kD + d]));
         ref.o[(size_t(i) * Hq + h) * kD + d] = acc;
+      }
+      ref.lse_simple[size_t(h) * T + i] = simple_probabilities(p, h, i, prob);
+      for (int d = 0; d < kD; ++d) {
+        float acc = 0.0f;
+        for (int j = 0; j <= i; ++j) acc += prob[j] * __bfloat162float(p.v[(size_t(j) * p.Hk + kh) * kD + d]);
+        ref.o_simple[(size_t(i) * Hq + h) * kD + d] = bf16_round(acc);
       }
     }
   }

@@ -339,8 +339,12 @@ __global__ void finalize_kv_kernel(const float* dk, const float* dv, const float
 }
 
 // The gradients in double from the definition, given O and dO: dS = P (dP - D), D = rowsum(P dP).
+// Alongside, the straightforward way at bf16 (as PyTorch's autograd runs the bf16 forward: dP, dS and
+// the scaled dS rounded to bf16, GEMMs with fp32 sums rounded to bf16, each head's dK and dV rounded
+// before the GQA group's sum).
 struct Gradients {
   std::vector<double> dq, dk, dv;
+  std::vector<float> dq_simple, dk_simple, dv_simple;
 };
 
 Gradients reference_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o) {
@@ -349,8 +353,11 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
   auto at = [](const std::vector<__nv_bfloat16>& x, int row, int heads, int head, int d) {
     return double(__bfloat162float(x[(size_t(row) * heads + head) * kD + d]));
   };
-  Gradients g{std::vector<double>(p.q.size()), std::vector<double>(p.k.size()), std::vector<double>(p.k.size())};
+  Gradients g{std::vector<double>(p.q.size()), std::vector<double>(p.k.size()), std::vector<double>(p.k.size()),
+              std::vector<float>(p.q.size()), std::vector<float>(p.k.size()), std::vector<float>(p.k.size())};
   std::vector<double> prob(T), dprob(T);
+  std::vector<float> prob16(T), dprob16(T), dq16(kD);
+  std::vector<float> dk_heads(size_t(T) * Hq * kD), dv_heads(size_t(T) * Hq * kD);  // per query head, fp32 sums
   for (int h = 0; h < Hq; ++h) {
     const int kh = h / group;
     for (int i = 0; i < T; ++i) {
@@ -376,8 +383,37 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
           g.dv[(size_t(j) * Hk + kh) * kD + d] += prob[j] * at(d_o, i, Hq, h, d);
         }
       }
+
+      simple_probabilities(p, h, i, prob16);
+      float d_row16 = 0.0f;
+      for (int j = 0; j <= i; ++j) {
+        dprob16[j] = prob16[j] == 0.0f ? 0.0f
+                                       : bf16_round(dot_f32(&d_o[(size_t(i) * Hq + h) * kD],
+                                                            &p.v[(size_t(j) * Hk + kh) * kD]));
+        d_row16 += prob16[j] * dprob16[j];
+      }
+      std::fill(dq16.begin(), dq16.end(), 0.0f);
+      for (int j = 0; j <= i; ++j) {
+        if (prob16[j] == 0.0f) continue;
+        const float ds = bf16_round(bf16_round(prob16[j] * (dprob16[j] - d_row16)) * float(scale));
+        for (int d = 0; d < kD; ++d) {
+          dq16[d] += ds * float(at(p.k, j, Hk, kh, d));
+          dk_heads[(size_t(j) * Hq + h) * kD + d] += ds * float(at(p.q, i, Hq, h, d));
+          dv_heads[(size_t(j) * Hq + h) * kD + d] += prob16[j] * float(at(d_o, i, Hq, h, d));
+        }
+      }
+      for (int d = 0; d < kD; ++d) g.dq_simple[(size_t(i) * Hq + h) * kD + d] = bf16_round(dq16[d]);
     }
   }
+  for (int j = 0; j < T; ++j)
+    for (int h = 0; h < Hq; ++h)
+      for (int d = 0; d < kD; ++d) {
+        const size_t to = (size_t(j) * Hk + h / group) * kD + d, from = (size_t(j) * Hq + h) * kD + d;
+        g.dk_simple[to] += bf16_round(dk_heads[from]);
+        g.dv_simple[to] += bf16_round(dv_heads[from]);
+      }
+  for (float& x : g.dk_simple) x = bf16_round(x);
+  for (float& x : g.dv_simple) x = bf16_round(x);
   return g;
 }
 
@@ -495,19 +531,19 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   return out;
 }
 
-// Max |error| against double, relative to the largest reference value; layout or masking bugs give
-// errors of the order of the values themselves, bf16 rounding of P and dS well under 1%.
+// Max |error| against double, against twice the straightforward way's (FlashAttention's tolerance
+// rule; the small floor keeps an exact match of tiny values from failing).
 bool check_gradient(const char* name, const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
-                    double& worst) {
-  double err = 0, largest = 0;
+                    const std::vector<float>& simple) {
+  double err = 0, simple_err = 0, largest = 0;
   for (size_t i = 0; i < want.size(); ++i) {
     const float x = __bfloat162float(got[i]);
     err = std::isnan(x) ? INFINITY : std::fmax(err, std::fabs(x - want[i]));
+    simple_err = std::fmax(simple_err, std::fabs(simple[i] - want[i]));
     largest = std::fmax(largest, std::fabs(want[i]));
   }
-  std::printf(" %s %.3g of %.3g (%.2g)", name, err, largest, err / largest);
-  worst = std::fmax(worst, err / largest);
-  return err <= 1e-2 * largest;
+  std::printf(" %s %.3g (straightforward bf16 %.3g) of %.3g", name, err, simple_err, largest);
+  return err <= 2 * simple_err + 1e-5 * largest;
 }
 
 std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint32_t seed) {
@@ -539,10 +575,9 @@ int main(int argc, char** argv) {
                                                       : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
       std::printf("check dQ %-6s T=%4d %d:%d S=%d L=%d K=%d:", mode == DqMode::kAtomic ? "atomic" : "bulk", p.T, p.Hq,
                   p.Hk, p.sink, p.lag, p.keep);
-      double worst = 0;
-      bool shape_ok = check_gradient("dQ", got.dq, want.dq, worst);
-      shape_ok = check_gradient("dK", got.dk, want.dk, worst) && shape_ok;
-      shape_ok = check_gradient("dV", got.dv, want.dv, worst) && shape_ok;
+      bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
+      shape_ok = check_gradient("dK", got.dk, want.dk, want.dk_simple) && shape_ok;
+      shape_ok = check_gradient("dV", got.dv, want.dv, want.dv_simple) && shape_ok;
       std::printf(": %s\n", shape_ok ? "PASS" : "FAIL");
       ok = ok && shape_ok;
     }
@@ -553,7 +588,7 @@ int main(int argc, char** argv) {
     double dense_ms = 0;
     for (int lag : {0, 1024}) {
       const Problem p = lag ? make_problem(T, 14, 2, 99, 16, 1024, 256) : make_problem(T, 14, 2, 99);
-      Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T)};
+      Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T), {}, {}};
       for (int h = 0; h < p.Hq; ++h)  // a plausible lse: log of the visible keys, so P stays near 1 / keys
         for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t + 1));
       const std::vector<__nv_bfloat16> d_o = random_like(p.q, 3);

@@ -320,22 +320,24 @@ DeviceRun run(const Problem& p, int repeats) {
   return out;
 }
 
-// Max |error| of O and of the lse against double, and for scale the error of O rounded straight
-// from the double result to bf16 (what a straightforward bf16 output carries).
+// Max |error| of O and of the lse against double, against twice the straightforward way's
+// (FlashAttention's tolerance rule; the small floor keeps an exact match of tiny values from failing).
 bool check(const char* name, const Problem& p, const Reference& ref, const DeviceRun& r) {
-  double o_err = 0, o_rounding = 0, lse_err = 0;
+  double o_err = 0, o_simple = 0, lse_err = 0, lse_simple = 0, o_largest = 0;
   for (size_t i = 0; i < ref.o.size(); ++i) {
     const float got = __bfloat162float(r.o[i]);
     o_err = std::isnan(got) ? INFINITY : std::fmax(o_err, std::fabs(ref.o[i] - got));
-    o_rounding = std::fmax(o_rounding, std::fabs(ref.o[i] - bf16_round(float(ref.o[i]))));
+    o_simple = std::fmax(o_simple, std::fabs(ref.o[i] - ref.o_simple[i]));
+    o_largest = std::fmax(o_largest, std::fabs(ref.o[i]));
   }
-  for (size_t i = 0; i < ref.lse.size(); ++i)
+  for (size_t i = 0; i < ref.lse.size(); ++i) {
     lse_err = std::isnan(r.lse[i]) ? INFINITY : std::fmax(lse_err, std::fabs(ref.lse[i] - r.lse[i]));
-  // P is rounded to bf16 before P V (as every flash kernel does), so O carries more than the
-  // output rounding; 4x it, and 1e-3 on the lse, separate a correct kernel from a wrong layout.
-  const bool ok = o_err <= 4 * o_rounding + 1e-3 && lse_err < 1e-3;
-  std::printf("%-30s check T=%4d %d:%d S=%d L=%d K=%d: O max error %.3g (bf16 rounding of O %.3g), lse %.3g: %s\n",
-              name, p.T, p.Hq, p.Hk, p.sink, p.lag, p.keep, o_err, o_rounding, lse_err, ok ? "PASS" : "FAIL");
+    lse_simple = std::fmax(lse_simple, std::fabs(ref.lse[i] - ref.lse_simple[i]));
+  }
+  const bool ok = o_err <= 2 * o_simple + 1e-5 * o_largest && lse_err <= 2 * lse_simple + 1e-6;
+  std::printf("%-30s check T=%4d %d:%d S=%d L=%d K=%d: O max error %.3g (straightforward bf16 %.3g), lse %.3g (%.3g): "
+              "%s\n",
+              name, p.T, p.Hq, p.Hk, p.sink, p.lag, p.keep, o_err, o_simple, lse_err, lse_simple, ok ? "PASS" : "FAIL");
   return ok;
 }
 
