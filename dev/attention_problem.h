@@ -38,6 +38,7 @@ struct Problem {
   std::vector<__nv_bfloat16> q, k, v, ck, cv;
   std::vector<std::vector<int>> compacted_row;  // [Hk][T]: the position's row in ck/cv, or -1
   int compacted_rows() const { return int(ck.size() / (size_t(Hk) * kD)); }
+  Lrsa lrsa() const { return Lrsa(sink, lag, keep); }
   int partition(int t) const { return (t - sink) / lag; }
   bool visible(int kv_head, int t, int j) const {  // ../shared/lrsa-spec.md, "Visibility"
     if (j > t) return false;
@@ -182,6 +183,29 @@ inline Reference reference(const Problem& p) {
     }
   }
   return ref;
+}
+
+// A result's max |error| against double, beside the straightforward way's and the largest reference
+// value. FlashAttention's tolerance rule: error <= 2 x the straightforward way's, plus a small floor
+// so that an exact match of tiny values does not fail. A NaN result counts as an infinite error.
+struct RuleCheck {
+  double error = 0, simple = 0, largest = 0;
+  bool within(double floor) const { return error <= 2 * simple + floor; }
+};
+
+inline float as_float(float x) { return x; }
+inline float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename Got>
+RuleCheck rule_check(const std::vector<Got>& got, const std::vector<double>& want, const std::vector<float>& simple) {
+  RuleCheck c;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float x = as_float(got[i]);
+    c.error = std::isnan(x) ? INFINITY : std::fmax(c.error, std::fabs(x - want[i]));
+    c.simple = std::fmax(c.simple, std::fabs(simple[i] - want[i]));
+    c.largest = std::fmax(c.largest, std::fabs(want[i]));
+  }
+  return c;
 }
 
 inline __nv_bfloat16* upload(const std::vector<__nv_bfloat16>& host) {

@@ -156,6 +156,23 @@ inline CUtensorMap tensor_map(const __nv_bfloat16* data, int T, int H, int rows)
   return map;
 }
 
+// Mean milliseconds of `repeats` back-to-back calls of launch (CUDA events on the default stream).
+template <typename Launch>
+float time_ms(Launch&& launch, int repeats) {
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  CHECK_CUDA(cudaEventRecord(start));
+  for (int r = 0; r < repeats; ++r) launch();
+  CHECK_CUDA(cudaEventRecord(stop));
+  CHECK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  return ms / float(repeats);
+}
+
 // The harnesses' command line: `--check` runs the checks only (CTest), no argument also times.
 // Exits 77 (CTest: skipped) with the reason when there is no sm_90 GPU to run sm_90a code on.
 inline bool checks_only(int argc, char** argv, const char* program) {

@@ -467,7 +467,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
                     cv_map = tensor_map(cv, compacted_map_rows, Hk, kBlock);
   CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
-  const Lrsa lrsa(p.sink, p.lag, p.keep);
+  const Lrsa lrsa = p.lrsa();
   std::vector<WorkUnit> units_host;
   for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
     const KeyTile key_tile(lrsa, tile, raw_tiles, T);
@@ -509,17 +509,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaMemcpy(out.dk.data(), dk, out.dk.size() * 2, cudaMemcpyDeviceToHost));
   CHECK_CUDA(cudaMemcpy(out.dv.data(), dv, out.dv.size() * 2, cudaMemcpyDeviceToHost));
   if (repeats > 0) {
-    cudaEvent_t start, stop;
-    CHECK_CUDA(cudaEventCreate(&start));
-    CHECK_CUDA(cudaEventCreate(&stop));
-    for (float* result : {&out.ms, &out.kernel_ms}) {
-      CHECK_CUDA(cudaEventRecord(start));
-      for (int r = 0; r < repeats; ++r) result == &out.ms ? backward() : backward_kernel();
-      CHECK_CUDA(cudaEventRecord(stop));
-      CHECK_CUDA(cudaEventSynchronize(stop));
-      CHECK_CUDA(cudaEventElapsedTime(result, start, stop));
-      *result /= float(repeats);
-    }
+    out.ms = time_ms(backward, repeats);
+    out.kernel_ms = time_ms(backward_kernel, repeats);
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
@@ -532,19 +523,12 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   return out;
 }
 
-// Max |error| against double, against twice the straightforward way's (FlashAttention's tolerance
-// rule; the small floor keeps an exact match of tiny values from failing).
+// One gradient by FlashAttention's tolerance rule (RuleCheck).
 bool check_gradient(const char* name, const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
                     const std::vector<float>& simple) {
-  double err = 0, simple_err = 0, largest = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const float x = __bfloat162float(got[i]);
-    err = std::isnan(x) ? INFINITY : std::fmax(err, std::fabs(x - want[i]));
-    simple_err = std::fmax(simple_err, std::fabs(simple[i] - want[i]));
-    largest = std::fmax(largest, std::fabs(want[i]));
-  }
-  std::printf(" %s %.3g (straightforward bf16 %.3g) of %.3g", name, err, simple_err, largest);
-  return err <= 2 * simple_err + 1e-5 * largest;
+  const RuleCheck c = rule_check(got, want, simple);
+  std::printf(" %s %.3g (straightforward bf16 %.3g) of %.3g", name, c.error, c.simple, c.largest);
+  return c.within(1e-5 * c.largest);
 }
 
 std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint32_t seed) {

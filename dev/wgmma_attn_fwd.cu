@@ -308,10 +308,7 @@ DeviceRun run(const Problem& p, int repeats) {
   CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   const dim3 grid((p.T + C::kBlockM - 1) / C::kBlockM, p.Hq);
   const float scale = 1.0f / std::sqrt(float(kD));
-  const Lrsa lrsa(p.sink, p.lag, p.keep);
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
+  const Lrsa lrsa = p.lrsa();
   auto launch = [&] {
     kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, o, lse, p.T, p.Hq, p.Hk,
                                                  scale);
@@ -324,14 +321,7 @@ DeviceRun run(const Problem& p, int repeats) {
   out.lse.resize(size_t(p.Hq) * p.T);
   CHECK_CUDA(cudaMemcpy(out.o.data(), o, nq * 2, cudaMemcpyDeviceToHost));
   CHECK_CUDA(cudaMemcpy(out.lse.data(), lse, out.lse.size() * 4, cudaMemcpyDeviceToHost));
-  if (repeats > 0) {
-    CHECK_CUDA(cudaEventRecord(start));
-    for (int r = 0; r < repeats; ++r) launch();
-    CHECK_CUDA(cudaEventRecord(stop));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    CHECK_CUDA(cudaEventElapsedTime(&out.ms, start, stop));
-    out.ms /= float(repeats);
-  }
+  if (repeats > 0) out.ms = time_ms(launch, repeats);
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse}) CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));
@@ -340,24 +330,14 @@ DeviceRun run(const Problem& p, int repeats) {
   return out;
 }
 
-// Max |error| of O and of the lse against double, against twice the straightforward way's
-// (FlashAttention's tolerance rule; the small floor keeps an exact match of tiny values from failing).
+// O and the lse by FlashAttention's tolerance rule (RuleCheck); the lse's floor is absolute.
 bool check(const char* name, const Problem& p, const Reference& ref, const DeviceRun& r) {
-  double o_err = 0, o_simple = 0, lse_err = 0, lse_simple = 0, o_largest = 0;
-  for (size_t i = 0; i < ref.o.size(); ++i) {
-    const float got = __bfloat162float(r.o[i]);
-    o_err = std::isnan(got) ? INFINITY : std::fmax(o_err, std::fabs(ref.o[i] - got));
-    o_simple = std::fmax(o_simple, std::fabs(ref.o[i] - ref.o_simple[i]));
-    o_largest = std::fmax(o_largest, std::fabs(ref.o[i]));
-  }
-  for (size_t i = 0; i < ref.lse.size(); ++i) {
-    lse_err = std::isnan(r.lse[i]) ? INFINITY : std::fmax(lse_err, std::fabs(ref.lse[i] - r.lse[i]));
-    lse_simple = std::fmax(lse_simple, std::fabs(ref.lse[i] - ref.lse_simple[i]));
-  }
-  const bool ok = o_err <= 2 * o_simple + 1e-5 * o_largest && lse_err <= 2 * lse_simple + 1e-6;
+  const RuleCheck o = rule_check(r.o, ref.o, ref.o_simple), lse = rule_check(r.lse, ref.lse, ref.lse_simple);
+  const bool ok = o.within(1e-5 * o.largest) && lse.within(1e-6);
   std::printf("%-30s check T=%4d %d:%d S=%d L=%d K=%d: O max error %.3g (straightforward bf16 %.3g), lse %.3g (%.3g): "
               "%s\n",
-              name, p.T, p.Hq, p.Hk, p.sink, p.lag, p.keep, o_err, o_simple, lse_err, lse_simple, ok ? "PASS" : "FAIL");
+              name, p.T, p.Hq, p.Hk, p.sink, p.lag, p.keep, o.error, o.simple, lse.error, lse.simple,
+              ok ? "PASS" : "FAIL");
   return ok;
 }
 
