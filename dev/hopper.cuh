@@ -5,6 +5,7 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
+#include <algorithm>
 
 #include <cmath>
 #include <cstdint>
@@ -171,6 +172,66 @@ float time_ms(Launch&& launch, int repeats) {
   CHECK_CUDA(cudaEventDestroy(start));
   CHECK_CUDA(cudaEventDestroy(stop));
   return ms / float(repeats);
+}
+
+// Where a CTA's time went: when it started, when its first step had its data, when its last step
+// was done and when it ended (the global nanosecond timer, comparable across SMs), on which SM, and
+// how many steps (key or query tiles) it ran, and how many of those were masked. A kernel given a
+// non-null span array writes one per CTA; span_report() turns them into the figures that say whether
+// a kernel is slow per step, per masked step, or per CTA, or short of work for some SMs.
+struct CtaSpan {
+  uint64_t begin, first_step, last_step, end;
+  int sm, steps, masked;
+};
+__device__ inline uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+__device__ inline int sm_id() {
+  int id;
+  asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));
+  return id;
+}
+
+// A CTA's time fitted (least squares) as fixed + per plain step + per masked step, its mean start (to
+// the first step's data) and finish (after the last step), the SMs' busy share of the kernel's span,
+// and the mean gap between one CTA's end and the next one's start on an SM.
+inline void span_report(const char* name, std::vector<CtaSpan> spans) {
+  if (spans.empty()) return;
+  uint64_t first = spans[0].begin, last = spans[0].end;
+  double m[3][4] = {};  // the normal equations [X^T X | X^T y] for x = (1, plain, masked)
+  double busy = 0, gaps = 0, steps = 0, masked = 0, start = 0, finish = 0;
+  int sms = 0, gap_count = 0;
+  for (const CtaSpan& c : spans) {
+    first = std::min(first, c.begin), last = std::max(last, c.end);
+    const double x[3] = {1.0, double(c.steps - c.masked), double(c.masked)}, y = double(c.end - c.begin) * 1e-3;
+    for (int r = 0; r < 3; ++r) {
+      for (int col = 0; col < 3; ++col) m[r][col] += x[r] * x[col];
+      m[r][3] += x[r] * y;
+    }
+    busy += y, steps += c.steps, masked += c.masked;
+    start += double(c.first_step - c.begin) * 1e-3, finish += double(c.end - c.last_step) * 1e-3;
+    sms = std::max(sms, c.sm + 1);
+  }
+  for (int r = 0; r < 3; ++r) m[r][r] += 1e-9;  // a column that is all zeros (no masked steps) stays solvable
+  for (int r = 0; r < 3; ++r)  // Gauss-Jordan: the system is 3 x 3 and positive definite
+    for (int other = 0; other < 3; ++other) {
+      if (other == r) continue;
+      const double f = m[other][r] / m[r][r];
+      for (int col = 0; col < 4; ++col) m[other][col] -= f * m[r][col];
+    }
+  std::sort(spans.begin(), spans.end(),
+            [](const CtaSpan& a, const CtaSpan& b) { return a.sm != b.sm ? a.sm < b.sm : a.begin < b.begin; });
+  for (size_t i = 1; i < spans.size(); ++i)
+    if (spans[i].sm == spans[i - 1].sm && spans[i].begin >= spans[i - 1].end)
+      gaps += double(spans[i].begin - spans[i - 1].end) * 1e-3, ++gap_count;
+  const double n = double(spans.size()), span_us = double(last - first) * 1e-3;
+  std::printf("%-40s spans: %d CTAs on %d SMs in %.1f us; per CTA %.2f us + %.3f us per plain step + %.3f per masked "
+              "(mean %.1f steps, %.1f masked); start %.2f us, finish %.2f us; SMs busy %.1f%% of the span; "
+              "mean gap between CTAs on an SM %.2f us\n",
+              name, int(n), sms, span_us, m[0][3] / m[0][0], m[1][3] / m[1][1], m[2][3] / m[2][2], steps / n,
+              masked / n, start / n, finish / n, 100.0 * busy / (sms * span_us), gap_count ? gaps / gap_count : 0.0);
 }
 
 // The harnesses' command line: `--check` runs the checks only (CTest), no argument also times.

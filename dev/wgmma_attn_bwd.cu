@@ -10,7 +10,8 @@
 //   dV_w += P^T dO,  dK_w += dS^T Q           (m64n64, A from registers, B MN-major)
 //   dS^T goes to shared memory; after a barrier between the two warpgroups,
 //   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
-// and dQ is added into an fp32 buffer with atomics (a last kernel rounds it to bf16).
+//   issued before dK's GEMM, so that dQ is added into an fp32 buffer (atomics or a bulk reduce-add;
+//   a last kernel rounds it to bf16) while dK's GEMM runs.
 // LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
 // tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
 // at most 24 query tiles; a last kernel adds each position's compacted-row gradient to its raw one.
@@ -20,6 +21,8 @@
 //   build-gpu/dev-wgmma_attn_bwd [--check]      (or: bash dev/run.sh wgmma_attn_bwd)
 #include "attention_problem.h"
 #include "hopper.cuh"
+
+#include <climits>
 
 constexpr int kBlock = 128;                  // keys per CTA, queries per step
 constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
@@ -53,21 +56,20 @@ struct KeyTile {
   __host__ __device__ KeyTile(const Lrsa& lrsa, int tile, int raw_tiles, int T) {
     compacted = tile >= raw_tiles;
     key_begin = (compacted ? tile - raw_tiles : tile) * kBlock;
-    int first_query, query_end = T;
-    if (compacted) {
-      first_query = key_begin < lrsa.sink ? key_begin
-                                          : lrsa.sink + ((key_begin - lrsa.sink) / lrsa.keep + 2) * lrsa.lag;
-    } else {
-      first_query = key_begin;
-      const int last_key = min(key_begin + kBlock, T) - 1;
-      if (lrsa.lag > 0)  // the last query whose window [raw_begin(t), t] reaches the tile; none below the sinks
-        query_end = last_key < lrsa.sink ? 0 : min(T, lrsa.sink + (lrsa.partition(last_key) + 2) * lrsa.lag);
-    }
+    const int first_query = viewers(lrsa, key_begin, T).x;
+    const int query_end = viewers(lrsa, min(key_begin + kBlock, compacted ? INT_MAX : T) - 1, T).y;
     m_first = first_query / kBlock;
     m_tiles = max((query_end + kBlock - 1) / kBlock - m_first, 0);
   }
-  __host__ __device__ bool visible(const Lrsa& lrsa, int key, int query) const {
-    return compacted ? key < lrsa.compacted_end(query) : lrsa.raw_begin(query) <= key && key <= query;
+  // The queries [x, y) that see a key of this tile: the visible intervals grow with the query, so a
+  // key's viewers are one interval. A raw key is seen up to the end of the partition after its own
+  // (no raw key below the sinks past them: those are seen as compacted rows); a compacted row from
+  // the partition two past its own on.
+  __host__ __device__ int2 viewers(const Lrsa& lrsa, int key, int T) const {
+    if (compacted)
+      return {key < lrsa.sink ? key : lrsa.sink + ((key - lrsa.sink) / lrsa.keep + 2) * lrsa.lag, T};
+    if (lrsa.lag == 0) return {key, T};
+    return {key, key < lrsa.sink ? 0 : min(T, lrsa.sink + (lrsa.partition(key) + 2) * lrsa.lag)};
   }
 };
 
@@ -81,7 +83,8 @@ struct WorkUnit {
 };
 
 // How a step's dQ reaches the fp32 sums: atomics from every thread; one bulk reduce-add (TMA) of the
-// warpgroup's 64 x 64 tile staged in shared memory; or not at all (a bound for timing, not a result).
+// warpgroup's 64 x 64 tile staged in shared memory (one per warp of its 16 rows, without the
+// warpgroup barriers, measured 5% slower); or not at all (a bound for timing, not a result).
 enum class DqMode { kAtomic, kBulk, kSkip };
 
 __device__ void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
@@ -107,7 +110,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                     const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
                     int raw_tiles, const WorkUnit* units, int compacted_rows, const float* lse, const float* d_sum,
                     int padded_T, float* dq_accum, float* dk, float* dv, float* dkc, float* dvc, int T, int Hq, int Hk,
-                    float scale) {
+                    float scale, CtaSpan* spans) {
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + kTileBytes;
@@ -130,6 +133,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  const uint64_t began = spans ? global_ns() : 0;
 
   // Step i's Q, dO, lse and D into stage i % kStages; the stage's previous use must be released.
   auto load_step = [&](int i) {
@@ -152,6 +156,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int t = threadIdx.x % 128, warp = t / 32, lane_group = (t % 32) / 4, quad = t % 4;
   const int key0 = key_begin + 64 * warpgroup + 16 * warp + lane_group;  // and key0 + 8
+  // Whole steps: every query of the step sees every key of the tile (the tile's first key is seen
+  // longest, its last one from the latest query on).
+  const int whole_from = tile.viewers(lrsa, key_begin + kBlock - 1, T).x;
+  const int whole_end = tile.viewers(lrsa, key_begin, T).y;
+  const int2 seen[2] = {tile.viewers(lrsa, key0, T), tile.viewers(lrsa, key0 + 8, T)};
+  int masked_steps = 0;
   const float scale_log2 = scale * 1.4426950408889634f;
   float dk_acc[32], dv_acc[32];
 #pragma unroll
@@ -159,6 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t k_wg = k_tile + warpgroup * 64 * 128, v_wg = v_tile + warpgroup * 64 * 128;
 
   mbarrier_wait(kv_full, 0);
+  uint64_t first_step = 0, last_step = 0;
   for (int i = 0; i < steps; ++i) {
     const int stage = i % kStages, head = kv_head * group + i / m_tiles;
     const int m = m_first + i % m_tiles, query_begin = m * kBlock;
@@ -167,6 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float* lse_s = stats + stage * 2 * kBlock;
     const float* d_s = lse_s + kBlock;
     mbarrier_wait(full + 8 * stage, (i / kStages) & 1);
+    if (spans && i == 0) first_step = global_ns();
 
     // S^T and dP^T in flight together; dV's GEMM then overlaps dP^T's, and each fp32 tile dies once
     // it is packed to bf16 (the register budget: 240 per consumer thread).
@@ -186,10 +198,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_operands(s);
 
     // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
-    // The intervals grow with the query, so the tile's corners say whether every pair is visible.
-    const int query_last = query_begin + kBlock - 1;
-    const bool whole = query_last < T && tile.visible(lrsa, key_begin, query_last) &&
-                       tile.visible(lrsa, key_begin + kBlock - 1, query_begin);
+    const bool whole = whole_from <= query_begin && query_begin + kBlock <= whole_end;
+    masked_steps += !whole;
 
     uint32_t p_t[8][4], ds_t[8][4];
 #pragma unroll
@@ -201,11 +211,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         s[4 * j + e] = p;
       }
     }
-    if (!whole) {  // a branch of its own: the divisions in visible() stay off the common path
+    if (!whole) {
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
-        const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), key = key0 + 8 * ((i / 2) % 2);
-        if (query >= T || !tile.visible(lrsa, key, query)) s[i] = 0.0f;
+        const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), h = (i / 2) % 2;
+        if (query < seen[h].x || query >= seen[h].y) s[i] = 0.0f;
       }
     }
 #pragma unroll
@@ -247,24 +257,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     named_barrier_sync(1, 256);  // both warpgroups' dS^T rows are in
 
+    // dQ's GEMM first, then dK's: dQ goes out while dK's still runs.
     float dq[32];
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)  // dQ of queries 64w..64w+63: dS from half w, K as B over the 128 keys
       wgmma_ss_n64_mn(dq, descriptor(ds_s + warpgroup * kTileBytes + kk * 2048, 1024, 1024),
                       descriptor(k_tile + kk * 2048, 1024, 1024), kk > 0);
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(dv_acc);
-    fence_operands(dk_acc);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
+    wgmma_commit();
+    wgmma_wait<1>();
     fence_operands(dq);
-    fence_operands(p_t);
-    fence_operands(ds_t);
-    if (t % 32 == 0) mbarrier_arrive(empty + 8 * stage);
-    if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
-    __syncwarp();
 
     float* dq_rows = dq_accum + (int64_t(head) * padded_T + query_begin + 64 * warpgroup) * kD;
     if constexpr (kDq == DqMode::kAtomic) {
@@ -288,8 +293,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       named_barrier_sync(2 + warpgroup, 128);
       if (t == 0) bulk_reduce_add(dq_rows, staging, 64 * kD * 4);
     }
+    wgmma_wait<0>();
+    fence_operands(dv_acc);
+    fence_operands(dk_acc);
+    fence_operands(p_t);
+    fence_operands(ds_t);
+    if (t % 32 == 0) mbarrier_arrive(empty + 8 * stage);
+    if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
+    __syncwarp();
   }
   if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  if (spans) last_step = global_ns();
 
   float *dk_out = tile.compacted ? dkc : dk, *dv_out = tile.compacted ? dvc : dv;
   const int rows = tile.compacted ? compacted_rows : T;
@@ -300,6 +314,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t at = (int64_t(key) * Hk + kv_head) * kD + col;
     atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r], dk_acc[r + 1]));
     atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
+  }
+  if (spans) {
+    __syncthreads();
+    if (threadIdx.x == 0)
+      spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
+                                                    masked_steps};
   }
 }
 
@@ -421,6 +441,7 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
 struct BackwardRun {
   std::vector<__nv_bfloat16> dq, dk, dv;
   float ms = 0, kernel_ms = 0;
+  std::vector<CtaSpan> spans;  // of one more run of the kernel, when timed
 };
 
 // O (bf16) and lse come from the reference forward, so only the backward is under test.
@@ -484,10 +505,10 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaMalloc(&units, std::max<size_t>(units_host.size(), 1) * sizeof(WorkUnit)));
   CHECK_CUDA(cudaMemcpy(units, units_host.data(), units_host.size() * sizeof(WorkUnit), cudaMemcpyHostToDevice));
   const dim3 grid(unsigned(units_host.size()), Hk);
-  auto backward_kernel = [&] {
+  auto backward_kernel = [&](CtaSpan* spans = nullptr) {
     attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, raw_tiles,
                                                          units, compacted_rows, lse, d_sum, padded_T, dq_accum, dk_raw,
-                                                         dv_raw, dkc, dvc, T, Hq, Hk, scale);
+                                                         dv_raw, dkc, dvc, T, Hq, Hk, scale, spans);
   };
   auto backward = [&] {
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
@@ -510,7 +531,13 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaMemcpy(out.dv.data(), dv, out.dv.size() * 2, cudaMemcpyDeviceToHost));
   if (repeats > 0) {
     out.ms = time_ms(backward, repeats);
-    out.kernel_ms = time_ms(backward_kernel, repeats);
+    out.kernel_ms = time_ms([&] { backward_kernel(); }, repeats);
+    CtaSpan* spans;
+    out.spans.resize(size_t(grid.x) * grid.y);
+    CHECK_CUDA(cudaMalloc(&spans, out.spans.size() * sizeof(CtaSpan)));
+    backward_kernel(spans);
+    CHECK_CUDA(cudaMemcpy(out.spans.data(), spans, out.spans.size() * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaFree(spans));
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
@@ -521,6 +548,15 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     CHECK_CUDA(cudaFree(cv));
   }
   return out;
+}
+
+const char* dq_mode_name(DqMode mode) {
+  switch (mode) {
+    case DqMode::kAtomic: return "atomic";
+    case DqMode::kBulk: return "bulk";
+    case DqMode::kSkip: return "skipped (a bound, wrong dQ)";
+  }
+  return "";
 }
 
 // One gradient by FlashAttention's tolerance rule (RuleCheck).
@@ -550,6 +586,7 @@ void report(const Problem& p, const char* name, const BackwardRun& r, double den
     std::printf(", %.3f of dense with atomics\n", r.ms / dense_ms);
   else
     std::printf("\n");
+  span_report(name, r.spans);
 }
 
 int main(int argc, char** argv) {
@@ -570,8 +607,8 @@ int main(int argc, char** argv) {
     for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk}) {
       const BackwardRun got = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, 0)
                                                       : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
-      std::printf("check dQ %-6s T=%4d %d:%d S=%d L=%d K=%d:", mode == DqMode::kAtomic ? "atomic" : "bulk", p.T, p.Hq,
-                  p.Hk, p.sink, p.lag, p.keep);
+      std::printf("check dQ %-6s T=%4d %d:%d S=%d L=%d K=%d:", dq_mode_name(mode), p.T, p.Hq, p.Hk, p.sink, p.lag,
+                  p.keep);
       bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
       shape_ok = check_gradient("dK", got.dk, want.dk, want.dk_simple) && shape_ok;
       shape_ok = check_gradient("dV", got.dv, want.dv, want.dv_simple) && shape_ok;
@@ -595,8 +632,7 @@ int main(int argc, char** argv) {
                               : mode == DqMode::kBulk ? run_backward<DqMode::kBulk>(p, fwd, d_o, repeats)
                                                       : run_backward<DqMode::kSkip>(p, fwd, d_o, repeats);
         if (lag == 0 && mode == DqMode::kAtomic) dense_ms = r.ms;
-        report(p, mode == DqMode::kAtomic ? "atomic" : mode == DqMode::kBulk ? "bulk" : "skipped (a bound, wrong dQ)",
-               r, dense_ms);
+        report(p, dq_mode_name(mode), r, dense_ms);
       }
       for (int unit : {12, 48}) {  // LRSA's units: the grid's tail against each unit's start
         char name[64];

@@ -13,9 +13,11 @@
 //   overlap:   S of tile j is issued together with P V of tile j-1, so the softmax of tile j runs
 //              while the tensor cores still work on tile j-1 (FlashAttention-3's intra-warpgroup
 //              pipelining);
-//   pingpong:  (with overlap) a warpgroup's GEMM batch starts once the other warpgroup's has
-//              completed, so the two alternate: one's softmax (its exponentials take as many SM
-//              cycles as its GEMMs at d64) runs while the other's GEMMs hold the tensor cores.
+//   pingpong:  (with overlap) the warpgroups take turns to issue their GEMM batches, so that one's
+//              softmax (its exponentials take as many SM cycles as its GEMMs at d64) runs while
+//              the other's GEMMs hold the tensor cores. The turn passes as soon as a batch is
+//              issued, so the next batch queues behind it (passing it once the batch completed
+//              measured 5% slower).
 // Checks O and the log-sum-exp against a reference in double (dense and LRSA shapes: partition
 // boundaries off the tiles, S = 0, T < S + 2L, GQA 1..4), then times T = 16K, 32K and 128K at the
 // Qwen2.5-0.5B shape (14:2 heads), dense and LRSA (S = 16, L = 1024, K = 256).
@@ -43,12 +45,13 @@ struct Config {
 };
 
 // The key tiles of the query rows [first, last]: compacted tiles first, then raw tiles from the
-// earliest raw key any of the rows sees. Both sides derive it alike.
+// earliest raw key any of the rows sees, rounded down to a tile so that the diagonal is one tile of
+// a 128-row CTA (a masked tile costs twice a whole one). Both sides derive it alike.
 struct TilePlan {
   int compacted_tiles, raw_start, tiles;
   __device__ TilePlan(const Lrsa& lrsa, int first, int last) {
     compacted_tiles = (lrsa.compacted_end(last) + kBlockN - 1) / kBlockN;
-    raw_start = lrsa.raw_begin(max(first, lrsa.sink));  // raw_begin grows with t past the sinks
+    raw_start = lrsa.raw_begin(max(first, lrsa.sink)) / kBlockN * kBlockN;  // raw_begin grows with t past the sinks
     tiles = compacted_tiles + max(last + 1 - raw_start + kBlockN - 1, 0) / kBlockN;
   }
   __device__ bool compacted(int i) const { return i < compacted_tiles; }
@@ -65,7 +68,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, __nv_bfloat16* o, float* lse, int T,
-                    int Hq, int Hk, float scale) {
+                    int Hq, int Hk, float scale, CtaSpan* spans) {
   using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
@@ -87,6 +90,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  const uint64_t began = spans ? global_ns() : 0;
 
   if (warpgroup == kConsumers) {  // the producer: its first thread issues every copy
     if constexpr (C::kProducerWarpgroup)
@@ -119,12 +123,12 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   const float scale_log2 = scale * 1.4426950408889634f;
   const uint32_t q_wg = q_tile + warpgroup * 64 * 128;
   float out[32], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  int masked_tiles = 0;
 #pragma unroll
   for (int i = 0; i < 32; ++i) out[i] = 0.0f;
   uint32_t p[8][4];  // P of the tile whose P V is next, as the bf16 A operand
 
-  // Ping-pong: warpgroup g issues its GEMMs after barrier 1 + g and lets the next one go once they
-  // have completed.
+  // Ping-pong: warpgroup g issues its GEMMs after barrier 1 + g, then lets the next one go.
   static_assert(!kPingPong || (kOverlap && kConsumers >= 2), "ping-pong alternates overlapped warpgroups");
   const int next_consumer = (warpgroup + 1) % kConsumers;
   auto my_turn = [&] {
@@ -158,11 +162,19 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
                            ? start + kBlockN <= lrsa.compacted_end(wg_row)
                            : lrsa.raw_begin(wg_last) <= start && start + kBlockN - 1 <= wg_row;
     if (!whole) {
+      ++masked_tiles;
+      // Row h sees the tile's columns [begin[h], end[h]), counted from this thread's first column, so
+      // that each element compares a constant.
+      int begin[2], end[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        begin[h] = (plan.compacted(j) ? 0 : raw_begin[h]) - start - 2 * quad;
+        end[h] = (plan.compacted(j) ? compacted_end[h] : row0 + 8 * h + 1) - start - 2 * quad;
+      }
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
-        const int col = start + 8 * (i / 4) + 2 * quad + (i % 2), h = (i / 2) % 2;
-        const bool visible = plan.compacted(j) ? col < compacted_end[h] : raw_begin[h] <= col && col <= row0 + 8 * h;
-        if (!visible) s[i] = -INFINITY;
+        const int col = 8 * (i / 4) + (i % 2), h = (i / 2) % 2;
+        if (col < begin[h] || col >= end[h]) s[i] = -INFINITY;
       }
     }
     float new_max[2] = {row_max[0], row_max[1]}, max_scaled[2];
@@ -203,9 +215,11 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   // Tile 0 alone: no P V to overlap with yet. The loop is then the same for every tile, with no
   // branch between a wgmma's issue and its wait (ptxas serializes wgmmas across divergent paths).
   mbarrier_wait(q_full, 0);
+  uint64_t first_step = 0, last_step = 0;
   {
     float s[64], correction[2];
     mbarrier_wait(full, 0);
+    if (spans) first_step = global_ns();
     my_turn();
     wgmma_fence();
     issue_qk(0, s);
@@ -232,16 +246,12 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       issue_pv(j - 1);
       wgmma_commit();
     }
-    if (kPingPong) {
-      wgmma_wait<0>();
-      your_turn();
-    } else {
-      wgmma_wait<kOverlap ? 1 : 0>();  // overlap: S is in, P V may still run under the softmax
-    }
+    your_turn();
+    wgmma_wait<kOverlap ? 1 : 0>();  // overlap: S is in, P V may still run under the softmax
     fence_operands(s);
     softmax(j, s, correction);
     if (kOverlap) {
-      if (!kPingPong) wgmma_wait<0>();
+      wgmma_wait<0>();
       fence_operands(out);
       fence_operands(p);
       release(j - 1);
@@ -260,6 +270,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     your_turn();
   }
   if (warpgroup == 0) my_turn();  // takes the last warpgroup's final turn signal: every barrier ends balanced
+  if (spans) last_step = global_ns();
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -280,12 +291,19 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     for (int h = 0; h < 2; ++h)
       if (row0 + 8 * h < T) lse[int64_t(head) * T + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
   }
+  if (spans) {
+    named_barrier_sync(8, 128 * kConsumers);  // every consumer is done (the producer has returned)
+    if (threadIdx.x == 0)
+      spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), n_blocks,
+                                                    masked_tiles};
+  }
 }
 
 struct DeviceRun {
   std::vector<__nv_bfloat16> o;
   std::vector<float> lse;
   float ms = 0;
+  std::vector<CtaSpan> spans;  // of one more run, when timed
 };
 
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
@@ -309,9 +327,9 @@ DeviceRun run(const Problem& p, int repeats) {
   const dim3 grid((p.T + C::kBlockM - 1) / C::kBlockM, p.Hq);
   const float scale = 1.0f / std::sqrt(float(kD));
   const Lrsa lrsa = p.lrsa();
-  auto launch = [&] {
+  auto launch = [&](CtaSpan* spans = nullptr) {
     kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, o, lse, p.T, p.Hq, p.Hk,
-                                                 scale);
+                                                 scale, spans);
   };
   launch();  // warm-up, and the result checked
   CHECK_CUDA(cudaGetLastError());
@@ -321,7 +339,15 @@ DeviceRun run(const Problem& p, int repeats) {
   out.lse.resize(size_t(p.Hq) * p.T);
   CHECK_CUDA(cudaMemcpy(out.o.data(), o, nq * 2, cudaMemcpyDeviceToHost));
   CHECK_CUDA(cudaMemcpy(out.lse.data(), lse, out.lse.size() * 4, cudaMemcpyDeviceToHost));
-  if (repeats > 0) out.ms = time_ms(launch, repeats);
+  if (repeats > 0) {
+    out.ms = time_ms([&] { launch(); }, repeats);
+    CtaSpan* spans;
+    out.spans.resize(size_t(grid.x) * grid.y);
+    CHECK_CUDA(cudaMalloc(&spans, out.spans.size() * sizeof(CtaSpan)));
+    launch(spans);
+    CHECK_CUDA(cudaMemcpy(out.spans.data(), spans, out.spans.size() * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaFree(spans));
+  }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse}) CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));
@@ -370,6 +396,7 @@ bool variant(const std::vector<Problem>& problems, const std::vector<Reference>&
                   lag ? "" : "\n");
       const double pairs = visible_pairs(p) / (double(T) * (T + 1) / 2);
       if (lag) std::printf(", %.3f of dense (pairs %.3f)\n", r.ms / dense_ms, pairs);
+      span_report(name, r.spans);
     }
   }
   return true;
@@ -386,8 +413,8 @@ int main(int argc, char** argv) {
   bool ok = true;
   ok = variant<2, false, false, 2>(problems, refs, !check_only) && ok;
   ok = variant<1, false, false, 2>(problems, refs, !check_only) && ok;
-  ok = variant<2, true, false, 2>(problems, refs, !check_only) && ok;
-  ok = variant<2, true, true, 2>(problems, refs, !check_only) && ok;
+  ok = variant<2, true, false, 4>(problems, refs, !check_only) && ok;
+  ok = variant<2, true, true, 3>(problems, refs, !check_only) && ok;
   ok = variant<3, false, false, 2>(problems, refs, !check_only) && ok;
   return ok ? 0 : 1;
 }
