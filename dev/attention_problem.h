@@ -1,5 +1,6 @@
 // dev/attention_problem.h: the attention problems the Hopper dev harnesses check and time: random
-// bf16 Q/K/V of one document, dense causal or LRSA with a random selection, and the reference in double.
+// bf16 Q/K/V of packed documents, dense causal or LRSA with a random selection, and the reference in
+// double.
 #pragma once
 #include "hopper.cuh"
 
@@ -30,29 +31,48 @@ struct Lrsa {
   }
 };
 
-// One document of T tokens; lag 0 is dense causal attention. For LRSA the selection is random (any
-// sorted K rows per partition: the kernel does not care how they were chosen) and the compacted
-// K/V hold, per KV head, [sink | Sel(0) | Sel(1) | ...] as the kernel expects.
+// A packed batch of documents, T tokens in all; lag 0 is dense causal attention. Positions,
+// partitions, selection and visibility restart at every document, and no key is seen across
+// documents. For LRSA the selection is random (any sorted K rows per partition: the kernels do not
+// care how they were chosen) and the compacted K/V hold, per KV head and document,
+// [sink | Sel(0) | Sel(1) | ...], the documents one after the other, as the kernels expect.
 struct Problem {
   int T = 0, Hq = 0, Hk = 0, sink = 0, lag = 0, keep = 0;
+  std::vector<int> doc_start;        // [B + 1]: document b is rows [doc_start[b], doc_start[b + 1])
+  std::vector<int> compacted_start;  // [B + 1]: its compacted rows in ck/cv (LRSA)
+  std::vector<int> doc_of;           // [T]
   std::vector<__nv_bfloat16> q, k, v, ck, cv;
-  std::vector<std::vector<int>> compacted_row;  // [Hk][T]: the position's row in ck/cv, or -1
-  int compacted_rows() const { return int(ck.size() / (size_t(Hk) * kD)); }
+  std::vector<std::vector<int>> compacted_row;       // [Hk][T]: the position's row in ck/cv, or -1
+  std::vector<std::vector<int>> compacted_position;  // [Hk][compacted rows]: the inverse
+  int documents() const { return int(doc_start.size()) - 1; }
+  int length(int doc) const { return doc_start[doc + 1] - doc_start[doc]; }
+  int compacted_rows() const { return compacted_start.back(); }
   Lrsa lrsa() const { return Lrsa(sink, lag, keep); }
-  int partition(int t) const { return (t - sink) / lag; }
-  bool visible(int kv_head, int t, int j) const {  // ../shared/lrsa-spec.md, "Visibility"
-    if (j > t) return false;
-    if (lag == 0 || j < sink) return true;
+  int partition(int t) const { return (t - sink) / lag; }  // t relative to its document
+  bool visible(int kv_head, int i, int j) const {  // rows i, j; ../shared/lrsa-spec.md, "Visibility"
+    if (j > i || doc_of[i] != doc_of[j]) return false;
+    const int t = i - doc_start[doc_of[i]], key = j - doc_start[doc_of[j]];
+    if (lag == 0 || key < sink) return true;
     if (t < sink) return false;
-    return partition(j) >= partition(t) - 1 || compacted_row[kv_head][j] >= 0;
+    return partition(key) >= partition(t) - 1 || compacted_row[kv_head][j] >= 0;
   }
 };
 
 inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
-inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0) {
+inline Problem make_problem(const std::vector<int>& lengths, int Hq, int Hk, uint32_t seed, int sink = 0,
+                            int lag = 0, int keep = 0) {
   Problem p;
-  p.T = T, p.Hq = Hq, p.Hk = Hk, p.sink = sink, p.lag = lag, p.keep = keep;
+  p.Hq = Hq, p.Hk = Hk, p.sink = sink, p.lag = lag, p.keep = keep;
+  p.doc_start = {0};
+  p.compacted_start = {0};
+  for (int n : lengths) {
+    p.doc_start.push_back(p.doc_start.back() + n);
+    const int selected_partitions = lag ? std::max((n - sink) / lag - 1, 0) : 0;  // those with a complete successor
+    p.compacted_start.push_back(p.compacted_start.back() + (lag ? std::min(sink, n) + keep * selected_partitions : 0));
+  }
+  const int T = p.T = p.doc_start.back();
+  for (int b = 0; b < p.documents(); ++b) p.doc_of.insert(p.doc_of.end(), p.length(b), b);
   uint32_t state = seed;
   auto next_u32 = [&] {
     state = state * 1664525u + 1013904223u;
@@ -66,44 +86,98 @@ inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, 
   for (auto& x : p.k) x = next();
   for (auto& x : p.v) x = next();
   if (lag == 0) return p;
-  const int selected_partitions = std::max((T - sink) / lag - 1, 0);  // those with a complete successor
-  const int rows = sink + keep * selected_partitions;
-  p.ck.resize(size_t(rows) * Hk * kD);
+  p.ck.resize(size_t(p.compacted_rows()) * Hk * kD);
   p.cv.resize(p.ck.size());
   p.compacted_row.assign(Hk, std::vector<int>(T, -1));
-  for (int h = 0; h < Hk; ++h) {
-    std::vector<int> positions;
-    for (int j = 0; j < sink; ++j) positions.push_back(j);
-    for (int part = 0; part < selected_partitions; ++part) {
-      std::vector<int> rows_of_part(lag);
-      for (int i = 0; i < lag; ++i) rows_of_part[i] = sink + part * lag + i;
-      for (int i = 0; i < keep; ++i) std::swap(rows_of_part[i], rows_of_part[i + next_u32() % (lag - i)]);
-      std::sort(rows_of_part.begin(), rows_of_part.begin() + keep);
-      for (int i = 0; i < keep; ++i) positions.push_back(rows_of_part[i]);
-    }
-    for (int c = 0; c < rows; ++c) p.compacted_row[h][positions[c]] = c;
-    for (int c = 0; c < rows; ++c)
-      for (int d = 0; d < kD; ++d) {
-        p.ck[(size_t(c) * Hk + h) * kD + d] = p.k[(size_t(positions[c]) * Hk + h) * kD + d];
-        p.cv[(size_t(c) * Hk + h) * kD + d] = p.v[(size_t(positions[c]) * Hk + h) * kD + d];
+  p.compacted_position.assign(Hk, std::vector<int>(p.compacted_rows()));
+  for (int h = 0; h < Hk; ++h)
+    for (int b = 0; b < p.documents(); ++b) {
+      const int begin = p.doc_start[b], rows = p.compacted_start[b + 1] - p.compacted_start[b];
+      std::vector<int> positions;  // absolute rows
+      for (int j = 0; j < std::min(sink, p.length(b)); ++j) positions.push_back(begin + j);
+      for (int part = 0; int(positions.size()) < rows; ++part) {
+        std::vector<int> rows_of_part(lag);
+        for (int i = 0; i < lag; ++i) rows_of_part[i] = begin + sink + part * lag + i;
+        for (int i = 0; i < keep; ++i) std::swap(rows_of_part[i], rows_of_part[i + next_u32() % (lag - i)]);
+        std::sort(rows_of_part.begin(), rows_of_part.begin() + keep);
+        positions.insert(positions.end(), rows_of_part.begin(), rows_of_part.begin() + keep);
       }
-  }
+      for (int c = 0; c < rows; ++c) {
+        const int row = p.compacted_start[b] + c;
+        p.compacted_row[h][positions[c]] = row;
+        p.compacted_position[h][row] = positions[c];
+        for (int d = 0; d < kD; ++d) {
+          p.ck[(size_t(row) * Hk + h) * kD + d] = p.k[(size_t(positions[c]) * Hk + h) * kD + d];
+          p.cv[(size_t(row) * Hk + h) * kD + d] = p.v[(size_t(positions[c]) * Hk + h) * kD + d];
+        }
+      }
+    }
   return p;
+}
+inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0) {
+  return make_problem(std::vector<int>{T}, Hq, Hk, seed, sink, lag, keep);
 }
 
 // Visible (query, key) pairs of one head: the spec's count per query.
 inline double visible_pairs(const Problem& p) {
   double pairs = 0;
-  for (int t = 0; t < p.T; ++t) {
-    if (p.lag == 0 || t < p.sink + 2 * p.lag) {
-      pairs += t + 1;
-    } else {
-      const int q = p.partition(t);
-      pairs += p.sink + double(p.keep) * (q - 1) + p.lag + (t - p.sink - q * p.lag + 1);
+  for (int b = 0; b < p.documents(); ++b)
+    for (int t = 0; t < p.length(b); ++t) {
+      if (p.lag == 0 || t < p.sink + 2 * p.lag) {
+        pairs += t + 1;
+      } else {
+        const int q = p.partition(t);
+        pairs += p.sink + double(p.keep) * (q - 1) + p.lag + (t - p.sink - q * p.lag + 1);
+      }
     }
-  }
   return pairs;
 }
+
+// How often a kernel's plan lets each (query row, key position) pair of one KV head through its masks,
+// checked on the CPU: a plan is right when it visits every visible pair once and no other pair, and
+// no row outside the batch (or outside the compacted rows).
+class PairCounts {
+ public:
+  PairCounts(const Problem& p, int kv_head) : p_(p), kv_head_(kv_head), count_(size_t(p.T) * p.T) {}
+  void visit(int query_row, int position) {
+    if (query_row < 0 || query_row >= p_.T || position < 0 || position >= p_.T) {
+      outside_ = {query_row, position};
+      return;
+    }
+    uint8_t& c = count_[size_t(query_row) * p_.T + position];
+    c = uint8_t(std::min(c + 1, 2));
+  }
+  void visit_compacted(int query_row, int compacted_row) {
+    if (compacted_row < 0 || compacted_row >= p_.compacted_rows())
+      outside_ = {query_row, p_.T + compacted_row};
+    else
+      visit(query_row, p_.compacted_position[kv_head_][compacted_row]);
+  }
+  bool exact(const char* plan) const {
+    if (outside_.first >= 0) {
+      std::printf("%s: T=%d (%d docs): query row %d sees row %d, outside the batch: FAIL\n", plan, p_.T,
+                  p_.documents(), outside_.first, outside_.second);
+      return false;
+    }
+    for (int i = 0; i < p_.T; ++i)
+      for (int j = 0; j < p_.T; ++j) {
+        const int want = p_.visible(kv_head_, i, j), got = count_[size_t(i) * p_.T + j];
+        if (got == want) continue;
+        const char* times[] = {"0", "1", "2 or more"};
+        std::printf("%s: T=%d (%d docs) S=%d L=%d K=%d, KV head %d: query row %d sees key row %d %s times, "
+                    "visible %d: FAIL\n",
+                    plan, p_.T, p_.documents(), p_.sink, p_.lag, p_.keep, kv_head_, i, j, times[got], want);
+        return false;
+      }
+    return true;
+  }
+
+ private:
+  const Problem& p_;
+  int kv_head_;
+  std::vector<uint8_t> count_;
+  std::pair<int, int> outside_{-1, -1};
+};
 
 // O and the lse in double, straight from the definition; and the same from the straightforward way
 // at the kernels' precision, as PyTorch runs attention in bf16 (S = Q K^T and its scaling rounded to

@@ -235,13 +235,17 @@ inline void span_report(const char* name, std::vector<CtaSpan> spans) {
 }
 
 // The harnesses' command line: `--check` runs the checks only (CTest), no argument also times.
-// Exits 77 (CTest: skipped) with the reason when there is no sm_90 GPU to run sm_90a code on.
 inline bool checks_only(int argc, char** argv, const char* program) {
   const bool check = argc == 2 && std::strcmp(argv[1], "--check") == 0;
   if (argc > 2 || (argc == 2 && !check)) {
     std::fprintf(stderr, "usage: %s [--check]\n", program);
     std::exit(2);
   }
+  return check;
+}
+
+// Exits 77 (CTest: skipped) with the reason when there is no sm_90 GPU to run sm_90a code on.
+inline void require_hopper(const char* program) {
   int devices = 0;
   cudaDeviceProp prop{};
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -254,5 +258,4 @@ inline bool checks_only(int argc, char** argv, const char* program) {
                 prop.minor);
     std::exit(77);
   }
-  return check;
 }

@@ -71,15 +71,26 @@ struct KeyTile {
     if (lrsa.lag == 0) return {key, T};
     return {key, key < lrsa.sink ? 0 : min(T, lrsa.sink + (lrsa.partition(key) + 2) * lrsa.lag)};
   }
+  // The query tiles that see every key of the tile start at or after x and end by y (the tile's first
+  // key is seen longest, its last one from the latest query on): steps without a mask.
+  __host__ __device__ int2 whole_steps(const Lrsa& lrsa, int T) const {
+    return {viewers(lrsa, key_begin + kBlock - 1, T).x, viewers(lrsa, key_begin, T).y};
+  }
 };
 
-// A CTA's work: query tiles [m_begin, m_begin + m_count) of one key tile. A key tile's query run is
-// split into units of at most kUnitQueryTiles query tiles (by default), so that no CTA outlasts the
-// rest (the sinks' compacted tile is seen by every query); the units add their dK and dV into fp32
-// sums.
+__host__ __device__ bool whole_step(int2 whole_steps, int query_begin) {
+  return whole_steps.x <= query_begin && query_begin + kBlock <= whole_steps.y;
+}
+
+// A CTA's work: query tiles [m_begin, m_begin + m_count) of one key tile of one document: `length`
+// rows from row `begin` of the packed batch (from row `padded_begin` in the lse, D and dQ sums, where
+// every document starts on a tile), its compacted rows `compacted_rows` from row `compacted_begin` of
+// ck/cv. The tiles and masks work in positions within the document. A key tile's query run is split
+// into units of at most kUnitQueryTiles query tiles (by default), so that no CTA outlasts the rest (the
+// sinks' compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
 constexpr int kUnitQueryTiles = 24;
 struct WorkUnit {
-  int tile, m_begin, m_count;
+  int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
 };
 
 // How a step's dQ reaches the fp32 sums: atomics from every thread; one bulk reduce-add (TMA) of the
@@ -99,8 +110,8 @@ __device__ void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
 // instead of one (the bulk reduce adds element by element, so any layout both sides agree on works).
 __host__ __device__ int dq_offset(int row, int col) { return row * kD + (col ^ (8 * (row % 8))); }
 
-// lse and d: [Hq][padded_T] f32, padded_T a multiple of kBlock. dq_accum: [Hq, padded_T, 64] f32 with
-// rows laid out by dq_offset, zeroed.
+// lse and d: [Hq][padded_rows] f32, every document padded to whole tiles. dq_accum: [Hq, padded_rows,
+// 64] f32 with rows laid out by dq_offset, zeroed.
 // dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
 // all zeroed.
 template <DqMode kDq>
@@ -108,9 +119,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
-                    int raw_tiles, const WorkUnit* units, int compacted_rows, const float* lse, const float* d_sum,
-                    int padded_T, float* dq_accum, float* dk, float* dv, float* dkc, float* dvc, int T, int Hq, int Hk,
-                    float scale, CtaSpan* spans) {
+                    const WorkUnit* units, const float* lse, const float* d_sum, int padded_rows, float* dq_accum,
+                    float* dk, float* dv, float* dkc, float* dvc, int Hq, int Hk, float scale, CtaSpan* spans) {
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + kTileBytes;
@@ -119,7 +129,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + kStatsOffset);
   const int kv_head = blockIdx.y, group = Hq / Hk;
   const WorkUnit unit = units[blockIdx.x];
-  const KeyTile tile(lrsa, unit.tile, raw_tiles, T);
+  const int T = unit.length;
+  const KeyTile tile(lrsa, unit.tile, (T + kBlock - 1) / kBlock, T);
   const int key_begin = tile.key_begin, m_first = unit.m_begin, m_tiles = unit.m_count;
   const int steps = group * m_tiles;
   const int warpgroup = threadIdx.x / 128;
@@ -142,24 +153,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (i >= kStages) mbarrier_wait(empty + 8 * stage, ((i / kStages) & 1) ^ 1);
     const uint32_t bar = full + 8 * stage, stats_stage = base + kStatsOffset + stage * 2 * kBlock * 4;
     mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
-    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, m * kBlock);
-    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, m * kBlock);
-    bulk_load(stats_stage, lse + int64_t(head) * padded_T + m * kBlock, kBlock * 4, bar);
-    bulk_load(stats_stage + kBlock * 4, d_sum + int64_t(head) * padded_T + m * kBlock, kBlock * 4, bar);
+    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, unit.begin + m * kBlock);
+    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, unit.begin + m * kBlock);
+    const int64_t stats_at = int64_t(head) * padded_rows + unit.padded_begin + m * kBlock;
+    bulk_load(stats_stage, lse + stats_at, kBlock * 4, bar);
+    bulk_load(stats_stage + kBlock * 4, d_sum + stats_at, kBlock * 4, bar);
   };
   if (threadIdx.x == 0) {
     mbarrier_expect_bytes(kv_full, 2 * kTileBytes);
-    tma_load(k_tile, tile.compacted ? &ck_map : &k_map, kv_full, 0, kv_head, key_begin);
-    tma_load(v_tile, tile.compacted ? &cv_map : &v_map, kv_full, 0, kv_head, key_begin);
+    const int row = (tile.compacted ? unit.compacted_begin : unit.begin) + key_begin;
+    tma_load(k_tile, tile.compacted ? &ck_map : &k_map, kv_full, 0, kv_head, row);
+    tma_load(v_tile, tile.compacted ? &cv_map : &v_map, kv_full, 0, kv_head, row);
     for (int i = 0; i < min(kStages, steps); ++i) load_step(i);
   }
 
   const int t = threadIdx.x % 128, warp = t / 32, lane_group = (t % 32) / 4, quad = t % 4;
   const int key0 = key_begin + 64 * warpgroup + 16 * warp + lane_group;  // and key0 + 8
-  // Whole steps: every query of the step sees every key of the tile (the tile's first key is seen
-  // longest, its last one from the latest query on).
-  const int whole_from = tile.viewers(lrsa, key_begin + kBlock - 1, T).x;
-  const int whole_end = tile.viewers(lrsa, key_begin, T).y;
+  const int2 whole_steps = tile.whole_steps(lrsa, T);
   const int2 seen[2] = {tile.viewers(lrsa, key0, T), tile.viewers(lrsa, key0 + 8, T)};
   int masked_steps = 0;
   const float scale_log2 = scale * 1.4426950408889634f;
@@ -198,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_operands(s);
 
     // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
-    const bool whole = whole_from <= query_begin && query_begin + kBlock <= whole_end;
+    const bool whole = whole_step(whole_steps, query_begin);
     masked_steps += !whole;
 
     uint32_t p_t[8][4], ds_t[8][4];
@@ -271,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<1>();
     fence_operands(dq);
 
-    float* dq_rows = dq_accum + (int64_t(head) * padded_T + query_begin + 64 * warpgroup) * kD;
+    float* dq_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_begin + 64 * warpgroup) * kD;
     if constexpr (kDq == DqMode::kAtomic) {
 #pragma unroll
       for (int r = 0; r < 32; r += 2) {
@@ -306,12 +316,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (spans) last_step = global_ns();
 
   float *dk_out = tile.compacted ? dkc : dk, *dv_out = tile.compacted ? dvc : dv;
-  const int rows = tile.compacted ? compacted_rows : T;
+  const int rows = tile.compacted ? unit.compacted_rows : T;
+  const int first_row = tile.compacted ? unit.compacted_begin : unit.begin;
 #pragma unroll
   for (int r = 0; r < 32; r += 2) {
     const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
     if (key >= rows) continue;
-    const int64_t at = (int64_t(key) * Hk + kv_head) * kD + col;
+    const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kD + col;
     atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r], dk_acc[r + 1]));
     atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
   }
@@ -323,9 +334,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// D = rowsum(dO * O) per query row and head, into [Hq][padded_T]: one warp per (row, head).
-__global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, float* d_sum, int T, int Hq,
-                             int padded_T) {
+// D = rowsum(dO * O) per query row and head, into [Hq][padded_rows] (row r at padded_row[r]): one warp
+// per (row, head).
+__global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, const int* padded_row, float* d_sum,
+                             int T, int Hq, int padded_rows) {
   const int row_head = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row_head >= T * Hq) return;
   const int64_t at = int64_t(row_head) * kD + 2 * lane;
@@ -333,15 +345,17 @@ __global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, f
   const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d_o + at));
   float sum = a.x * b.x + a.y * b.y;
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-  if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_T + row_head / Hq] = sum;
+  if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_rows + padded_row[row_head / Hq]] = sum;
 }
 
-// dQ: the fp32 sums [Hq, padded_T, 64] (rows by dq_offset) to bf16 [T, Hq, 64].
-__global__ void round_dq_kernel(const float* x, __nv_bfloat16* y, int T, int Hq, int padded_T) {
+// dQ: the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64].
+__global__ void round_dq_kernel(const float* x, const int* padded_row, __nv_bfloat16* y, int T, int Hq,
+                                int padded_rows) {
   const int64_t n = int64_t(T) * Hq * kD;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int d = int(i % kD), head = int((i / kD) % Hq), row = int(i / (int64_t(Hq) * kD));
-    y[i] = __float2bfloat16(x[(int64_t(head) * padded_T + row - row % 64) * kD + dq_offset(row % 64, d)]);
+    const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its tile
+    y[i] = __float2bfloat16(x[(int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, d)]);
   }
 }
 
@@ -438,6 +452,70 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
   return g;
 }
 
+// Where each document starts in the tile-padded lse, D and dQ sums: [B + 1], the last the rows in all.
+std::vector<int> padded_begins(const Problem& p) {
+  std::vector<int> begin{0};
+  for (int b = 0; b < p.documents(); ++b) begin.push_back(begin[b] + (p.length(b) + kBlock - 1) / kBlock * kBlock);
+  return begin;
+}
+
+// The CTAs' work, the longest first.
+std::vector<WorkUnit> work_units(const Problem& p, int unit_query_tiles) {
+  const Lrsa lrsa = p.lrsa();
+  const std::vector<int> padded_begin = padded_begins(p);
+  std::vector<WorkUnit> units;
+  for (int b = 0; b < p.documents(); ++b) {
+    const int n = p.length(b), doc_compacted = p.lag ? p.compacted_start[b + 1] - p.compacted_start[b] : 0;
+    const int raw_tiles = (n + kBlock - 1) / kBlock, compacted_tiles = (doc_compacted + kBlock - 1) / kBlock;
+    for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
+      const KeyTile key_tile(lrsa, tile, raw_tiles, n);
+      const int pieces = (key_tile.m_tiles + unit_query_tiles - 1) / unit_query_tiles;
+      for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
+        const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
+        units.push_back({tile, m, count, p.doc_start[b], n, padded_begin[b], p.lag ? p.compacted_start[b] : 0,
+                         doc_compacted});
+        m += count;
+      }
+    }
+  }
+  std::stable_sort(units.begin(), units.end(), [](const WorkUnit& a, const WorkUnit& b) { return a.m_count > b.m_count; });
+  return units;
+}
+
+// The plan on the CPU: the work units' steps, through the kernel's masks (none on whole steps), let
+// every query see each of its keys once (PairCounts), and a key tile's rows past its document or
+// its compacted rows reach no query.
+bool plan_check(const Problem& p, int unit_query_tiles) {
+  const Lrsa lrsa = p.lrsa();
+  const std::vector<WorkUnit> units = work_units(p, unit_query_tiles);
+  for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
+    PairCounts counts(p, kv_head);
+    for (const WorkUnit& unit : units) {
+      const int T = unit.length;
+      const KeyTile tile(lrsa, unit.tile, (T + kBlock - 1) / kBlock, T);
+      const int2 whole_steps = tile.whole_steps(lrsa, T);
+      const int rows = tile.compacted ? unit.compacted_rows : T;
+      for (int m = unit.m_begin; m < unit.m_begin + unit.m_count; ++m) {
+        const bool whole = whole_step(whole_steps, m * kBlock);
+        for (int key = tile.key_begin; key < tile.key_begin + kBlock; ++key) {
+          const int2 seen = tile.viewers(lrsa, key, T);
+          for (int query = m * kBlock; query < m * kBlock + kBlock; ++query) {
+            if (!whole && (query < seen.x || query >= seen.y)) continue;
+            if (query >= T || key >= rows)
+              counts.visit(-1, -1);  // outside the document: no query may see it
+            else if (tile.compacted)
+              counts.visit_compacted(unit.begin + query, unit.compacted_begin + key);
+            else
+              counts.visit(unit.begin + query, unit.begin + key);
+          }
+        }
+      }
+    }
+    if (!counts.exact("backward plan")) return false;
+  }
+  return true;
+}
+
 struct BackwardRun {
   std::vector<__nv_bfloat16> dq, dk, dv;
   float ms = 0, kernel_ms = 0;
@@ -448,14 +526,18 @@ struct BackwardRun {
 template <DqMode kDq>
 BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
                          int repeats, int unit_query_tiles = kUnitQueryTiles) {
-  const int T = p.T, Hq = p.Hq, Hk = p.Hk, padded_T = (T + kBlock - 1) / kBlock * kBlock;
+  const int T = p.T, Hq = p.Hq, Hk = p.Hk;
   const int compacted_rows = p.lag ? p.compacted_rows() : 0;
-  const int raw_tiles = padded_T / kBlock, compacted_tiles = (compacted_rows + kBlock - 1) / kBlock;
+  const std::vector<int> padded_begin = padded_begins(p);
+  std::vector<int> padded_row_host(T);
+  for (int t = 0; t < T; ++t) padded_row_host[t] = padded_begin[p.doc_of[t]] + t - p.doc_start[p.doc_of[t]];
+  const int padded_rows = padded_begin.back();
   std::vector<__nv_bfloat16> o_host(fwd.o.size());
   for (size_t i = 0; i < o_host.size(); ++i) o_host[i] = __float2bfloat16(float(fwd.o[i]));
-  std::vector<float> lse_host(size_t(Hq) * padded_T, 0.0f);
+  std::vector<float> lse_host(size_t(Hq) * padded_rows, 0.0f);
   for (int h = 0; h < Hq; ++h)
-    for (int t = 0; t < T; ++t) lse_host[size_t(h) * padded_T + t] = float(fwd.lse[size_t(h) * T + t]);
+    for (int t = 0; t < T; ++t)
+      lse_host[size_t(h) * padded_rows + padded_row_host[t]] = float(fwd.lse[size_t(h) * T + t]);
   std::vector<int> compacted_row_host(size_t(Hk) * T, -1);
   for (int h = 0; h < Hk && p.lag; ++h)
     std::copy(p.compacted_row[h].begin(), p.compacted_row[h].end(), compacted_row_host.begin() + size_t(h) * T);
@@ -463,18 +545,20 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   __nv_bfloat16 *ck = p.lag ? upload(p.ck) : k, *cv = p.lag ? upload(p.cv) : v;
   __nv_bfloat16 *dq, *dk, *dv;
   float *lse, *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
-  int* compacted_row;
+  int *compacted_row, *padded_row;
   const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kD, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
   CHECK_CUDA(cudaMalloc(&dv, p.k.size() * 2));
-  const size_t dq_accum_size = size_t(Hq) * padded_T * kD;
+  const size_t dq_accum_size = size_t(Hq) * padded_rows * kD;
   CHECK_CUDA(cudaMalloc(&dq_accum, dq_accum_size * 4));
   CHECK_CUDA(cudaMalloc(&dk_raw, p.k.size() * 4));
   CHECK_CUDA(cudaMalloc(&dv_raw, p.k.size() * 4));
   CHECK_CUDA(cudaMalloc(&dkc, compacted_size * 4));
   CHECK_CUDA(cudaMalloc(&dvc, compacted_size * 4));
   CHECK_CUDA(cudaMalloc(&compacted_row, compacted_row_host.size() * 4));
+  CHECK_CUDA(cudaMalloc(&padded_row, size_t(T) * 4));
+  CHECK_CUDA(cudaMemcpy(padded_row, padded_row_host.data(), size_t(T) * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMalloc(&lse, lse_host.size() * 4));
   CHECK_CUDA(cudaMalloc(&d_sum, lse_host.size() * 4));
   CHECK_CUDA(cudaMemcpy(lse, lse_host.data(), lse_host.size() * 4, cudaMemcpyHostToDevice));
@@ -489,34 +573,23 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
   const Lrsa lrsa = p.lrsa();
-  std::vector<WorkUnit> units_host;
-  for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
-    const KeyTile key_tile(lrsa, tile, raw_tiles, T);
-    const int pieces = (key_tile.m_tiles + unit_query_tiles - 1) / unit_query_tiles;
-    for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
-      const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
-      units_host.push_back({tile, m, count});
-      m += count;
-    }
-  }
-  std::stable_sort(units_host.begin(), units_host.end(),  // the longest first
-                   [](const WorkUnit& a, const WorkUnit& b) { return a.m_count > b.m_count; });
+  const std::vector<WorkUnit> units_host = work_units(p, unit_query_tiles);
   WorkUnit* units;
   CHECK_CUDA(cudaMalloc(&units, std::max<size_t>(units_host.size(), 1) * sizeof(WorkUnit)));
   CHECK_CUDA(cudaMemcpy(units, units_host.data(), units_host.size() * sizeof(WorkUnit), cudaMemcpyHostToDevice));
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
-    attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, raw_tiles,
-                                                         units, compacted_rows, lse, d_sum, padded_T, dq_accum, dk_raw,
-                                                         dv_raw, dkc, dvc, T, Hq, Hk, scale, spans);
+    attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units,
+                                                         lse, d_sum, padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc,
+                                                         Hq, Hk, scale, spans);
   };
   auto backward = [&] {
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
     for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
     for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
-    d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, d_o, d_sum, T, Hq, padded_T);
+    d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, d_o, padded_row, d_sum, T, Hq, padded_rows);
     backward_kernel();
-    round_dq_kernel<<<1024, 256>>>(dq_accum, dq, T, Hq, padded_T);
+    round_dq_kernel<<<1024, 256>>>(dq_accum, padded_row, dq, T, Hq, padded_rows);
     finalize_kv_kernel<<<1024, 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, dv, T, Hk);
   };
   backward();
@@ -541,6 +614,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
+                    (void*)padded_row,
                     (void*)lse, (void*)d_sum, (void*)units})
     CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
@@ -578,9 +652,10 @@ std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint
 
 void report(const Problem& p, const char* name, const BackwardRun& r, double dense_ms) {
   const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
-  std::printf("time dQ %-32s T=%6d 14:2 d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
+  std::printf("time dQ %-32s T=%6d (%d docs) 14:2 d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
               "with D, dQ's zeroing and rounding, dK/dV's sums; the kernel alone %7.3f ms (%5.1f)",
-              name, p.T, p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
+              name, p.T, p.documents(), p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms,
+              flops / (r.ms * 1e-3) / 1e12,
               r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
   if (p.lag)
     std::printf(", %.3f of dense with atomics\n", r.ms / dense_ms);
@@ -591,24 +666,38 @@ void report(const Problem& p, const char* name, const BackwardRun& r, double den
 
 int main(int argc, char** argv) {
   const bool check_only = checks_only(argc, argv, "wgmma_attn_bwd");
-  bool ok = true;
   struct Shape {
-    int T, Hq, Hk, sink, lag, keep;
+    std::vector<int> lengths;  // of the packed documents
+    int Hq, Hk, sink, lag, keep;
   };
-  // Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4.
-  for (const Shape& shape : {Shape{256, 2, 1, 0, 0, 0}, Shape{1000, 4, 2, 0, 0, 0}, Shape{1024, 4, 2, 0, 0, 0},
-                             Shape{700, 4, 1, 0, 0, 0}, Shape{1000, 4, 2, 16, 128, 32}, Shape{1500, 2, 1, 5, 200, 50},
-                             Shape{700, 4, 1, 0, 100, 25}, Shape{300, 2, 2, 16, 160, 40},
-                             Shape{2600, 2, 1, 300, 256, 64}}) {
-    const Problem p = make_problem(shape.T, shape.Hq, shape.Hk, 11 + shape.T, shape.sink, shape.lag, shape.keep);
+  // Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4, and
+  // packed documents (lengths off the tiles, one shorter than the sinks).
+  std::vector<Problem> problems;
+  for (const Shape& shape : {Shape{{256}, 2, 1, 0, 0, 0}, Shape{{1000}, 4, 2, 0, 0, 0}, Shape{{1024}, 4, 2, 0, 0, 0},
+                             Shape{{700}, 4, 1, 0, 0, 0}, Shape{{300, 1000, 77, 700}, 4, 2, 0, 0, 0},
+                             Shape{{1000}, 4, 2, 16, 128, 32}, Shape{{1500}, 2, 1, 5, 200, 50},
+                             Shape{{700}, 4, 1, 0, 100, 25}, Shape{{300}, 2, 2, 16, 160, 40},
+                             Shape{{2600}, 2, 1, 300, 256, 64}, Shape{{1000, 10, 500, 1300}, 4, 2, 16, 128, 32},
+                             Shape{{700, 2600}, 2, 1, 300, 256, 64}})
+    problems.push_back(make_problem(shape.lengths, shape.Hq, shape.Hk, 11 + shape.lengths[0], shape.sink, shape.lag,
+                                    shape.keep));
+  bool ok = true;  // the plans first: on the CPU, so they are checked without a GPU too
+  for (const Problem& p : problems)
+    for (int unit_query_tiles : {1, 12, kUnitQueryTiles, 48}) ok = plan_check(p, unit_query_tiles) && ok;
+  std::printf("wgmma_attn_bwd: plans of units of 1, 12, %d and 48 query tiles over %zu problems: %s\n", kUnitQueryTiles,
+              problems.size(), ok ? "PASS" : "FAIL");
+  if (!ok) return 1;
+  require_hopper("wgmma_attn_bwd");
+  for (const Problem& p : problems) {
+    const int first = p.length(0);
     const Reference fwd = reference(p);
-    const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + shape.T);
+    const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + first);
     const Gradients want = reference_backward(p, fwd, d_o);
     for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk}) {
       const BackwardRun got = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, 0)
                                                       : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
-      std::printf("check dQ %-6s T=%4d %d:%d S=%d L=%d K=%d:", dq_mode_name(mode), p.T, p.Hq, p.Hk, p.sink, p.lag,
-                  p.keep);
+      std::printf("check dQ %-6s T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", dq_mode_name(mode), p.T, p.documents(), p.Hq,
+                  p.Hk, p.sink, p.lag, p.keep);
       bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
       shape_ok = check_gradient("dK", got.dk, want.dk, want.dk_simple) && shape_ok;
       shape_ok = check_gradient("dV", got.dv, want.dv, want.dv_simple) && shape_ok;
@@ -618,13 +707,15 @@ int main(int argc, char** argv) {
   }
   if (!ok) return 1;  // no timing of a wrong kernel
   if (check_only) return 0;
-  for (int T : {16384, 32768, 131072}) {
+  // One document of T tokens, or T tokens packed as `documents` equal ones.
+  for (auto [T, documents] : {std::pair{16384, 1}, {32768, 1}, {32768, 4}, {131072, 1}}) {
+    const std::vector<int> lengths(documents, T / documents);
     double dense_ms = 0;
     for (int lag : {0, 1024}) {
-      const Problem p = lag ? make_problem(T, 14, 2, 99, 16, 1024, 256) : make_problem(T, 14, 2, 99);
+      const Problem p = lag ? make_problem(lengths, 14, 2, 99, 16, 1024, 256) : make_problem(lengths, 14, 2, 99);
       Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T), {}, {}};
       for (int h = 0; h < p.Hq; ++h)  // a plausible lse: log of the visible keys, so P stays near 1 / keys
-        for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t + 1));
+        for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t - p.doc_start[p.doc_of[t]] + 1));
       const std::vector<__nv_bfloat16> d_o = random_like(p.q, 3);
       const int repeats = T > 32768 ? 3 : 10;
       for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk, DqMode::kSkip}) {

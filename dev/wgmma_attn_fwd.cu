@@ -49,34 +49,55 @@ struct Config {
 // a 128-row CTA (a masked tile costs twice a whole one). Both sides derive it alike.
 struct TilePlan {
   int compacted_tiles, raw_start, tiles;
-  __device__ TilePlan(const Lrsa& lrsa, int first, int last) {
+  __host__ __device__ TilePlan(const Lrsa& lrsa, int first, int last) {
     compacted_tiles = (lrsa.compacted_end(last) + kBlockN - 1) / kBlockN;
     raw_start = lrsa.raw_begin(max(first, lrsa.sink)) / kBlockN * kBlockN;  // raw_begin grows with t past the sinks
     tiles = compacted_tiles + max(last + 1 - raw_start + kBlockN - 1, 0) / kBlockN;
   }
-  __device__ bool compacted(int i) const { return i < compacted_tiles; }
-  __device__ int start(int i) const { return compacted(i) ? i * kBlockN : raw_start + (i - compacted_tiles) * kBlockN; }
+  __host__ __device__ bool compacted(int i) const { return i < compacted_tiles; }
+  __host__ __device__ int start(int i) const {
+    return compacted(i) ? i * kBlockN : raw_start + (i - compacted_tiles) * kBlockN;
+  }
+  // The columns [x, y) of tile i that row `row` sees, counted from the tile's first key, given the
+  // row's compacted_end and raw_begin (the kernel keeps them in registers).
+  __host__ __device__ int2 columns(int i, int row, int compacted_end, int raw_begin) const {
+    const int first = start(i);
+    return compacted(i) ? int2{-first, compacted_end - first} : int2{raw_begin - first, row + 1 - first};
+  }
+  // Does every row of [first_row, last_row] see all of tile i? The intervals grow with the row.
+  __host__ __device__ bool whole(const Lrsa& lrsa, int i, int first_row, int last_row) const {
+    return columns(i, last_row, lrsa.compacted_end(last_row), lrsa.raw_begin(last_row)).x <= 0 &&
+           columns(i, first_row, lrsa.compacted_end(first_row), lrsa.raw_begin(first_row)).y >= kBlockN;
+  }
+};
+
+// A CTA's query rows: rows [64 * consumers * m_block, + 64 * consumers) of the document of `length`
+// rows from row `begin` of the packed batch, whose compacted rows start at row `compacted_begin` of
+// ck/cv. The plan and the masks work in positions within the document.
+struct QueryTile {
+  int begin, length, compacted_begin, m_block;
 };
 
 // q: [T, Hq, 64], k, v: [T, Hk, 64], o: [T, Hq, 64] bf16 (through the tensor maps for the inputs);
-// lse: [Hq, T] f32 (natural log). Accumulator register i of an m64nN tile holds row 16 * warp + group
-// + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2) (warp within the warpgroup,
-// group = lane / 4, quad = lane % 4): each thread holds two rows, a quad holds them whole. With one
-// consumer warpgroup, two CTAs share an SM and interleave on their own.
+// lse: [Hq, T] f32 (natural log); one CTA per (query tile, head). Accumulator register i of an m64nN
+// tile holds row 16 * warp + group + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2)
+// (warp within the warpgroup, group = lane / 4, quad = lane % 4): each thread holds two rows, a quad
+// holds them whole. With one consumer warpgroup, two CTAs share an SM and interleave on their own.
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
 __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStages>::kThreads, kConsumers == 1 ? 2 : 1)
     attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
-                    const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, __nv_bfloat16* o, float* lse, int T,
-                    int Hq, int Hk, float scale, CtaSpan* spans) {
+                    const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, const QueryTile* tiles, __nv_bfloat16* o,
+                    float* lse, int total_rows, int Hq, int Hk, float scale, CtaSpan* spans) {
   using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t q_tile = base, k_tiles = base + C::kQBytes, v_tiles = k_tiles + kStages * kTileBytes;
   const uint32_t full = base + C::kBarrierOffset, empty = full + 8 * kStages, q_full = empty + 8 * kStages;
-  const int m_block = int(gridDim.x - 1 - blockIdx.x);  // the longest rows first
+  const QueryTile work = tiles[blockIdx.x];  // the longest first
+  const int T = work.length;
   const int head = blockIdx.y, kv_head = head / (Hq / Hk);
-  const int row_begin = m_block * C::kBlockM;
+  const int row_begin = work.m_block * C::kBlockM;
   const TilePlan plan(lrsa, row_begin, min(row_begin + C::kBlockM, T) - 1);
   const int n_blocks = plan.tiles;
   const int warpgroup = threadIdx.x / 128;
@@ -97,15 +118,16 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(C::kProducerRegisters) : "memory");
     if (threadIdx.x == 128 * kConsumers) {
       mbarrier_expect_bytes(q_full, C::kQBytes);
-      tma_load(q_tile, &q_map, q_full, 0, head, row_begin);
+      tma_load(q_tile, &q_map, q_full, 0, head, work.begin + row_begin);
       for (int j = 0; j < n_blocks; ++j) {
         const int stage = j % kStages;
         if (j >= kStages) mbarrier_wait(empty + 8 * stage, ((j / kStages) & 1) ^ 1);
         const uint32_t bar = full + 8 * stage;
         const bool compacted = plan.compacted(j);
         mbarrier_expect_bytes(bar, 2 * kTileBytes);
-        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, bar, 0, kv_head, plan.start(j));
-        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, bar, 0, kv_head, plan.start(j));
+        const int row = (compacted ? work.compacted_begin : work.begin) + plan.start(j);
+        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, bar, 0, kv_head, row);
+        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, bar, 0, kv_head, row);
       }
     }
     return;
@@ -155,21 +177,16 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   // Masks tile j, updates the row statistics and turns S into unnormalized probabilities; returns
   // each row's rescaling of the output so far.
   auto softmax = [&](int j, float (&s)[64], float (&correction)[2]) {
-    const int start = plan.start(j);
-    // The intervals grow with the row, so the warpgroup's first and last rows say whether every
-    // row sees the whole tile.
-    const bool whole = plan.compacted(j)
-                           ? start + kBlockN <= lrsa.compacted_end(wg_row)
-                           : lrsa.raw_begin(wg_last) <= start && start + kBlockN - 1 <= wg_row;
-    if (!whole) {
+    if (!plan.whole(lrsa, j, wg_row, wg_last)) {
       ++masked_tiles;
       // Row h sees the tile's columns [begin[h], end[h]), counted from this thread's first column, so
       // that each element compares a constant.
       int begin[2], end[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        begin[h] = (plan.compacted(j) ? 0 : raw_begin[h]) - start - 2 * quad;
-        end[h] = (plan.compacted(j) ? compacted_end[h] : row0 + 8 * h + 1) - start - 2 * quad;
+        const int2 columns = plan.columns(j, row0 + 8 * h, compacted_end[h], raw_begin[h]);
+        begin[h] = columns.x - 2 * quad;
+        end[h] = columns.y - 2 * quad;
       }
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
@@ -283,13 +300,14 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     const int h = (i / 2) % 2, row = row0 + 8 * h, col = 8 * (i / 4) + 2 * quad;
     if (row >= T) continue;
     const float inv = 1.0f / row_sum[h];
-    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(row) * q_stride + int64_t(head) * kD + col) =
+    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * q_stride + int64_t(head) * kD + col) =
         __floats2bfloat162_rn(out[i] * inv, out[i + 1] * inv);
   }
   if (quad == 0) {
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      if (row0 + 8 * h < T) lse[int64_t(head) * T + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
+      if (row0 + 8 * h < T)
+        lse[int64_t(head) * total_rows + work.begin + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
   }
   if (spans) {
     named_barrier_sync(8, 128 * kConsumers);  // every consumer is done (the producer has returned)
@@ -322,14 +340,26 @@ DeviceRun run(const Problem& p, int repeats) {
   const int compacted = p.lag ? std::max(p.compacted_rows(), 1) : p.T;
   const CUtensorMap ck_map = tensor_map(ck, compacted, p.Hk, kBlockN),
                     cv_map = tensor_map(cv, compacted, p.Hk, kBlockN);
+  const Lrsa lrsa = p.lrsa();
+  std::vector<QueryTile> tiles_host;
+  for (int b = 0; b < p.documents(); ++b)
+    for (int m = 0; m * C::kBlockM < p.length(b); ++m)
+      tiles_host.push_back({p.doc_start[b], p.length(b), p.compacted_start[b], m});
+  auto key_tiles = [&](const QueryTile& w) {
+    return TilePlan(lrsa, w.m_block * C::kBlockM, std::min((w.m_block + 1) * C::kBlockM, w.length) - 1).tiles;
+  };
+  std::stable_sort(tiles_host.begin(), tiles_host.end(),  // the longest first
+                   [&](const QueryTile& a, const QueryTile& b) { return key_tiles(a) > key_tiles(b); });
+  QueryTile* tiles;
+  CHECK_CUDA(cudaMalloc(&tiles, tiles_host.size() * sizeof(QueryTile)));
+  CHECK_CUDA(cudaMemcpy(tiles, tiles_host.data(), tiles_host.size() * sizeof(QueryTile), cudaMemcpyHostToDevice));
   auto kernel = attn_fwd_kernel<kConsumers, kOverlap, kPingPong, kStages>;
   CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-  const dim3 grid((p.T + C::kBlockM - 1) / C::kBlockM, p.Hq);
+  const dim3 grid(unsigned(tiles_host.size()), p.Hq);
   const float scale = 1.0f / std::sqrt(float(kD));
-  const Lrsa lrsa = p.lrsa();
   auto launch = [&](CtaSpan* spans = nullptr) {
-    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, o, lse, p.T, p.Hq, p.Hk,
-                                                 scale, spans);
+    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, tiles, o, lse, p.T, p.Hq,
+                                                 p.Hk, scale, spans);
   };
   launch();  // warm-up, and the result checked
   CHECK_CUDA(cudaGetLastError());
@@ -348,7 +378,7 @@ DeviceRun run(const Problem& p, int repeats) {
     CHECK_CUDA(cudaMemcpy(out.spans.data(), spans, out.spans.size() * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
     CHECK_CUDA(cudaFree(spans));
   }
-  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse}) CHECK_CUDA(cudaFree(ptr));
+  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse, (void*)tiles}) CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));
     CHECK_CUDA(cudaFree(cv));
@@ -360,20 +390,36 @@ DeviceRun run(const Problem& p, int repeats) {
 bool check(const char* name, const Problem& p, const Reference& ref, const DeviceRun& r) {
   const RuleCheck o = rule_check(r.o, ref.o, ref.o_simple), lse = rule_check(r.lse, ref.lse, ref.lse_simple);
   const bool ok = o.within(1e-5 * o.largest) && lse.within(1e-6);
-  std::printf("%-30s check T=%4d %d:%d S=%d L=%d K=%d: O max error %.3g (straightforward bf16 %.3g), lse %.3g (%.3g): "
-              "%s\n",
-              name, p.T, p.Hq, p.Hk, p.sink, p.lag, p.keep, o.error, o.simple, lse.error, lse.simple,
+  std::printf("%-30s check T=%4d (%d docs) %d:%d S=%d L=%d K=%d: O max error %.3g (straightforward bf16 %.3g), "
+              "lse %.3g (%.3g): %s\n",
+              name, p.T, p.documents(), p.Hq, p.Hk, p.sink, p.lag, p.keep, o.error, o.simple, lse.error, lse.simple,
               ok ? "PASS" : "FAIL");
   return ok;
 }
 
 struct Shape {
-  int T, Hq, Hk, sink, lag, keep;
+  std::vector<int> lengths;  // of the packed documents
+  int Hq, Hk, sink, lag, keep;
 };
-// Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4.
-const Shape kCheckShapes[] = {{256, 2, 1, 0, 0, 0},    {1000, 4, 2, 0, 0, 0},  {1024, 4, 2, 0, 0, 0},
-                              {1000, 4, 2, 16, 128, 32}, {1500, 2, 1, 5, 200, 50}, {700, 4, 1, 0, 100, 25},
-                              {300, 2, 2, 16, 160, 40},  {2600, 2, 1, 300, 256, 64}};
+// Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4, and
+// packed documents (lengths off the tiles, one shorter than the sinks).
+const Shape kCheckShapes[] = {{{256}, 2, 1, 0, 0, 0},
+                              {{1000}, 4, 2, 0, 0, 0},
+                              {{1024}, 4, 2, 0, 0, 0},
+                              {{300, 1000, 77, 700}, 4, 2, 0, 0, 0},
+                              {{1000}, 4, 2, 16, 128, 32},
+                              {{1500}, 2, 1, 5, 200, 50},
+                              {{700}, 4, 1, 0, 100, 25},
+                              {{300}, 2, 2, 16, 160, 40},
+                              {{2600}, 2, 1, 300, 256, 64},
+                              {{1000, 10, 500, 1300}, 4, 2, 16, 128, 32},
+                              {{700, 2600}, 2, 1, 300, 256, 64}};
+
+// The timed shapes: one document of T tokens, or T tokens packed as `documents` equal ones.
+struct TimedShape {
+  int T, documents;
+};
+const TimedShape kTimedShapes[] = {{16384, 1}, {32768, 1}, {32768, 4}, {131072, 1}};
 
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
 bool variant(const std::vector<Problem>& problems, const std::vector<Reference>& refs, bool timed) {
@@ -384,20 +430,52 @@ bool variant(const std::vector<Problem>& problems, const std::vector<Reference>&
   for (size_t i = 0; i < problems.size(); ++i)
     ok = check(name, problems[i], refs[i], run<kConsumers, kOverlap, kPingPong, kStages>(problems[i], 0)) && ok;
   if (!ok || !timed) return ok;  // no timing of a wrong kernel
-  for (int T : {16384, 32768, 131072}) {
-    double dense_ms = 0;
+  for (const TimedShape& shape : kTimedShapes) {
+    const int T = shape.T;
+    const std::vector<int> lengths(shape.documents, T / shape.documents);
+    double dense_ms = 0, dense_pairs = 0;
     for (int lag : {0, 1024}) {
-      const Problem p = lag ? make_problem(T, 14, 2, 99, 16, 1024, 256) : make_problem(T, 14, 2, 99);
+      const Problem p = lag ? make_problem(lengths, 14, 2, 99, 16, 1024, 256) : make_problem(lengths, 14, 2, 99);
       const DeviceRun r = run<kConsumers, kOverlap, kPingPong, kStages>(p, T > 32768 ? 3 : 20);
       const double flops = 4.0 * visible_pairs(p) * kD * p.Hq;
-      if (lag == 0) dense_ms = r.ms;
-      std::printf("%-30s time T=%6d 14:2 d64 %-24s %7.3f ms, %5.1f TFLOP/s on the visible pairs%s", name, T,
-                  lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms, flops / (r.ms * 1e-3) / 1e12,
-                  lag ? "" : "\n");
-      const double pairs = visible_pairs(p) / (double(T) * (T + 1) / 2);
-      if (lag) std::printf(", %.3f of dense (pairs %.3f)\n", r.ms / dense_ms, pairs);
+      if (lag == 0) dense_ms = r.ms, dense_pairs = visible_pairs(p);
+      std::printf("%-30s time T=%6d (%d docs) 14:2 d64 %-24s %7.3f ms, %5.1f TFLOP/s on the visible pairs%s", name, T,
+                  shape.documents, lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms,
+                  flops / (r.ms * 1e-3) / 1e12, lag ? "" : "\n");
+      if (lag) std::printf(", %.3f of dense (pairs %.3f)\n", r.ms / dense_ms, visible_pairs(p) / dense_pairs);
       span_report(name, r.spans);
     }
+  }
+  return true;
+}
+
+// The plan on the CPU, for query tiles of `tile_rows` rows: its key tiles, through the softmax's masks
+// (none on a warpgroup's whole tiles), let every row see each of its keys once (PairCounts).
+bool plan_check(const Problem& p, int tile_rows) {
+  const Lrsa lrsa = p.lrsa();
+  for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
+    PairCounts counts(p, kv_head);
+    for (int b = 0; b < p.documents(); ++b)
+      for (int first = 0; first < p.length(b); first += tile_rows) {
+        const TilePlan plan(lrsa, first, std::min(first + tile_rows, p.length(b)) - 1);
+        for (int j = 0; j < plan.tiles; ++j)
+          for (int wg_row = first; wg_row < first + tile_rows; wg_row += 64) {
+            const int wg_last = std::min(wg_row + 63, p.length(b) - 1);
+            const bool whole = plan.whole(lrsa, j, wg_row, wg_last);
+            for (int row = wg_row; row <= wg_last; ++row) {
+              const int2 c = whole ? int2{0, kBlockN}
+                                   : plan.columns(j, row, lrsa.compacted_end(row), lrsa.raw_begin(row));
+              for (int col = std::max(c.x, 0); col < std::min(c.y, kBlockN); ++col) {
+                const int query = p.doc_start[b] + row, key = plan.start(j) + col;
+                if (plan.compacted(j))
+                  counts.visit_compacted(query, p.compacted_start[b] + key);
+                else
+                  counts.visit(query, p.doc_start[b] + key);
+              }
+            }
+          }
+      }
+    if (!counts.exact("forward plan")) return false;
   }
   return true;
 }
@@ -405,12 +483,17 @@ bool variant(const std::vector<Problem>& problems, const std::vector<Reference>&
 int main(int argc, char** argv) {
   const bool check_only = checks_only(argc, argv, "wgmma_attn_fwd");
   std::vector<Problem> problems;
+  for (const Shape& s : kCheckShapes)
+    problems.push_back(make_problem(s.lengths, s.Hq, s.Hk, 7 + s.lengths[0], s.sink, s.lag, s.keep));
+  bool ok = true;  // the plans first: on the CPU, so they are checked without a GPU too
+  for (const Problem& p : problems)
+    for (int tile_rows : {64, 128, 192}) ok = plan_check(p, tile_rows) && ok;
+  std::printf("wgmma_attn_fwd: plans of 64-, 128- and 192-row query tiles over %zu problems: %s\n", problems.size(),
+              ok ? "PASS" : "FAIL");
+  if (!ok) return 1;
+  require_hopper("wgmma_attn_fwd");
   std::vector<Reference> refs;
-  for (const Shape& s : kCheckShapes) {
-    problems.push_back(make_problem(s.T, s.Hq, s.Hk, 7 + s.T, s.sink, s.lag, s.keep));
-    refs.push_back(reference(problems.back()));
-  }
-  bool ok = true;
+  for (const Problem& p : problems) refs.push_back(reference(p));
   ok = variant<2, false, false, 2>(problems, refs, !check_only) && ok;
   ok = variant<1, false, false, 2>(problems, refs, !check_only) && ok;
   ok = variant<2, true, false, 4>(problems, refs, !check_only) && ok;
