@@ -2,34 +2,12 @@
 // bf16 Q/K/V of packed documents, dense causal or LRSA with a random selection, and the reference in
 // double.
 #pragma once
+#include "../kernels/attn_wgmma.cuh"
 #include "hopper.cuh"
 
 #include <algorithm>
 
-// Which keys a query row sees, as two intervals (../shared/lrsa-spec.md, "Visibility"): compacted rows
-// [0, compacted_end) of [sink | Sel(0) | Sel(1) | ...], and raw positions [raw_begin, t]. Dense causal
-// attention is lag 0: no compacted rows, raw [0, t].
-struct Lrsa {
-  int sink, lag, keep;  // S, L, K; lag 0: dense causal
-  float inverse_lag;    // 1 / L: the masks divide by L per element, and an integer division costs ~20 instructions
-  Lrsa(int sink, int lag, int keep)
-      : sink(sink), lag(lag), keep(keep), inverse_lag(lag ? 1.0f / float(lag) : 0.0f) {}
-  // floor((t - S) / L) for t >= S: the float quotient is off by at most one for t < 2^24; the compares fix it.
-  __host__ __device__ int partition(int t) const {
-    int part = int(float(t - sink) * inverse_lag);
-    if (sink + part * lag > t) --part;
-    if (sink + (part + 1) * lag <= t) ++part;
-    return part;
-  }
-  __host__ __device__ int compacted_end(int t) const {
-    if (lag == 0) return 0;
-    return t < sink ? t + 1 : sink + keep * max(partition(t) - 1, 0);
-  }
-  __host__ __device__ int raw_begin(int t) const {  // t < S: past t, so nothing raw
-    if (lag == 0) return 0;
-    return t < sink ? t + 1 : sink + lag * max(partition(t) - 1, 0);
-  }
-};
+using namespace lrsa::cuda::wgmma;
 
 // A packed batch of documents, T tokens in all; lag 0 is dense causal attention. Positions,
 // partitions, selection and visibility restart at every document, and no key is seen across

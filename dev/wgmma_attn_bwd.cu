@@ -1,377 +1,17 @@
-// dev/wgmma_attn_bwd.cu: the attention backward on wgmma + TMA (sm_90a), head dim 64, dense causal
-// and LRSA: the Hopper kernel on its way into kernels/ (dev/README.md).
-//
-// A CTA owns one tile of 128 keys of one KV head: each of its two warpgroups holds 64 of the keys and
-// their dK and dV accumulators in registers, while it walks every query tile that sees the keys, for
-// every query head of the GQA group. Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per step
-// through a ring of stages with TMA. Per step, warpgroup w (keys 64w..64w+63):
-//   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n128, both operands from shared memory)
-//   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D) / sqrt(d)   (in registers)
-//   dV_w += P^T dO,  dK_w += dS^T Q           (m64n64, A from registers, B MN-major)
-//   dS^T goes to shared memory; after a barrier between the two warpgroups,
-//   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
-//   issued before dK's GEMM, so that dQ is added into an fp32 buffer (atomics or a bulk reduce-add;
-//   a last kernel rounds it to bf16) while dK's GEMM runs.
-// LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
-// tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
-// at most 24 query tiles; a last kernel adds each position's compacted-row gradient to its raw one.
-// Checks dQ, dK and dV against a reference in double (dense and LRSA shapes, both ways of adding dQ),
-// then times T = 16K, 32K and 128K (14:2 heads), dense and LRSA, each way of adding dQ.
+// dev/wgmma_attn_bwd.cu: checks and times kernels/attn_wgmma_backward.cuh (the attention backward on
+// wgmma + TMA, head dim 64, dense causal and LRSA over packed documents; dev/README.md). First the
+// plan on the CPU: every query sees each of its keys once through the work units and masks, against
+// the spec's visibility.
+// Then, on an sm_90 GPU, checks dQ, dK and dV against a reference in double (dense and LRSA shapes,
+// packed documents, both ways of adding dQ), then times T = 16K, 32K (also as 4 documents) and 128K
+// (14:2 heads), dense and LRSA, each way of adding dQ.
 //
 //   build-gpu/dev-wgmma_attn_bwd [--check]      (or: bash dev/run.sh wgmma_attn_bwd)
+#include "../kernels/attn_wgmma_backward.cuh"
 #include "attention_problem.h"
 #include "hopper.cuh"
 
-#include <climits>
-
-constexpr int kBlock = 128;                  // keys per CTA, queries per step
-constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
-constexpr int kStages = 2;
-// Two warpgroups and no producer warp: a step needs about 255 registers per thread, more than the
-// 240 that setmaxnreg can give consumer warpgroups next to a producer warpgroup (a 288-thread CTA
-// gets 168 without it). Thread 0 issues the copies.
-constexpr int kThreads = 2 * 128;
-// K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2 halves][128 keys][64 queries].
-constexpr int kQOffset = 2 * kTileBytes;
-constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
-constexpr int kDsOffset = kDoOffset + kStages * kTileBytes;
-constexpr int kStatsOffset = kDsOffset + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
-constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // dQ staging per warpgroup, [64][64] f32
-constexpr int kBarrierOffset = kDqOffset + 2 * 64 * kD * 4;
-constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;
-
-__device__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
-}
-
-// A key tile and the query tiles that see it. Tiles 0 .. raw_tiles - 1 (per KV head) hold raw
-// positions, which their queries see through the interval [raw_begin(t), t]; the rest hold the
-// compacted rows [sink | Sel(0) | Sel(1) | ...], seen by every query from the partition two past
-// the row's on (row < compacted_end(t)). Dense causal attention: lag 0, raw tiles only.
-struct KeyTile {
-  bool compacted;
-  int key_begin, m_first, m_tiles;  // query tiles m_first .. m_first + m_tiles - 1
-  __host__ __device__ KeyTile(const Lrsa& lrsa, int tile, int raw_tiles, int T) {
-    compacted = tile >= raw_tiles;
-    key_begin = (compacted ? tile - raw_tiles : tile) * kBlock;
-    const int first_query = viewers(lrsa, key_begin, T).x;
-    const int query_end = viewers(lrsa, min(key_begin + kBlock, compacted ? INT_MAX : T) - 1, T).y;
-    m_first = first_query / kBlock;
-    m_tiles = max((query_end + kBlock - 1) / kBlock - m_first, 0);
-  }
-  // The queries [x, y) that see a key of this tile: the visible intervals grow with the query, so a
-  // key's viewers are one interval. A raw key is seen up to the end of the partition after its own
-  // (no raw key below the sinks past them: those are seen as compacted rows); a compacted row from
-  // the partition two past its own on.
-  __host__ __device__ int2 viewers(const Lrsa& lrsa, int key, int T) const {
-    if (compacted)
-      return {key < lrsa.sink ? key : lrsa.sink + ((key - lrsa.sink) / lrsa.keep + 2) * lrsa.lag, T};
-    if (lrsa.lag == 0) return {key, T};
-    return {key, key < lrsa.sink ? 0 : min(T, lrsa.sink + (lrsa.partition(key) + 2) * lrsa.lag)};
-  }
-  // The query tiles that see every key of the tile start at or after x and end by y (the tile's first
-  // key is seen longest, its last one from the latest query on): steps without a mask.
-  __host__ __device__ int2 whole_steps(const Lrsa& lrsa, int T) const {
-    return {viewers(lrsa, key_begin + kBlock - 1, T).x, viewers(lrsa, key_begin, T).y};
-  }
-};
-
-__host__ __device__ bool whole_step(int2 whole_steps, int query_begin) {
-  return whole_steps.x <= query_begin && query_begin + kBlock <= whole_steps.y;
-}
-
-// A CTA's work: query tiles [m_begin, m_begin + m_count) of one key tile of one document: `length`
-// rows from row `begin` of the packed batch (from row `padded_begin` in the lse, D and dQ sums, where
-// every document starts on a tile), its compacted rows `compacted_rows` from row `compacted_begin` of
-// ck/cv. The tiles and masks work in positions within the document. A key tile's query run is split
-// into units of at most kUnitQueryTiles query tiles (by default), so that no CTA outlasts the rest (the
-// sinks' compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
-constexpr int kUnitQueryTiles = 24;
-struct WorkUnit {
-  int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
-};
-
-// How a step's dQ reaches the fp32 sums: atomics from every thread; one bulk reduce-add (TMA) of the
-// warpgroup's 64 x 64 tile staged in shared memory (one per warp of its 16 rows, without the
-// warpgroup barriers, measured 5% slower); or not at all (a bound for timing, not a result).
-enum class DqMode { kAtomic, kBulk, kSkip };
-
-__device__ void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
-               "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-
-// Where dQ's element (row, col) of a 64-row tile sits in the fp32 sums (and in the staging tile): its
-// 8-float chunk XOR-ed with row % 8, so a warp's eight rows of one column land in four bank groups
-// instead of one (the bulk reduce adds element by element, so any layout both sides agree on works).
-__host__ __device__ int dq_offset(int row, int col) { return row * kD + (col ^ (8 * (row % 8))); }
-
-// lse and d: [Hq][padded_rows] f32, every document padded to whole tiles. dq_accum: [Hq, padded_rows,
-// 64] f32 with rows laid out by dq_offset, zeroed.
-// dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
-// all zeroed.
-template <DqMode kDq>
-__global__ void __launch_bounds__(kThreads, 1)
-    attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
-                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
-                    const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
-                    const WorkUnit* units, const float* lse, const float* d_sum, int padded_rows, float* dq_accum,
-                    float* dk, float* dv, float* dkc, float* dvc, int Hq, int Hk, float scale, CtaSpan* spans) {
-  extern __shared__ unsigned char smem[];
-  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
-  const uint32_t k_tile = base, v_tile = base + kTileBytes;
-  const uint32_t kv_full = base + kBarrierOffset, full = kv_full + 8, empty = full + 8 * kStages;
-  const float* stats = reinterpret_cast<const float*>(
-      smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + kStatsOffset);
-  const int kv_head = blockIdx.y, group = Hq / Hk;
-  const WorkUnit unit = units[blockIdx.x];
-  const int T = unit.length;
-  const KeyTile tile(lrsa, unit.tile, (T + kBlock - 1) / kBlock, T);
-  const int key_begin = tile.key_begin, m_first = unit.m_begin, m_tiles = unit.m_count;
-  const int steps = group * m_tiles;
-  const int warpgroup = threadIdx.x / 128;
-
-  if (threadIdx.x == 0) {
-    mbarrier_init(kv_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(full + 8 * s, 1);
-      mbarrier_init(empty + 8 * s, 8);  // lane 0 of every consumer warp
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-  const uint64_t began = spans ? global_ns() : 0;
-
-  // Step i's Q, dO, lse and D into stage i % kStages; the stage's previous use must be released.
-  auto load_step = [&](int i) {
-    const int stage = i % kStages, head = kv_head * group + i / m_tiles;
-    const int m = m_first + i % m_tiles;
-    if (i >= kStages) mbarrier_wait(empty + 8 * stage, ((i / kStages) & 1) ^ 1);
-    const uint32_t bar = full + 8 * stage, stats_stage = base + kStatsOffset + stage * 2 * kBlock * 4;
-    mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
-    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, unit.begin + m * kBlock);
-    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, unit.begin + m * kBlock);
-    const int64_t stats_at = int64_t(head) * padded_rows + unit.padded_begin + m * kBlock;
-    bulk_load(stats_stage, lse + stats_at, kBlock * 4, bar);
-    bulk_load(stats_stage + kBlock * 4, d_sum + stats_at, kBlock * 4, bar);
-  };
-  if (threadIdx.x == 0) {
-    mbarrier_expect_bytes(kv_full, 2 * kTileBytes);
-    const int row = (tile.compacted ? unit.compacted_begin : unit.begin) + key_begin;
-    tma_load(k_tile, tile.compacted ? &ck_map : &k_map, kv_full, 0, kv_head, row);
-    tma_load(v_tile, tile.compacted ? &cv_map : &v_map, kv_full, 0, kv_head, row);
-    for (int i = 0; i < min(kStages, steps); ++i) load_step(i);
-  }
-
-  const int t = threadIdx.x % 128, warp = t / 32, lane_group = (t % 32) / 4, quad = t % 4;
-  const int key0 = key_begin + 64 * warpgroup + 16 * warp + lane_group;  // and key0 + 8
-  const int2 whole_steps = tile.whole_steps(lrsa, T);
-  const int2 seen[2] = {tile.viewers(lrsa, key0, T), tile.viewers(lrsa, key0 + 8, T)};
-  int masked_steps = 0;
-  const float scale_log2 = scale * 1.4426950408889634f;
-  float dk_acc[32], dv_acc[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
-  const uint32_t k_wg = k_tile + warpgroup * 64 * 128, v_wg = v_tile + warpgroup * 64 * 128;
-
-  mbarrier_wait(kv_full, 0);
-  uint64_t first_step = 0, last_step = 0;
-  for (int i = 0; i < steps; ++i) {
-    const int stage = i % kStages, head = kv_head * group + i / m_tiles;
-    const int m = m_first + i % m_tiles, query_begin = m * kBlock;
-    const uint32_t q_s = base + kQOffset + stage * kTileBytes, do_s = base + kDoOffset + stage * kTileBytes;
-    const uint32_t ds_s = base + kDsOffset + (i % 2) * 2 * kTileBytes;
-    const float* lse_s = stats + stage * 2 * kBlock;
-    const float* d_s = lse_s + kBlock;
-    mbarrier_wait(full + 8 * stage, (i / kStages) & 1);
-    if (spans && i == 0) first_step = global_ns();
-
-    // S^T and dP^T in flight together; dV's GEMM then overlaps dP^T's, and each fp32 tile dies once
-    // it is packed to bf16 (the register budget: 240 per consumer thread).
-    float s[64], dp[64];
-    fence_operands(dk_acc);
-    fence_operands(dv_acc);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_n128(s, descriptor(k_wg + kk * 32, 16, 1024), descriptor(q_s + kk * 32, 16, 1024), kk > 0);
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_n128(dp, descriptor(v_wg + kk * 32, 16, 1024), descriptor(do_s + kk * 32, 16, 1024), kk > 0);
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_operands(s);
-
-    // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
-    const bool whole = whole_step(whole_steps, query_begin);
-    masked_steps += !whole;
-
-    uint32_t p_t[8][4], ds_t[8][4];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {  // 8-query column blocks
-      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + 8 * j + 2 * quad);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[4 * j + e] * scale_log2 - ((e % 2) ? lse2.y : lse2.x) * 1.4426950408889634f);
-        s[4 * j + e] = p;
-      }
-    }
-    if (!whole) {
-#pragma unroll
-      for (int i = 0; i < 64; ++i) {
-        const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), h = (i / 2) % 2;
-        if (query < seen[h].x || query >= seen[h].y) s[i] = 0.0f;
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) p_t[kk][r] = pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dv_acc, p_t[kk], descriptor(do_s + kk * 2048, 1024, 1024));
-    wgmma_commit();
-    wgmma_wait<1>();  // dP^T (committed before dV)
-    fence_operands(dp);
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const float2 d2 = *reinterpret_cast<const float2*>(d_s + 8 * j + 2 * quad);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = 4 * j + e;  // P from its bf16 copy, as dV uses it
-        const __nv_bfloat162 pair = *reinterpret_cast<const __nv_bfloat162*>(&p_t[i / 8][(i % 8) / 2]);
-        const float p = (i % 2) ? __high2float(pair) : __low2float(pair);
-        dp[i] = p * (dp[i] - ((e % 2) ? d2.y : d2.x)) * scale;
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) ds_t[kk][r] = pack_bf16x2(dp[8 * kk + 2 * r], dp[8 * kk + 2 * r + 1]);
-
-    // dS^T to shared memory for dQ: query q of key row kr sits in half q / 64, 128B-swizzled.
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int kr = 64 * warpgroup + 16 * warp + lane_group + 8 * (r % 2);
-        const int q = 16 * kk + 8 * (r / 2) + 2 * quad, chunk = (q % 64) / 8;
-        const uint32_t address = ds_s + (q / 64) * kTileBytes + kr * 128 + ((chunk ^ (kr % 8)) * 16) + (q % 8) * 2;
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(ds_t[kk][r]) : "memory");
-      }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    named_barrier_sync(1, 256);  // both warpgroups' dS^T rows are in
-
-    // dQ's GEMM first, then dK's: dQ goes out while dK's still runs.
-    float dq[32];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)  // dQ of queries 64w..64w+63: dS from half w, K as B over the 128 keys
-      wgmma_ss_n64_mn(dq, descriptor(ds_s + warpgroup * kTileBytes + kk * 2048, 1024, 1024),
-                      descriptor(k_tile + kk * 2048, 1024, 1024), kk > 0);
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_operands(dq);
-
-    float* dq_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_begin + 64 * warpgroup) * kD;
-    if constexpr (kDq == DqMode::kAtomic) {
-#pragma unroll
-      for (int r = 0; r < 32; r += 2) {
-        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-        atomicAdd(reinterpret_cast<float2*>(dq_rows + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
-      }
-    } else if constexpr (kDq == DqMode::kBulk) {
-      const uint32_t staging = base + kDqOffset + warpgroup * 64 * kD * 4;
-      if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last step's tile is read
-      named_barrier_sync(2 + warpgroup, 128);
-#pragma unroll
-      for (int r = 0; r < 32; r += 2) {
-        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(staging + dq_offset(row, col) * 4), "f"(dq[r]),
-                     "f"(dq[r + 1])
-                     : "memory");
-      }
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      named_barrier_sync(2 + warpgroup, 128);
-      if (t == 0) bulk_reduce_add(dq_rows, staging, 64 * kD * 4);
-    }
-    wgmma_wait<0>();
-    fence_operands(dv_acc);
-    fence_operands(dk_acc);
-    fence_operands(p_t);
-    fence_operands(ds_t);
-    if (t % 32 == 0) mbarrier_arrive(empty + 8 * stage);
-    if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
-    __syncwarp();
-  }
-  if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-  if (spans) last_step = global_ns();
-
-  float *dk_out = tile.compacted ? dkc : dk, *dv_out = tile.compacted ? dvc : dv;
-  const int rows = tile.compacted ? unit.compacted_rows : T;
-  const int first_row = tile.compacted ? unit.compacted_begin : unit.begin;
-#pragma unroll
-  for (int r = 0; r < 32; r += 2) {
-    const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-    if (key >= rows) continue;
-    const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kD + col;
-    atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r], dk_acc[r + 1]));
-    atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
-  }
-  if (spans) {
-    __syncthreads();
-    if (threadIdx.x == 0)
-      spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
-                                                    masked_steps};
-  }
-}
-
-// D = rowsum(dO * O) per query row and head, into [Hq][padded_rows] (row r at padded_row[r]): one warp
-// per (row, head).
-__global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, const int* padded_row, float* d_sum,
-                             int T, int Hq, int padded_rows) {
-  const int row_head = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (row_head >= T * Hq) return;
-  const int64_t at = int64_t(row_head) * kD + 2 * lane;
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o + at));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d_o + at));
-  float sum = a.x * b.x + a.y * b.y;
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-  if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_rows + padded_row[row_head / Hq]] = sum;
-}
-
-// dQ: the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64].
-__global__ void round_dq_kernel(const float* x, const int* padded_row, __nv_bfloat16* y, int T, int Hq,
-                                int padded_rows) {
-  const int64_t n = int64_t(T) * Hq * kD;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int d = int(i % kD), head = int((i / kD) % Hq), row = int(i / (int64_t(Hq) * kD));
-    const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its tile
-    y[i] = __float2bfloat16(x[(int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, d)]);
-  }
-}
-
-// dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's.
-__global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
-                                   const int* compacted_row, __nv_bfloat16* dk_out, __nv_bfloat16* dv_out, int T,
-                                   int Hk) {
-  const int64_t n = int64_t(T) * Hk * kD;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int d = int(i % kD), head = int((i / kD) % Hk), position = int(i / (int64_t(Hk) * kD));
-    const int row = compacted_row[int64_t(head) * T + position];
-    const int64_t from = (int64_t(row) * Hk + head) * kD + d;
-    dk_out[i] = __float2bfloat16(dk[i] + (row >= 0 ? dkc[from] : 0.0f));
-    dv_out[i] = __float2bfloat16(dv[i] + (row >= 0 ? dvc[from] : 0.0f));
-  }
-}
+using namespace lrsa::cuda::wgmma::bwd;
 
 // The gradients in double from the definition, given O and dO: dS = P (dP - D), D = rowsum(P dP).
 // Alongside, the straightforward way at bf16 (as PyTorch's autograd runs the bf16 forward: dP, dS and
@@ -452,42 +92,12 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
   return g;
 }
 
-// Where each document starts in the tile-padded lse, D and dQ sums: [B + 1], the last the rows in all.
-std::vector<int> padded_begins(const Problem& p) {
-  std::vector<int> begin{0};
-  for (int b = 0; b < p.documents(); ++b) begin.push_back(begin[b] + (p.length(b) + kBlock - 1) / kBlock * kBlock);
-  return begin;
-}
-
-// The CTAs' work, the longest first.
-std::vector<WorkUnit> work_units(const Problem& p, int unit_query_tiles) {
-  const Lrsa lrsa = p.lrsa();
-  const std::vector<int> padded_begin = padded_begins(p);
-  std::vector<WorkUnit> units;
-  for (int b = 0; b < p.documents(); ++b) {
-    const int n = p.length(b), doc_compacted = p.lag ? p.compacted_start[b + 1] - p.compacted_start[b] : 0;
-    const int raw_tiles = (n + kBlock - 1) / kBlock, compacted_tiles = (doc_compacted + kBlock - 1) / kBlock;
-    for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
-      const KeyTile key_tile(lrsa, tile, raw_tiles, n);
-      const int pieces = (key_tile.m_tiles + unit_query_tiles - 1) / unit_query_tiles;
-      for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
-        const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
-        units.push_back({tile, m, count, p.doc_start[b], n, padded_begin[b], p.lag ? p.compacted_start[b] : 0,
-                         doc_compacted});
-        m += count;
-      }
-    }
-  }
-  std::stable_sort(units.begin(), units.end(), [](const WorkUnit& a, const WorkUnit& b) { return a.m_count > b.m_count; });
-  return units;
-}
-
 // The plan on the CPU: the work units' steps, through the kernel's masks (none on whole steps), let
 // every query see each of its keys once (PairCounts), and a key tile's rows past its document or
 // its compacted rows reach no query.
 bool plan_check(const Problem& p, int unit_query_tiles) {
   const Lrsa lrsa = p.lrsa();
-  const std::vector<WorkUnit> units = work_units(p, unit_query_tiles);
+  const std::vector<WorkUnit> units = work_units(p.doc_start, p.compacted_start, lrsa, unit_query_tiles);
   for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
     PairCounts counts(p, kv_head);
     for (const WorkUnit& unit : units) {
@@ -528,7 +138,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
                          int repeats, int unit_query_tiles = kUnitQueryTiles) {
   const int T = p.T, Hq = p.Hq, Hk = p.Hk;
   const int compacted_rows = p.lag ? p.compacted_rows() : 0;
-  const std::vector<int> padded_begin = padded_begins(p);
+  const std::vector<int> padded_begin = padded_begins(p.doc_start);
   std::vector<int> padded_row_host(T);
   for (int t = 0; t < T; ++t) padded_row_host[t] = padded_begin[p.doc_of[t]] + t - p.doc_start[p.doc_of[t]];
   const int padded_rows = padded_begin.back();
@@ -573,7 +183,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
   const Lrsa lrsa = p.lrsa();
-  const std::vector<WorkUnit> units_host = work_units(p, unit_query_tiles);
+  const std::vector<WorkUnit> units_host = work_units(p.doc_start, p.compacted_start, p.lrsa(), unit_query_tiles);
   WorkUnit* units;
   CHECK_CUDA(cudaMalloc(&units, std::max<size_t>(units_host.size(), 1) * sizeof(WorkUnit)));
   CHECK_CUDA(cudaMemcpy(units, units_host.data(), units_host.size() * sizeof(WorkUnit), cudaMemcpyHostToDevice));

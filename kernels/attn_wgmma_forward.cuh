@@ -1,0 +1,338 @@
+// kernels/attn_wgmma_forward.cuh: the attention forward on wgmma + TMA (sm_90a), head dim 64, dense
+// causal and LRSA (key-tile lists over [sink | compacted history] and the raw window) over packed
+// documents; dev/wgmma_attn_fwd.cu checks every variant against double and times it.
+//
+// A CTA owns 64 query rows per consumer warpgroup (1 to 3 of them) of one head, plus one producer
+// warp (or warpgroup) whose first lane streams the key/value tiles (128 rows each) through a ring
+// of shared-memory stages with TMA (128B swizzle, so wgmma reads them through descriptors); full/empty mbarriers pace
+// the ring. S = Q K^T is one m64n128 wgmma batch per warpgroup, the online softmax runs on its
+// accumulator registers, and P goes straight from them into the A operand of O += P V (m64n64, V
+// MN-major). The variants:
+//   consumers: 1 (two CTAs per SM), 2 or 3 warpgroups per CTA;
+//   stages:    the depth of the K/V ring;
+//   overlap:   S of tile j is issued together with P V of tile j-1, so the softmax of tile j runs
+//              while the tensor cores still work on tile j-1 (FlashAttention-3's intra-warpgroup
+//              pipelining);
+//   pingpong:  (with overlap) the warpgroups take turns to issue their GEMM batches, so that one's
+//              softmax (its exponentials take as many SM cycles as its GEMMs at d64) runs while
+//              the other's GEMMs hold the tensor cores. The turn passes as soon as a batch is
+//              issued, so the next batch queues behind it (passing it once the batch completed
+//              measured 5% slower).
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "attn_wgmma.cuh"
+
+namespace lrsa::cuda::wgmma::fwd {
+
+constexpr int kBlockN = 128;                  // keys per tile
+constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB: one K or V tile
+
+template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+struct Config {
+  static constexpr int kBlockM = 64 * kConsumers;  // query rows per CTA
+  // Three consumers (FlashAttention-3's d64 tile, 192 rows) take a whole producer warpgroup, so that
+  // setmaxnreg can move its registers to them: a 416-thread CTA gets 126 per thread, and a step
+  // needs ~165. Fewer consumers make do with a producer warp.
+  static constexpr bool kProducerWarpgroup = kConsumers == 3;
+  static constexpr int kThreads = 128 * kConsumers + (kProducerWarpgroup ? 128 : 32);
+  static constexpr int kProducerRegisters = 32, kConsumerRegisters = 160;  // 128 x 32 + 384 x 160 = 65536
+  static constexpr int kQBytes = kBlockM * kD * 2;
+  // Q, then the K stages, then the V stages (all 1024-byte aligned), then the mbarriers.
+  static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kTileBytes;
+  static constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
+};
+
+// The key tiles of the query rows [first, last]: compacted tiles first, then raw tiles from the
+// earliest raw key any of the rows sees, rounded down to a tile so that the diagonal is one tile of
+// a 128-row CTA (a masked tile costs twice a whole one). Both sides derive it alike.
+struct TilePlan {
+  int compacted_tiles, raw_start, tiles;
+  __host__ __device__ TilePlan(const Lrsa& lrsa, int first, int last) {
+    compacted_tiles = (lrsa.compacted_end(last) + kBlockN - 1) / kBlockN;
+    raw_start = lrsa.raw_begin(max(first, lrsa.sink)) / kBlockN * kBlockN;  // raw_begin grows with t past the sinks
+    tiles = compacted_tiles + max(last + 1 - raw_start + kBlockN - 1, 0) / kBlockN;
+  }
+  __host__ __device__ bool compacted(int i) const { return i < compacted_tiles; }
+  __host__ __device__ int start(int i) const {
+    return compacted(i) ? i * kBlockN : raw_start + (i - compacted_tiles) * kBlockN;
+  }
+  // The columns [x, y) of tile i that row `row` sees, counted from the tile's first key, given the
+  // row's compacted_end and raw_begin (the kernel keeps them in registers).
+  __host__ __device__ int2 columns(int i, int row, int compacted_end, int raw_begin) const {
+    const int first = start(i);
+    return compacted(i) ? int2{-first, compacted_end - first} : int2{raw_begin - first, row + 1 - first};
+  }
+  // Does every row of [first_row, last_row] see all of tile i? The intervals grow with the row.
+  __host__ __device__ bool whole(const Lrsa& lrsa, int i, int first_row, int last_row) const {
+    return columns(i, last_row, lrsa.compacted_end(last_row), lrsa.raw_begin(last_row)).x <= 0 &&
+           columns(i, first_row, lrsa.compacted_end(first_row), lrsa.raw_begin(first_row)).y >= kBlockN;
+  }
+};
+
+// A CTA's query rows: rows [64 * consumers * m_block, + 64 * consumers) of the document of `length`
+// rows from row `begin` of the packed batch, whose compacted rows start at row `compacted_begin` of
+// ck/cv. The plan and the masks work in positions within the document.
+struct QueryTile {
+  int begin, length, compacted_begin, m_block;
+};
+
+// q: [T, Hq, 64], k, v: [T, Hk, 64], o: [T, Hq, 64] bf16 (through the tensor maps for the inputs);
+// lse: [Hq, T] f32 (natural log); one CTA per (query tile, head). Accumulator register i of an m64nN
+// tile holds row 16 * warp + group + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2)
+// (warp within the warpgroup, group = lane / 4, quad = lane % 4): each thread holds two rows, a quad
+// holds them whole. With one consumer warpgroup, two CTAs share an SM and interleave on their own.
+template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+__global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStages>::kThreads, kConsumers == 1 ? 2 : 1)
+    attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
+                    const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, const QueryTile* tiles, __nv_bfloat16* o,
+                    float* lse, int total_rows, int Hq, int Hk, float scale, CtaSpan* spans) {
+  using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
+  extern __shared__ unsigned char smem[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
+  const uint32_t q_tile = base, k_tiles = base + C::kQBytes, v_tiles = k_tiles + kStages * kTileBytes;
+  const uint32_t full = base + C::kBarrierOffset, empty = full + 8 * kStages, q_full = empty + 8 * kStages;
+  const QueryTile work = tiles[blockIdx.x];  // the longest first
+  const int T = work.length;
+  const int head = blockIdx.y, kv_head = head / (Hq / Hk);
+  const int row_begin = work.m_block * C::kBlockM;
+  const TilePlan plan(lrsa, row_begin, min(row_begin + C::kBlockM, T) - 1);
+  const int n_blocks = plan.tiles;
+  const int warpgroup = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(full + 8 * s, 1);                // the producer's expect_tx
+      mbarrier_init(empty + 8 * s, 4 * kConsumers);  // lane 0 of every consumer warp
+    }
+    mbarrier_init(q_full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  const uint64_t began = spans ? global_ns() : 0;
+
+  if (warpgroup == kConsumers) {  // the producer: its first thread issues every copy
+    if constexpr (C::kProducerWarpgroup)
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(C::kProducerRegisters) : "memory");
+    if (threadIdx.x == 128 * kConsumers) {
+      mbarrier_expect_bytes(q_full, C::kQBytes);
+      tma_load(q_tile, &q_map, q_full, 0, head, work.begin + row_begin);
+      for (int j = 0; j < n_blocks; ++j) {
+        const int stage = j % kStages;
+        if (j >= kStages) mbarrier_wait(empty + 8 * stage, ((j / kStages) & 1) ^ 1);
+        const uint32_t bar = full + 8 * stage;
+        const bool compacted = plan.compacted(j);
+        mbarrier_expect_bytes(bar, 2 * kTileBytes);
+        const int row = (compacted ? work.compacted_begin : work.begin) + plan.start(j);
+        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, bar, 0, kv_head, row);
+        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, bar, 0, kv_head, row);
+      }
+    }
+    return;
+  }
+
+  if constexpr (C::kProducerWarpgroup)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(C::kConsumerRegisters) : "memory");
+  const int t = threadIdx.x % 128, warp = t / 32, group = (t % 32) / 4, quad = t % 4;
+  const int wg_row = row_begin + warpgroup * 64;
+  const int row0 = wg_row + 16 * warp + group;  // and row0 + 8
+  const int wg_last = min(wg_row + 63, T - 1);
+  // This thread's rows' visible intervals: compacted [0, compacted_end), raw [raw_begin, row].
+  const int compacted_end[2] = {lrsa.compacted_end(row0), lrsa.compacted_end(row0 + 8)};
+  const int raw_begin[2] = {lrsa.raw_begin(row0), lrsa.raw_begin(row0 + 8)};
+  const float scale_log2 = scale * 1.4426950408889634f;
+  const uint32_t q_wg = q_tile + warpgroup * 64 * 128;
+  float out[32], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  int masked_tiles = 0;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) out[i] = 0.0f;
+  uint32_t p[8][4];  // P of the tile whose P V is next, as the bf16 A operand
+
+  // Ping-pong: warpgroup g issues its GEMMs after barrier 1 + g, then lets the next one go.
+  static_assert(!kPingPong || (kOverlap && kConsumers >= 2), "ping-pong alternates overlapped warpgroups");
+  const int next_consumer = (warpgroup + 1) % kConsumers;
+  auto my_turn = [&] {
+    if (kPingPong) named_barrier_sync(1 + warpgroup, 256);
+  };
+  auto your_turn = [&] {
+    if (kPingPong) named_barrier_arrive(1 + next_consumer, 256);
+  };
+  if (warpgroup == kConsumers - 1) your_turn();  // warpgroup 0 goes first
+  auto release = [&](int j) {  // tile j's K and V are read by finished wgmmas only
+    if (t % 32 == 0) mbarrier_arrive(empty + 8 * (j % kStages));
+  };
+  auto issue_qk = [&](int j, float (&s)[64]) {
+    const uint32_t k_tile = k_tiles + (j % kStages) * kTileBytes;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)  // k16 steps: 32 bytes further into each row
+      wgmma_ss_n128(s, descriptor(q_wg + kk * 32, 16, 1024), descriptor(k_tile + kk * 32, 16, 1024), kk > 0);
+  };
+  auto issue_pv = [&](int j) {
+    const uint32_t v_tile = v_tiles + (j % kStages) * kTileBytes;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
+  };
+  // Masks tile j, updates the row statistics and turns S into unnormalized probabilities; returns
+  // each row's rescaling of the output so far.
+  auto softmax = [&](int j, float (&s)[64], float (&correction)[2]) {
+    if (!plan.whole(lrsa, j, wg_row, wg_last)) {
+      ++masked_tiles;
+      // Row h sees the tile's columns [begin[h], end[h]), counted from this thread's first column, so
+      // that each element compares a constant.
+      int begin[2], end[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int2 columns = plan.columns(j, row0 + 8 * h, compacted_end[h], raw_begin[h]);
+        begin[h] = columns.x - 2 * quad;
+        end[h] = columns.y - 2 * quad;
+      }
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int col = 8 * (i / 4) + (i % 2), h = (i / 2) % 2;
+        if (col < begin[h] || col >= end[h]) s[i] = -INFINITY;
+      }
+    }
+    float new_max[2] = {row_max[0], row_max[1]}, max_scaled[2];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) new_max[(i / 2) % 2] = fmaxf(new_max[(i / 2) % 2], s[i]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      new_max[h] = fmaxf(new_max[h], __shfl_xor_sync(0xffffffff, new_max[h], 1));
+      new_max[h] = fmaxf(new_max[h], __shfl_xor_sync(0xffffffff, new_max[h], 2));
+      // A row that has seen no key yet (LRSA: compacted tiles past its history) keeps max -inf.
+      const float max_or_zero = new_max[h] == -INFINITY ? 0.0f : new_max[h];
+      correction[h] = exp2f((row_max[h] - max_or_zero) * scale_log2);  // row_max -inf: 0
+      row_max[h] = new_max[h];
+      row_sum[h] *= correction[h];
+      max_scaled[h] = max_or_zero * scale_log2;
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      s[i] = exp2f(s[i] * scale_log2 - max_scaled[(i / 2) % 2]);
+      row_sum[(i / 2) % 2] += s[i];
+    }
+  };
+  auto to_p = [&](const float (&s)[64]) {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) p[kk][r] = pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+  };
+  auto pv_now = [&](int j) {  // O += P V of tile j, waited for
+    fence_operands(out);
+    wgmma_fence();
+    issue_pv(j);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(out);
+  };
+
+  // Tile 0 alone: no P V to overlap with yet. The loop is then the same for every tile, with no
+  // branch between a wgmma's issue and its wait (ptxas serializes wgmmas across divergent paths).
+  mbarrier_wait(q_full, 0);
+  uint64_t first_step = 0, last_step = 0;
+  {
+    float s[64], correction[2];
+    mbarrier_wait(full, 0);
+    if (spans) first_step = global_ns();
+    my_turn();
+    wgmma_fence();
+    issue_qk(0, s);
+    wgmma_commit();
+    wgmma_wait<0>();
+    your_turn();
+    fence_operands(s);
+    softmax(0, s, correction);
+    to_p(s);
+    if (!kOverlap) {
+      pv_now(0);
+      release(0);
+    }
+  }
+  for (int j = 1; j < n_blocks; ++j) {
+    float s[64], correction[2];
+    mbarrier_wait(full + 8 * (j % kStages), (j / kStages) & 1);
+    my_turn();
+    fence_operands(out);
+    wgmma_fence();
+    issue_qk(j, s);
+    wgmma_commit();
+    if (kOverlap) {
+      issue_pv(j - 1);
+      wgmma_commit();
+    }
+    your_turn();
+    wgmma_wait<kOverlap ? 1 : 0>();  // overlap: S is in, P V may still run under the softmax
+    fence_operands(s);
+    softmax(j, s, correction);
+    if (kOverlap) {
+      wgmma_wait<0>();
+      fence_operands(out);
+      fence_operands(p);
+      release(j - 1);
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) out[i] *= correction[(i / 2) % 2];
+    to_p(s);
+    if (!kOverlap) {
+      pv_now(j);
+      release(j);
+    }
+  }
+  if (kOverlap) {
+    my_turn();
+    pv_now(n_blocks - 1);
+    your_turn();
+  }
+  if (warpgroup == 0) my_turn();  // takes the last warpgroup's final turn signal: every barrier ends balanced
+  if (spans) last_step = global_ns();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 1);
+    row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 2);
+  }
+  const int64_t q_stride = int64_t(Hq) * kD;
+#pragma unroll
+  for (int i = 0; i < 32; i += 2) {
+    const int h = (i / 2) % 2, row = row0 + 8 * h, col = 8 * (i / 4) + 2 * quad;
+    if (row >= T) continue;
+    const float inv = 1.0f / row_sum[h];
+    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * q_stride + int64_t(head) * kD + col) =
+        __floats2bfloat162_rn(out[i] * inv, out[i + 1] * inv);
+  }
+  if (quad == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (row0 + 8 * h < T)
+        lse[int64_t(head) * total_rows + work.begin + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
+  }
+  if (spans) {
+    named_barrier_sync(8, 128 * kConsumers);  // every consumer is done (the producer has returned)
+    if (threadIdx.x == 0)
+      spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), n_blocks,
+                                                    masked_tiles};
+  }
+}
+
+// The CTAs' query tiles of rows_per_tile rows (64 per consumer warpgroup) over the documents
+// doc_start [B + 1] (compacted rows from compacted_start [B + 1]), the longest first.
+inline std::vector<QueryTile> query_tiles(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
+                                          const Lrsa& lrsa, int rows_per_tile) {
+  std::vector<QueryTile> tiles;
+  for (size_t b = 0; b + 1 < doc_start.size(); ++b) {
+    const int length = doc_start[b + 1] - doc_start[b];
+    for (int m = 0; m * rows_per_tile < length; ++m) tiles.push_back({doc_start[b], length, compacted_start[b], m});
+  }
+  auto key_tiles = [&](const QueryTile& w) {
+    const int first = w.m_block * rows_per_tile;
+    return TilePlan(lrsa, first, std::min(first + rows_per_tile, w.length) - 1).tiles;
+  };
+  std::stable_sort(tiles.begin(), tiles.end(),
+                   [&](const QueryTile& a, const QueryTile& b) { return key_tiles(a) > key_tiles(b); });
+  return tiles;
+}
+
+}  // namespace lrsa::cuda::wgmma::fwd
