@@ -197,10 +197,11 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
     for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
     for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
-    d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, d_o, padded_row, d_sum, T, Hq, padded_rows);
+    const int64_t q_stride = int64_t(Hq) * kD, k_stride = int64_t(Hk) * kD;
+    d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, q_stride, d_o, q_stride, padded_row, d_sum, T, Hq, padded_rows);
     backward_kernel();
-    round_dq_kernel<<<1024, 256>>>(dq_accum, padded_row, dq, T, Hq, padded_rows);
-    finalize_kv_kernel<<<1024, 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, dv, T, Hk);
+    round_dq_kernel<<<1024, 256>>>(dq_accum, padded_row, dq, q_stride, T, Hq, padded_rows);
+    finalize_kv_kernel<<<1024, 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv, k_stride, T, Hk);
   };
   backward();
   CHECK_CUDA(cudaGetLastError());

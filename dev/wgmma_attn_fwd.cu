@@ -47,8 +47,8 @@ DeviceRun run(const Problem& p, int repeats) {
   const dim3 grid(unsigned(tiles_host.size()), p.Hq);
   const float scale = 1.0f / std::sqrt(float(kD));
   auto launch = [&](CtaSpan* spans = nullptr) {
-    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, tiles, o, lse, p.T, p.Hq,
-                                                 p.Hk, scale, spans);
+    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, tiles, o,
+                                                 int64_t(p.Hq) * kD, lse, p.T, p.Hq, p.Hk, scale, spans);
   };
   launch();  // warm-up, and the result checked
   CHECK_CUDA(cudaGetLastError());

@@ -7,6 +7,7 @@
 // into the exponent. Query tiles never straddle a partition (lag % kBlockN == 0), so only
 // partial blocks and the causal diagonal need a per-element mask.
 #include "attn_common.cuh"
+#include "attn_wgmma.h"
 
 namespace lrsa::cuda {
 namespace attn_detail {
@@ -123,6 +124,11 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
                        const attn::SeqLayout& layout, attn::AttentionForward& result) {
   using namespace attn_detail;
   const char* op = "attention_forward (CUDA)";
+  if (config.backend == attn::Backend::Wgmma) {
+    const std::string why = wgmma_unusable(config, q, k, v);
+    LRSA_CHECK(why.empty(), "{}: attention backend wgmma cannot run this call: {}", op, why);
+    return wgmma_forward(config, q, k, v, layout, result);
+  }
   const int D = check_kernel_args(op, config, q, k, v, {{"result.out", &result.out}});
   if (cudnn_forward(op, config, q, k, v, layout, result)) return;
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);

@@ -337,41 +337,45 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // D = rowsum(dO * O) per query row and head, into [Hq][padded_rows] (row r at padded_row[r]): one warp
-// per (row, head).
-static __global__ void d_sum_kernel(const __nv_bfloat16* o, const __nv_bfloat16* d_o, const int* padded_row,
-                                    float* d_sum, int T, int Hq, int padded_rows) {
+// per (row, head). o and d_o: [T, Hq, 64] with rows o_stride and do_stride elements apart.
+static __global__ void d_sum_kernel(const __nv_bfloat16* o, int64_t o_stride, const __nv_bfloat16* d_o,
+                                    int64_t do_stride, const int* padded_row, float* d_sum, int T, int Hq,
+                                    int padded_rows) {
   const int row_head = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row_head >= T * Hq) return;
-  const int64_t at = int64_t(row_head) * kD + 2 * lane;
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o + at));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d_o + at));
+  const int64_t row = row_head / Hq, column = int64_t(row_head % Hq) * kD + 2 * lane;
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o + row * o_stride + column));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d_o + row * do_stride + column));
   float sum = a.x * b.x + a.y * b.y;
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
   if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_rows + padded_row[row_head / Hq]] = sum;
 }
 
-// dQ: the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64].
-static __global__ void round_dq_kernel(const float* x, const int* padded_row, __nv_bfloat16* y, int T, int Hq,
-                                       int padded_rows) {
+// dQ: the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64], rows y_stride apart.
+static __global__ void round_dq_kernel(const float* x, const int* padded_row, __nv_bfloat16* y, int64_t y_stride,
+                                       int T, int Hq, int padded_rows) {
   const int64_t n = int64_t(T) * Hq * kD;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int d = int(i % kD), head = int((i / kD) % Hq), row = int(i / (int64_t(Hq) * kD));
     const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its tile
-    y[i] = __float2bfloat16(x[(int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, d)]);
+    y[row * y_stride + head * kD + d] =
+        __float2bfloat16(x[(int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, d)]);
   }
 }
 
-// dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's.
+// dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's
+// (compacted_row [Hk, T], -1 for neither). dk_out, dv_out: [T, Hk, 64], rows dk_stride and dv_stride
+// apart.
 static __global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
-                                          const int* compacted_row, __nv_bfloat16* dk_out, __nv_bfloat16* dv_out,
-                                          int T, int Hk) {
+                                          const int* compacted_row, __nv_bfloat16* dk_out, int64_t dk_stride,
+                                          __nv_bfloat16* dv_out, int64_t dv_stride, int T, int Hk) {
   const int64_t n = int64_t(T) * Hk * kD;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int d = int(i % kD), head = int((i / kD) % Hk), position = int(i / (int64_t(Hk) * kD));
     const int row = compacted_row[int64_t(head) * T + position];
-    const int64_t from = (int64_t(row) * Hk + head) * kD + d;
-    dk_out[i] = __float2bfloat16(dk[i] + (row >= 0 ? dkc[from] : 0.0f));
-    dv_out[i] = __float2bfloat16(dv[i] + (row >= 0 ? dvc[from] : 0.0f));
+    const int64_t from = (int64_t(row) * Hk + head) * kD + d, column = int64_t(head) * kD + d;
+    dk_out[position * dk_stride + column] = __float2bfloat16(dk[i] + (row >= 0 ? dkc[from] : 0.0f));
+    dv_out[position * dv_stride + column] = __float2bfloat16(dv[i] + (row >= 0 ? dvc[from] : 0.0f));
   }
 }
 

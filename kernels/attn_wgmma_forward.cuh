@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, const QueryTile* tiles, __nv_bfloat16* o,
-                    float* lse, int total_rows, int Hq, int Hk, float scale, CtaSpan* spans) {
+                    int64_t o_stride, float* lse, int total_rows, int Hq, int Hk, float scale, CtaSpan* spans) {
   using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
@@ -294,13 +294,12 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 1);
     row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 2);
   }
-  const int64_t q_stride = int64_t(Hq) * kD;
 #pragma unroll
   for (int i = 0; i < 32; i += 2) {
     const int h = (i / 2) % 2, row = row0 + 8 * h, col = 8 * (i / 4) + 2 * quad;
     if (row >= T) continue;
     const float inv = 1.0f / row_sum[h];
-    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * q_stride + int64_t(head) * kD + col) =
+    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * o_stride + int64_t(head) * kD + col) =
         __floats2bfloat162_rn(out[i] * inv, out[i + 1] * inv);
   }
   if (quad == 0) {

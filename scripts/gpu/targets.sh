@@ -10,7 +10,10 @@
 #   4. lrsa-bench infer: prefill and decode with the LagKV cache (issue 9).
 # Parts run on request only (PARTS="ops profile ..."):
 #   ops      lrsa-bench ops at T = 32K, the three model shapes (issue 3's targets);
-#   profile  scripts/bench/train_e2e.py --groups profile: GPU time per op of our steps (issue 10).
+#   profile  scripts/bench/train_e2e.py --groups profile: GPU time per op of our steps (issue 10);
+#   wgmma    lrsa-bench attention, 14:2 x d64, on cuDNN and on the Hopper kernels of our own
+#            (attention.backend wgmma), with the bench's self-checks;
+#   e2e-wgmma  the headline group again with attention.backend=wgmma.
 # Writes to $OUT (default out/): targets.txt (every part's tail) and one log per part.
 # Environment: BUILD_DIR (build-gpu), PARTS (default: tests attention e2e infer).
 set -uo pipefail
@@ -43,4 +46,8 @@ part infer 30 "$build/lrsa-bench" infer
 part ops 60 "$build/lrsa-bench" ops --tokens 32768
 part profile 120 python3 scripts/bench/train_e2e.py --groups profile --binary "$build/lrsa-train" \
   --out "$out/train-e2e-profile.jsonl"
+part wgmma 40 "$build/lrsa-bench" attention --shapes 14:2xd64 --tokens 16384 32768 131072 --backends cudnn wgmma \
+  --repeats 3
+part e2e-wgmma 12 python3 scripts/bench/train_e2e.py --groups headline --binary "$build/lrsa-train" \
+  --out "$out/train-e2e-wgmma.jsonl" --set attention.backend=wgmma
 exit $status

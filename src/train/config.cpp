@@ -51,7 +51,10 @@ constexpr Choice<DataFormat> kDataFormats[] = {
 constexpr Choice<TruncateSide> kTruncateSides[] = {{TruncateSide::Left, "left"}, {TruncateSide::Right, "right"}};
 constexpr Choice<attn::Mode> kModes[] = {{attn::Mode::Dense, "dense"}, {attn::Mode::Lrsa, "lrsa"}};
 constexpr Choice<attn::Backend> kAttnBackends[] = {
-    {attn::Backend::Auto, "auto"}, {attn::Backend::Native, "native"}, {attn::Backend::Cudnn, "cudnn"}};
+    {attn::Backend::Auto, "auto"},
+    {attn::Backend::Native, "native"},
+    {attn::Backend::Cudnn, "cudnn"},
+    {attn::Backend::Wgmma, "wgmma"}};
 constexpr Choice<Decay> kDecays[] = {{Decay::Cosine, "cosine"}, {Decay::Linear, "linear"}, {Decay::Constant, "constant"}};
 constexpr Choice<DType> kParamDTypes[] = {{DType::BF16, "bf16"}, {DType::F32, "f32"}};
 constexpr Choice<Checkpointing> kCheckpointings[] = {
@@ -687,6 +690,16 @@ void check_attention(const RunConfig& c, const ConfigContext& ctx) {
     if (c.precision.deterministic)
       config_fail("attention.backend",
                   "cudnn is not deterministic (atomic dQ), and precision.deterministic is true; use auto or native");
+  }
+  if (c.attention.backend == attn::Backend::Wgmma) {
+    if (!cuda) config_fail("attention.backend", "wgmma runs on CUDA only, and this run uses the CPU; use auto or native");
+    if (c.precision.deterministic)
+      config_fail("attention.backend",
+                  "wgmma is not deterministic (dQ by bulk reduce-adds), and precision.deterministic is true; use auto "
+                  "or native");
+    if (c.model.arch && c.model.arch->head_dim != 64)
+      config_fail("attention.backend", "wgmma takes head_dim 64 only so far, and model.head_dim is {}; use auto",
+                  c.model.arch->head_dim);
   }
   if (c.attention.mode != attn::Mode::Lrsa) return;
   const attn::LrsaParams& p = c.attention.lrsa;

@@ -1,8 +1,9 @@
 // Dense and LRSA attention, forward and backward: the CPU implementation against the naive fp64
 // reference over many shapes (f32 tightly, bf16 by the FlashAttention 2x rule), the reference's
 // backward against finite differences, the spec's consequences, determinism, views, errors,
-// the CUDA path (native kernels and cuDNN) against the reference with the CPU implementation as
-// the baseline, and the cuDNN varlen wrapper against a direct fp64 computation.
+// the CUDA path (native kernels, cuDNN, and the Hopper wgmma kernels on sm_90 devices) against the
+// reference with the CPU implementation as the baseline, and the cuDNN varlen wrapper against a
+// direct fp64 computation.
 #include <catch2/catch.hpp>
 
 #include <omp.h>
@@ -13,6 +14,9 @@
 #include "attn/attn_testing.h"
 #ifdef LRSA_WITH_CUDNN
 #include "../../kernels/attn_cudnn.h"
+#endif
+#ifdef LRSA_WITH_CUDA
+#include <cuda_runtime_api.h>
 #endif
 
 using namespace lrsa;
@@ -28,6 +32,20 @@ struct AttnCase {
   Problem problem;
   AttentionConfig config;
 };
+
+// The wgmma backend runs on sm_90 devices only (kernels/attn_wgmma.h).
+bool device_is_sm90() {
+#ifdef LRSA_WITH_CUDA
+  cudaDeviceProp prop{};
+  return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9 && prop.minor == 0;
+#else
+  return false;
+#endif
+}
+
+const char* backend_label(Backend backend) {
+  return backend == Backend::Cudnn ? "cudnn" : backend == Backend::Wgmma ? "wgmma" : "native";
+}
 
 AttentionConfig lrsa_cfg(int64_t sink, int64_t lag, double ratio, float lambda = 1.0f) {
   return test::lrsa_config(sink, lag, ratio, lambda);
@@ -282,7 +300,8 @@ TEST_CASE("attention rejects invalid arguments clearly", "[attn]") {
 TEST_CASE("CUDA attention matches the reference as well as the CPU implementation does", "[attn][cuda]") {
   // The CUDA kernels take D in {64, 128} and lag a multiple of their 64-row tile. Every case runs
   // on the native kernels (default and deterministic); the bf16 cases also on cuDNN (LRSA by
-  // gathering each query partition's keys, whose dK/dV get kGatheredCopiesAllowance).
+  // gathering each query partition's keys, whose dK/dV get kGatheredCopiesAllowance), and the bf16
+  // d64 ones on the wgmma kernels too where the device is sm_90.
   const std::vector<AttnCase> gpu_cases = {
       {"cuda bf16 LRSA", {{700}, 4, 2, 64, DType::BF16, 801}, lrsa_cfg(16, 128, 0.25)},
       {"cuda bf16 LRSA packed, GQA 7", {{400, 130, 333}, 7, 1, 128, DType::BF16, 802}, lrsa_cfg(5, 64, 0.5, 0.5f)},
@@ -309,12 +328,18 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
 #ifdef LRSA_WITH_CUDNN
     if (c.problem.dtype == DType::BF16) backends.push_back(Backend::Cudnn);
 #endif
+    if (c.problem.dtype == DType::BF16 && c.problem.D == 64) {
+      if (device_is_sm90())
+        backends.push_back(Backend::Wgmma);
+      else
+        WARN("wgmma backend not checked: the device is not sm_90");
+    }
     for (Backend backend : backends) {
       c.config.backend = backend;
       for (bool deterministic : {false, true}) {
-        if (backend == Backend::Cudnn && deterministic) continue;  // cuDNN refuses it (next test)
+        if (backend != Backend::Native && deterministic) continue;  // cuDNN and wgmma refuse it (next tests)
         c.config.deterministic = deterministic;
-        INFO((backend == Backend::Cudnn ? "cudnn" : "native") << (deterministic ? ", deterministic" : ", default"));
+        INFO(backend_label(backend) << (deterministic ? ", deterministic" : ", default"));
         const Outputs ours = test::run_attention(c.config, gpu);
         CHECK(ours.selection == on_cpu.selection);
         const bool gathered = backend == Backend::Cudnn && c.config.mode == Mode::Lrsa;
@@ -346,6 +371,22 @@ TEST_CASE("attention backend cudnn says why it cannot run a call", "[attn][cuda]
   // Auto falls back to the native kernels where cuDNN cannot run.
   AttentionConfig automatic = test::dense_config();
   CHECK_NOTHROW(run(automatic, {{100}, 2, 1, 64, DType::F32, 824}));
+}
+
+TEST_CASE("attention backend wgmma says why it cannot run a call", "[attn][cuda]") {
+  auto run = [](AttentionConfig config, const Problem& p) { test::run_attention(config, test::make_inputs(p, Device::cuda(0))); };
+  AttentionConfig dense = test::dense_config();
+  dense.backend = Backend::Wgmma;
+  if (!device_is_sm90()) {
+    CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 64, DType::BF16, 830}), Catch::Contains("need an sm_90 device"));
+    return;
+  }
+  CHECK_NOTHROW(run(dense, {{100}, 2, 1, 64, DType::BF16, 830}));
+  CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 128, DType::BF16, 831}), Catch::Contains("head dim 64 only"));
+  CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 64, DType::F32, 832}), Catch::Contains("take bf16"));
+  AttentionConfig deterministic = dense;
+  deterministic.deterministic = true;
+  CHECK_THROWS_WITH(run(deterministic, {{100}, 2, 1, 64, DType::BF16, 833}), Catch::Contains("deterministic"));
 }
 
 #ifdef LRSA_WITH_CUDNN

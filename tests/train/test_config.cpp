@@ -297,8 +297,8 @@ TEST_CASE("cross-field rules", "[train]") {
   CHECK(load(minimal()).attention.backend == attn::Backend::Auto);
   CHECK(load(with("/attention/backend", "native")).attention.backend == attn::Backend::Native);
   CHECK_THROWS_WITH(load(with("/attention/backend", "cudn")),
-                    "config run.json: attention.backend: must be one of auto, native, cudnn, got \"cudn\" (did you mean "
-                    "\"cudnn\"?)");
+                    "config run.json: attention.backend: must be one of auto, native, cudnn, wgmma, got \"cudn\" (did "
+                    "you mean \"cudnn\"?)");
   json cudnn = with("/attention/backend", "cudnn");
   cudnn["device"] = "cuda";
 #ifdef LRSA_WITH_CUDNN
@@ -311,6 +311,13 @@ TEST_CASE("cross-field rules", "[train]") {
 #else
   CHECK_THROWS_WITH(load(cudnn), Catch::StartsWith("config run.json: attention.backend: cudnn needs a build with cuDNN"));
 #endif
+  // wgmma needs a CUDA run and no determinism.
+  json wgmma = with("/attention/backend", "wgmma");
+  wgmma["device"] = "cpu";
+  CHECK_THROWS_WITH(load(wgmma), Catch::StartsWith("config run.json: attention.backend: wgmma runs on CUDA only"));
+  wgmma["device"] = "cuda";
+  wgmma["precision"] = {{"deterministic", true}};
+  CHECK_THROWS_WITH(load(wgmma), Catch::StartsWith("config run.json: attention.backend: wgmma is not deterministic"));
 
   // Batch arithmetic.
   json batch = minimal();

@@ -20,7 +20,9 @@ enum class Mode { Dense, Lrsa };
 // Which CUDA implementation runs attention (the CPU has one). Auto = cuDNN where supported and
 // not deterministic (bf16, head dim 64 or 128, sm_90+, a build with cuDNN), else the native
 // kernels; Cudnn fails with the reason when cuDNN cannot run the call (kernels/attn_cudnn.h).
-enum class Backend { Auto, Native, Cudnn };
+// Wgmma: the Hopper kernels of our own (kernels/attn_wgmma.h: head dim 64, bf16, sm_90, not
+// deterministic), only when asked for, failing with the reason when they cannot run the call.
+enum class Backend { Auto, Native, Cudnn, Wgmma };
 
 struct LrsaParams {
   int64_t sink = 16;          // S >= 0

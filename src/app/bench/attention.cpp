@@ -48,7 +48,8 @@ struct BackendName {
   const char* name;
 };
 constexpr BackendName kBackends[] = {
-    {attn::Backend::Native, "native"}, {attn::Backend::Cudnn, "cudnn"}, {attn::Backend::Auto, "auto"}};
+    {attn::Backend::Native, "native"}, {attn::Backend::Cudnn, "cudnn"}, {attn::Backend::Wgmma, "wgmma"},
+    {attn::Backend::Auto, "auto"}};
 
 const char* backend_name(attn::Backend b) {
   for (const BackendName& n : kBackends)

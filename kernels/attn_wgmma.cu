@@ -1,0 +1,301 @@
+// Launchers of the Hopper attention kernels (kernels/attn_wgmma.h): the per-layout plan (query tiles,
+// backward work units, tile-padded rows, where each compacted row comes from), the compacted rows
+// [sink | Sel(0) | Sel(1) | ...] of every document, and the kernels around the backward. Built for
+// sm_90a only (CMakeLists.txt: its own object library).
+#include "attn_wgmma.h"
+
+#include <cmath>
+#include <list>
+#include <vector>
+
+#include "attn_wgmma_backward.cuh"
+#include "attn_wgmma_forward.cuh"
+#include "cuda_common.cuh"
+#include "recent_cache.h"
+
+namespace lrsa::cuda {
+namespace {
+
+using bf16_t = __nv_bfloat16;
+using wgmma::kD;
+using wgmma::Lrsa;
+
+// The forward's variant: two consumer warpgroups, overlap and ping-pong, three K/V stages (the fastest
+// at d64 in dev/wgmma_attn_fwd.cu's runs, docs/benchmarks.md "Session 15").
+using ForwardConfig = wgmma::fwd::Config<2, true, true, 3>;
+// Backward work units of at most this many query tiles (the middle of the 12-48 measured).
+constexpr int kUnitQueryTiles = 24;
+
+// Where compacted row c comes from: an absolute row (a sink) when >= 0, else entry -1 - source of the
+// selection's indices of each KV head ([num_parts * K] per head).
+struct Plan {
+  std::vector<int> doc_start, compacted_start;  // [B + 1]
+  int padded_rows = 0, n_query_tiles = 0, n_units = 0;
+  Tensor query_tiles, units, padded_row, compacted_source;  // i32 on the device
+};
+
+Lrsa lrsa_of(const attn::AttentionConfig& config) {
+  if (config.mode != attn::Mode::Lrsa) return Lrsa(0, 0, 0);
+  return Lrsa(int(config.lrsa.sink), int(config.lrsa.lag), int(config.lrsa.kept()));
+}
+
+template <typename Item>
+Tensor upload_items(const std::vector<Item>& items, Device device) {
+  static_assert(sizeof(Item) % sizeof(int) == 0, "items are ints");
+  const int* ints = reinterpret_cast<const int*>(items.data());
+  const std::vector<int64_t> values(ints, ints + items.size() * (sizeof(Item) / sizeof(int)));
+  return Tensor::from_ints(values.empty() ? std::vector<int64_t>{0} : values,
+                           {int64_t(std::max<size_t>(values.size(), 1))}, DType::I32, device);
+}
+
+Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, Device device) {
+  const bool lrsa = config.mode == attn::Mode::Lrsa;
+  const Lrsa intervals = lrsa_of(config);
+  const int sink = int(config.lrsa.sink), kept = int(config.lrsa.kept());
+  Plan plan;
+  plan.doc_start.assign(layout.cu_seqlens.begin(), layout.cu_seqlens.end());
+  plan.compacted_start = {0};
+  std::vector<int64_t> source;  // per compacted row
+  int64_t part = 0;             // the selection's partition rows so far
+  for (size_t b = 0; b + 1 < plan.doc_start.size(); ++b) {
+    const int begin = plan.doc_start[b], n = plan.doc_start[b + 1] - begin;
+    if (lrsa) {
+      for (int j = 0; j < std::min(sink, n); ++j) source.push_back(begin + j);
+      const int64_t parts = attn::selectable_partitions(n, config.lrsa);
+      for (int64_t p = 0; p < parts; ++p, ++part)
+        for (int i = 0; i < kept; ++i) source.push_back(-1 - (part * kept + i));
+    }
+    plan.compacted_start.push_back(int(source.size()));
+  }
+  const std::vector<int> padded_begin = wgmma::bwd::padded_begins(plan.doc_start);
+  plan.padded_rows = padded_begin.back();
+  std::vector<int64_t> padded_row(size_t(layout.total()));
+  for (size_t b = 0; b + 1 < plan.doc_start.size(); ++b)
+    for (int t = plan.doc_start[b]; t < plan.doc_start[b + 1]; ++t)
+      padded_row[size_t(t)] = padded_begin[b] + t - plan.doc_start[b];
+  const auto tiles =
+      wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, ForwardConfig::kBlockM);
+  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, kUnitQueryTiles);
+  plan.n_query_tiles = int(tiles.size());
+  plan.n_units = int(units.size());
+  plan.query_tiles = upload_items(tiles, device);
+  plan.units = upload_items(units, device);
+  plan.padded_row = Tensor::from_ints(padded_row, {int64_t(padded_row.size())}, DType::I32, device);
+  if (source.empty()) source.push_back(0);  // a placeholder: no compacted rows
+  plan.compacted_source = Tensor::from_ints(source, {int64_t(source.size())}, DType::I32, device);
+  return plan;
+}
+
+struct PlanKey {
+  int device;
+  bool lrsa;
+  int64_t sink, lag, kept;
+  std::vector<int64_t> cu_seqlens;
+  bool operator==(const PlanKey&) const = default;
+};
+
+// Every layer of a step shares one layout: a few recent plans cover a step and an evaluation.
+const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout& layout, Device device) {
+  const bool lrsa = config.mode == attn::Mode::Lrsa;
+  PlanKey key{device.index, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
+              lrsa ? config.lrsa.kept() : 0, layout.cu_seqlens};
+  thread_local std::list<std::pair<PlanKey, Plan>> cache;
+  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, device); });
+}
+
+// ck/cv [rows, Hk, 64]: compacted row c of head h is row source[c] (a sink) or the selection's entry
+// -1 - source[c] of head h (indices [Hk, selected]); one thread per 16 bytes.
+__global__ void gather_compacted_kernel(const bf16_t* __restrict__ k, int64_t k_stride, const bf16_t* __restrict__ v,
+                                        int64_t v_stride, const int* __restrict__ source,
+                                        const int* __restrict__ indices, int64_t selected, int rows, int Hk,
+                                        bf16_t* __restrict__ ck, bf16_t* __restrict__ cv) {
+  constexpr int kChunks = kD / 8;
+  const int64_t n = int64_t(rows) * Hk * kChunks;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int chunk = int(i % kChunks), head = int((i / kChunks) % Hk), c = int(i / (int64_t(kChunks) * Hk));
+    const int s = source[c];
+    const int64_t row = s >= 0 ? s : indices[head * selected + (-1 - s)];
+    const int64_t column = int64_t(head) * kD + chunk * 8;
+    reinterpret_cast<uint4*>(ck + (int64_t(c) * Hk + head) * kD)[chunk] =
+        *reinterpret_cast<const uint4*>(k + row * k_stride + column);
+    reinterpret_cast<uint4*>(cv + (int64_t(c) * Hk + head) * kD)[chunk] =
+        *reinterpret_cast<const uint4*>(v + row * v_stride + column);
+  }
+}
+
+// compacted_row [Hk, T] (filled with -1 before): the compacted row of every sink and selected row.
+__global__ void compacted_row_kernel(const int* __restrict__ source, const int* __restrict__ indices,
+                                     int64_t selected, int rows, int Hk, int T, int* __restrict__ compacted_row) {
+  const int64_t n = int64_t(rows) * Hk;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int head = int(i % Hk), c = int(i / Hk), s = source[c];
+    const int row = s >= 0 ? s : indices[head * selected + (-1 - s)];
+    compacted_row[int64_t(head) * T + row] = c;
+  }
+}
+
+// lse [Hq, T] into the tile-padded [Hq, padded_rows] the backward streams (the pads stay zero).
+__global__ void pad_lse_kernel(const float* __restrict__ lse, const int* __restrict__ padded_row, int T, int Hq,
+                               int padded_rows, float* __restrict__ padded) {
+  const int64_t n = int64_t(T) * Hq;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int head = int(i / T), row = int(i % T);
+    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i];
+  }
+}
+
+struct Compacted {
+  Tensor ck, cv;  // [max(rows, 1), Hk, 64] bf16
+  int rows = 0;
+};
+
+Compacted gather_compacted(const Plan& plan, const Tensor& k, const Tensor& v, const attn::LrsaSelection& selection) {
+  Compacted c;
+  const int64_t Hk = k.size(1);
+  c.rows = plan.compacted_start.back();
+  c.ck = Tensor::empty({std::max(c.rows, 1), Hk, kD}, DType::BF16, k.device());
+  c.cv = Tensor::empty({std::max(c.rows, 1), Hk, kD}, DType::BF16, k.device());
+  if (c.rows == 0) return c;
+  const int64_t selected = selection.indices.numel() / Hk;
+  const int64_t items = int64_t(c.rows) * Hk * (kD / 8);
+  gather_compacted_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
+      static_cast<const bf16_t*>(k.data()), k.stride(0), static_cast<const bf16_t*>(v.data()), v.stride(0),
+      plan.compacted_source.data_as<int32_t>(), selection.indices.data_as<int32_t>(), selected, c.rows, int(Hk),
+      static_cast<bf16_t*>(c.ck.data()), static_cast<bf16_t*>(c.cv.data()));
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): gather compacted rows");
+  return c;
+}
+
+CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t rows, int box_rows) {
+  CUtensorMap map;
+  LRSA_CHECK(hopper::tensor_map(map, static_cast<const bf16_t*>(t.data()), rows, int(t.size(1)), t.stride(0),
+                                       box_rows),
+             "{}: cuTensorMapEncodeTiled refused {} ({}, row stride {}) or the driver lacks it", op, name, t.describe(),
+             t.stride(0));
+  return map;
+}
+
+}  // namespace
+
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v) {
+  if (config.deterministic) return "deterministic mode was asked for, and the backward adds dQ with bulk reduce-adds";
+  if (q.size(2) != kD) return "the wgmma kernels take head dim 64 only so far, q is " + q.describe();
+  for (const Tensor* t : {&q, &k, &v}) {
+    if (t->dtype() != DType::BF16) return "the wgmma kernels take bf16, got " + t->describe();
+    if (!aligned16(t->data()) || t->stride(0) % 8 != 0 || t->stride(1) != kD || t->stride(2) != 1)
+      return "the wgmma kernels need rows of 64 contiguous elements per head, 16-byte aligned with a row stride that "
+             "is a multiple of 8, got " +
+             t->describe();
+  }
+  if (q.size(0) >= (int64_t(1) << 30)) return "the wgmma kernels index rows in 32 bits";
+  int device = 0, major = 0, minor = 0;
+  use_device(q);
+  LRSA_CUDA_CHECK(cudaGetDevice(&device));
+  LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0)
+    return "the wgmma kernels need an sm_90 device (wgmma, TMA), this one is sm_" + std::to_string(major) +
+           std::to_string(minor);
+  return "";
+}
+
+void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const attn::SeqLayout& layout, attn::AttentionForward& result) {
+  const char* op = "attention_forward (wgmma)";
+  use_device(q);
+  const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
+  LRSA_CHECK(result.out.dtype() == DType::BF16 && result.out.stride(1) == kD && result.out.stride(2) == 1,
+             "{}: out must be bf16 with contiguous heads, got {}", op, result.out.describe());
+  const Plan& plan = plan_for(config, layout, q.device());
+  const bool lrsa = config.mode == attn::Mode::Lrsa;
+  const Compacted compacted = lrsa ? gather_compacted(plan, k, v, result.selection) : Compacted{};
+  const CUtensorMap q_map = map_of(op, "q", q, T, ForwardConfig::kBlockM);
+  const CUtensorMap k_map = map_of(op, "k", k, T, wgmma::fwd::kBlockN);
+  const CUtensorMap v_map = map_of(op, "v", v, T, wgmma::fwd::kBlockN);
+  const int64_t rows = std::max(compacted.rows, 1);
+  const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, rows, wgmma::fwd::kBlockN) : k_map;
+  const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, rows, wgmma::fwd::kBlockN) : v_map;
+  auto kernel = wgmma::fwd::attn_fwd_kernel<2, true, true, 3>;
+  LRSA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardConfig::kSmemBytes));
+  const dim3 grid(unsigned(plan.n_query_tiles), unsigned(Hq));
+  kernel<<<grid, ForwardConfig::kThreads, ForwardConfig::kSmemBytes, current_stream()>>>(
+      q_map, k_map, v_map, ck_map, cv_map, lrsa_of(config),
+      reinterpret_cast<const wgmma::fwd::QueryTile*>(plan.query_tiles.data_as<int32_t>()),
+      static_cast<bf16_t*>(result.out.data()), result.out.stride(0), result.lse.data_as<float>(), int(T), int(Hq),
+      int(Hk), 1.0f / std::sqrt(float(kD)), nullptr);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): forward");
+}
+
+void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                    const attn::SeqLayout& layout, const attn::AttentionForward& saved, const Tensor& dout,
+                    Tensor& dq, Tensor& dk, Tensor& dv) {
+  const char* op = "attention_backward (wgmma)";
+  use_device(q);
+  const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"dout", &dout}, {"dq", &dq}, {"dk", &dk},
+                                {"dv", &dv}, {"saved.out", &saved.out}})
+    LRSA_CHECK(t->dtype() == DType::BF16 && t->stride(1) == kD && t->stride(2) == 1,
+               "{}: {} must be bf16 with contiguous heads, got {}", op, name, t->describe());
+  const Plan& plan = plan_for(config, layout, q.device());
+  const bool lrsa = config.mode == attn::Mode::Lrsa;
+  const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection) : Compacted{};
+  const int rows = compacted.rows;
+  const Device device = q.device();
+  cudaStream_t stream = current_stream();
+
+  // The compacted rows' positions, for adding their gradients to the raw rows'.
+  Tensor compacted_row = Tensor::empty({Hk, T}, DType::I32, device);
+  LRSA_CUDA_CHECK(cudaMemsetAsync(compacted_row.data(), 0xFF, size_t(Hk * T) * 4, stream));
+  if (rows > 0) {
+    compacted_row_kernel<<<grid_size(int64_t(rows) * Hk, 256), 256, 0, stream>>>(
+        plan.compacted_source.data_as<int32_t>(), saved.selection.indices.data_as<int32_t>(),
+        saved.selection.indices.numel() / Hk, rows, int(Hk), int(T), compacted_row.data_as<int32_t>());
+    LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): compacted rows' positions");
+  }
+
+  // lse and D = rowsum(dO O), tile-padded per document; fp32 sums of dQ, of the raw and compacted
+  // rows' dK / dV.
+  const int padded = plan.padded_rows;
+  Tensor lse = Tensor::zeros({Hq, padded}, DType::F32, device);
+  Tensor d_sum = Tensor::zeros({Hq, padded}, DType::F32, device);
+  Tensor dq_sums = Tensor::zeros({Hq, padded, kD}, DType::F32, device);
+  Tensor dk_sums = Tensor::zeros({T, Hk, kD}, DType::F32, device);
+  Tensor dv_sums = Tensor::zeros({T, Hk, kD}, DType::F32, device);
+  Tensor dkc_sums = Tensor::zeros({std::max(rows, 1), Hk, kD}, DType::F32, device);
+  Tensor dvc_sums = Tensor::zeros({std::max(rows, 1), Hk, kD}, DType::F32, device);
+  const int* padded_row = plan.padded_row.data_as<int32_t>();
+  pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
+                                                               padded, lse.data_as<float>());
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
+  wgmma::bwd::d_sum_kernel<<<unsigned((T * Hq + 7) / 8), 256, 0, stream>>>(
+      static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
+      dout.stride(0), padded_row, d_sum.data_as<float>(), int(T), int(Hq), padded);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
+
+  using wgmma::bwd::kBlock;
+  const CUtensorMap q_map = map_of(op, "q", q, T, kBlock), k_map = map_of(op, "k", k, T, kBlock);
+  const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kBlock);
+  const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, std::max(rows, 1), kBlock) : k_map;
+  const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
+  auto kernel = wgmma::bwd::attn_bwd_kernel<wgmma::bwd::DqMode::kBulk>;
+  LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma::bwd::kSmemBytes));
+  const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
+  kernel<<<grid, wgmma::bwd::kThreads, wgmma::bwd::kSmemBytes, stream>>>(
+      q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
+      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse.data_as<float>(),
+      d_sum.data_as<float>(), padded, dq_sums.data_as<float>(), dk_sums.data_as<float>(), dv_sums.data_as<float>(),
+      dkc_sums.data_as<float>(), dvc_sums.data_as<float>(), int(Hq), int(Hk), 1.0f / std::sqrt(float(kD)), nullptr);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
+
+  wgmma::bwd::round_dq_kernel<<<grid_size(T * Hq * kD, 256), 256, 0, stream>>>(
+      dq_sums.data_as<float>(), padded_row, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), int(Hq), padded);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
+  wgmma::bwd::finalize_kv_kernel<<<grid_size(T * Hk * kD, 256), 256, 0, stream>>>(
+      dk_sums.data_as<float>(), dv_sums.data_as<float>(), dkc_sums.data_as<float>(), dvc_sums.data_as<float>(),
+      compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()), dk.stride(0),
+      static_cast<bf16_t*>(dv.data()), dv.stride(0), int(T), int(Hk));
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dK, dV");
+}
+
+}  // namespace lrsa::cuda

@@ -1,0 +1,24 @@
+#pragma once
+// Attention on the Hopper kernels of our own (kernels/attn_wgmma_{forward,backward}.cuh): head dim 64,
+// bf16, dense causal and LRSA over packed documents, native GQA, any lag, on sm_90 devices.
+// attention.backend = "wgmma" selects them (docs/design-attention.md). The backward adds dQ with
+// bulk reduce-adds, whose order varies: not for deterministic mode.
+#include <string>
+
+#include "lrsa/attn/attention.h"
+
+namespace lrsa::cuda {
+
+// Empty when the wgmma kernels can run a call on these tensors, else the reason.
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v);
+
+// Same contracts as cuda::attention_forward / attention_backward (lrsa/attn/cuda_attn.h), for calls
+// wgmma_unusable accepts. The forward needs result.selection filled (LRSA) and result.out, result.lse
+// allocated; the backward gathers the compacted rows again rather than keeping them.
+void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const attn::SeqLayout& layout, attn::AttentionForward& result);
+void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                    const attn::SeqLayout& layout, const attn::AttentionForward& saved, const Tensor& dout,
+                    Tensor& dq, Tensor& dk, Tensor& dv);
+
+}  // namespace lrsa::cuda
