@@ -408,7 +408,7 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
   using namespace attn_detail;
   const char* op = "attention_backward (CUDA)";
   if (config.backend == attn::Backend::Wgmma) {
-    const std::string why = wgmma_unusable(config, q, k, v);
+    const std::string why = wgmma_unusable(config, q, k, v, layout);
     LRSA_CHECK(why.empty(), "{}: attention backend wgmma cannot run this call: {}", op, why);
     return wgmma_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
   }

@@ -125,7 +125,7 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
   using namespace attn_detail;
   const char* op = "attention_forward (CUDA)";
   if (config.backend == attn::Backend::Wgmma) {
-    const std::string why = wgmma_unusable(config, q, k, v);
+    const std::string why = wgmma_unusable(config, q, k, v, layout);
     LRSA_CHECK(why.empty(), "{}: attention backend wgmma cannot run this call: {}", op, why);
     return wgmma_forward(config, q, k, v, layout, result);
   }

@@ -166,6 +166,23 @@ Compacted gather_compacted(const Plan& plan, const Tensor& k, const Tensor& v, c
   return c;
 }
 
+// Why t cannot be one of the kernels' [T, H, 64] operands or results, or empty: bf16, each head's 64
+// elements contiguous, rows 16-byte aligned (TMA, 32-bit loads and stores).
+std::string bad_rows(const char* name, const Tensor& t) {
+  if (t.dtype() == DType::BF16 && aligned16(t.data()) && t.stride(0) % 8 == 0 && t.stride(1) == kD &&
+      t.stride(2) == 1)
+    return "";
+  return std::string(name) + " must be bf16 with 64 contiguous elements per head, 16-byte aligned rows and a row " +
+         "stride that is a multiple of 8, got " + t.describe();
+}
+
+void check_rows(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> tensors) {
+  for (const auto& [name, t] : tensors) {
+    const std::string why = bad_rows(name, *t);
+    LRSA_CHECK(why.empty(), "{}: {}", op, why);
+  }
+}
+
 CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t rows, int box_rows) {
   CUtensorMap map;
   LRSA_CHECK(hopper::tensor_map(map, static_cast<const bf16_t*>(t.data()), rows, int(t.size(1)), t.stride(0),
@@ -177,17 +194,21 @@ CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t ro
 
 }  // namespace
 
-std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v) {
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const attn::SeqLayout& layout) {
   if (config.deterministic) return "deterministic mode was asked for, and the backward adds dQ with bulk reduce-adds";
   if (q.size(2) != kD) return "the wgmma kernels take head dim 64 only so far, q is " + q.describe();
   for (const Tensor* t : {&q, &k, &v}) {
     if (t->dtype() != DType::BF16) return "the wgmma kernels take bf16, got " + t->describe();
-    if (!aligned16(t->data()) || t->stride(0) % 8 != 0 || t->stride(1) != kD || t->stride(2) != 1)
-      return "the wgmma kernels need rows of 64 contiguous elements per head, 16-byte aligned with a row stride that "
-             "is a multiple of 8, got " +
-             t->describe();
+    const std::string why = bad_rows(t == &q ? "q" : t == &k ? "k" : "v", *t);
+    if (!why.empty()) return why;
   }
-  if (q.size(0) >= (int64_t(1) << 30)) return "the wgmma kernels index rows in 32 bits";
+  if (q.size(0) * std::max(q.size(1), k.size(1)) >= (int64_t(1) << 31))
+    return "the wgmma kernels count rows x heads in 32 bits, and " + std::to_string(q.size(0)) + " x " +
+           std::to_string(q.size(1)) + " does not fit";
+  if (layout.max_seqlen() >= (int64_t(1) << 24))  // Lrsa::partition's float quotient (kernels/attn_wgmma.cuh)
+    return "the wgmma kernels take documents shorter than 2^24 tokens, the longest here has " +
+           std::to_string(layout.max_seqlen());
   int device = 0, major = 0, minor = 0;
   use_device(q);
   LRSA_CUDA_CHECK(cudaGetDevice(&device));
@@ -204,8 +225,7 @@ void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const T
   const char* op = "attention_forward (wgmma)";
   use_device(q);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
-  LRSA_CHECK(result.out.dtype() == DType::BF16 && result.out.stride(1) == kD && result.out.stride(2) == 1,
-             "{}: out must be bf16 with contiguous heads, got {}", op, result.out.describe());
+  check_rows(op, {{"result.out", &result.out}});
   const Plan& plan = plan_for(config, layout, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, result.selection) : Compacted{};
@@ -233,10 +253,7 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   const char* op = "attention_backward (wgmma)";
   use_device(q);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"dout", &dout}, {"dq", &dq}, {"dk", &dk},
-                                {"dv", &dv}, {"saved.out", &saved.out}})
-    LRSA_CHECK(t->dtype() == DType::BF16 && t->stride(1) == kD && t->stride(2) == 1,
-               "{}: {} must be bf16 with contiguous heads, got {}", op, name, t->describe());
+  check_rows(op, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"saved.out", &saved.out}});
   const Plan& plan = plan_for(config, layout, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection) : Compacted{};
@@ -257,13 +274,14 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   // lse and D = rowsum(dO O), tile-padded per document; fp32 sums of dQ, of the raw and compacted
   // rows' dK / dV.
   const int padded = plan.padded_rows;
-  Tensor lse = Tensor::zeros({Hq, padded}, DType::F32, device);
-  Tensor d_sum = Tensor::zeros({Hq, padded}, DType::F32, device);
-  Tensor dq_sums = Tensor::zeros({Hq, padded, kD}, DType::F32, device);
-  Tensor dk_sums = Tensor::zeros({T, Hk, kD}, DType::F32, device);
-  Tensor dv_sums = Tensor::zeros({T, Hk, kD}, DType::F32, device);
-  Tensor dkc_sums = Tensor::zeros({std::max(rows, 1), Hk, kD}, DType::F32, device);
-  Tensor dvc_sums = Tensor::zeros({std::max(rows, 1), Hk, kD}, DType::F32, device);
+  auto zeros = [&](const Shape& shape) {
+    Tensor t = Tensor::empty(shape, DType::F32, device);
+    LRSA_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, size_t(t.numel()) * 4, stream));
+    return t;
+  };
+  Tensor lse = zeros({Hq, padded}), d_sum = zeros({Hq, padded}), dq_sums = zeros({Hq, padded, kD});
+  Tensor dk_sums = zeros({T, Hk, kD}), dv_sums = zeros({T, Hk, kD});
+  Tensor dkc_sums = zeros({std::max(rows, 1), Hk, kD}), dvc_sums = zeros({std::max(rows, 1), Hk, kD});
   const int* padded_row = plan.padded_row.data_as<int32_t>();
   pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
                                                                padded, lse.data_as<float>());

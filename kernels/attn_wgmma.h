@@ -9,8 +9,9 @@
 
 namespace lrsa::cuda {
 
-// Empty when the wgmma kernels can run a call on these tensors, else the reason.
-std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v);
+// Empty when the wgmma kernels can run a call on these tensors and documents, else the reason.
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const attn::SeqLayout& layout);
 
 // Same contracts as cuda::attention_forward / attention_backward (lrsa/attn/cuda_attn.h), for calls
 // wgmma_unusable accepts. The forward needs result.selection filled (LRSA) and result.out, result.lse

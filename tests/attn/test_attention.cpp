@@ -306,6 +306,9 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
       {"cuda bf16 LRSA", {{700}, 4, 2, 64, DType::BF16, 801}, lrsa_cfg(16, 128, 0.25)},
       {"cuda bf16 LRSA packed, GQA 7", {{400, 130, 333}, 7, 1, 128, DType::BF16, 802}, lrsa_cfg(5, 64, 0.5, 0.5f)},
       {"cuda bf16 LRSA, T < S + 2L", {{200}, 2, 2, 64, DType::BF16, 803}, lrsa_cfg(3, 128, 0.25)},
+      {"cuda bf16 LRSA packed d64, GQA 7, a document shorter than the sinks", {{400, 130, 3, 333}, 7, 1, 64,
+       DType::BF16, 811}, lrsa_cfg(5, 64, 0.5, 0.5f)},
+      {"cuda bf16 LRSA, lag 192", {{900}, 4, 2, 64, DType::BF16, 812}, lrsa_cfg(16, 192, 0.25)},
       {"cuda bf16 r = 1", {{600}, 2, 1, 128, DType::BF16, 804}, lrsa_cfg(0, 128, 1.0, 0.0f)},
       {"cuda bf16 dense", {{500, 300}, 4, 2, 64, DType::BF16, 805}, test::dense_config()},
       {"cuda bf16 dense, uneven documents and a 1-token one", {{37, 1, 260, 129}, 4, 2, 64, DType::BF16, 808},
@@ -371,6 +374,40 @@ TEST_CASE("attention backend cudnn says why it cannot run a call", "[attn][cuda]
   // Auto falls back to the native kernels where cuDNN cannot run.
   AttentionConfig automatic = test::dense_config();
   CHECK_NOTHROW(run(automatic, {{100}, 2, 1, 64, DType::F32, 824}));
+}
+
+TEST_CASE("attention backend wgmma takes q/k/v and their gradients as views into fused buffers", "[attn][cuda]") {
+  if (!device_is_sm90()) {
+    WARN("not run: the wgmma backend needs an sm_90 device");
+    return;
+  }
+  const int64_t T = 700, Hq = 4, Hk = 2, D = 64, H = Hq + 2 * Hk;
+  const Device gpu = Device::cuda(0);
+  const Tensor qkv = Tensor::normal({T, H, D}, 840, 0, 0.0f, 1.0f, DType::BF16).to(gpu);
+  Inputs in;
+  in.q = qkv.slice(1, 0, Hq);
+  in.k = qkv.slice(1, Hq, Hq + Hk);
+  in.v = qkv.slice(1, Hq + Hk, H);
+  in.dout = Tensor::normal({T, Hq, D}, 840, 1, 0.0f, 1.0f, DType::BF16).to(gpu);
+  in.layout = SeqLayout::from_lengths({300, 400}, gpu);
+  AttentionConfig config = lrsa_cfg(16, 64, 0.25);
+  config.backend = Backend::Wgmma;
+  AttentionForward fwd;
+  attention_forward(config, in.q, in.k, in.v, in.layout, fwd);
+  Tensor dqkv = Tensor::zeros({T, H, D}, DType::BF16, gpu);
+  Tensor dq = dqkv.slice(1, 0, Hq), dk = dqkv.slice(1, Hq, Hq + Hk), dv = dqkv.slice(1, Hq + Hk, H);
+  attention_backward(config, in.q, in.k, in.v, in.layout, fwd, in.dout, dq, dk, dv);
+
+  Inputs packed = in;
+  packed.q = in.q.contiguous();
+  packed.k = in.k.contiguous();
+  packed.v = in.v.contiguous();
+  const Outputs expected = test::run_attention(config, packed);
+  CHECK(fwd.out.to_doubles() == expected.out);  // the same kernels on the same numbers
+  // dQ's fp32 sums are added in an order that varies: allow the last bf16 bit of the largest value.
+  CHECK(test::rel_max(dq.to_doubles(), expected.dq) <= 1.0 / 128);
+  CHECK(test::rel_max(dk.to_doubles(), expected.dk) <= 1.0 / 128);
+  CHECK(test::rel_max(dv.to_doubles(), expected.dv) <= 1.0 / 128);
 }
 
 TEST_CASE("attention backend wgmma says why it cannot run a call", "[attn][cuda]") {
