@@ -50,6 +50,18 @@ float time_ms(Launch&& launch, int repeats) {
   return ms / float(repeats);
 }
 
+// The CTA spans of one more launch(spans) of a grid of `ctas` CTAs.
+template <typename Launch>
+std::vector<CtaSpan> record_spans(Launch&& launch, size_t ctas) {
+  std::vector<CtaSpan> spans(ctas);
+  CtaSpan* device = nullptr;
+  CHECK_CUDA(cudaMalloc(&device, ctas * sizeof(CtaSpan)));
+  launch(device);
+  CHECK_CUDA(cudaMemcpy(spans.data(), device, ctas * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaFree(device));
+  return spans;
+}
+
 // A CTA's time fitted (least squares) as fixed + per plain step + per masked step, its mean start (to
 // the first step's data) and finish (after the last step), the SMs' busy share of the kernel's span,
 // and the mean gap between one CTA's end and the next one's start on an SM.

@@ -216,12 +216,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   if (repeats > 0) {
     out.ms = time_ms(backward, repeats);
     out.kernel_ms = time_ms([&] { backward_kernel(); }, repeats);
-    CtaSpan* spans;
-    out.spans.resize(size_t(grid.x) * grid.y);
-    CHECK_CUDA(cudaMalloc(&spans, out.spans.size() * sizeof(CtaSpan)));
-    backward_kernel(spans);
-    CHECK_CUDA(cudaMemcpy(out.spans.data(), spans, out.spans.size() * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
-    CHECK_CUDA(cudaFree(spans));
+    out.spans = record_spans(backward_kernel, size_t(grid.x) * grid.y);
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,

@@ -60,12 +60,7 @@ DeviceRun run(const Problem& p, int repeats) {
   CHECK_CUDA(cudaMemcpy(out.lse.data(), lse, out.lse.size() * 4, cudaMemcpyDeviceToHost));
   if (repeats > 0) {
     out.ms = time_ms([&] { launch(); }, repeats);
-    CtaSpan* spans;
-    out.spans.resize(size_t(grid.x) * grid.y);
-    CHECK_CUDA(cudaMalloc(&spans, out.spans.size() * sizeof(CtaSpan)));
-    launch(spans);
-    CHECK_CUDA(cudaMemcpy(out.spans.data(), spans, out.spans.size() * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
-    CHECK_CUDA(cudaFree(spans));
+    out.spans = record_spans(launch, size_t(grid.x) * grid.y);
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse, (void*)tiles}) CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
