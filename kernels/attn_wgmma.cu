@@ -26,8 +26,8 @@ using ForwardConfig = wgmma::fwd::Config<2, true, true, 3>;
 // Backward work units of at most this many query tiles (the middle of the 12-48 measured).
 constexpr int kUnitQueryTiles = 24;
 
-// Where compacted row c comes from: an absolute row (a sink) when >= 0, else entry -1 - source of the
-// selection's indices of each KV head ([num_parts * K] per head).
+// One layout's plan: the documents and their compacted rows (CompactedRows), the forward's query
+// tiles, the backward's work units, each row's place in the tile-padded sums.
 struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
@@ -51,22 +51,15 @@ Tensor upload_items(const std::vector<Item>& items, Device device) {
 Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Lrsa intervals = lrsa_of(config);
-  const int sink = int(config.lrsa.sink), kept = int(config.lrsa.kept());
   Plan plan;
   plan.doc_start.assign(layout.cu_seqlens.begin(), layout.cu_seqlens.end());
-  plan.compacted_start = {0};
-  std::vector<int64_t> source;  // per compacted row
-  int64_t part = 0;             // the selection's partition rows so far
-  for (size_t b = 0; b + 1 < plan.doc_start.size(); ++b) {
-    const int begin = plan.doc_start[b], n = plan.doc_start[b + 1] - begin;
-    if (lrsa) {
-      for (int j = 0; j < std::min(sink, n); ++j) source.push_back(begin + j);
-      const int64_t parts = attn::selectable_partitions(n, config.lrsa);
-      for (int64_t p = 0; p < parts; ++p, ++part)
-        for (int i = 0; i < kept; ++i) source.push_back(-1 - (part * kept + i));
-    }
-    plan.compacted_start.push_back(int(source.size()));
-  }
+  CompactedRows compacted;
+  if (lrsa)
+    compacted = compacted_rows(layout.cu_seqlens, config.lrsa);
+  else
+    compacted.start.assign(plan.doc_start.size(), 0);
+  plan.compacted_start = compacted.start;
+  std::vector<int64_t>& source = compacted.source;
   const std::vector<int> padded_begin = wgmma::bwd::padded_begins(plan.doc_start);
   plan.padded_rows = padded_begin.back();
   std::vector<int64_t> padded_row(size_t(layout.total()));
@@ -193,6 +186,21 @@ CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t ro
 }
 
 }  // namespace
+
+CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params) {
+  const int64_t sink = params.sink, kept = params.kept();
+  CompactedRows rows;
+  rows.start = {0};
+  int64_t part = 0;  // the selection's partitions so far, over all documents
+  for (size_t b = 0; b + 1 < cu_seqlens.size(); ++b) {
+    const int64_t begin = cu_seqlens[b], n = cu_seqlens[b + 1] - begin;
+    for (int64_t j = 0; j < std::min(sink, n); ++j) rows.source.push_back(begin + j);
+    for (int64_t p = 0; p < attn::selectable_partitions(n, params); ++p, ++part)
+      for (int64_t i = 0; i < kept; ++i) rows.source.push_back(-1 - (part * kept + i));
+    rows.start.push_back(int(rows.source.size()));
+  }
+  return rows;
+}
 
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                            const attn::SeqLayout& layout) {

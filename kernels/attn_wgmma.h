@@ -3,11 +3,23 @@
 // bf16, dense causal and LRSA over packed documents, native GQA, any lag, on sm_90 devices.
 // attention.backend = "wgmma" selects them (docs/design-attention.md). The backward adds dQ with
 // bulk reduce-adds, whose order varies: not for deterministic mode.
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "lrsa/attn/attention.h"
 
 namespace lrsa::cuda {
+
+// The compacted rows [sink | Sel(0) | Sel(1) | ...] of every document, the documents one after the
+// other, as the kernels read them: where each document's rows start ([B + 1]), and where each row
+// comes from: an absolute row (a sink) when >= 0, else entry -1 - source of each KV head's selection
+// (LrsaSelection::indices, [num_parts * K] per head).
+struct CompactedRows {
+  std::vector<int> start;
+  std::vector<int64_t> source;
+};
+CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params);
 
 // Empty when the wgmma kernels can run a call on these tensors and documents, else the reason.
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,

@@ -17,6 +17,8 @@
 #endif
 #ifdef LRSA_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "../../kernels/attn_wgmma.h"
 #endif
 
 using namespace lrsa;
@@ -375,6 +377,37 @@ TEST_CASE("attention backend cudnn says why it cannot run a call", "[attn][cuda]
   AttentionConfig automatic = test::dense_config();
   CHECK_NOTHROW(run(automatic, {{100}, 2, 1, 64, DType::F32, 824}));
 }
+
+#ifdef LRSA_WITH_CUDA
+TEST_CASE("the wgmma kernels' compacted rows are each document's sinks, then its selection by partition", "[attn]") {
+  // On the CPU: the host plan of kernels/attn_wgmma.cu against a CPU selection, documents shorter
+  // than the sinks, without a selectable partition, and with several.
+  const Problem problem{{400, 3, 130, 333, 70}, 4, 2, 16, DType::F32, 850};
+  const Inputs in = test::make_inputs(problem);
+  const AttentionConfig config = lrsa_cfg(5, 32, 0.25);
+  const LrsaSelection selection = lrsa_select(in.k, in.v, in.layout, config.lrsa);
+  const std::vector<int64_t> indices = selection.indices.to_ints();
+  const int64_t kept = config.lrsa.kept(), per_head = selection.num_parts() * kept;
+  const cuda::CompactedRows rows = cuda::compacted_rows(in.layout.cu_seqlens, config.lrsa);
+  REQUIRE(rows.start.size() == in.layout.cu_seqlens.size());
+  REQUIRE(int64_t(rows.source.size()) == rows.start.back());
+  for (int64_t head = 0; head < problem.Hk; ++head)
+    for (size_t b = 0; b + 1 < in.layout.cu_seqlens.size(); ++b) {
+      const int64_t begin = in.layout.cu_seqlens[b], n = in.layout.cu_seqlens[b + 1] - begin;
+      std::vector<int64_t> want;  // [sink | Sel(0) | Sel(1) | ...] of document b
+      for (int64_t j = 0; j < std::min<int64_t>(config.lrsa.sink, n); ++j) want.push_back(begin + j);
+      for (int64_t p = selection.part_offset[b]; p < selection.part_offset[b + 1]; ++p)
+        for (int64_t i = 0; i < kept; ++i) want.push_back(indices[size_t(head * per_head + p * kept + i)]);
+      std::vector<int64_t> got;
+      for (int c = rows.start[b]; c < rows.start[b + 1]; ++c) {
+        const int64_t s = rows.source[size_t(c)];
+        got.push_back(s >= 0 ? s : indices[size_t(head * per_head - 1 - s)]);
+      }
+      INFO("document " << b << ", KV head " << head);
+      CHECK(got == want);
+    }
+}
+#endif
 
 TEST_CASE("attention backend wgmma takes q/k/v and their gradients as views into fused buffers", "[attn][cuda]") {
   if (!device_is_sm90()) {
