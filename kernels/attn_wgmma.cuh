@@ -15,7 +15,7 @@ constexpr int kD = 64;  // head dim: one 128-byte swizzled row
 // attention is lag 0: no compacted rows, raw [0, t].
 struct Lrsa {
   int sink, lag, keep;  // S, L, K; lag 0: dense causal
-  float inverse_lag;    // 1 / L: the masks divide by L per element, and an integer division costs ~20 instructions
+  float inverse_lag;    // 1 / L: partition() runs per row and tile, and an integer division costs ~20 instructions
   Lrsa(int sink, int lag, int keep)
       : sink(sink), lag(lag), keep(keep), inverse_lag(lag ? 1.0f / float(lag) : 0.0f) {}
   // floor((t - S) / L) for t >= S: the float quotient is off by at most one for t < 2^24; the compares fix it.
