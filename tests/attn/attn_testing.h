@@ -47,6 +47,15 @@ inline Inputs make_inputs(const Problem& p, Device device = Device::cpu()) {
   return in;
 }
 
+// The same inputs with q/k/v copied out of any fused buffer they view.
+inline Inputs contiguous(const Inputs& in) {
+  Inputs copy = in;
+  copy.q = in.q.contiguous();
+  copy.k = in.k.contiguous();
+  copy.v = in.v.contiguous();
+  return copy;
+}
+
 inline attn::AttentionConfig lrsa_config(int64_t sink, int64_t lag, double ratio, float lambda = 1.0f) {
   attn::AttentionConfig c;
   c.mode = attn::Mode::Lrsa;
