@@ -427,11 +427,7 @@ TEST_CASE("attention backend wgmma takes q/k/v and their gradients as views into
   Tensor dq = dqkv.slice(1, 0, Hq), dk = dqkv.slice(1, Hq, Hq + Hk), dv = dqkv.slice(1, Hq + Hk, H);
   attention_backward(config, in.q, in.k, in.v, in.layout, fwd, in.dout, dq, dk, dv);
 
-  Inputs packed = in;
-  packed.q = in.q.contiguous();
-  packed.k = in.k.contiguous();
-  packed.v = in.v.contiguous();
-  const Outputs expected = test::run_attention(config, packed);
+  const Outputs expected = test::run_attention(config, test::contiguous(in));
   CHECK(fwd.out.to_doubles() == expected.out);  // the same kernels on the same numbers
   // dQ's fp32 sums are added in an order that varies: allow the last bf16 bit of the largest value.
   CHECK(test::rel_max(dq.to_doubles(), expected.dq) <= 1.0 / 128);
