@@ -260,10 +260,12 @@ RuleCheck rule_check(const std::vector<Got>& got, const std::vector<double>& wan
   return c;
 }
 
-inline __nv_bfloat16* upload(const std::vector<__nv_bfloat16>& host) {
-  __nv_bfloat16* device = nullptr;
-  CHECK_CUDA(cudaMalloc(&device, std::max<size_t>(host.size(), 1) * 2));
-  CHECK_CUDA(cudaMemcpy(device, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+// A device copy of host (at least one element's room, so that an empty vector still gets a pointer).
+template <typename T>
+T* upload(const std::vector<T>& host) {
+  T* device = nullptr;
+  CHECK_CUDA(cudaMalloc(&device, std::max<size_t>(host.size(), 1) * sizeof(T)));
+  CHECK_CUDA(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   return device;
 }
 

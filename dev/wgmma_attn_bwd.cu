@@ -154,8 +154,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   __nv_bfloat16 *q = upload(p.q), *k = upload(p.k), *v = upload(p.v), *o = upload(o_host), *d_o = upload(d_o_host);
   __nv_bfloat16 *ck = p.lag ? upload(p.ck) : k, *cv = p.lag ? upload(p.cv) : v;
   __nv_bfloat16 *dq, *dk, *dv;
-  float *lse, *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
-  int *compacted_row, *padded_row;
+  float *lse = upload(lse_host), *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
+  int *compacted_row = upload(compacted_row_host), *padded_row = upload(padded_row_host);
   const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kD, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
@@ -166,14 +166,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaMalloc(&dv_raw, p.k.size() * 4));
   CHECK_CUDA(cudaMalloc(&dkc, compacted_size * 4));
   CHECK_CUDA(cudaMalloc(&dvc, compacted_size * 4));
-  CHECK_CUDA(cudaMalloc(&compacted_row, compacted_row_host.size() * 4));
-  CHECK_CUDA(cudaMalloc(&padded_row, size_t(T) * 4));
-  CHECK_CUDA(cudaMemcpy(padded_row, padded_row_host.data(), size_t(T) * 4, cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMalloc(&lse, lse_host.size() * 4));
   CHECK_CUDA(cudaMalloc(&d_sum, lse_host.size() * 4));
-  CHECK_CUDA(cudaMemcpy(lse, lse_host.data(), lse_host.size() * 4, cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(compacted_row, compacted_row_host.data(), compacted_row_host.size() * 4,
-                        cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemset(d_sum, 0, lse_host.size() * 4));
   const CUtensorMap q_map = tensor_map(q, T, Hq, kBlock), k_map = tensor_map(k, T, Hk, kBlock),
                     v_map = tensor_map(v, T, Hk, kBlock), do_map = tensor_map(d_o, T, Hq, kBlock);
@@ -183,10 +176,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
   const Lrsa lrsa = p.lrsa();
-  const std::vector<WorkUnit> units_host = work_units(p.doc_start, p.compacted_start, p.lrsa(), unit_query_tiles);
-  WorkUnit* units;
-  CHECK_CUDA(cudaMalloc(&units, std::max<size_t>(units_host.size(), 1) * sizeof(WorkUnit)));
-  CHECK_CUDA(cudaMemcpy(units, units_host.data(), units_host.size() * sizeof(WorkUnit), cudaMemcpyHostToDevice));
+  const std::vector<WorkUnit> units_host = work_units(p.doc_start, p.compacted_start, lrsa, unit_query_tiles);
+  WorkUnit* units = upload(units_host);
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
     attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units,
@@ -220,8 +211,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
-                    (void*)padded_row,
-                    (void*)lse, (void*)d_sum, (void*)units})
+                    (void*)padded_row, (void*)lse, (void*)d_sum, (void*)units})
     CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));

@@ -39,9 +39,7 @@ DeviceRun run(const Problem& p, int repeats) {
                     cv_map = tensor_map(cv, compacted, p.Hk, kBlockN);
   const Lrsa lrsa = p.lrsa();
   const std::vector<QueryTile> tiles_host = query_tiles(p.doc_start, p.compacted_start, lrsa, C::kBlockM);
-  QueryTile* tiles;
-  CHECK_CUDA(cudaMalloc(&tiles, tiles_host.size() * sizeof(QueryTile)));
-  CHECK_CUDA(cudaMemcpy(tiles, tiles_host.data(), tiles_host.size() * sizeof(QueryTile), cudaMemcpyHostToDevice));
+  QueryTile* tiles = upload(tiles_host);
   auto kernel = attn_fwd_kernel<kConsumers, kOverlap, kPingPong, kStages>;
   CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   const dim3 grid(unsigned(tiles_host.size()), p.Hq);
