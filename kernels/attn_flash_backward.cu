@@ -407,11 +407,7 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
                         Tensor& dq, Tensor& dk, Tensor& dv) {
   using namespace attn_detail;
   const char* op = "attention_backward (CUDA)";
-  if (config.backend == attn::Backend::Wgmma) {
-    const std::string why = wgmma_unusable(config, q, k, v, layout);
-    LRSA_CHECK(why.empty(), "{}: attention backend wgmma cannot run this call: {}", op, why);
-    return wgmma_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
-  }
+  if (use_wgmma(op, config, q, k, v, layout)) return wgmma_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
   const int D = check_kernel_args(op, config, q, k, v, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
   if (cudnn_backward(op, config, q, k, v, layout, saved, dout, dq, dk, dv)) return;
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);

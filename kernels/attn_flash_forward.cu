@@ -124,11 +124,7 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
                        const attn::SeqLayout& layout, attn::AttentionForward& result) {
   using namespace attn_detail;
   const char* op = "attention_forward (CUDA)";
-  if (config.backend == attn::Backend::Wgmma) {
-    const std::string why = wgmma_unusable(config, q, k, v, layout);
-    LRSA_CHECK(why.empty(), "{}: attention backend wgmma cannot run this call: {}", op, why);
-    return wgmma_forward(config, q, k, v, layout, result);
-  }
+  if (use_wgmma(op, config, q, k, v, layout)) return wgmma_forward(config, q, k, v, layout, result);
   const int D = check_kernel_args(op, config, q, k, v, {{"result.out", &result.out}});
   if (cudnn_forward(op, config, q, k, v, layout, result)) return;
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);

@@ -23,8 +23,6 @@ using wgmma::Lrsa;
 // The forward's variant: two consumer warpgroups, overlap and ping-pong, three K/V stages (the fastest
 // at d64 in dev/wgmma_attn_fwd.cu's runs, docs/benchmarks.md "Session 15").
 using ForwardConfig = wgmma::fwd::Config<2, true, true, 3>;
-// Backward work units of at most this many query tiles (the middle of the 12-48 measured).
-constexpr int kUnitQueryTiles = 24;
 
 // One layout's plan: the documents and their compacted rows (CompactedRows), the forward's query
 // tiles, the backward's work units, each row's place in the tile-padded sums.
@@ -48,7 +46,13 @@ Tensor upload_items(const std::vector<Item>& items, Device device) {
                            {int64_t(std::max<size_t>(values.size(), 1))}, DType::I32, device);
 }
 
-Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, Device device) {
+int multiprocessors(Device device) {
+  int count = 0;
+  LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device.index));
+  return count;
+}
+
+Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hk, Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Lrsa intervals = lrsa_of(config);
   Plan plan;
@@ -68,7 +72,8 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
       padded_row[size_t(t)] = padded_begin[b] + t - plan.doc_start[b];
   const auto tiles =
       wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, ForwardConfig::kBlockM);
-  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, kUnitQueryTiles);
+  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals,
+                                            unit_query_tiles(config, layout.cu_seqlens, Hk, multiprocessors(device)));
   plan.n_query_tiles = int(tiles.size());
   plan.n_units = int(units.size());
   plan.query_tiles = upload_items(tiles, device);
@@ -81,6 +86,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
 
 struct PlanKey {
   int device;
+  int64_t kv_heads;
   bool lrsa;
   int64_t sink, lag, kept;
   std::vector<int64_t> cu_seqlens;
@@ -88,12 +94,13 @@ struct PlanKey {
 };
 
 // Every layer of a step shares one layout: a few recent plans cover a step and an evaluation.
-const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout& layout, Device device) {
+const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hk,
+                     Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
-  PlanKey key{device.index, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
+  PlanKey key{device.index, Hk, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
               lrsa ? config.lrsa.kept() : 0, layout.cu_seqlens};
   thread_local std::list<std::pair<PlanKey, Plan>> cache;
-  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, device); });
+  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, Hk, device); });
 }
 
 // ck/cv [rows, Hk, 64]: compacted row c of head h is row source[c] (a sink) or the selection's entry
@@ -187,6 +194,24 @@ CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t ro
 
 }  // namespace
 
+int unit_query_tiles(const attn::AttentionConfig& config, const std::vector<int64_t>& cu_seqlens, int64_t Hk,
+                     int multiprocessors) {
+  // Longer units add their dK/dV sums fewer times and keep dQ's reduce-adds closer together in L2
+  // (128K LRSA: 52.3 ms with units of 48 against 58.4 with 12), but a grid of fewer than about four
+  // CTAs per SM (one fits) leaves SMs idle at its tail (16K LRSA, 358 CTAs: 1.61 ms with 48 against
+  // 1.43 with 12; docs/benchmarks.md "Session 15").
+  constexpr int kMinWaves = 4;
+  const std::vector<int> doc_start(cu_seqlens.begin(), cu_seqlens.end());
+  const std::vector<int> compacted_start = config.mode == attn::Mode::Lrsa
+                                               ? compacted_rows(cu_seqlens, config.lrsa).start
+                                               : std::vector<int>(cu_seqlens.size(), 0);
+  for (int tiles : {48, 24}) {
+    const auto units = wgmma::bwd::work_units(doc_start, compacted_start, lrsa_of(config), tiles);
+    if (int64_t(units.size()) * Hk >= int64_t(kMinWaves) * multiprocessors) return tiles;
+  }
+  return 12;
+}
+
 CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params) {
   const int64_t sink = params.sink, kept = params.kept();
   CompactedRows rows;
@@ -206,6 +231,7 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
                            const attn::SeqLayout& layout) {
   if (config.deterministic) return "deterministic mode was asked for, and the backward adds dQ with bulk reduce-adds";
   if (q.size(2) != kD) return "the wgmma kernels take head dim 64 only so far, q is " + q.describe();
+  if (q.size(0) == 0) return "there are no rows";
   for (const Tensor* t : {&q, &k, &v}) {
     if (t->dtype() != DType::BF16) return "the wgmma kernels take bf16, got " + t->describe();
     const std::string why = bad_rows(t == &q ? "q" : t == &k ? "k" : "v", *t);
@@ -228,13 +254,22 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
   return "";
 }
 
+bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+               const attn::SeqLayout& layout) {
+  const bool asked = config.backend == attn::Backend::Wgmma;
+  if (!asked && !(config.backend == attn::Backend::Auto && config.mode == attn::Mode::Lrsa)) return false;
+  const std::string why = wgmma_unusable(config, q, k, v, layout);
+  LRSA_CHECK(why.empty() || !asked, "{}: attention backend wgmma cannot run this call: {}", op, why);
+  return why.empty();
+}
+
 void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                    const attn::SeqLayout& layout, attn::AttentionForward& result) {
   const char* op = "attention_forward (wgmma)";
   use_device(q);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"result.out", &result.out}});
-  const Plan& plan = plan_for(config, layout, q.device());
+  const Plan& plan = plan_for(config, layout, Hk, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, result.selection) : Compacted{};
   const CUtensorMap q_map = map_of(op, "q", q, T, ForwardConfig::kBlockM);
@@ -262,7 +297,7 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   use_device(q);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"saved.out", &saved.out}});
-  const Plan& plan = plan_for(config, layout, q.device());
+  const Plan& plan = plan_for(config, layout, Hk, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection) : Compacted{};
   const int rows = compacted.rows;

@@ -285,9 +285,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const DecoderOptions& options, DTyp
   plan.activations = (L - checkpointed) * per_layer + checkpointed * T * C * es +
                      (checkpointed > 0 ? per_layer : 0);  // one layer recomputed at a time
   // Backward scratch of one layer (dh, dgate_up, dqkv, ...) plus one chunk of logits and its
-  // gradient, and the final norm's input/output.
+  // gradient, and the final norm's input/output; attention's backward adds its fp32 sums of dQ
+  // (native and wgmma kernels) and dK/dV (wgmma).
   plan.workspace = T * (3 * F + qkv + c.q_dim() + 4 * C) * es +
-                   std::min(options.loss_chunk_rows, T) * c.vocab_size * es * 2 + 2 * T * C * es;
+                   std::min(options.loss_chunk_rows, T) * c.vocab_size * es * 2 + 2 * T * C * es + T * qkv * 4;
   return plan;
 }
 

@@ -403,6 +403,21 @@ TEST_CASE("the wgmma kernels' compacted rows are each document's sinks, then its
       CHECK(got == want);
     }
 }
+
+TEST_CASE("the wgmma backward's work units are as long as the grid allows: 12 query tiles at 16K, 48 from 32K",
+          "[attn]") {
+  // The fastest of 12 and 48 in session 15's runs (one 14:2 x d64 document, S=16, L=1024, r=0.25,
+  // an H200's 132 SMs).
+  const AttentionConfig lrsa = lrsa_cfg(16, 1024, 0.25), dense = test::dense_config();
+  const auto tiles = [](const AttentionConfig& config, std::vector<int64_t> cu_seqlens) {
+    return cuda::unit_query_tiles(config, cu_seqlens, 2, 132);
+  };
+  CHECK(tiles(lrsa, {0, 16384}) == 12);
+  CHECK(tiles(lrsa, {0, 32768}) == 48);
+  CHECK(tiles(lrsa, {0, 131072}) == 48);
+  CHECK(tiles(dense, {0, 8192}) == 12);
+  CHECK(tiles(dense, {0, 32768}) == 48);
+}
 #endif
 
 TEST_CASE("attention backend wgmma takes q/k/v and their gradients as views into fused buffers", "[attn][cuda]") {

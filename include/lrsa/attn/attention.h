@@ -17,11 +17,11 @@ namespace lrsa::attn {
 
 enum class Mode { Dense, Lrsa };
 
-// Which CUDA implementation runs attention (the CPU has one). Auto = cuDNN where supported and
-// not deterministic (bf16, head dim 64 or 128, sm_90+, a build with cuDNN), else the native
-// kernels; Cudnn fails with the reason when cuDNN cannot run the call (kernels/attn_cudnn.h).
-// Wgmma: the Hopper kernels of our own (kernels/attn_wgmma.h: head dim 64, bf16, sm_90, not
-// deterministic), only when asked for, failing with the reason when they cannot run the call.
+// Which CUDA implementation runs attention (the CPU has one). Auto: LRSA on the Hopper kernels of
+// our own where they apply (head dim 64, bf16, an sm_90 device, not deterministic), else cuDNN where
+// supported and not deterministic (bf16, head dim 64 or 128, sm_90+, a build with cuDNN), else the
+// native kernels. Cudnn and Wgmma (kernels/attn_cudnn.h, kernels/attn_wgmma.h) fail with the reason
+// when they cannot run the call.
 enum class Backend { Auto, Native, Cudnn, Wgmma };
 
 struct LrsaParams {
