@@ -256,8 +256,15 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
 
 bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                const attn::SeqLayout& layout) {
+  // Auto: LRSA over documents up to 64K tokens. One 14:2 x d64 document's forward + backward here
+  // took 0.84x, 0.93x and 0.98x the cuDNN path's time at 16K, 32K and 64K, but 1.08x at 128K and
+  // 1.11x at 256K, where most pairs are the compacted history's and cuDNN's dense kernels run them
+  // faster than ours (docs/benchmarks.md, "Session 16").
+  constexpr int64_t kAutoLongestDocument = 65536;
   const bool asked = config.backend == attn::Backend::Wgmma;
-  if (!asked && !(config.backend == attn::Backend::Auto && config.mode == attn::Mode::Lrsa)) return false;
+  if (!asked && !(config.backend == attn::Backend::Auto && config.mode == attn::Mode::Lrsa &&
+                  layout.max_seqlen() <= kAutoLongestDocument))
+    return false;
   const std::string why = wgmma_unusable(config, q, k, v, layout);
   LRSA_CHECK(why.empty() || !asked, "{}: attention backend wgmma cannot run this call: {}", op, why);
   return why.empty();

@@ -31,8 +31,8 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
                            const attn::SeqLayout& layout);
 
 // Whether a call runs on the wgmma kernels: Backend::Wgmma (failing with the reason when they cannot
-// run it), or Backend::Auto for LRSA where they can (for dense attention cuDNN's kernels are faster,
-// docs/benchmarks.md).
+// run it), or Backend::Auto for LRSA over documents up to 64K tokens where they can (cuDNN's kernels
+// are faster for dense attention and for longer documents, docs/benchmarks.md).
 bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                const attn::SeqLayout& layout);
 

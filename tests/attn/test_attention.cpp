@@ -15,9 +15,8 @@
 #ifdef LRSA_WITH_CUDNN
 #include "../../kernels/attn_cudnn.h"
 #endif
+#include "support/device.h"
 #ifdef LRSA_WITH_CUDA
-#include <cuda_runtime_api.h>
-
 #include "../../kernels/attn_wgmma.h"
 #endif
 
@@ -34,16 +33,6 @@ struct AttnCase {
   Problem problem;
   AttentionConfig config;
 };
-
-// The wgmma backend runs on sm_90 devices only (kernels/attn_wgmma.h).
-bool device_is_sm90() {
-#ifdef LRSA_WITH_CUDA
-  cudaDeviceProp prop{};
-  return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9 && prop.minor == 0;
-#else
-  return false;
-#endif
-}
 
 const char* backend_label(Backend backend) {
   return backend == Backend::Cudnn ? "cudnn" : backend == Backend::Wgmma ? "wgmma" : "native";
@@ -330,7 +319,7 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
     if (c.problem.dtype == DType::BF16) backends.push_back(Backend::Cudnn);
 #endif
     if (c.problem.dtype == DType::BF16 && c.problem.D == 64) {
-      if (device_is_sm90())
+      if (test::device_is_sm90())
         backends.push_back(Backend::Wgmma);
       else
         WARN("wgmma backend not checked: the device is not sm_90");
@@ -421,7 +410,7 @@ TEST_CASE("the wgmma backward's work units are as long as the grid allows: 12 qu
 #endif
 
 TEST_CASE("attention backend wgmma takes q/k/v and their gradients as views into fused buffers", "[attn][cuda]") {
-  if (!device_is_sm90()) {
+  if (!test::device_is_sm90()) {
     WARN("not run: the wgmma backend needs an sm_90 device");
     return;
   }
@@ -454,7 +443,7 @@ TEST_CASE("attention backend wgmma says why it cannot run a call", "[attn][cuda]
   auto run = [](AttentionConfig config, const Problem& p) { test::run_attention(config, test::make_inputs(p, Device::cuda(0))); };
   AttentionConfig dense = test::dense_config();
   dense.backend = Backend::Wgmma;
-  if (!device_is_sm90()) {
+  if (!test::device_is_sm90()) {
     CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 64, DType::BF16, 830}), Catch::Contains("need an sm_90 device"));
     return;
   }

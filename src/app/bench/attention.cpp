@@ -385,7 +385,7 @@ Subcommand register_attention(CLI::App& app) {
   sub->add_option("--sink", options->sink, "LRSA sink S");
   sub->add_option("--lag", options->lag, "LRSA lag L (a multiple of 64 on the GPU)");
   sub->add_option("--ratio", options->ratio, "LRSA kept ratio r");
-  sub->add_option("--backends", options->backends, "attention backends among native, cudnn, auto (each mode on each)");
+  sub->add_option("--backends", options->backends, "attention backends among native, cudnn, wgmma, auto (each mode on each)");
   sub->add_flag("--deterministic", options->deterministic, "time the deterministic backward (no atomics)");
   sub->add_option("--cudnn-gather-gib", options->cudnn_gather_gib,
                   "memory of one LRSA-on-cuDNN call (gathered keys and cuDNN's workspace) in GiB: more calls "
