@@ -4,7 +4,7 @@
 # The figures behind the performance targets in one call that fits the device tool's 10 minutes
 # (scripts/gpu/run.sh bench runs everything, longer):
 #   1. the attention tests (CUDA backends against the fp64 reference, tolerance rule);
-#   2. lrsa-bench attention at 16K, 32K and 128K, both head shapes, native and cuDNN backends
+#   2. lrsa-bench attention at 16K, 32K and 128K, both head shapes, native, cuDNN and wgmma backends
 #      (issue 5; correctness is part 1's, so the bench's own self-checks are skipped);
 #   3. scripts/bench/train_e2e.py --groups headline: our 0.5B dense 16K/32K and LRSA 32K steps (issue 10);
 #   4. lrsa-bench infer: prefill and decode with the LagKV cache (issue 9).
@@ -39,8 +39,8 @@ part() {
 }
 
 part tests 25 ctest --test-dir "$build" -R "^attn/" --output-on-failure
-part attention 80 "$build/lrsa-bench" attention --tokens 16384 32768 131072 --backends native cudnn --repeats 3 \
-  --skip-checks
+part attention 110 "$build/lrsa-bench" attention --tokens 16384 32768 131072 --backends native cudnn wgmma \
+  --repeats 3 --skip-checks
 part e2e 12 python3 scripts/bench/train_e2e.py --groups headline --binary "$build/lrsa-train" --out "$out/train-e2e.jsonl"
 part infer 30 "$build/lrsa-bench" infer
 part ops 60 "$build/lrsa-bench" ops --tokens 32768

@@ -1,5 +1,5 @@
 // lrsa-bench attention: the CUDA attention, dense causal vs LRSA, per backend (our native
-// kernels, cuDNN's SDPA: AttentionConfig::backend), at the Qwen2.5 head shapes (14:2 x d64 as in
+// kernels, cuDNN's SDPA, our Hopper kernels: AttentionConfig::backend), at the Qwen2.5 head shapes (14:2 x d64 as in
 // 0.5B, 28:4 x d128 as in 7B) over one long document. A backend that cannot run a mode (e.g. no
 // cuDNN in the build) is skipped with the reason.
 //
