@@ -46,12 +46,6 @@ Tensor upload_items(const std::vector<Item>& items, Device device) {
                            {int64_t(std::max<size_t>(values.size(), 1))}, DType::I32, device);
 }
 
-int multiprocessors(Device device) {
-  int count = 0;
-  LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device.index));
-  return count;
-}
-
 Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hk, Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Lrsa intervals = lrsa_of(config);
@@ -73,7 +67,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   const auto tiles =
       wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, ForwardConfig::kBlockM);
   const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals,
-                                            unit_query_tiles(config, layout.cu_seqlens, Hk, multiprocessors(device)));
+                                            unit_query_tiles(config, layout.cu_seqlens, Hk, multiprocessor_count()));
   plan.n_query_tiles = int(tiles.size());
   plan.n_units = int(units.size());
   plan.query_tiles = upload_items(tiles, device);

@@ -221,27 +221,40 @@ TEST_CASE("backward is deterministic, also across thread counts", "[attn]") {
   }
 }
 
-TEST_CASE("q/k/v and their gradients may be views into fused QKV buffers", "[attn]") {
-  const int64_t T = 120, Hq = 4, Hk = 2, D = 16, H = Hq + 2 * Hk;
-  const Tensor qkv = Tensor::normal({T, H, D}, 601, 0, 0.0f, 1.0f);
+namespace {
+
+// One forward + backward with q/k/v viewing a fused [T, Hq + 2 Hk, D] buffer (as the decoder lays
+// them out) and dQ/dK/dV written into one, beside the same call on contiguous copies.
+struct FusedQkvRun {
+  Outputs fused, contiguous;
+};
+FusedQkvRun run_fused_qkv(const AttentionConfig& config, const Problem& p, Device device) {
+  const int64_t T = test::total_tokens(p), H = p.Hq + 2 * p.Hk;
+  const Tensor qkv = Tensor::normal({T, H, p.D}, p.seed, 0, 0.0f, 1.0f, p.dtype).to(device);
   Inputs in;
-  in.q = qkv.slice(1, 0, Hq);
-  in.k = qkv.slice(1, Hq, Hq + Hk);
-  in.v = qkv.slice(1, Hq + Hk, H);
-  in.dout = Tensor::normal({T, Hq, D}, 601, 1, 0.0f, 1.0f);
-  in.layout = SeqLayout::from_lengths({50, 70});
-  const AttentionConfig config = lrsa_cfg(2, 10, 0.3);
+  in.q = qkv.slice(1, 0, p.Hq);
+  in.k = qkv.slice(1, p.Hq, p.Hq + p.Hk);
+  in.v = qkv.slice(1, p.Hq + p.Hk, H);
+  in.dout = Tensor::normal({T, p.Hq, p.D}, p.seed, 1, 0.0f, 1.0f, p.dtype).to(device);
+  in.layout = SeqLayout::from_lengths(p.lengths, device);
   AttentionForward fwd;
   attention_forward(config, in.q, in.k, in.v, in.layout, fwd);
-  Tensor dqkv = Tensor::zeros({T, H, D}, DType::F32);
-  Tensor dq = dqkv.slice(1, 0, Hq), dk = dqkv.slice(1, Hq, Hq + Hk), dv = dqkv.slice(1, Hq + Hk, H);
+  Tensor dqkv = Tensor::zeros({T, H, p.D}, p.dtype, device);
+  Tensor dq = dqkv.slice(1, 0, p.Hq), dk = dqkv.slice(1, p.Hq, p.Hq + p.Hk), dv = dqkv.slice(1, p.Hq + p.Hk, H);
   attention_backward(config, in.q, in.k, in.v, in.layout, fwd, in.dout, dq, dk, dv);
+  return {{fwd.out.to_doubles(), {}, dq.to_doubles(), dk.to_doubles(), dv.to_doubles(), {}},
+          test::run_attention(config, test::contiguous(in))};
+}
 
-  const Outputs expected = test::run_attention(config, test::contiguous(in));
-  CHECK(fwd.out.to_doubles() == expected.out);
-  CHECK(dq.to_doubles() == expected.dq);
-  CHECK(dk.to_doubles() == expected.dk);
-  CHECK(dv.to_doubles() == expected.dv);
+}  // namespace
+
+TEST_CASE("q/k/v and their gradients may be views into fused QKV buffers", "[attn]") {
+  const auto [fused, expected] =
+      run_fused_qkv(lrsa_cfg(2, 10, 0.3), {{50, 70}, 4, 2, 16, DType::F32, 601}, Device::cpu());
+  CHECK(fused.out == expected.out);
+  CHECK(fused.dq == expected.dq);
+  CHECK(fused.dk == expected.dk);
+  CHECK(fused.dv == expected.dv);
 }
 
 TEST_CASE("attention rejects invalid arguments clearly", "[attn]") {
@@ -414,29 +427,14 @@ TEST_CASE("attention backend wgmma takes q/k/v and their gradients as views into
     WARN("not run: the wgmma backend needs an sm_90 device");
     return;
   }
-  const int64_t T = 700, Hq = 4, Hk = 2, D = 64, H = Hq + 2 * Hk;
-  const Device gpu = Device::cuda(0);
-  const Tensor qkv = Tensor::normal({T, H, D}, 840, 0, 0.0f, 1.0f, DType::BF16).to(gpu);
-  Inputs in;
-  in.q = qkv.slice(1, 0, Hq);
-  in.k = qkv.slice(1, Hq, Hq + Hk);
-  in.v = qkv.slice(1, Hq + Hk, H);
-  in.dout = Tensor::normal({T, Hq, D}, 840, 1, 0.0f, 1.0f, DType::BF16).to(gpu);
-  in.layout = SeqLayout::from_lengths({300, 400}, gpu);
   AttentionConfig config = lrsa_cfg(16, 64, 0.25);
   config.backend = Backend::Wgmma;
-  AttentionForward fwd;
-  attention_forward(config, in.q, in.k, in.v, in.layout, fwd);
-  Tensor dqkv = Tensor::zeros({T, H, D}, DType::BF16, gpu);
-  Tensor dq = dqkv.slice(1, 0, Hq), dk = dqkv.slice(1, Hq, Hq + Hk), dv = dqkv.slice(1, Hq + Hk, H);
-  attention_backward(config, in.q, in.k, in.v, in.layout, fwd, in.dout, dq, dk, dv);
-
-  const Outputs expected = test::run_attention(config, test::contiguous(in));
-  CHECK(fwd.out.to_doubles() == expected.out);  // the same kernels on the same numbers
+  const auto [fused, expected] = run_fused_qkv(config, {{300, 400}, 4, 2, 64, DType::BF16, 840}, Device::cuda(0));
+  CHECK(fused.out == expected.out);  // the same kernels on the same numbers
   // dQ's fp32 sums are added in an order that varies: allow the last bf16 bit of the largest value.
-  CHECK(test::rel_max(dq.to_doubles(), expected.dq) <= 1.0 / 128);
-  CHECK(test::rel_max(dk.to_doubles(), expected.dk) <= 1.0 / 128);
-  CHECK(test::rel_max(dv.to_doubles(), expected.dv) <= 1.0 / 128);
+  CHECK(test::rel_max(fused.dq, expected.dq) <= 1.0 / 128);
+  CHECK(test::rel_max(fused.dk, expected.dk) <= 1.0 / 128);
+  CHECK(test::rel_max(fused.dv, expected.dv) <= 1.0 / 128);
 }
 
 TEST_CASE("attention backend wgmma says why it cannot run a call", "[attn][cuda]") {
