@@ -248,17 +248,19 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
   return "";
 }
 
+bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, bool backward) {
+  // One 14:2 x d64 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 16"): our
+  // backward took 0.77x, 0.89x and 0.97x its time at 16K, 32K and 64K, but 1.03x at 128K and 1.13x
+  // at 256K, where most pairs are the compacted history's whole tiles and cuDNN's dense kernels run
+  // them faster than ours; our forward took 0.98x at 16K and 1.06x-1.17x from 32K on.
+  constexpr int64_t kLongestDocument = 65536;
+  return backward && config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= kLongestDocument;
+}
+
 bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
-               const attn::SeqLayout& layout) {
-  // Auto: LRSA over documents up to 64K tokens. One 14:2 x d64 document's forward + backward here
-  // took 0.84x, 0.93x and 0.98x the cuDNN path's time at 16K, 32K and 64K, but 1.08x at 128K and
-  // 1.11x at 256K, where most pairs are the compacted history's and cuDNN's dense kernels run them
-  // faster than ours (docs/benchmarks.md, "Session 16").
-  constexpr int64_t kAutoLongestDocument = 65536;
+               const attn::SeqLayout& layout, bool auto_takes) {
   const bool asked = config.backend == attn::Backend::Wgmma;
-  if (!asked && !(config.backend == attn::Backend::Auto && config.mode == attn::Mode::Lrsa &&
-                  layout.max_seqlen() <= kAutoLongestDocument))
-    return false;
+  if (!asked && !(config.backend == attn::Backend::Auto && auto_takes)) return false;
   const std::string why = wgmma_unusable(config, q, k, v, layout);
   LRSA_CHECK(why.empty() || !asked, "{}: attention backend wgmma cannot run this call: {}", op, why);
   return why.empty();

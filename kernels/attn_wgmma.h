@@ -30,11 +30,14 @@ int unit_query_tiles(const attn::AttentionConfig& config, const std::vector<int6
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                            const attn::SeqLayout& layout);
 
-// Whether a call runs on the wgmma kernels: Backend::Wgmma (failing with the reason when they cannot
-// run it), or Backend::Auto for LRSA over documents up to 64K tokens where they can (cuDNN's kernels
-// are faster for dense attention and for longer documents, docs/benchmarks.md).
+// Whether auto runs a call on the wgmma kernels rather than cuDNN's where both can: the LRSA
+// backward over documents up to 64K tokens (measured faster there; cuDNN's forward is faster).
+bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, bool backward);
+
+// Whether a call runs on the wgmma kernels: always for Backend::Wgmma (failing with the reason when
+// they cannot run it), for Backend::Auto when `auto_takes` and they can.
 bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
-               const attn::SeqLayout& layout);
+               const attn::SeqLayout& layout, bool auto_takes);
 
 // Same contracts as cuda::attention_forward / attention_backward (lrsa/attn/cuda_attn.h), for calls
 // wgmma_unusable accepts. The forward needs result.selection filled (LRSA) and result.out, result.lse

@@ -35,7 +35,12 @@ struct AttnCase {
 };
 
 const char* backend_label(Backend backend) {
-  return backend == Backend::Cudnn ? "cudnn" : backend == Backend::Wgmma ? "wgmma" : "native";
+  switch (backend) {
+    case Backend::Cudnn: return "cudnn";
+    case Backend::Wgmma: return "wgmma";
+    case Backend::Auto: return "auto";
+    default: return "native";
+  }
 }
 
 AttentionConfig lrsa_cfg(int64_t sink, int64_t lag, double ratio, float lambda = 1.0f) {
@@ -337,15 +342,18 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
       else
         WARN("wgmma backend not checked: the device is not sm_90");
     }
+    backends.push_back(Backend::Auto);  // LRSA bf16 d64 on sm_90: cuDNN's forward, our backward
     for (Backend backend : backends) {
       c.config.backend = backend;
       for (bool deterministic : {false, true}) {
-        if (backend != Backend::Native && deterministic) continue;  // cuDNN and wgmma refuse it (next tests)
+        // cuDNN and wgmma refuse it (next tests); auto then runs the native kernels, checked above
+        if (backend != Backend::Native && deterministic) continue;
         c.config.deterministic = deterministic;
         INFO(backend_label(backend) << (deterministic ? ", deterministic" : ", default"));
         const Outputs ours = test::run_attention(c.config, gpu);
         CHECK(ours.selection == on_cpu.selection);
-        const bool gathered = backend == Backend::Cudnn && c.config.mode == Mode::Lrsa;
+        // Auto's LRSA backward runs on cuDNN's gathered copies where the wgmma kernels cannot run it.
+        const bool gathered = (backend == Backend::Cudnn || backend == Backend::Auto) && c.config.mode == Mode::Lrsa;
         test::check_rule(ours, baseline, exact, gathered ? test::kGatheredCopiesAllowance : 0);
         if (deterministic) {
           const Outputs again = test::run_attention(c.config, gpu);

@@ -17,10 +17,11 @@ namespace lrsa::attn {
 
 enum class Mode { Dense, Lrsa };
 
-// Which CUDA implementation runs attention (the CPU has one). Auto: LRSA over documents up to 64K
-// tokens on the Hopper kernels of our own where they apply (head dim 64, bf16, an sm_90 device, not
-// deterministic), else cuDNN where supported and not deterministic (bf16, head dim 64 or 128,
-// sm_90+, a build with cuDNN), else the native kernels. Cudnn and Wgmma (kernels/attn_cudnn.h,
+// Which CUDA implementation runs attention (the CPU has one). Auto: the LRSA backward over
+// documents up to 64K tokens on the Hopper kernels of our own where they apply (head dim 64, bf16,
+// an sm_90 device, not deterministic), else cuDNN where supported and not deterministic (bf16, head
+// dim 64 or 128, sm_90+, a build with cuDNN), else the Hopper kernels where they apply, else the
+// native kernels. Cudnn and Wgmma (kernels/attn_cudnn.h,
 // kernels/attn_wgmma.h) fail with the reason when they cannot run the call.
 enum class Backend { Auto, Native, Cudnn, Wgmma };
 
