@@ -5,6 +5,7 @@ initialized Qwen2.5-shaped model on one sequence of T tokens per step the way us
 line: tokens/s, step time, peak device memory and MFU, or status "oom".
 
   python3 scripts/bench/train_torch.py --shape 0.5b --tokens 16384 [--checkpointing] [--steps 6]
+                                       [--answer-tokens N]
 
 MFU uses the same FLOP count as lrsa-train: 6 x matmul parameters x T + 14 x visible
 (query, key) pairs x Hq x D per layer, over 989 TFLOP/s (H100/H200 dense bf16 datasheet).
@@ -50,20 +51,27 @@ def main():
     ap.add_argument("--tokens", type=int, required=True, help="sequence length T (one sequence per step)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing of every layer")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps; the first one is not timed")
+    ap.add_argument("--answer-tokens", type=int, default=0,
+                    help="QA loss: only the last N tokens are labelled (-100 before them), as in lrsa-train's "
+                         "passkey runs; 0 (default): every token")
     ap.add_argument("--profile", action="store_true",
                     help="profile one more step (torch.profiler) and add its top CUDA ops to the JSON line")
     args = ap.parse_args()
     T = args.tokens
     result = {"impl": "pytorch", "shape": args.shape, "tokens": T, "attention": "dense",
-              "checkpointing": args.checkpointing, "torch": torch.__version__,
+              "checkpointing": args.checkpointing, "answer_tokens": args.answer_tokens, "torch": torch.__version__,
               "transformers": transformers.__version__}
     try:
         model, config = build_model(args.shape, T, args.checkpointing)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
         ids = torch.randint(0, config.vocab_size, (1, T), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
 
+        labels = ids.clone()
+        if args.answer_tokens > 0:
+            labels[:, :T - args.answer_tokens] = -100
+
         def train_step():
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(input_ids=ids, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

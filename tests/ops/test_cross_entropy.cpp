@@ -44,6 +44,14 @@ std::vector<int64_t> make_labels(int64_t N, int64_t V) {
   return labels;
 }
 
+// QA labels: a few answer spans among N rows, the rest ignored (lm_head_loss's compact block).
+std::vector<int64_t> answer_labels(int64_t N, int64_t V, const std::vector<std::pair<int64_t, int64_t>>& spans) {
+  std::vector<int64_t> labels(size_t(N), ops::kIgnoreIndex);
+  for (const auto& [begin, end] : spans)
+    for (int64_t n = begin; n < end; ++n) labels[size_t(n)] = (n * 37) % V;
+  return labels;
+}
+
 CeOut run_ce(const Tensor& logits, const std::vector<int64_t>& labels, float grad_scale, Device device) {
   const int64_t N = logits.size(0);
   Tensor nll = Tensor::empty({N}, DType::F32, device), dlogits = Tensor::empty(logits.shape(), logits.dtype(), device);
@@ -195,6 +203,35 @@ TEST_CASE("lm_head_loss matches the fp64 pipeline for every chunking; evaluation
   check_close(dw.to_doubles(), twice, 1e-6);
 }
 
+TEST_CASE("lm_head_loss over few labelled rows (the compact block) matches the fp64 pipeline", "[ops]") {
+  const int64_t N = 700, C = 12, V = 64;
+  const Tensor h = randn({N, C}, 5), w = randn({V, C}, 6, DType::F32, 0.3f);
+  // 255 labelled rows fill a 256-row block (its last row the zero row), 256 need 512 rows, 0 and
+  // the lone last row test the ends; 600 labelled rows would need 768 > N rows: the full pipeline.
+  const std::vector<std::vector<std::pair<int64_t, int64_t>>> cases = {
+      {{100, 110}, {400, 403}, {699, 700}}, {{0, 255}}, {{300, 556}}, {}, {{50, 650}}};
+  for (const auto& spans : cases) {
+    const auto labels = answer_labels(N, V, spans);
+    const LmOut ref = lm_ref<double>(h.to_doubles(), w.to_doubles(), labels, C, V, 0.5, false);
+    for (int64_t chunk : {7, 4096}) {
+      CAPTURE(spans.size(), chunk);
+      const LmRun r = run_lm(h, w, labels, 0.5f, chunk, Device::cpu());
+      int64_t labelled = 0;
+      for (int64_t label : labels) labelled += label != ops::kIgnoreIndex;
+      CHECK(r.result.tokens == labelled);
+      CHECK(std::abs(r.result.loss_sum - ref.loss_sum) <= 1e-5 * ref.loss_sum);
+      check_close(r.nll, ref.nll, 2e-6);
+      check_close(r.dh, ref.dh, 1e-6);
+      check_close(r.dw, ref.dw, 1e-6);
+      for (int64_t n = 0; n < N; ++n)  // ignored rows: exactly no loss and no gradient
+        if (labels[size_t(n)] == ops::kIgnoreIndex) {
+          CHECK(r.nll[size_t(n)] == 0.0);
+          for (int64_t c = 0; c < C; ++c) CHECK(r.dh[size_t(n * C + c)] == 0.0);
+        }
+    }
+  }
+}
+
 TEST_CASE("lm_head_loss bf16 follows the tolerance rule", "[ops]") {
   const int64_t N = 10, C = 32, V = 500;
   const Tensor h = randn({N, C}, 3, DType::BF16), w = randn({V, C}, 4, DType::BF16, 0.3f);
@@ -231,6 +268,12 @@ TEST_CASE("cross-entropy and lm_head_loss reject bad arguments with clear errors
   Tensor dw_bf16 = Tensor::zeros({6, 4}, DType::BF16);
   CHECK_THROWS_WITH(ops::lm_head_loss(h, randn({6, 4}, 3), labels, 1.0f, 2, none, dw_bf16, add, none),
                     Catch::Contains("lm_head_loss: dw must be f32, got bf16[6, 4]"));
+  // A bad label among few labelled rows is named by its row of h, not of the compact block.
+  auto qa_labels = answer_labels(700, 6, {{10, 12}});
+  qa_labels[500] = 6;
+  CHECK_THROWS_WITH(ops::lm_head_loss(randn({700, 4}, 4), randn({6, 4}, 3), Tensor::from_ints(qa_labels, {700}), 1.0f,
+                                      64, none, none, add, none),
+                    Catch::Contains("lm_head_loss: labels[500] = 6 is neither the ignore index -100 nor in [0, 6)"));
 }
 
 TEST_CASE("cross-entropy and lm_head_loss on CUDA match the CPU within the tolerance rule", "[ops][cuda]") {
@@ -255,5 +298,17 @@ TEST_CASE("cross-entropy and lm_head_loss on CUDA match the CPU within the toler
     check_rule(lg.nll, lc.nll, lref.nll);
     check_rule(lg.dh, lc.dh, lref.dh, 1e-6);
     check_rule(lg.dw, lc.dw, lref.dw, 1e-6);
+
+    // QA labels: the compact block of labelled rows, gathered and scattered on the device.
+    const int64_t Na = 600;
+    const Tensor ha = randn({Na, C}, 23, dtype);
+    const auto qa_labels = answer_labels(Na, Vh, {{10, 20}, {300, 330}, {599, 600}});
+    const LmOut qref = lm_ref<double>(ha.to_doubles(), w.to_doubles(), qa_labels, C, Vh, 0.1, false);
+    const LmRun qg = run_lm(ha, w, qa_labels, 0.1f, 8, gpu), qc = run_lm(ha, w, qa_labels, 0.1f, 8, Device::cpu());
+    CHECK(qg.result.tokens == 41);
+    CHECK(std::abs(qg.result.loss_sum - qref.loss_sum) <= 2 * std::abs(qc.result.loss_sum - qref.loss_sum) + 1e-4);
+    check_rule(qg.nll, qc.nll, qref.nll);
+    check_rule(qg.dh, qc.dh, qref.dh, 1e-6);
+    check_rule(qg.dw, qc.dw, qref.dw, 1e-6);
   }
 }

@@ -28,6 +28,11 @@ struct LmHeadLossResult {
 // h [N, C], w [V, C], labels [N] i32. dh [N, C] overwritten, dw [V, C] f32 written as dw_write
 // says (Overwrite: set to the sum over the chunks); pass undefined dh/dw for evaluation.
 // nll_out [N] f32 (optional) receives every row's nll.
+// Rows whose label is ignore have no loss and no gradient (dh row 0). In QA fine-tuning (loss on
+// the answers) they are most rows, so when few rows carry a label the pipeline runs on a compact
+// block of those rows only (gathered from h; dh and nll_out scattered back), a multiple of 256 rows
+// so that the GEMMs meet few shapes (each timed once, ops::gemm_candidates); the result is the
+// same up to the order of dw's sums.
 LmHeadLossResult lm_head_loss(const Tensor& h, const Tensor& w, const Tensor& labels, float grad_scale,
                               int64_t chunk_rows, Tensor& dh, Tensor& dw, GradWrite dw_write, Tensor& nll_out);
 
