@@ -3,6 +3,7 @@
 #include "lrsa/train/config.h"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -50,11 +51,11 @@ constexpr Choice<DataFormat> kDataFormats[] = {
     {DataFormat::Chat, "chat"}, {DataFormat::Qa, "qa"}, {DataFormat::Tokenized, "tokenized"}};
 constexpr Choice<TruncateSide> kTruncateSides[] = {{TruncateSide::Left, "left"}, {TruncateSide::Right, "right"}};
 constexpr Choice<attn::Mode> kModes[] = {{attn::Mode::Dense, "dense"}, {attn::Mode::Lrsa, "lrsa"}};
-constexpr Choice<attn::Backend> kAttnBackends[] = {
-    {attn::Backend::Auto, "auto"},
-    {attn::Backend::Native, "native"},
-    {attn::Backend::Cudnn, "cudnn"},
-    {attn::Backend::Wgmma, "wgmma"}};
+constexpr auto kAttnBackends = [] {
+  std::array<Choice<attn::Backend>, std::size(attn::kBackendNames)> choices{};
+  for (size_t i = 0; i < choices.size(); ++i) choices[i] = {attn::kBackendNames[i].backend, attn::kBackendNames[i].name};
+  return choices;
+}();
 constexpr Choice<Decay> kDecays[] = {{Decay::Cosine, "cosine"}, {Decay::Linear, "linear"}, {Decay::Constant, "constant"}};
 constexpr Choice<DType> kParamDTypes[] = {{DType::BF16, "bf16"}, {DType::F32, "f32"}};
 constexpr Choice<Checkpointing> kCheckpointings[] = {

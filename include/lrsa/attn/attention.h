@@ -25,6 +25,14 @@ enum class Mode { Dense, Lrsa };
 // kernels/attn_wgmma.h) fail with the reason when they cannot run the call.
 enum class Backend { Auto, Native, Cudnn, Wgmma };
 
+// The backends' names as users write them (the config's attention.backend, lrsa-bench's --backends).
+struct BackendName {
+  Backend backend;
+  const char* name;
+};
+inline constexpr BackendName kBackendNames[] = {
+    {Backend::Auto, "auto"}, {Backend::Native, "native"}, {Backend::Cudnn, "cudnn"}, {Backend::Wgmma, "wgmma"}};
+
 struct LrsaParams {
   int64_t sink = 16;          // S >= 0
   int64_t lag = 1024;         // L >= 1

@@ -43,16 +43,8 @@ struct AttentionOptions {
   bool fused_qkv = false;
 };
 
-struct BackendName {
-  attn::Backend backend;
-  const char* name;
-};
-constexpr BackendName kBackends[] = {
-    {attn::Backend::Native, "native"}, {attn::Backend::Cudnn, "cudnn"}, {attn::Backend::Wgmma, "wgmma"},
-    {attn::Backend::Auto, "auto"}};
-
 const char* backend_name(attn::Backend b) {
-  for (const BackendName& n : kBackends)
+  for (const attn::BackendName& n : attn::kBackendNames)
     if (n.backend == b) return n.name;
   return "?";
 }
@@ -353,7 +345,6 @@ class Bench {
 };
 
 int run_attention(const AttentionOptions& options) {
-  if (!require_gpu("lrsa-bench attention")) return 2;
   std::vector<HeadShape> shapes;
   for (const std::string& name : options.shapes) {
     auto it = std::find_if(kShapes.begin(), kShapes.end(), [&](const HeadShape& s) { return s.name == name; });
@@ -362,11 +353,14 @@ int run_attention(const AttentionOptions& options) {
   }
   std::vector<attn::Backend> backends;
   for (const std::string& name : options.backends) {
-    auto it = std::find_if(std::begin(kBackends), std::end(kBackends), [&](const BackendName& b) { return name == b.name; });
-    LRSA_CHECK(it != std::end(kBackends), "lrsa-bench attention: unknown backend '{}' (expected native, cudnn or auto)",
-               name);
+    const auto& names = attn::kBackendNames;
+    auto it = std::find_if(std::begin(names), std::end(names), [&](const attn::BackendName& b) { return name == b.name; });
+    std::string expected;
+    for (const attn::BackendName& b : names) expected += (expected.empty() ? "" : ", ") + std::string(b.name);
+    LRSA_CHECK(it != std::end(names), "lrsa-bench attention: unknown backend '{}' (expected one of {})", name, expected);
     backends.push_back(it->backend);
   }
+  if (!require_gpu("lrsa-bench attention")) return 2;
   const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
   Report report("attention", options.common, ceilings);
   std::string check;
