@@ -189,7 +189,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
     for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
     const int64_t q_stride = int64_t(Hq) * kD, k_stride = int64_t(Hk) * kD;
-    d_sum_kernel<<<(T * Hq + 7) / 8, 256>>>(o, q_stride, d_o, q_stride, padded_row, d_sum, T, Hq, padded_rows);
+    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks(T, Hq), 256>>>(o, q_stride, d_o, q_stride, padded_row, T, Hq,
+                                                                         kD, padded_rows, d_sum);
     backward_kernel();
     round_dq_kernel<<<1024, 256>>>(dq_accum, padded_row, dq, q_stride, T, Hq, padded_rows);
     finalize_kv_kernel<<<1024, 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv, k_stride, T, Hk);

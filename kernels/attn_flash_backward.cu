@@ -20,30 +20,12 @@
 #include <algorithm>
 
 #include "attn_common.cuh"
+#include "attn_delta.cuh"
 #include "attn_wgmma.h"
 
 namespace lrsa::cuda {
 namespace attn_detail {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// delta = rowsum(dO * O), one warp per (row, head).
-
-template <typename T>
-__global__ void delta_kernel(const T* __restrict__ o, const T* __restrict__ dout, int64_t o_stride,
-                             int64_t do_stride, int T_rows, int Hq, int D, float* __restrict__ delta) {
-  const int64_t item = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (item >= int64_t(T_rows) * Hq) return;
-  const int64_t row = item / Hq;
-  const int h = int(item % Hq);
-  const T* op = o + row * o_stride + int64_t(h) * D;
-  const T* dp = dout + row * do_stride + int64_t(h) * D;
-  float sum = 0.f;
-  for (int c = lane; c < D; c += 32) sum += to_float(op[c]) * to_float(dp[c]);
-  sum = warp_sum(sum);
-  if (lane == 0) delta[int64_t(h) * T_rows + row] = sum;
-}
 
 // dq = scale * dq_acc, into the output dtype and layout.
 template <typename Out>
@@ -423,9 +405,9 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
   Tensor delta = Tensor::empty({Hq, T}, DType::F32, q.device());
   dispatch_float(dout.dtype(), op, [&](auto* tag) {
     using T_ = std::remove_pointer_t<decltype(tag)>;
-    delta_kernel<T_><<<unsigned((T * Hq * 32 + 255) / 256), 256, 0, current_stream()>>>(
-        static_cast<const T_*>(saved.out.data()), static_cast<const T_*>(dout.data()), row_stride(saved.out),
-        row_stride(dout), int(T), int(Hq), D, delta.data_as<float>());
+    delta_kernel<T_><<<delta_blocks(int(T), int(Hq)), 256, 0, current_stream()>>>(
+        static_cast<const T_*>(saved.out.data()), row_stride(saved.out), static_cast<const T_*>(dout.data()),
+        row_stride(dout), nullptr, int(T), int(Hq), D, int(T), delta.data_as<float>());
   });
   LRSA_CUDA_CHECK_LAUNCH("flash_backward: delta");
 

@@ -332,9 +332,9 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
                                                                padded, lse.data_as<float>());
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
-  wgmma::bwd::d_sum_kernel<<<unsigned((T * Hq + 7) / 8), 256, 0, stream>>>(
+  delta_kernel<<<delta_blocks(int(T), int(Hq)), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), padded_row, d_sum.data_as<float>(), int(T), int(Hq), padded);
+      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, d_sum.data_as<float>());
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
 
   using wgmma::bwd::kBlock;

@@ -1,7 +1,7 @@
 // kernels/attn_wgmma_backward.cuh: the attention backward on wgmma + TMA (sm_90a), head dim 64,
-// dense causal and LRSA over packed documents, with the kernels around it (D = rowsum(dO O), dQ's
-// rounding, the compacted rows' dK/dV added to their positions) and its work plan;
-// dev/wgmma_attn_bwd.cu checks it against double and times it.
+// dense causal and LRSA over packed documents, with the kernels around it (dQ's rounding, the
+// compacted rows' dK/dV added to their positions; D = rowsum(dO O) is attn_delta.cuh's) and its
+// work plan; dev/wgmma_attn_bwd.cu checks it against double and times it.
 //
 // A CTA owns one tile of 128 keys of one KV head: each of its two warpgroups holds 64 of the keys and
 // their dK and dV accumulators in registers, while it walks every query tile that sees the keys, for
@@ -22,6 +22,7 @@
 #include <climits>
 #include <vector>
 
+#include "attn_delta.cuh"
 #include "attn_wgmma.cuh"
 
 namespace lrsa::cuda::wgmma::bwd {
@@ -334,21 +335,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
                                                     masked_steps};
   }
-}
-
-// D = rowsum(dO * O) per query row and head, into [Hq][padded_rows] (row r at padded_row[r]): one warp
-// per (row, head). o and d_o: [T, Hq, 64] with rows o_stride and do_stride elements apart.
-static __global__ void d_sum_kernel(const __nv_bfloat16* o, int64_t o_stride, const __nv_bfloat16* d_o,
-                                    int64_t do_stride, const int* padded_row, float* d_sum, int T, int Hq,
-                                    int padded_rows) {
-  const int row_head = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (row_head >= T * Hq) return;
-  const int64_t row = row_head / Hq, column = int64_t(row_head % Hq) * kD + 2 * lane;
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o + row * o_stride + column));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(d_o + row * do_stride + column));
-  float sum = a.x * b.x + a.y * b.y;
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-  if (lane == 0) d_sum[int64_t(row_head % Hq) * padded_rows + padded_row[row_head / Hq]] = sum;
 }
 
 // dQ: the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64], rows y_stride apart.
