@@ -53,7 +53,8 @@ constexpr Choice<TruncateSide> kTruncateSides[] = {{TruncateSide::Left, "left"},
 constexpr Choice<attn::Mode> kModes[] = {{attn::Mode::Dense, "dense"}, {attn::Mode::Lrsa, "lrsa"}};
 constexpr auto kAttnBackends = [] {
   std::array<Choice<attn::Backend>, std::size(attn::kBackendNames)> choices{};
-  for (size_t i = 0; i < choices.size(); ++i) choices[i] = {attn::kBackendNames[i].backend, attn::kBackendNames[i].name};
+  for (size_t i = 0; i < choices.size(); ++i)
+    choices[i] = {attn::kBackendNames[i].backend, attn::kBackendNames[i].name};
   return choices;
 }();
 constexpr Choice<Decay> kDecays[] = {{Decay::Cosine, "cosine"}, {Decay::Linear, "linear"}, {Decay::Constant, "constant"}};

@@ -34,15 +34,6 @@ struct AttnCase {
   AttentionConfig config;
 };
 
-const char* backend_label(Backend backend) {
-  switch (backend) {
-    case Backend::Cudnn: return "cudnn";
-    case Backend::Wgmma: return "wgmma";
-    case Backend::Auto: return "auto";
-    default: return "native";
-  }
-}
-
 AttentionConfig lrsa_cfg(int64_t sink, int64_t lag, double ratio, float lambda = 1.0f) {
   return test::lrsa_config(sink, lag, ratio, lambda);
 }
@@ -349,7 +340,7 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
         // cuDNN and wgmma refuse it (next tests); auto then runs the native kernels, checked above
         if (backend != Backend::Native && deterministic) continue;
         c.config.deterministic = deterministic;
-        INFO(backend_label(backend) << (deterministic ? ", deterministic" : ", default"));
+        INFO(attn::backend_name(backend) << (deterministic ? ", deterministic" : ", default"));
         const Outputs ours = test::run_attention(c.config, gpu);
         CHECK(ours.selection == on_cpu.selection);
         // Auto's LRSA backward runs on cuDNN's gathered copies where the wgmma kernels cannot run it.

@@ -17,12 +17,12 @@ namespace lrsa::attn {
 
 enum class Mode { Dense, Lrsa };
 
-// Which CUDA implementation runs attention (the CPU has one). Auto: the LRSA backward over
-// documents up to 64K tokens on the Hopper kernels of our own where they apply (head dim 64, bf16,
-// an sm_90 device, not deterministic), else cuDNN where supported and not deterministic (bf16, head
-// dim 64 or 128, sm_90+, a build with cuDNN), else the Hopper kernels where they apply, else the
-// native kernels. Cudnn and Wgmma (kernels/attn_cudnn.h,
-// kernels/attn_wgmma.h) fail with the reason when they cannot run the call.
+// Which CUDA implementation runs attention (the CPU has one). Auto: for LRSA over documents up to
+// 64K tokens, the backward on the Hopper kernels of our own where they apply (head dim 64, bf16, an
+// sm_90 device, not deterministic); everything else on cuDNN where supported and not deterministic
+// (bf16, head dim 64 or 128, sm_90+, a build with cuDNN), else on the Hopper kernels where they
+// apply, else on the native kernels. Cudnn and Wgmma (kernels/attn_cudnn.h, kernels/attn_wgmma.h)
+// fail with the reason when they cannot run the call.
 enum class Backend { Auto, Native, Cudnn, Wgmma };
 
 // The backends' names as users write them (the config's attention.backend, lrsa-bench's --backends).
@@ -32,6 +32,11 @@ struct BackendName {
 };
 inline constexpr BackendName kBackendNames[] = {
     {Backend::Auto, "auto"}, {Backend::Native, "native"}, {Backend::Cudnn, "cudnn"}, {Backend::Wgmma, "wgmma"}};
+inline const char* backend_name(Backend backend) {
+  for (const BackendName& n : kBackendNames)
+    if (n.backend == backend) return n.name;
+  return "?";
+}
 
 struct LrsaParams {
   int64_t sink = 16;          // S >= 0

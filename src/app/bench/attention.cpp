@@ -24,6 +24,8 @@
 namespace lrsa::bench {
 namespace {
 
+using attn::backend_name;
+
 struct HeadShape {
   std::string name;
   int64_t hq, hk, d;
@@ -42,12 +44,6 @@ struct AttentionOptions {
   bool skip_checks = false;
   bool fused_qkv = false;
 };
-
-const char* backend_name(attn::Backend b) {
-  for (const attn::BackendName& n : attn::kBackendNames)
-    if (n.backend == b) return n.name;
-  return "?";
-}
 
 const Device kGpu = Device::cuda(0);
 const Device kCpu = Device::cpu();
@@ -354,10 +350,12 @@ int run_attention(const AttentionOptions& options) {
   std::vector<attn::Backend> backends;
   for (const std::string& name : options.backends) {
     const auto& names = attn::kBackendNames;
-    auto it = std::find_if(std::begin(names), std::end(names), [&](const attn::BackendName& b) { return name == b.name; });
+    const auto it =
+        std::find_if(std::begin(names), std::end(names), [&](const attn::BackendName& b) { return name == b.name; });
     std::string expected;
     for (const attn::BackendName& b : names) expected += (expected.empty() ? "" : ", ") + std::string(b.name);
-    LRSA_CHECK(it != std::end(names), "lrsa-bench attention: unknown backend '{}' (expected one of {})", name, expected);
+    LRSA_CHECK(it != std::end(names), "lrsa-bench attention: unknown backend '{}' (expected one of {})", name,
+               expected);
     backends.push_back(it->backend);
   }
   if (!require_gpu("lrsa-bench attention")) return 2;
