@@ -304,7 +304,7 @@ TEST_CASE("LagKV cache inference equals the LRSA training forward on CUDA (bf16)
     WARN("wgmma backend not checked: the device is not sm_90");
   for (const CacheSpec& spec : {CacheSpec::lagkv(lrsa_params(16, 64, 0.25)), CacheSpec::dense()})
     for (attn::Backend backend : backends) {
-      INFO(spec.name() << ", training attention on backend " << int(backend));
+      INFO(spec.name() << ", training attention on backend " << attn::backend_name(backend));
       model::DecoderOptions options = Setup::options(spec);
       options.attention.backend = backend;
       model::Decoder decoder(c, options, DType::BF16, Device::cuda(0));
