@@ -3,7 +3,7 @@
 // plan on the CPU: every query sees each of its keys once through the work units and masks, against
 // the spec's visibility.
 // Then, on an sm_90 GPU, checks dQ, dK and dV against a reference in double (dense and LRSA shapes,
-// packed documents, both ways of adding dQ), then times T = 16K, 32K (also as 4 documents) and 128K
+// packed documents, every way of adding dQ), then times T = 16K, 32K (also as 4 documents) and 128K
 // (14:2 heads), dense and LRSA, each way of adding dQ.
 //
 //   build-gpu/dev-wgmma_attn_bwd [--check]      (or: bash dev/run.sh wgmma_attn_bwd)
@@ -221,14 +221,18 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   return out;
 }
 
-const char* dq_mode_name(DqMode mode) {
-  switch (mode) {
-    case DqMode::kAtomic: return "atomic";
-    case DqMode::kBulk: return "bulk";
-    case DqMode::kSkip: return "skipped (a bound, wrong dQ)";
-  }
-  return "";
-}
+// The ways of adding dQ, each as run_backward runs it; the first is training's.
+struct DqWay {
+  DqMode mode;
+  const char* name;
+  BackwardRun (*run)(const Problem&, const Reference&, const std::vector<__nv_bfloat16>&, int, int);
+};
+const DqWay kDqWays[] = {
+    {DqMode::kVectorReduce, "red.v4", run_backward<DqMode::kVectorReduce>},
+    {DqMode::kAtomic, "atomic", run_backward<DqMode::kAtomic>},
+    {DqMode::kBulk, "bulk", run_backward<DqMode::kBulk>},
+    {DqMode::kSkip, "skipped (a bound, wrong dQ)", run_backward<DqMode::kSkip>},
+};
 
 // One gradient by FlashAttention's tolerance rule (RuleCheck).
 bool check_gradient(const char* name, const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
@@ -255,7 +259,7 @@ void report(const Problem& p, const char* name, const BackwardRun& r, double den
               flops / (r.ms * 1e-3) / 1e12,
               r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
   if (p.lag)
-    std::printf(", %.3f of dense with atomics\n", r.ms / dense_ms);
+    std::printf(", %.3f of dense with red.v4\n", r.ms / dense_ms);
   else
     std::printf("\n");
   span_report(name, r.spans);
@@ -290,11 +294,11 @@ int main(int argc, char** argv) {
     const Reference fwd = reference(p);
     const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + first);
     const Gradients want = reference_backward(p, fwd, d_o);
-    for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk}) {
-      const BackwardRun got = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, 0)
-                                                      : run_backward<DqMode::kBulk>(p, fwd, d_o, 0);
-      std::printf("check dQ %-6s T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", dq_mode_name(mode), p.T, p.documents(), p.Hq,
-                  p.Hk, p.sink, p.lag, p.keep);
+    for (const DqWay& way : kDqWays) {
+      if (way.mode == DqMode::kSkip) continue;
+      const BackwardRun got = way.run(p, fwd, d_o, 0, kUnitQueryTiles);
+      std::printf("check dQ %-6s T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", way.name, p.T, p.documents(), p.Hq, p.Hk,
+                  p.sink, p.lag, p.keep);
       bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
       shape_ok = check_gradient("dK", got.dk, want.dk, want.dk_simple) && shape_ok;
       shape_ok = check_gradient("dV", got.dv, want.dv, want.dv_simple) && shape_ok;
@@ -315,17 +319,15 @@ int main(int argc, char** argv) {
         for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t - p.doc_start[p.doc_of[t]] + 1));
       const std::vector<__nv_bfloat16> d_o = random_like(p.q, 3);
       const int repeats = T > 32768 ? 3 : 10;
-      for (DqMode mode : {DqMode::kAtomic, DqMode::kBulk, DqMode::kSkip}) {
-        const BackwardRun r = mode == DqMode::kAtomic ? run_backward<DqMode::kAtomic>(p, fwd, d_o, repeats)
-                              : mode == DqMode::kBulk ? run_backward<DqMode::kBulk>(p, fwd, d_o, repeats)
-                                                      : run_backward<DqMode::kSkip>(p, fwd, d_o, repeats);
-        if (lag == 0 && mode == DqMode::kAtomic) dense_ms = r.ms;
-        report(p, dq_mode_name(mode), r, dense_ms);
+      for (const DqWay& way : kDqWays) {
+        const BackwardRun r = way.run(p, fwd, d_o, repeats, kUnitQueryTiles);
+        if (lag == 0 && &way == &kDqWays[0]) dense_ms = r.ms;
+        report(p, way.name, r, dense_ms);
       }
       for (int unit : {12, 48}) {  // LRSA's units: the grid's tail against each unit's start
         char name[64];
-        std::snprintf(name, sizeof name, "bulk, units of %d query tiles", unit);
-        if (lag > 0) report(p, name, run_backward<DqMode::kBulk>(p, fwd, d_o, repeats, unit), dense_ms);
+        std::snprintf(name, sizeof name, "red.v4, units of %d query tiles", unit);
+        if (lag > 0) report(p, name, run_backward<DqMode::kVectorReduce>(p, fwd, d_o, repeats, unit), dense_ms);
       }
     }
   }

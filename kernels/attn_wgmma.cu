@@ -223,7 +223,7 @@ CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn:
 
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                            const attn::SeqLayout& layout) {
-  if (config.deterministic) return "deterministic mode was asked for, and the backward adds dQ with bulk reduce-adds";
+  if (config.deterministic) return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
   if (q.size(2) != kD) return "the wgmma kernels take head dim 64 only so far, q is " + q.describe();
   if (q.size(0) == 0) return "there are no rows";
   for (const Tensor* t : {&q, &k, &v}) {
@@ -342,7 +342,7 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kBlock);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, std::max(rows, 1), kBlock) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
-  auto kernel = wgmma::bwd::attn_bwd_kernel<wgmma::bwd::DqMode::kBulk>;
+  auto kernel = wgmma::bwd::attn_bwd_kernel<wgmma::bwd::DqMode::kVectorReduce>;
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma::bwd::kSmemBytes));
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
   kernel<<<grid, wgmma::bwd::kThreads, wgmma::bwd::kSmemBytes, stream>>>(

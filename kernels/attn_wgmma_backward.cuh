@@ -10,16 +10,18 @@
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n128, both operands from shared memory)
 //   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D) / sqrt(d)   (in registers)
 //   dV_w += P^T dO,  dK_w += dS^T Q           (m64n64, A from registers, B MN-major)
-//   dS^T goes to shared memory; after a barrier between the two warpgroups,
+//   dS^T goes to shared memory (stmatrix); after a barrier between the two warpgroups,
 //   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
-//   issued before dK's GEMM, so that dQ is added into an fp32 buffer (atomics or a bulk reduce-add;
-//   a last kernel rounds it to bf16) while dK's GEMM runs.
+//   issued before dK's GEMM. dQ stays in registers until the next step has issued its S^T and dP^T
+//   GEMMs, and is added into fp32 sums (16-byte reductions to global memory; a last kernel rounds
+//   it to bf16) while they run.
 // LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
 // tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
 // at most 24 query tiles; a last kernel adds each position's compacted-row gradient to its raw one.
 #pragma once
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 #include <vector>
 
 #include "attn_delta.cuh"
@@ -96,10 +98,12 @@ struct WorkUnit {
   int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
 };
 
-// How a step's dQ reaches the fp32 sums: atomics from every thread; one bulk reduce-add (TMA) of the
-// warpgroup's 64 x 64 tile staged in shared memory (one per warp of its 16 rows, without the
-// warpgroup barriers, measured 5% slower); or not at all (a bound for timing, not a result).
-enum class DqMode { kAtomic, kBulk, kSkip };
+// How a step's dQ reaches the fp32 sums: kVectorReduce, training's, adds each thread's 4-register
+// groups with red.global.add.v4.f32; kAtomic adds register pairs with float2 atomics; kBulk stages
+// the warpgroup's 64 x 64 tile in shared memory and adds it with one bulk reduce-add (TMA); kSkip
+// does not add it (a bound for timing, not a result). dev/wgmma_attn_bwd.cu times each, and
+// docs/benchmarks.md "Session 18" the ways tried before.
+enum class DqMode { kVectorReduce, kAtomic, kBulk, kSkip };
 
 __device__ inline void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
@@ -108,13 +112,18 @@ __device__ inline void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes)
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
 
-// Where dQ's element (row, col) of a 64-row tile sits in the fp32 sums (and in the staging tile): its
-// 8-float chunk XOR-ed with row % 8, so a warp's eight rows of one column land in four bank groups
-// instead of one (the bulk reduce adds element by element, so any layout both sides agree on works).
-__host__ __device__ inline int dq_offset(int row, int col) { return row * kD + (col ^ (8 * (row % 8))); }
+// Where dQ's element (row, col) of a 64-row tile sits in the fp32 sums (and in the staging tile): in
+// the order of the dQ accumulator's registers, [warp][col / 8][lane][4], so that a thread's registers
+// 4j .. 4j+3 are 16 contiguous bytes and a warp's 32 lanes cover 512 (the sums are only added to and
+// rounded, so any layout both sides agree on works). Register i of a warp's accumulator holds row
+// 16 warp + lane / 4 + 8 ((i / 2) % 2) and column 8 (i / 4) + 2 (lane % 4) + i % 2.
+__host__ __device__ inline int dq_offset(int row, int col) {
+  const int within = row % 16, lane = 4 * (within % 8) + (col % 8) / 2;
+  return (row / 16) * 1024 + ((col / 8) * 32 + lane) * 4 + 2 * (within / 8) + col % 2;
+}
 
 // lse and d: [Hq][padded_rows] f32, every document padded to whole tiles. dq_accum: [Hq, padded_rows,
-// 64] f32 with rows laid out by dq_offset, zeroed.
+// 64] f32 laid out by dq_offset per 64-row tile, zeroed.
 // dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
 // all zeroed.
 template <DqMode kDq>
@@ -183,7 +192,42 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   mbarrier_wait(kv_full, 0);
   uint64_t first_step = 0, last_step = 0;
-  for (int i = 0; i < steps; ++i) {
+
+  // Adds a step's dQ (this warpgroup's 64 query rows from dq_rows on) into the fp32 sums.
+  auto add_dq = [&](const float (&dq)[32], float* dq_rows) {
+    if constexpr (kDq == DqMode::kVectorReduce) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dq_rows + dq_offset(16 * warp + lane_group, 8 * j + 2 * quad)),
+                     "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
+                     : "memory");
+    } else if constexpr (kDq == DqMode::kAtomic) {
+#pragma unroll
+      for (int r = 0; r < 32; r += 2) {
+        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
+        atomicAdd(reinterpret_cast<float2*>(dq_rows + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
+      }
+    } else if constexpr (kDq == DqMode::kBulk) {
+      const uint32_t staging = base + kDqOffset + warpgroup * 64 * kD * 4;
+      const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j.. sit 128 floats apart
+      if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last tile is read
+      named_barrier_sync(2 + warpgroup, 128);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(staging + (first + 128 * j) * 4),
+                     "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
+                     : "memory");
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      named_barrier_sync(2 + warpgroup, 128);
+      if (t == 0) bulk_reduce_add(dq_rows, staging, 64 * kD * 4);
+    }
+  };
+  float dq_pending[32];
+  float* pending_rows = nullptr;
+
+  // One step. `first` (a compile-time choice: a branch at run time around the wgmmas would make
+  // ptxas serialize them) says whether a previous step's dQ is pending.
+  auto step = [&](int i, auto first) {
     const int stage = i % kStages, head = kv_head * group + i / m_tiles;
     const int m = m_first + i % m_tiles, query_begin = m * kBlock;
     const uint32_t q_s = base + kQOffset + stage * kTileBytes, do_s = base + kDoOffset + stage * kTileBytes;
@@ -193,8 +237,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_wait(full + 8 * stage, (i / kStages) & 1);
     if (spans && i == 0) first_step = global_ns();
 
-    // S^T and dP^T in flight together; dV's GEMM then overlaps dP^T's, and each fp32 tile dies once
-    // it is packed to bf16 (the register budget: 240 per consumer thread).
+    // S^T and dP^T in flight together (and the last step's dQ added meanwhile); dV's GEMM then
+    // overlaps dP^T's, and each fp32 tile dies once it is packed to bf16.
     float s[64], dp[64];
     fence_operands(dk_acc);
     fence_operands(dv_acc);
@@ -207,6 +251,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int kk = 0; kk < 4; ++kk)
       wgmma_ss_n128(dp, descriptor(v_wg + kk * 32, 16, 1024), descriptor(do_s + kk * 32, 16, 1024), kk > 0);
     wgmma_commit();
+    if constexpr (!decltype(first)::value) add_dq(dq_pending, pending_rows);
     wgmma_wait<1>();
     fence_operands(s);
 
@@ -258,55 +303,35 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int r = 0; r < 4; ++r) ds_t[kk][r] = pack_bf16x2(dp[8 * kk + 2 * r], dp[8 * kk + 2 * r + 1]);
 
     // dS^T to shared memory for dQ: query q of key row kr sits in half q / 64, 128B-swizzled.
+    // ds_t[kk][0..3] are the 8 x 8 blocks (keys +0 / +8) x (queries 16 kk + 0 / +8) in mma fragment
+    // order: one stmatrix.x4 each, lane l giving the address of row l % 8 of block l / 8.
+    {
+      const int block = (t % 32) / 8, kr = 64 * warpgroup + 16 * warp + 8 * (block % 2) + t % 8;
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int kr = 64 * warpgroup + 16 * warp + lane_group + 8 * (r % 2);
-        const int q = 16 * kk + 8 * (r / 2) + 2 * quad, chunk = (q % 64) / 8;
-        const uint32_t address = ds_s + (q / 64) * kTileBytes + kr * 128 + ((chunk ^ (kr % 8)) * 16) + (q % 8) * 2;
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(ds_t[kk][r]) : "memory");
+      for (int kk = 0; kk < 8; ++kk) {
+        const int q = 16 * kk + 8 * (block / 2), chunk = (q % 64) / 8;
+        const uint32_t address = ds_s + (q / 64) * kTileBytes + kr * 128 + ((chunk ^ (kr % 8)) * 16);
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address),
+                     "r"(ds_t[kk][0]), "r"(ds_t[kk][1]), "r"(ds_t[kk][2]), "r"(ds_t[kk][3])
+                     : "memory");
       }
+    }
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     named_barrier_sync(1, 256);  // both warpgroups' dS^T rows are in
 
-    // dQ's GEMM first, then dK's: dQ goes out while dK's still runs.
-    float dq[32];
+    // dQ's GEMM first, then dK's.
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)  // dQ of queries 64w..64w+63: dS from half w, K as B over the 128 keys
-      wgmma_ss_n64_mn(dq, descriptor(ds_s + warpgroup * kTileBytes + kk * 2048, 1024, 1024),
+      wgmma_ss_n64_mn(dq_pending, descriptor(ds_s + warpgroup * kTileBytes + kk * 2048, 1024, 1024),
                       descriptor(k_tile + kk * 2048, 1024, 1024), kk > 0);
     wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
     wgmma_commit();
-    wgmma_wait<1>();
-    fence_operands(dq);
-
-    float* dq_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_begin + 64 * warpgroup) * kD;
-    if constexpr (kDq == DqMode::kAtomic) {
-#pragma unroll
-      for (int r = 0; r < 32; r += 2) {
-        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-        atomicAdd(reinterpret_cast<float2*>(dq_rows + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
-      }
-    } else if constexpr (kDq == DqMode::kBulk) {
-      const uint32_t staging = base + kDqOffset + warpgroup * 64 * kD * 4;
-      if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last step's tile is read
-      named_barrier_sync(2 + warpgroup, 128);
-#pragma unroll
-      for (int r = 0; r < 32; r += 2) {
-        const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(staging + dq_offset(row, col) * 4), "f"(dq[r]),
-                     "f"(dq[r + 1])
-                     : "memory");
-      }
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      named_barrier_sync(2 + warpgroup, 128);
-      if (t == 0) bulk_reduce_add(dq_rows, staging, 64 * kD * 4);
-    }
+    pending_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_begin + 64 * warpgroup) * kD;
     wgmma_wait<0>();
+    fence_operands(dq_pending);
     fence_operands(dv_acc);
     fence_operands(dk_acc);
     fence_operands(p_t);
@@ -314,7 +339,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (t % 32 == 0) mbarrier_arrive(empty + 8 * stage);
     if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
     __syncwarp();
-  }
+  };
+  step(0, std::true_type{});
+  for (int i = 1; i < steps; ++i) step(i, std::false_type{});
+  add_dq(dq_pending, pending_rows);
   if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   if (spans) last_step = global_ns();
 
