@@ -198,7 +198,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kDq == DqMode::kVectorReduce) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
-        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dq_rows + dq_offset(16 * warp + lane_group, 8 * j + 2 * quad)),
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
+                         dq_rows + dq_offset(16 * warp + lane_group, 8 * j + 2 * quad)),
                      "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
                      : "memory");
     } else if constexpr (kDq == DqMode::kAtomic) {
@@ -209,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     } else if constexpr (kDq == DqMode::kBulk) {
       const uint32_t staging = base + kDqOffset + warpgroup * 64 * kD * 4;
-      const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j.. sit 128 floats apart
+      const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j .. sit 128 floats apart
       if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last tile is read
       named_barrier_sync(2 + warpgroup, 128);
 #pragma unroll
