@@ -223,7 +223,8 @@ CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn:
 
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                            const attn::SeqLayout& layout) {
-  if (config.deterministic) return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
+  if (config.deterministic)
+    return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
   if (q.size(2) != kD) return "the wgmma kernels take head dim 64 only so far, q is " + q.describe();
   if (q.size(0) == 0) return "there are no rows";
   for (const Tensor* t : {&q, &k, &v}) {

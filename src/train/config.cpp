@@ -697,8 +697,8 @@ void check_attention(const RunConfig& c, const ConfigContext& ctx) {
     if (!cuda) config_fail("attention.backend", "wgmma runs on CUDA only, and this run uses the CPU; use auto or native");
     if (c.precision.deterministic)
       config_fail("attention.backend",
-                  "wgmma is not deterministic (dQ by bulk reduce-adds), and precision.deterministic is true; use auto "
-                  "or native");
+                  "wgmma is not deterministic (dQ by reductions in global memory), and precision.deterministic is "
+                  "true; use auto or native");
     if (c.model.arch && c.model.arch->head_dim != 64)
       config_fail("attention.backend", "wgmma takes head_dim 64 only so far, and model.head_dim is {}; use auto",
                   c.model.arch->head_dim);
