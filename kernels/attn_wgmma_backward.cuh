@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
     __syncwarp();
   };
-  step(0, std::true_type{});
+  step(0, std::true_type{});  // every unit has at least one query tile (work_units)
   for (int i = 1; i < steps; ++i) step(i, std::false_type{});
   add_dq(dq_pending, pending_rows);
   if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
