@@ -41,7 +41,7 @@ constexpr int kQOffset = 2 * kTileBytes;
 constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
 constexpr int kDsOffset = kDoOffset + kStages * kTileBytes;
 constexpr int kStatsOffset = kDsOffset + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
-constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // dQ staging per warpgroup, [64][64] f32
+constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // kBulk's dQ staging per warpgroup, 64 x 64 f32
 constexpr int kBarrierOffset = kDqOffset + 2 * 64 * kD * 4;
 constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;
 
