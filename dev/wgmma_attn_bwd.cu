@@ -147,7 +147,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   std::vector<float> lse_host(size_t(Hq) * padded_rows, 0.0f);
   for (int h = 0; h < Hq; ++h)
     for (int t = 0; t < T; ++t)
-      lse_host[size_t(h) * padded_rows + padded_row_host[t]] = float(fwd.lse[size_t(h) * T + t]);
+      lse_host[size_t(h) * padded_rows + padded_row_host[t]] = float(fwd.lse[size_t(h) * T + t] * M_LOG2E);
   std::vector<int> compacted_row_host(size_t(Hk) * T, -1);
   for (int h = 0; h < Hk && p.lag; ++h)
     std::copy(p.compacted_row[h].begin(), p.compacted_row[h].end(), compacted_row_host.begin() + size_t(h) * T);
@@ -189,11 +189,11 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
     for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
     const int64_t q_stride = int64_t(Hq) * kD, k_stride = int64_t(Hk) * kD;
-    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks(T, Hq), 256>>>(o, q_stride, d_o, q_stride, padded_row, T, Hq,
-                                                                         kD, padded_rows, d_sum);
+    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(T, Hq, kD), 256>>>(
+        o, q_stride, d_o, q_stride, padded_row, T, Hq, kD, padded_rows, true, d_sum);
     backward_kernel();
-    round_dq_kernel<<<1024, 256>>>(dq_accum, padded_row, dq, q_stride, T, Hq, padded_rows);
-    finalize_kv_kernel<<<1024, 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv, k_stride, T, Hk);
+    round_dq_kernel<<<dim3(128, Hq), 256>>>(dq_accum, padded_row, scale, dq, q_stride, T, padded_rows);
+    finalize_kv_kernel<<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv, k_stride, T, Hk);
   };
   backward();
   CHECK_CUDA(cudaGetLastError());

@@ -13,25 +13,52 @@ __device__ __forceinline__ float delta_operand(__nv_bfloat16 v) { return __bfloa
 
 // o, d_o: [T, Hq, D] with rows o_stride and d_o_stride elements apart. delta: [Hq][rows] f32, with
 // row t at padded_row[t] (the Hopper kernels pad every document to whole tiles) or, when padded_row
-// is null, at t (rows = T). One warp per (row, head).
+// is null, at t (rows = T). A (row, head) takes D / (16 / sizeof(Element)) lanes of a warp (a power
+// of two up to 32 for D = 64 or 128), each 16 bytes of o and d_o: one load each where `vectors` (both
+// 16-byte aligned, and so their rows), element by element otherwise.
 template <typename Element>
 __global__ void delta_kernel(const Element* __restrict__ o, int64_t o_stride, const Element* __restrict__ d_o,
                              int64_t d_o_stride, const int* __restrict__ padded_row, int T, int Hq, int D, int rows,
-                             float* __restrict__ delta) {
-  const int64_t item = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (item >= int64_t(T) * Hq) return;
-  const int64_t row = item / Hq;
-  const int head = int(item % Hq);
-  const Element* o_row = o + row * o_stride + int64_t(head) * D;
-  const Element* d_o_row = d_o + row * d_o_stride + int64_t(head) * D;
+                             bool vectors, float* __restrict__ delta) {
+  constexpr int kPerLane = 16 / sizeof(Element);
+  const int lanes = D / kPerLane;
+  const int64_t item = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / lanes;
+  const int part = threadIdx.x % lanes;
+  const bool valid = item < int64_t(T) * Hq;  // the others still take part in the shuffles
   float sum = 0.0f;
-  for (int c = lane; c < D; c += 32) sum += delta_operand(o_row[c]) * delta_operand(d_o_row[c]);
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-  if (lane == 0) delta[int64_t(head) * rows + (padded_row ? padded_row[row] : row)] = sum;
+  if (valid) {
+    const int64_t row = item / Hq;
+    const int head = int(item % Hq), column = head * D + part * kPerLane;
+    const Element* o_part = o + row * o_stride + column;
+    const Element* d_o_part = d_o + row * d_o_stride + column;
+    Element a[kPerLane], b[kPerLane];
+    if (vectors) {
+      *reinterpret_cast<uint4*>(a) = *reinterpret_cast<const uint4*>(o_part);
+      *reinterpret_cast<uint4*>(b) = *reinterpret_cast<const uint4*>(d_o_part);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) a[e] = o_part[e], b[e] = d_o_part[e];
+    }
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) sum += delta_operand(a[e]) * delta_operand(b[e]);
+  }
+  for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+  if (valid && part == 0) delta[int64_t(item % Hq) * rows + (padded_row ? padded_row[item / Hq] : item / Hq)] = sum;
 }
 
-// Blocks of 256 threads (8 warps) that cover every (row, head) of delta_kernel.
-inline unsigned delta_blocks(int T, int Hq) { return unsigned((int64_t(T) * Hq + 7) / 8); }
+// Blocks of 256 threads that cover every (row, head) of delta_kernel.
+template <typename Element>
+inline unsigned delta_blocks(int T, int Hq, int D) {
+  const int64_t threads = int64_t(T) * Hq * (D / (16 / int(sizeof(Element))));
+  return unsigned((threads + 255) / 256);
+}
+
+// Whether delta_kernel may load 16 bytes at a time from o and d_o.
+template <typename Element>
+inline bool delta_vectors(const Element* o, int64_t o_stride, const Element* d_o, int64_t d_o_stride) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return aligned(o) && aligned(d_o) && (o_stride * sizeof(Element)) % 16 == 0 &&
+         (d_o_stride * sizeof(Element)) % 16 == 0;
+}
 
 }  // namespace lrsa::cuda

@@ -405,9 +405,10 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
   Tensor delta = Tensor::empty({Hq, T}, DType::F32, q.device());
   dispatch_float(dout.dtype(), op, [&](auto* tag) {
     using T_ = std::remove_pointer_t<decltype(tag)>;
-    delta_kernel<T_><<<delta_blocks(int(T), int(Hq)), 256, 0, current_stream()>>>(
-        static_cast<const T_*>(saved.out.data()), row_stride(saved.out), static_cast<const T_*>(dout.data()),
-        row_stride(dout), nullptr, int(T), int(Hq), D, int(T), delta.data_as<float>());
+    const T_ *o = static_cast<const T_*>(saved.out.data()), *d_o = static_cast<const T_*>(dout.data());
+    delta_kernel<T_><<<delta_blocks<T_>(int(T), int(Hq), D), 256, 0, current_stream()>>>(
+        o, row_stride(saved.out), d_o, row_stride(dout), nullptr, int(T), int(Hq), D, int(T),
+        delta_vectors(o, row_stride(saved.out), d_o, row_stride(dout)), delta.data_as<float>());
   });
   LRSA_CUDA_CHECK_LAUNCH("flash_backward: delta");
 

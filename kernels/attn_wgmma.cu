@@ -128,13 +128,14 @@ __global__ void compacted_row_kernel(const int* __restrict__ source, const int* 
   }
 }
 
-// lse [Hq, T] into the tile-padded [Hq, padded_rows] the backward streams (the pads stay zero).
+// lse [Hq, T] into the tile-padded [Hq, padded_rows] the backward streams, in log2 units (the pads stay
+// zero).
 __global__ void pad_lse_kernel(const float* __restrict__ lse, const int* __restrict__ padded_row, int T, int Hq,
                                int padded_rows, float* __restrict__ padded) {
   const int64_t n = int64_t(T) * Hq;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int head = int(i / T), row = int(i % T);
-    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i];
+    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i] * 1.4426950408889634f;
   }
 }
 
@@ -333,9 +334,10 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
                                                                padded, lse.data_as<float>());
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
-  delta_kernel<<<delta_blocks(int(T), int(Hq)), 256, 0, stream>>>(
+  // check_rows above: both 16-byte aligned, so 16-byte loads
+  delta_kernel<<<delta_blocks<bf16_t>(int(T), int(Hq), kD), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, d_sum.data_as<float>());
+      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, true, d_sum.data_as<float>());
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
 
   using wgmma::bwd::kBlock;
@@ -353,10 +355,16 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
       dkc_sums.data_as<float>(), dvc_sums.data_as<float>(), int(Hq), int(Hk), 1.0f / std::sqrt(float(kD)), nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
-  wgmma::bwd::round_dq_kernel<<<grid_size(T * Hq * kD, 256), 256, 0, stream>>>(
-      dq_sums.data_as<float>(), padded_row, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), int(Hq), padded);
+  // A thread per 8 columns of a row, the heads along y; about one wave of blocks in all.
+  auto rows_grid = [](int64_t rows, int64_t heads) {
+    return dim3(unsigned((grid_size(rows * 8 * heads, 256) + heads - 1) / heads), unsigned(heads));
+  };
+  wgmma::bwd::round_dq_kernel<<<rows_grid(T, Hq), 256, 0, stream>>>(dq_sums.data_as<float>(), padded_row,
+                                                                     1.0f / std::sqrt(float(kD)),
+                                                                     static_cast<bf16_t*>(dq.data()), dq.stride(0),
+                                                                     int(T), padded);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
-  wgmma::bwd::finalize_kv_kernel<<<grid_size(T * Hk * kD, 256), 256, 0, stream>>>(
+  wgmma::bwd::finalize_kv_kernel<<<rows_grid(T, Hk), 256, 0, stream>>>(
       dk_sums.data_as<float>(), dv_sums.data_as<float>(), dkc_sums.data_as<float>(), dvc_sums.data_as<float>(),
       compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()), dk.stride(0),
       static_cast<bf16_t*>(dv.data()), dv.stride(0), int(T), int(Hk));

@@ -8,7 +8,8 @@
 // every query head of the GQA group. Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per step
 // through a ring of stages with TMA. Per step, warpgroup w (keys 64w..64w+63):
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n128, both operands from shared memory)
-//   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D) / sqrt(d)   (in registers)
+//   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D)   (in registers; the 1 / sqrt(d) of dS
+//                                                   goes on dK at the end and on dQ when rounded)
 //   dV_w += P^T dO,  dK_w += dS^T Q           (m64n64, A from registers, B MN-major)
 //   dS^T goes to shared memory (stmatrix); after a barrier between the two warpgroups,
 //   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
@@ -122,8 +123,9 @@ __host__ __device__ inline int dq_offset(int row, int col) {
   return (row / 16) * 1024 + ((col / 8) * 32 + lane) * 4 + 2 * (within / 8) + col % 2;
 }
 
-// lse and d: [Hq][padded_rows] f32, every document padded to whole tiles. dq_accum: [Hq, padded_rows,
-// 64] f32 laid out by dq_offset per 64-row tile, zeroed.
+// lse (in log2 units: lse * log2 e) and d: [Hq][padded_rows] f32, every document padded to whole
+// tiles. dq_accum: [Hq, padded_rows, 64] f32 laid out by dq_offset per 64-row tile, zeroed; it gets dQ
+// / scale (round_dq_kernel scales it).
 // dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
 // all zeroed.
 template <DqMode kDq>
@@ -263,11 +265,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint32_t p_t[8][4], ds_t[8][4];
 #pragma unroll
     for (int j = 0; j < 16; ++j) {  // 8-query column blocks
-      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + 8 * j + 2 * quad);
+      const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + 8 * j + 2 * quad);  // log2 units
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[4 * j + e] * scale_log2 - ((e % 2) ? lse2.y : lse2.x) * 1.4426950408889634f);
-        s[4 * j + e] = p;
+        s[4 * j + e] = exp2_ftz(s[4 * j + e] * scale_log2 - ((e % 2) ? lse2.y : lse2.x));
       }
     }
     if (!whole) {
@@ -295,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int i = 4 * j + e;  // P from its bf16 copy, as dV uses it
         const __nv_bfloat162 pair = *reinterpret_cast<const __nv_bfloat162*>(&p_t[i / 8][(i % 8) / 2]);
         const float p = (i % 2) ? __high2float(pair) : __low2float(pair);
-        dp[i] = p * (dp[i] - ((e % 2) ? d2.y : d2.x)) * scale;
+        dp[i] = p * (dp[i] - ((e % 2) ? d2.y : d2.x));  // dS / scale
       }
     }
 #pragma unroll
@@ -355,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
     if (key >= rows) continue;
     const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kD + col;
-    atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r], dk_acc[r + 1]));
+    atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r] * scale, dk_acc[r + 1] * scale));
     atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
   }
   if (spans) {
@@ -366,31 +367,60 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// dQ: the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64], rows y_stride apart.
-static __global__ void round_dq_kernel(const float* x, const int* padded_row, __nv_bfloat16* y, int64_t y_stride,
-                                       int T, int Hq, int padded_rows) {
-  const int64_t n = int64_t(T) * Hq * kD;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int d = int(i % kD), head = int((i / kD) % Hq), row = int(i / (int64_t(Hq) * kD));
+// Eight bf16 as one 16-byte word.
+__device__ inline uint4 pack_bf16x8(const float (&x)[8]) {
+  return {pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]), pack_bf16x2(x[4], x[5]), pack_bf16x2(x[6], x[7])};
+}
+
+// dQ: scale times the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64], rows
+// y_stride apart. blockIdx.y is the head; a thread takes 8 columns of a row, whose sums sit in four
+// float2 16 bytes apart.
+static __global__ void round_dq_kernel(const float* x, const int* padded_row, float scale, __nv_bfloat16* y,
+                                       int64_t y_stride, int T, int padded_rows) {
+  const int head = blockIdx.y;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * 8;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int row = int(i / 8), col = int(i % 8) * 8;
     const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its tile
-    y[row * y_stride + head * kD + d] =
-        __float2bfloat16(x[(int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, d)]);
+    const float* sums = x + (int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, col);
+    float dq[8];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {  // columns col + 2c and col + 2c + 1
+      const float2 pair = *reinterpret_cast<const float2*>(sums + 4 * c);
+      dq[2 * c] = scale * pair.x;
+      dq[2 * c + 1] = scale * pair.y;
+    }
+    *reinterpret_cast<uint4*>(y + row * y_stride + head * kD + col) = pack_bf16x8(dq);
   }
 }
 
 // dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's
 // (compacted_row [Hk, T], -1 for neither). dk_out, dv_out: [T, Hk, 64], rows dk_stride and dv_stride
-// apart.
+// apart. blockIdx.y is the KV head; a thread takes 8 columns of a position.
 static __global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
                                           const int* compacted_row, __nv_bfloat16* dk_out, int64_t dk_stride,
                                           __nv_bfloat16* dv_out, int64_t dv_stride, int T, int Hk) {
-  const int64_t n = int64_t(T) * Hk * kD;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int d = int(i % kD), head = int((i / kD) % Hk), position = int(i / (int64_t(Hk) * kD));
+  const int head = blockIdx.y;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * 8;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int position = int(i / 8), col = int(i % 8) * 8;
     const int row = compacted_row[int64_t(head) * T + position];
-    const int64_t from = (int64_t(row) * Hk + head) * kD + d, column = int64_t(head) * kD + d;
-    dk_out[position * dk_stride + column] = __float2bfloat16(dk[i] + (row >= 0 ? dkc[from] : 0.0f));
-    dv_out[position * dv_stride + column] = __float2bfloat16(dv[i] + (row >= 0 ? dvc[from] : 0.0f));
+    const int64_t from = (int64_t(position) * Hk + head) * kD + col, from_row = (int64_t(row) * Hk + head) * kD + col;
+    auto finish = [&](const float* raw, const float* compacted, __nv_bfloat16* out) {
+      float sum[8];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float4 part = reinterpret_cast<const float4*>(raw + from)[h];
+        if (row >= 0) {
+          const float4 more = reinterpret_cast<const float4*>(compacted + from_row)[h];
+          part = {part.x + more.x, part.y + more.y, part.z + more.z, part.w + more.w};
+        }
+        sum[4 * h] = part.x, sum[4 * h + 1] = part.y, sum[4 * h + 2] = part.z, sum[4 * h + 3] = part.w;
+      }
+      *reinterpret_cast<uint4*>(out + head * kD + col) = pack_bf16x8(sum);
+    };
+    finish(dk, dkc, dk_out + position * dk_stride);
+    finish(dv, dvc, dv_out + position * dv_stride);
   }
 }
 

@@ -203,14 +203,14 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       new_max[h] = fmaxf(new_max[h], __shfl_xor_sync(0xffffffff, new_max[h], 2));
       // A row that has seen no key yet (LRSA: compacted tiles past its history) keeps max -inf.
       const float max_or_zero = new_max[h] == -INFINITY ? 0.0f : new_max[h];
-      correction[h] = exp2f((row_max[h] - max_or_zero) * scale_log2);  // row_max -inf: 0
+      correction[h] = exp2_ftz((row_max[h] - max_or_zero) * scale_log2);  // row_max -inf: 0
       row_max[h] = new_max[h];
       row_sum[h] *= correction[h];
       max_scaled[h] = max_or_zero * scale_log2;
     }
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
-      s[i] = exp2f(s[i] * scale_log2 - max_scaled[(i / 2) % 2]);
+      s[i] = exp2_ftz(s[i] * scale_log2 - max_scaled[(i / 2) % 2]);
       row_sum[(i / 2) % 2] += s[i];
     }
   };

@@ -101,6 +101,14 @@ __device__ inline void wgmma_rs_n64_mn(float (&d)[32], const uint32_t (&p)[4], u
       : "r"(p[0]), "r"(p[1]), "r"(p[2]), "r"(p[3]), "l"(desc_v));
 }
 
+// 2^x in one MUFU.EX2: exp2f adds a range check and two scalings per call so that results below
+// 2^-126 come out subnormal; here they flush to zero, which a probability that small may.
+__device__ inline float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ inline uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
