@@ -389,7 +389,7 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
                         Tensor& dq, Tensor& dk, Tensor& dv) {
   using namespace attn_detail;
   const char* op = "attention_backward (CUDA)";
-  if (use_wgmma(op, config, q, k, v, layout, wgmma_preferred(config, layout, true)))
+  if (use_wgmma(op, config, q, k, v, layout, wgmma_preferred(config, layout)))
     return wgmma_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
   const int D = check_kernel_args(op, config, q, k, v, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
   if (cudnn_backward(op, config, q, k, v, layout, saved, dout, dq, dk, dv)) return;

@@ -124,7 +124,7 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
                        const attn::SeqLayout& layout, attn::AttentionForward& result) {
   using namespace attn_detail;
   const char* op = "attention_forward (CUDA)";
-  if (use_wgmma(op, config, q, k, v, layout, wgmma_preferred(config, layout, false)))
+  if (use_wgmma(op, config, q, k, v, layout, wgmma_preferred(config, layout)))
     return wgmma_forward(config, q, k, v, layout, result);
   const int D = check_kernel_args(op, config, q, k, v, {{"result.out", &result.out}});
   if (cudnn_forward(op, config, q, k, v, layout, result)) return;

@@ -20,9 +20,11 @@ using bf16_t = __nv_bfloat16;
 using wgmma::kD;
 using wgmma::Lrsa;
 
-// The forward's variant: two consumer warpgroups, overlap and ping-pong, three K/V stages (the fastest
-// at d64 in dev/wgmma_attn_fwd.cu's runs, docs/benchmarks.md "Session 15").
-using ForwardConfig = wgmma::fwd::Config<2, true, true, 3>;
+// The forward's variant: three consumer warpgroups (192 query rows a CTA), two K/V stages, no
+// overlap or ping-pong: the fastest at d64 in dev/wgmma_attn_fwd.cu's runs since the exponentials
+// take one MUFU op each (docs/benchmarks.md, "Session 19").
+constexpr int kForwardConsumers = 3, kForwardStages = 2;
+using ForwardConfig = wgmma::fwd::Config<kForwardConsumers, false, false, kForwardStages>;
 
 // One layout's plan: the documents and their compacted rows (CompactedRows), the forward's query
 // tiles, the backward's work units, each row's place in the tile-padded sums.
@@ -250,13 +252,13 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
   return "";
 }
 
-bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, bool backward) {
-  // One 14:2 x d64 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 16"): our
-  // backward took 0.77x, 0.89x and 0.97x its time at 16K, 32K and 64K, but 1.03x at 128K and 1.13x
-  // at 256K, where most pairs are the compacted history's whole tiles and cuDNN's dense kernels run
-  // them faster than ours; our forward took 0.98x at 16K and 1.06x-1.17x from 32K on.
-  constexpr int64_t kLongestDocument = 65536;
-  return backward && config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= kLongestDocument;
+bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout) {
+  // One 14:2 x d64 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 19"): our
+  // forward and backward both take less time from 16K to 128K tokens; at 256K our forward still
+  // does (66 against 70 ms) but our backward takes 6% longer (217 against 205 ms): most pairs are
+  // then the compacted history's whole tiles, where cuDNN's dense kernels run faster.
+  constexpr int64_t kLongestDocument = 131072;
+  return config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= kLongestDocument;
 }
 
 bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -283,7 +285,7 @@ void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const T
   const int64_t rows = std::max(compacted.rows, 1);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, rows, wgmma::fwd::kBlockN) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, rows, wgmma::fwd::kBlockN) : v_map;
-  auto kernel = wgmma::fwd::attn_fwd_kernel<2, true, true, 3>;
+  auto kernel = wgmma::fwd::attn_fwd_kernel<kForwardConsumers, false, false, kForwardStages>;
   LRSA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardConfig::kSmemBytes));
   const dim3 grid(unsigned(plan.n_query_tiles), unsigned(Hq));

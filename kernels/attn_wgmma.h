@@ -30,9 +30,9 @@ int unit_query_tiles(const attn::AttentionConfig& config, const std::vector<int6
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                            const attn::SeqLayout& layout);
 
-// Whether auto runs a call on the wgmma kernels rather than cuDNN's where both can: the LRSA
-// backward over documents up to 64K tokens (measured faster there; cuDNN's forward is faster).
-bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, bool backward);
+// Whether auto runs a call on the wgmma kernels rather than cuDNN's where both can: LRSA, forward
+// and backward, over documents up to 128K tokens (measured faster there; dense stays on cuDNN).
+bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout);
 
 // Whether a call runs on the wgmma kernels: always for Backend::Wgmma (failing with the reason when
 // they cannot run it), for Backend::Auto when `auto_takes` and they can.
