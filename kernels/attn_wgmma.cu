@@ -254,9 +254,9 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
 
 bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout) {
   // One 14:2 x d64 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 19"): our
-  // forward and backward both took less time at 16K, 32K and 128K tokens; at 256K our forward still
-  // did (66 against 70 ms) but our backward took 6% longer (217 against 205 ms): most pairs are then
-  // the compacted history's whole tiles, where cuDNN's dense kernels run faster.
+  // forward and backward both took less time at 16K, 32K, 64K and 128K tokens; at 256K our forward
+  // still did (66 against 70 ms) but our backward took 6% longer (217 against 205 ms): most pairs
+  // are then the compacted history's whole tiles, where cuDNN's dense kernels run faster.
   constexpr int64_t kLongestDocument = 131072;
   return config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= kLongestDocument;
 }
