@@ -137,7 +137,7 @@ __global__ void pad_lse_kernel(const float* __restrict__ lse, const int* __restr
   const int64_t n = int64_t(T) * Hq;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int head = int(i / T), row = int(i % T);
-    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i] * 1.4426950408889634f;
+    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i] * wgmma::kLog2e;
   }
 }
 
@@ -349,22 +349,21 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
   auto kernel = wgmma::bwd::attn_bwd_kernel<wgmma::bwd::DqMode::kVectorReduce>;
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma::bwd::kSmemBytes));
+  const float scale = 1.0f / std::sqrt(float(kD));  // the kernel leaves dQ / scale in the sums; rounding scales it
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
   kernel<<<grid, wgmma::bwd::kThreads, wgmma::bwd::kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
       reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse.data_as<float>(),
       d_sum.data_as<float>(), padded, dq_sums.data_as<float>(), dk_sums.data_as<float>(), dv_sums.data_as<float>(),
-      dkc_sums.data_as<float>(), dvc_sums.data_as<float>(), int(Hq), int(Hk), 1.0f / std::sqrt(float(kD)), nullptr);
+      dkc_sums.data_as<float>(), dvc_sums.data_as<float>(), int(Hq), int(Hk), scale, nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
   // A thread per 8 columns of a row, the heads along y; about one wave of blocks in all.
   auto rows_grid = [](int64_t rows, int64_t heads) {
     return dim3(unsigned((grid_size(rows * 8 * heads, 256) + heads - 1) / heads), unsigned(heads));
   };
-  wgmma::bwd::round_dq_kernel<<<rows_grid(T, Hq), 256, 0, stream>>>(dq_sums.data_as<float>(), padded_row,
-                                                                     1.0f / std::sqrt(float(kD)),
-                                                                     static_cast<bf16_t*>(dq.data()), dq.stride(0),
-                                                                     int(T), padded);
+  wgmma::bwd::round_dq_kernel<<<rows_grid(T, Hq), 256, 0, stream>>>(
+      dq_sums.data_as<float>(), padded_row, scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), padded);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
   wgmma::bwd::finalize_kv_kernel<<<rows_grid(T, Hk), 256, 0, stream>>>(
       dk_sums.data_as<float>(), dv_sums.data_as<float>(), dkc_sums.data_as<float>(), dvc_sums.data_as<float>(),

@@ -9,6 +9,7 @@ namespace lrsa::cuda::wgmma {
 using namespace hopper;
 
 constexpr int kD = 64;  // head dim: one 128-byte swizzled row
+constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = 2^(x log2 e): the kernels take exp2
 
 // Which keys a query row sees, as two intervals (../shared/lrsa-spec.md, "Visibility"): compacted rows
 // [0, compacted_end) of [sink | Sel(0) | Sel(1) | ...], and raw positions [raw_begin, t]. Dense causal

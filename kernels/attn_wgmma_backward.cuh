@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int2 whole_steps = tile.whole_steps(lrsa, T);
   const int2 seen[2] = {tile.viewers(lrsa, key0, T), tile.viewers(lrsa, key0 + 8, T)};
   int masked_steps = 0;
-  const float scale_log2 = scale * 1.4426950408889634f;
+  const float scale_log2 = scale * kLog2e;
   float dk_acc[32], dv_acc[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;

@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   // This thread's rows' visible intervals: compacted [0, compacted_end), raw [raw_begin, row].
   const int compacted_end[2] = {lrsa.compacted_end(row0), lrsa.compacted_end(row0 + 8)};
   const int raw_begin[2] = {lrsa.raw_begin(row0), lrsa.raw_begin(row0 + 8)};
-  const float scale_log2 = scale * 1.4426950408889634f;
+  const float scale_log2 = scale * kLog2e;
   const uint32_t q_wg = q_tile + warpgroup * 64 * 128;
   float out[32], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   int masked_tiles = 0;
