@@ -93,8 +93,8 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
 }
 
 // The plan on the CPU: the work units' steps, through the kernel's masks (none on whole steps), let
-// every query see each of its keys once (PairCounts), and a key tile's rows past its document or
-// its compacted rows reach no query.
+// every query see each of its keys once (PairCounts), and a tile's rows outside its document (before
+// it: the tile grid's shift) or its compacted rows reach no query and see no key.
 bool plan_check(const Problem& p, int unit_query_tiles) {
   const Lrsa lrsa = p.lrsa();
   const std::vector<WorkUnit> units = work_units(p.doc_start, p.compacted_start, lrsa, unit_query_tiles);
@@ -102,16 +102,17 @@ bool plan_check(const Problem& p, int unit_query_tiles) {
     PairCounts counts(p, kv_head);
     for (const WorkUnit& unit : units) {
       const int T = unit.length;
-      const KeyTile tile(lrsa, unit.tile, (T + kBlock - 1) / kBlock, T);
+      const KeyTile tile(lrsa, unit.tile, T);
       const int2 whole_steps = tile.whole_steps(lrsa, T);
       const int rows = tile.compacted ? unit.compacted_rows : T;
       for (int m = unit.m_begin; m < unit.m_begin + unit.m_count; ++m) {
-        const bool whole = whole_step(whole_steps, m * kBlock);
+        const int query_begin = m * kBlock - lrsa.shift;
+        const bool whole = whole_step(whole_steps, query_begin);
         for (int key = tile.key_begin; key < tile.key_begin + kBlock; ++key) {
           const int2 seen = tile.viewers(lrsa, key, T);
-          for (int query = m * kBlock; query < m * kBlock + kBlock; ++query) {
+          for (int query = query_begin; query < query_begin + kBlock; ++query) {
             if (!whole && (query < seen.x || query >= seen.y)) continue;
-            if (query >= T || key >= rows)
+            if (query < 0 || query >= T || key < 0 || key >= rows)
               counts.visit(-1, -1);  // outside the document: no query may see it
             else if (tile.compacted)
               counts.visit_compacted(unit.begin + query, unit.compacted_begin + key);
@@ -138,10 +139,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
                          int repeats, int unit_query_tiles = kUnitQueryTiles) {
   const int T = p.T, Hq = p.Hq, Hk = p.Hk;
   const int compacted_rows = p.lag ? p.compacted_rows() : 0;
-  const std::vector<int> padded_begin = padded_begins(p.doc_start);
-  std::vector<int> padded_row_host(T);
-  for (int t = 0; t < T; ++t) padded_row_host[t] = padded_begin[p.doc_of[t]] + t - p.doc_start[p.doc_of[t]];
-  const int padded_rows = padded_begin.back();
+  const std::vector<int> padded_row_host = padded_rows_of(p.doc_start, p.lrsa());
+  const int padded_rows = padded_begins(p.doc_start, p.lrsa()).back();
   std::vector<__nv_bfloat16> o_host(fwd.o.size());
   for (size_t i = 0; i < o_host.size(); ++i) o_host[i] = __float2bfloat16(float(fwd.o[i]));
   std::vector<float> lse_host(size_t(Hq) * padded_rows, 0.0f);

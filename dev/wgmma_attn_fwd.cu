@@ -131,32 +131,37 @@ bool variant(const std::vector<Problem>& problems, const std::vector<Reference>&
   return true;
 }
 
-// The plan on the CPU, for query tiles of `tile_rows` rows: its key tiles, through the softmax's masks
-// (none on a warpgroup's whole tiles), let every row see each of its keys once (PairCounts).
+// The plan on the CPU, for query tiles of `tile_rows` rows: every CTA of query_tiles has a key tile
+// (the kernel waits for one), and its key tiles, through the softmax's masks (none on a warpgroup's
+// whole tiles), let every row see each of its keys once (PairCounts).
 bool plan_check(const Problem& p, int tile_rows) {
   const Lrsa lrsa = p.lrsa();
+  const std::vector<QueryTile> tiles = query_tiles(p.doc_start, p.compacted_start, lrsa, tile_rows);
   for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
     PairCounts counts(p, kv_head);
-    for (int b = 0; b < p.documents(); ++b)
-      for (int first = 0; first < p.length(b); first += tile_rows) {
-        const TilePlan plan(lrsa, first, std::min(first + tile_rows, p.length(b)) - 1);
-        for (int j = 0; j < plan.tiles; ++j)
-          for (int wg_row = first; wg_row < first + tile_rows; wg_row += 64) {
-            const int wg_last = std::min(wg_row + 63, p.length(b) - 1);
-            const bool whole = plan.whole(lrsa, j, wg_row, wg_last);
-            for (int row = wg_row; row <= wg_last; ++row) {
-              const int2 c = whole ? int2{0, kBlockN}
-                                   : plan.columns(j, row, lrsa.compacted_end(row), lrsa.raw_begin(row));
-              for (int col = std::max(c.x, 0); col < std::min(c.y, kBlockN); ++col) {
-                const int query = p.doc_start[b] + row, key = plan.start(j) + col;
-                if (plan.compacted(j))
-                  counts.visit_compacted(query, p.compacted_start[b] + key);
-                else
-                  counts.visit(query, p.doc_start[b] + key);
-              }
+    for (const QueryTile& w : tiles) {
+      const int first = w.m_block * tile_rows - lrsa.shift;
+      const TilePlan plan(lrsa, first, std::min(first + tile_rows, w.length) - 1);
+      if (plan.tiles < 1) {
+        std::printf("forward plan: the CTA of rows %d.. of the document at row %d has no key tile\n", first, w.begin);
+        return false;
+      }
+      for (int j = 0; j < plan.tiles; ++j)
+        for (int wg_row = first; wg_row < first + tile_rows; wg_row += 64) {
+          const int wg_last = std::min(wg_row + 63, w.length - 1);
+          const bool whole = plan.whole(lrsa, j, wg_row, wg_last);
+          for (int row = std::max(wg_row, 0); row <= wg_last; ++row) {  // rows before the document are not stored
+            const int2 c = whole ? int2{0, kBlockN} : plan.columns(j, row, lrsa.compacted_end(row), lrsa.raw_begin(row));
+            for (int col = std::max(c.x, 0); col < std::min(c.y, kBlockN); ++col) {
+              const int query = w.begin + row, key = plan.start(j) + col;
+              if (plan.compacted(j))
+                counts.visit_compacted(query, w.compacted_begin + key);
+              else
+                counts.visit(query, w.begin + key);
             }
           }
-      }
+        }
+    }
     if (!counts.exact("forward plan")) return false;
   }
   return true;

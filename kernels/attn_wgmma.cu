@@ -60,12 +60,9 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
     compacted.start.assign(plan.doc_start.size(), 0);
   plan.compacted_start = compacted.start;
   std::vector<int64_t>& source = compacted.source;
-  const std::vector<int> padded_begin = wgmma::bwd::padded_begins(plan.doc_start);
-  plan.padded_rows = padded_begin.back();
-  std::vector<int64_t> padded_row(size_t(layout.total()));
-  for (size_t b = 0; b + 1 < plan.doc_start.size(); ++b)
-    for (int t = plan.doc_start[b]; t < plan.doc_start[b + 1]; ++t)
-      padded_row[size_t(t)] = padded_begin[b] + t - plan.doc_start[b];
+  plan.padded_rows = wgmma::bwd::padded_begins(plan.doc_start, intervals).back();
+  const std::vector<int> rows = wgmma::bwd::padded_rows_of(plan.doc_start, intervals);
+  const std::vector<int64_t> padded_row(rows.begin(), rows.end());
   const auto tiles =
       wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, ForwardConfig::kBlockM);
   const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals,

@@ -30,7 +30,7 @@
 
 namespace lrsa::cuda::wgmma::bwd {
 
-constexpr int kBlock = 128;                  // keys per CTA, queries per step
+constexpr int kBlock = kGridRows;            // keys per CTA, queries per step: the tile grid
 constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
 constexpr int kStages = 2;
 // Two warpgroups and no producer warp: a step needs about 255 registers per thread, more than the
@@ -52,30 +52,35 @@ __device__ inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, 
                : "memory");
 }
 
-// A key tile and the query tiles that see it. Tiles 0 .. raw_tiles - 1 (per KV head) hold raw
-// positions, which their queries see through the interval [raw_begin(t), t]; the rest hold the
-// compacted rows [sink | Sel(0) | Sel(1) | ...], seen by every query from the partition two past
-// the row's on (row < compacted_end(t)). Dense causal attention: lag 0, raw tiles only.
+// A key tile and the query tiles that see it. Tiles 0 .. grid_tiles(T) - 1 (per KV head) hold raw
+// positions on the document's tile grid (Lrsa::shift), which their queries see through the interval
+// [raw_begin(t), t]; the rest hold the compacted rows [sink | Sel(0) | Sel(1) | ...], seen by every
+// query from the partition two past the row's on (row < compacted_end(t)). Dense causal attention:
+// lag 0, raw tiles only.
 struct KeyTile {
   bool compacted;
-  int key_begin, m_first, m_tiles;  // query tiles m_first .. m_first + m_tiles - 1
-  __host__ __device__ KeyTile(const Lrsa& lrsa, int tile, int raw_tiles, int T) {
+  int key_begin, m_first, m_tiles;  // query tiles m_first .. m_first + m_tiles - 1 of the grid
+  __host__ __device__ KeyTile(const Lrsa& lrsa, int tile, int T) {
+    const int raw_tiles = lrsa.grid_tiles(T);
     compacted = tile >= raw_tiles;
-    key_begin = (compacted ? tile - raw_tiles : tile) * kBlock;
-    const int first_query = viewers(lrsa, key_begin, T).x;
-    const int query_end = viewers(lrsa, min(key_begin + kBlock, compacted ? INT_MAX : T) - 1, T).y;
-    m_first = first_query / kBlock;
-    m_tiles = max((query_end + kBlock - 1) / kBlock - m_first, 0);
+    key_begin = compacted ? (tile - raw_tiles) * kBlock : tile * kBlock - lrsa.shift;
+    // The keys some query sees: not the rows before the document, nor raw sinks (seen as compacted rows).
+    const int first_key = compacted ? key_begin : max(key_begin, lrsa.lag ? lrsa.sink : 0);
+    const int last_key = compacted ? key_begin + kBlock - 1 : min(key_begin + kBlock, T) - 1;
+    m_first = m_tiles = 0;
+    if (first_key > last_key) return;
+    m_first = (viewers(lrsa, first_key, T).x + lrsa.shift) / kBlock;
+    m_tiles = max((viewers(lrsa, last_key, T).y + lrsa.shift + kBlock - 1) / kBlock - m_first, 0);
   }
   // The queries [x, y) that see a key of this tile: the visible intervals grow with the query, so a
   // key's viewers are one interval. A raw key is seen up to the end of the partition after its own
-  // (no raw key below the sinks past them: those are seen as compacted rows); a compacted row from
-  // the partition two past its own on.
+  // (no raw key below the sinks past them: those are seen as compacted rows, and the rows before
+  // the document by nothing); a compacted row from the partition two past its own on.
   __host__ __device__ int2 viewers(const Lrsa& lrsa, int key, int T) const {
     if (compacted)
       return {key < lrsa.sink ? key : lrsa.sink + ((key - lrsa.sink) / lrsa.keep + 2) * lrsa.lag, T};
     if (lrsa.lag == 0) return {key, T};
-    return {key, key < lrsa.sink ? 0 : min(T, lrsa.sink + (lrsa.partition(key) + 2) * lrsa.lag)};
+    return key < lrsa.sink ? int2{0, 0} : int2{key, min(T, lrsa.sink + (lrsa.partition(key) + 2) * lrsa.lag)};
   }
   // The query tiles that see every key of the tile start at or after x and end by y (the tile's first
   // key is seen longest, its last one from the latest query on): steps without a mask.
@@ -144,7 +149,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kv_head = blockIdx.y, group = Hq / Hk;
   const WorkUnit unit = units[blockIdx.x];
   const int T = unit.length;
-  const KeyTile tile(lrsa, unit.tile, (T + kBlock - 1) / kBlock, T);
+  const KeyTile tile(lrsa, unit.tile, T);
   const int key_begin = tile.key_begin, m_first = unit.m_begin, m_tiles = unit.m_count;
   const int steps = group * m_tiles;
   const int warpgroup = threadIdx.x / 128;
@@ -167,8 +172,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (i >= kStages) mbarrier_wait(empty + 8 * stage, ((i / kStages) & 1) ^ 1);
     const uint32_t bar = full + 8 * stage, stats_stage = base + kStatsOffset + stage * 2 * kBlock * 4;
     mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
-    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, unit.begin + m * kBlock);
-    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, unit.begin + m * kBlock);
+    const int row = unit.begin + m * kBlock - lrsa.shift;  // the first document's grid starts before row 0: zeros
+    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, row);
+    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, row);
     const int64_t stats_at = int64_t(head) * padded_rows + unit.padded_begin + m * kBlock;
     bulk_load(stats_stage, lse + stats_at, kBlock * 4, bar);
     bulk_load(stats_stage + kBlock * 4, d_sum + stats_at, kBlock * 4, bar);
@@ -232,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // ptxas serialize them) says whether a previous step's dQ is pending.
   auto step = [&](int i, auto first) {
     const int stage = i % kStages, head = kv_head * group + i / m_tiles;
-    const int m = m_first + i % m_tiles, query_begin = m * kBlock;
+    const int m = m_first + i % m_tiles, query_begin = m * kBlock - lrsa.shift;  // a position
     const uint32_t q_s = base + kQOffset + stage * kTileBytes, do_s = base + kDoOffset + stage * kTileBytes;
     const uint32_t ds_s = base + kDsOffset + (i % 2) * 2 * kTileBytes;
     const float* lse_s = stats + stage * 2 * kBlock;
@@ -331,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
     wgmma_commit();
-    pending_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_begin + 64 * warpgroup) * kD;
+    pending_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + m * kBlock + 64 * warpgroup) * kD;
     wgmma_wait<0>();
     fence_operands(dq_pending);
     fence_operands(dv_acc);
@@ -354,7 +360,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int r = 0; r < 32; r += 2) {
     const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-    if (key >= rows) continue;
+    if (key < 0 || key >= rows) continue;  // outside the document (key < 0: a tile of sinks only has no unit)
     const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kD + col;
     atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r] * scale, dk_acc[r + 1] * scale));
     atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
@@ -424,26 +430,36 @@ static __global__ void finalize_kv_kernel(const float* dk, const float* dv, cons
   }
 }
 
-// Where each document of doc_start [B + 1] starts in the tile-padded lse, D and dQ sums: [B + 1], the
-// last the rows in all.
-inline std::vector<int> padded_begins(const std::vector<int>& doc_start) {
+// Where each document of doc_start [B + 1] starts in the tile-padded lse, D and dQ sums (its tile
+// grid, Lrsa::shift rows before its first position): [B + 1], the last the rows in all.
+inline std::vector<int> padded_begins(const std::vector<int>& doc_start, const Lrsa& lrsa) {
   std::vector<int> begin{0};
   for (size_t b = 0; b + 1 < doc_start.size(); ++b)
-    begin.push_back(begin[b] + (doc_start[b + 1] - doc_start[b] + kBlock - 1) / kBlock * kBlock);
+    begin.push_back(begin[b] + lrsa.grid_tiles(doc_start[b + 1] - doc_start[b]) * kBlock);
   return begin;
+}
+
+// Each row's place in the tile-padded sums: [doc_start.back()].
+inline std::vector<int> padded_rows_of(const std::vector<int>& doc_start, const Lrsa& lrsa) {
+  const std::vector<int> begin = padded_begins(doc_start, lrsa);
+  std::vector<int> padded(size_t(doc_start.back()));
+  for (size_t b = 0; b + 1 < doc_start.size(); ++b)
+    for (int t = doc_start[b]; t < doc_start[b + 1]; ++t)
+      padded[size_t(t)] = begin[b] + lrsa.shift + t - doc_start[b];
+  return padded;
 }
 
 // The CTAs' work over the documents doc_start [B + 1] (compacted rows from compacted_start [B + 1];
 // all zeros for dense attention), the longest first.
 inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
                                         const Lrsa& lrsa, int unit_query_tiles) {
-  const std::vector<int> padded_begin = padded_begins(doc_start);
+  const std::vector<int> padded_begin = padded_begins(doc_start, lrsa);
   std::vector<WorkUnit> units;
   for (size_t b = 0; b + 1 < doc_start.size(); ++b) {
     const int n = doc_start[b + 1] - doc_start[b], doc_compacted = compacted_start[b + 1] - compacted_start[b];
-    const int raw_tiles = (n + kBlock - 1) / kBlock, compacted_tiles = (doc_compacted + kBlock - 1) / kBlock;
-    for (int tile = 0; tile < raw_tiles + compacted_tiles; ++tile) {
-      const KeyTile key_tile(lrsa, tile, raw_tiles, n);
+    const int tiles = lrsa.grid_tiles(n) + (doc_compacted + kBlock - 1) / kBlock;
+    for (int tile = 0; tile < tiles; ++tile) {
+      const KeyTile key_tile(lrsa, tile, n);
       const int pieces = (key_tile.m_tiles + unit_query_tiles - 1) / unit_query_tiles;
       for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
         const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces

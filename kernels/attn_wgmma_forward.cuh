@@ -26,7 +26,7 @@
 
 namespace lrsa::cuda::wgmma::fwd {
 
-constexpr int kBlockN = 128;                  // keys per tile
+constexpr int kBlockN = kGridRows;            // keys per tile
 constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB: one K or V tile
 
 template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
@@ -44,14 +44,16 @@ struct Config {
   static constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
 };
 
-// The key tiles of the query rows [first, last]: compacted tiles first, then raw tiles from the
-// earliest raw key any of the rows sees, rounded down to a tile so that the diagonal is one tile of
-// a 128-row CTA (a masked tile costs twice a whole one). Both sides derive it alike.
+// The key tiles of the query rows [first, last] (first may precede the document: Lrsa::shift):
+// compacted tiles first, then raw tiles from the earliest raw key any of the rows sees, rounded down
+// to the tile grid so that the diagonal is one tile of a 128-row CTA (a masked tile costs twice a
+// whole one). Both sides derive it alike.
 struct TilePlan {
   int compacted_tiles, raw_start, tiles;
   __host__ __device__ TilePlan(const Lrsa& lrsa, int first, int last) {
     compacted_tiles = (lrsa.compacted_end(last) + kBlockN - 1) / kBlockN;
-    raw_start = lrsa.raw_begin(max(first, lrsa.sink)) / kBlockN * kBlockN;  // raw_begin grows with t past the sinks
+    // raw_begin grows with t past the sinks
+    raw_start = (lrsa.raw_begin(max(first, lrsa.sink)) + lrsa.shift) / kBlockN * kBlockN - lrsa.shift;
     tiles = compacted_tiles + max(last + 1 - raw_start + kBlockN - 1, 0) / kBlockN;
   }
   __host__ __device__ bool compacted(int i) const { return i < compacted_tiles; }
@@ -71,8 +73,9 @@ struct TilePlan {
   }
 };
 
-// A CTA's query rows: rows [64 * consumers * m_block, + 64 * consumers) of the document of `length`
-// rows from row `begin` of the packed batch, whose compacted rows start at row `compacted_begin` of
+// A CTA's query rows: rows [64 * consumers * m_block - Lrsa::shift, + 64 * consumers) of the document
+// of `length` rows from row `begin` of the packed batch (none before it: the first CTA's rows start
+// before it, so that the next CTAs' tiles start with a partition), whose compacted rows start at row `compacted_begin` of
 // ck/cv. The plan and the masks work in positions within the document.
 struct QueryTile {
   int begin, length, compacted_begin, m_block;
@@ -97,7 +100,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   const QueryTile work = tiles[blockIdx.x];  // the longest first
   const int T = work.length;
   const int head = blockIdx.y, kv_head = head / (Hq / Hk);
-  const int row_begin = work.m_block * C::kBlockM;
+  const int row_begin = work.m_block * C::kBlockM - lrsa.shift;  // a position; the first document's: zeros before it
   const TilePlan plan(lrsa, row_begin, min(row_begin + C::kBlockM, T) - 1);
   const int n_blocks = plan.tiles;
   const int warpgroup = threadIdx.x / 128;
@@ -297,7 +300,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
 #pragma unroll
   for (int i = 0; i < 32; i += 2) {
     const int h = (i / 2) % 2, row = row0 + 8 * h, col = 8 * (i / 4) + 2 * quad;
-    if (row >= T) continue;
+    if (row < 0 || row >= T) continue;
     const float inv = 1.0f / row_sum[h];
     *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * o_stride + int64_t(head) * kD + col) =
         __floats2bfloat162_rn(out[i] * inv, out[i + 1] * inv);
@@ -305,7 +308,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   if (quad == 0) {
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      if (row0 + 8 * h < T)
+      if (row0 + 8 * h >= 0 && row0 + 8 * h < T)
         lse[int64_t(head) * total_rows + work.begin + row0 + 8 * h] = row_max[h] * scale + logf(row_sum[h]);
   }
   if (spans) {
@@ -323,10 +326,12 @@ inline std::vector<QueryTile> query_tiles(const std::vector<int>& doc_start, con
   std::vector<QueryTile> tiles;
   for (size_t b = 0; b + 1 < doc_start.size(); ++b) {
     const int length = doc_start[b + 1] - doc_start[b];
-    for (int m = 0; m * rows_per_tile < length; ++m) tiles.push_back({doc_start[b], length, compacted_start[b], m});
+    // The grid starts lrsa.shift rows before the document: from the first tile that holds one of its rows.
+    for (int m = lrsa.shift / rows_per_tile; m * rows_per_tile < length + lrsa.shift; ++m)
+      tiles.push_back({doc_start[b], length, compacted_start[b], m});
   }
   auto key_tiles = [&](const QueryTile& w) {
-    const int first = w.m_block * rows_per_tile;
+    const int first = w.m_block * rows_per_tile - lrsa.shift;
     return TilePlan(lrsa, first, std::min(first + rows_per_tile, w.length) - 1).tiles;
   };
   std::stable_sort(tiles.begin(), tiles.end(),
