@@ -10,14 +10,16 @@
 //      ascending), and the K first rows written in position order.
 // The arithmetic mirrors the CPU implementation (src/attn/selection.cpp) operation for
 // operation so that both pick the same rows: normalized values in fp32, the per-row sums over
-// channels in fp64 in channel order, the softmax in fp64 with its total summed in row order by
-// one thread, and no fused multiply-adds (explicit _rn intrinsics). Only fp64 exp can differ
+// channels in fp64 in channel order, the softmax in fp64 with its total a pairwise sum in the
+// host's tree order, and no fused multiply-adds (explicit _rn intrinsics). Only fp64 exp can differ
 // from the host's by an ulp, which matters only for scores tied to ~1e-16.
 // Top K: the sort order is the spec's (higher score first, ties to the lower position) and is
 // total, so its K first rows are exactly the rows fewer than K rows beat.
 // The first version (one thread per row reading its own row, and a rank count of L^2 fp64
 // comparisons per partition) took 0.24 ms per layer at 32K tokens, 14:2 heads x d64, on the
-// H200: 13% of the cuDNN LRSA forward. docs/benchmarks.md has the timings of both.
+// H200: 13% of the cuDNN LRSA forward; the second (its softmax total summed by one thread, every step
+// of the bitonic sort behind a block barrier, loads one at a time) 0.071 ms. docs/benchmarks.md has
+// the timings.
 #include <bit>
 #include <cfloat>
 
@@ -51,10 +53,10 @@ __device__ __forceinline__ float* range_of(const SelectArgs& a, int part, int hk
   return a.range + ((int64_t(part) * a.Hk + hk) * 2 + z) * 2 * a.D;
 }
 
-// 1. Channel minimum and range. A row is read as D / V packs of V channels; thread (pack,
-// group) scans every groups-th row of the reference partition, four rows' loads in flight; the
-// groups' results are combined in shared memory.
-constexpr int kRangeThreads = 512;
+// 1. Channel minimum and range. A row is read as D / V packs of V channels; thread (pack, group)
+// scans every groups-th row of the reference partition, kRangeInFlight loads at a time (at L = 1024,
+// D = 64, bf16: its 16 rows in two rounds); a tree over the groups in shared memory combines them.
+constexpr int kRangeThreads = 512, kRangeInFlight = 8;
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kRangeThreads) lag_range_kernel(const SelectArgs a) {
@@ -71,33 +73,47 @@ __global__ void __launch_bounds__(kRangeThreads) lag_range_kernel(const SelectAr
     float lo[V], hi[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) lo[e] = INFINITY, hi[e] = -INFINITY;
-#pragma unroll 4
-    for (int r = group; r < a.L; r += groups) {
-      float v[V];
-      load_floats<V>(x + (first + r) * stride, v);
+    for (int r0 = group; r0 < a.L; r0 += kRangeInFlight * groups) {
+      RawPack<V, T> packed[kRangeInFlight];  // in the storage type: 64 registers at most
 #pragma unroll
-      for (int e = 0; e < V; ++e) lo[e] = fminf(lo[e], v[e]), hi[e] = fmaxf(hi[e], v[e]);
+      for (int i = 0; i < kRangeInFlight; ++i)
+        if (r0 + i * groups < a.L) packed[i].load(x + (first + r0 + i * groups) * stride);
+#pragma unroll
+      for (int i = 0; i < kRangeInFlight; ++i)
+        if (r0 + i * groups < a.L) {
+          float v[V];
+          packed[i].floats(v);
+#pragma unroll
+          for (int e = 0; e < V; ++e) lo[e] = fminf(lo[e], v[e]), hi[e] = fmaxf(hi[e], v[e]);
+        }
     }
 #pragma unroll
     for (int e = 0; e < V; ++e) lo_s[group * D + pack * V + e] = lo[e], hi_s[group * D + pack * V + e] = hi[e];
   }
   __syncthreads();
+  for (int n = groups; n > 1;) {  // groups n .. 2h - 1 into 0 .. n - h - 1 (min and max are exact in any order)
+    const int h = (n + 1) / 2;
+    for (int i = threadIdx.x; i < (n - h) * D; i += kRangeThreads) {
+      lo_s[i] = fminf(lo_s[i], lo_s[i + h * D]);
+      hi_s[i] = fmaxf(hi_s[i], hi_s[i + h * D]);
+    }
+    n = h;
+    __syncthreads();
+  }
   for (int c = threadIdx.x; c < D; c += kRangeThreads) {
-    float lo = lo_s[c], hi = hi_s[c];
-    for (int g = 1; g < groups; ++g) lo = fminf(lo, lo_s[g * D + c]), hi = fmaxf(hi, hi_s[g * D + c]);
     float* out = range_of(a, part, hk, z);
-    out[c] = lo;
-    out[D + c] = fmaxf(__fsub_rn(hi, lo), 1e-6f);
+    out[c] = lo_s[c];
+    out[D + c] = fmaxf(__fsub_rn(hi_s[c], lo_s[c]), 1e-6f);
   }
 }
 
 size_t range_smem_bytes(int D, int V) { return size_t(2) * (kRangeThreads / (D / V)) * D * sizeof(float); }
 
 // 2. Standard deviation (Bessel) of each candidate row's normalized channels, in channel order.
-// The block's kStdRows rows are normalized as they are loaded (coalesced packs) into shared
-// memory, [row][D + 1] floats (with that stride, consecutive rows start in different banks), then
-// thread r sums row r's channels in order.
-constexpr int kStdRows = 128;
+// The block's kStdRows rows are normalized as they are loaded (coalesced packs, kStdInFlight at a time)
+// into shared memory, [row][D + 1] floats (with that stride, consecutive rows start in different
+// banks), then thread r sums row r's channels in order.
+constexpr int kStdRows = 128, kStdInFlight = 8;  // D = 64, bf16: a thread's 8 loads at once
 constexpr int kMaxSelectD = 256;  // 128.5 KiB of staged rows per block
 
 size_t std_smem_bytes(int D) { return size_t(kStdRows) * (D + 1) * sizeof(float); }
@@ -110,17 +126,28 @@ __global__ void __launch_bounds__(kStdRows) lag_std_kernel(const SelectArgs a) {
   const int j0 = int(blockIdx.x % chunks) * kStdRows;
   const int z = int(blockIdx.x / chunks % 2), hk = int(blockIdx.x / chunks / 2 % a.Hk);
   const int part = int(blockIdx.x / chunks / 2 / a.Hk);
-  const int D = a.D, packs = D / V, rows = min(kStdRows, a.L - j0);
+  const int D = a.D, packs = D / V, rows = min(kStdRows, a.L - j0), n = rows * packs;
   int64_t stride = 0;
   const T* x = z_rows<T>(a, z, hk, &stride) + (a.part_start[part] + j0) * stride;
   const float* mn = range_of(a, part, hk, z);
   const float* rg = mn + D;
-  for (int i = threadIdx.x; i < rows * packs; i += kStdRows) {
-    const int r = i / packs, c0 = (i % packs) * V;
-    float v[V];
-    load_floats<V>(x + r * stride + c0, v);
+  for (int i0 = threadIdx.x; i0 < n; i0 += kStdInFlight * kStdRows) {
+    RawPack<V, T> packed[kStdInFlight];
 #pragma unroll
-    for (int e = 0; e < V; ++e) zs[r * (D + 1) + c0 + e] = __fdiv_rn(__fsub_rn(v[e], mn[c0 + e]), rg[c0 + e]);
+    for (int k = 0; k < kStdInFlight; ++k) {
+      const int i = i0 + k * kStdRows;
+      if (i < n) packed[k].load(x + (i / packs) * stride + (i % packs) * V);
+    }
+#pragma unroll
+    for (int k = 0; k < kStdInFlight; ++k) {
+      const int i = i0 + k * kStdRows, r = i / packs, c0 = (i % packs) * V;
+      if (i < n) {
+        float v[V];
+        packed[k].floats(v);
+#pragma unroll
+        for (int e = 0; e < V; ++e) zs[r * (D + 1) + c0 + e] = __fdiv_rn(__fsub_rn(v[e], mn[c0 + e]), rg[c0 + e]);
+      }
+    }
   }
   __syncthreads();
   const int r = threadIdx.x;
@@ -137,25 +164,20 @@ __global__ void __launch_bounds__(kStdRows) lag_std_kernel(const SelectArgs a) {
   a.row_std[((int64_t(part) * a.Hk + hk) * 2 + z) * a.L + j0 + r] = __dsqrt_rn(__ddiv_rn(squares, double(D - 1)));
 }
 
-// 3. Softmax, score, sort, output. Shared memory: s [Lp + L] doubles (the K values, padded to
-// Lp = the power of two >= L, then the V values; std, then softmax, then the score in the first
-// L), row [Lp] ints (the rows in sort order), kept [L] flags.
+// 3. Softmax, score, sort, output, per (partition, KV head). The rows are padded to N, a power of
+// two and at least a block of kRankThreads, so that thread t holds rows t, t + kRankThreads, ...
+// Shared memory: key [N] doubles (the K values: std, softmax, then the score), value [N] doubles
+// (the V values), row [N] ints (the rows in sort order), kept [L] flags.
 constexpr int kRankThreads = 1024;
+constexpr int kMaxRankRows = 8192;  // the softmax's tree holds N / kRankThreads values per thread
 
-size_t rank_smem_bytes(int L) {
-  const int Lp = int(std::bit_ceil(unsigned(L)));
-  return size_t(Lp + L) * sizeof(double) + size_t(Lp) * sizeof(int) + size_t(L);
+__host__ __device__ int rank_rows(int L) {
+  const int padded = int(std::bit_ceil(unsigned(L)));
+  return padded > kRankThreads ? padded : kRankThreads;
 }
 
-__device__ __forceinline__ double block_max(double x, double* scratch) {
-  for (int o = 16; o > 0; o /= 2) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, o));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = -DBL_MAX;
-  for (int w = 0; w < kRankThreads / 32; ++w) x = fmax(x, scratch[w]);
-  return x;
+size_t rank_smem_bytes(int L) {
+  return size_t(rank_rows(L)) * (2 * sizeof(double) + sizeof(int)) + size_t(L);
 }
 
 // Row i comes before row j in the selection order: higher score, or equal score and lower row.
@@ -163,78 +185,137 @@ __device__ __forceinline__ bool comes_before(double si, int i, double sj, int j)
   return si > sj || (si == sj && i < j);
 }
 
+// The pairwise sums of src [N] for K (z = 0) and V (z = 1) at once, in the host's order
+// (softmax_rows in src/attn/selection.cpp: x[i] += x[i + h] for h = N / 2 .. 1): the halves at least
+// a block apart within each thread, then across the block in shared memory, then in warp 0 by
+// shuffles. Returns both totals to every thread; tree [2][kRankThreads] is scratch.
+__device__ __forceinline__ double2 tree_sums(const double* k, const double* v, int N, double* tree) {
+  const int tid = threadIdx.x, per_thread = N / kRankThreads;
+  double ak[kMaxRankRows / kRankThreads], av[kMaxRankRows / kRankThreads];
+#pragma unroll
+  for (int i = 0; i < kMaxRankRows / kRankThreads; ++i)
+    if (i < per_thread) ak[i] = k[tid + i * kRankThreads], av[i] = v[tid + i * kRankThreads];
+#pragma unroll
+  for (int h = kMaxRankRows / kRankThreads / 2; h > 0; h /= 2)
+#pragma unroll
+    for (int i = 0; i < h; ++i)
+      if (h < per_thread) ak[i] = __dadd_rn(ak[i], ak[i + h]), av[i] = __dadd_rn(av[i], av[i + h]);
+  tree[tid] = ak[0];
+  tree[kRankThreads + tid] = av[0];
+  __syncthreads();
+  for (int h = kRankThreads / 2; h >= 32; h /= 2) {
+    if (tid < h) {
+      tree[tid] = __dadd_rn(tree[tid], tree[tid + h]);
+      tree[kRankThreads + tid] = __dadd_rn(tree[kRankThreads + tid], tree[kRankThreads + tid + h]);
+    }
+    __syncthreads();
+  }
+  const int lane = tid % 32;
+  double tk = tree[lane], tv = tree[kRankThreads + lane];  // every warp, so that each has the totals
+  for (int h = 16; h > 0; h /= 2) {
+    tk = __dadd_rn(tk, __shfl_down_sync(0xffffffffu, tk, h));
+    tv = __dadd_rn(tv, __shfl_down_sync(0xffffffffu, tv, h));
+  }
+  return {__shfl_sync(0xffffffffu, tk, 0), __shfl_sync(0xffffffffu, tv, 0)};
+}
+
+// One compare-exchange of the bitonic sort into selection order, for the row this thread holds at
+// position i, against its partner at i ^ half in the same warp (half < 32).
+__device__ __forceinline__ void exchange_in_warp(double& s, int& r, int i, int half, int size) {
+  const double ps = __shfl_xor_sync(0xffffffffu, s, half);
+  const int pr = __shfl_xor_sync(0xffffffffu, r, half);
+  const bool forward = (i & size) == 0;       // this run ends up in selection order
+  const bool want_first = ((i & half) == 0) == forward;  // the lower position of a forward run
+  if (want_first == comes_before(ps, pr, s, r)) s = ps, r = pr;
+}
+
 __global__ void __launch_bounds__(kRankThreads) select_rank_kernel(const SelectArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int L = a.L, Lp = int(std::bit_ceil(unsigned(L)));
-  double* s = reinterpret_cast<double*>(smem);  // [Lp] K, then [L] V
-  double* sv = s + Lp;
-  int* row = reinterpret_cast<int*>(sv + L);  // [Lp]
-  unsigned char* kept = reinterpret_cast<unsigned char*>(row + Lp);  // [L]
-  __shared__ double scratch[kRankThreads / 32];
-  __shared__ double total[2];
+  const int L = a.L, N = rank_rows(L);
+  double* key = reinterpret_cast<double*>(smem);  // [N]
+  double* value = key + N;                        // [N]
+  int* row = reinterpret_cast<int*>(value + N);   // [N]
+  unsigned char* kept = reinterpret_cast<unsigned char*>(row + N);  // [L]
+  __shared__ double scratch[2][kRankThreads / 32];
+  __shared__ double tree[2 * kRankThreads];
   __shared__ int warp_count[kRankThreads / 32];
 
-  const int part = blockIdx.x, hk = blockIdx.y, tid = threadIdx.x;
+  const int part = blockIdx.x, hk = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const double* row_std = a.row_std + (int64_t(part) * a.Hk + hk) * 2 * L;
-  for (int i = tid; i < L; i += kRankThreads) s[i] = row_std[i], sv[i] = row_std[L + i], kept[i] = 0;
-  __syncthreads();
 
-  // Softmax over the L rows, separately for K and V.
-  for (int z = 0; z < 2; ++z) {
-    double* x = z == 0 ? s : sv;
-    double top = -DBL_MAX;
-    for (int j = tid; j < L; j += kRankThreads) top = fmax(top, x[j]);
-    top = block_max(top, scratch);
-    for (int j = tid; j < L; j += kRankThreads) x[j] = exp(__dsub_rn(x[j], top));
+  // Softmax over the L rows, for K and V together: the maxima, the exponentials (padding 0), the totals.
+  double top_k = -DBL_MAX, top_v = -DBL_MAX;
+  for (int i = tid; i < N; i += kRankThreads) {
+    const double sk = i < L ? row_std[i] : 0.0, sv = i < L ? row_std[L + i] : 0.0;
+    if (i < L) top_k = fmax(top_k, sk), top_v = fmax(top_v, sv), kept[i] = 0;
+    key[i] = sk;
+    value[i] = sv;
+  }
+  for (int o = 16; o > 0; o /= 2) {
+    top_k = fmax(top_k, __shfl_xor_sync(0xffffffffu, top_k, o));
+    top_v = fmax(top_v, __shfl_xor_sync(0xffffffffu, top_v, o));
+  }
+  if (lane == 0) scratch[0][warp] = top_k, scratch[1][warp] = top_v;
+  __syncthreads();
+  top_k = scratch[0][lane], top_v = scratch[1][lane];
+  for (int o = 16; o > 0; o /= 2) {
+    top_k = fmax(top_k, __shfl_xor_sync(0xffffffffu, top_k, o));
+    top_v = fmax(top_v, __shfl_xor_sync(0xffffffffu, top_v, o));
+  }
+  for (int i = tid; i < N; i += kRankThreads) {
+    key[i] = i < L ? exp(__dsub_rn(key[i], top_k)) : 0.0;
+    value[i] = i < L ? exp(__dsub_rn(value[i], top_v)) : 0.0;
   }
   __syncthreads();
-  if (tid % 32 == 0 && tid / 32 < 2) {  // the host's order: one running sum over the rows
-    const double* e = tid == 0 ? s : sv;
-    double t = 0.0;
-#pragma unroll 16  // the loads run ahead; the adds stay one chain in row order
-    for (int j = 0; j < L; ++j) t = __dadd_rn(t, e[j]);
-    total[tid / 32] = t;
-  }
-  __syncthreads();
+  const double2 total = tree_sums(key, value, N, tree);
 
   // score = softmax_K + lambda * softmax_V (NaN ranks last, as on the host); padding after.
-  for (int j = tid; j < Lp; j += kRankThreads) {
+  for (int i = tid; i < N; i += kRankThreads) {
     double score = -INFINITY;
-    if (j < L) {
-      score = __dadd_rn(__ddiv_rn(s[j], total[0]), __dmul_rn(a.lambda, __ddiv_rn(sv[j], total[1])));
+    if (i < L) {
+      score = __dadd_rn(__ddiv_rn(key[i], total.x), __dmul_rn(a.lambda, __ddiv_rn(value[i], total.y)));
       if (isnan(score)) score = -INFINITY;
     }
-    s[j] = score;
-    row[j] = j;  // padding rows j >= L sort after every real row, even one scored -inf
+    key[i] = score;
+    row[i] = i;  // padding rows i >= L sort after every real row, even one scored -inf
   }
   __syncthreads();
 
-  // Bitonic sort of (s, row) into the selection order; log2(Lp) (log2(Lp) + 1) / 2 steps.
-  for (int size = 2; size <= Lp; size *= 2) {
-    for (int half = size / 2; half > 0; half /= 2) {
-      for (int i = tid; i < Lp; i += kRankThreads) {
-        const int j = i ^ half;
-        if (j > i) {
-          const bool forward = (i & size) == 0;  // this run ends up in selection order
-          const bool swap = forward ? comes_before(s[j], row[j], s[i], row[i]) : comes_before(s[i], row[i], s[j], row[j]);
-          if (swap) {
-            const double ts = s[i];
-            s[i] = s[j];
-            s[j] = ts;
-            const int tr = row[i];
-            row[i] = row[j];
-            row[j] = tr;
-          }
+  // Bitonic sort of (key, row) into the selection order. Compare-exchanges less than a warp apart
+  // run in registers (shuffles, no barrier), the others through shared memory, one barrier each:
+  // 21 barriers for N = 1024 instead of 55.
+  auto in_warp = [&](int size_begin, int size_end, int top_half) {  // sizes [size_begin, size_end]
+    for (int i = tid; i < N; i += kRankThreads) {
+      double s = key[i];
+      int r = row[i];
+      for (int size = size_begin; size <= size_end; size *= 2)
+        for (int half = min(size / 2, top_half); half > 0; half /= 2) exchange_in_warp(s, r, i, half, size);
+      key[i] = s;
+      row[i] = r;
+    }
+    __syncthreads();
+  };
+  in_warp(2, 32, 16);
+  for (int size = 64; size <= N; size *= 2) {
+    for (int half = size / 2; half >= 32; half /= 2) {
+      for (int p = tid; p < N / 2; p += kRankThreads) {  // pair p: positions i < j = i + half
+        const int i = ((p & ~(half - 1)) << 1) | (p & (half - 1)), j = i + half;
+        const bool forward = (i & size) == 0;
+        const double si = key[i], sj = key[j];
+        const int ri = row[i], rj = row[j];
+        if (forward ? comes_before(sj, rj, si, ri) : comes_before(si, ri, sj, rj)) {
+          key[i] = sj, key[j] = si;
+          row[i] = rj, row[j] = ri;
         }
       }
       __syncthreads();
     }
+    in_warp(size, size, 16);
   }
   for (int i = tid; i < a.K; i += kRankThreads) kept[row[i]] = 1;
   __syncthreads();
 
   // Write the kept rows in position order.
-  const int lane = tid % 32, warp = tid / 32;
   const int64_t first = a.part_start[part];
   int* out = a.out + (int64_t(hk) * a.P + part) * a.K;
   int written = 0;
@@ -273,12 +354,16 @@ void lrsa_select(const Tensor& k, const Tensor& v, const attn::SeqLayout& layout
   const int64_t P = tables.n_parts;
   LRSA_CHECK(D <= kMaxSelectD, "{}: head dimension {} exceeds the selection kernels' {}", op, D, kMaxSelectD);
   LRSA_CHECK(Hk <= 65535, "{}: {} KV heads exceed the selection grid", op, Hk);
+  LRSA_CHECK(L <= kMaxRankRows, "{}: lag {} exceeds the selection kernels' {}; use a smaller lag", op, L,
+             kMaxRankRows);
   const size_t rank_smem = rank_smem_bytes(int(L)), std_smem = std_smem_bytes(int(D));
   int max_smem = 0;
   LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, k.device().index));
-  LRSA_CHECK(rank_smem + 2048 <= size_t(max_smem),
+  cudaFuncAttributes rank_attributes{};
+  LRSA_CUDA_CHECK(cudaFuncGetAttributes(&rank_attributes, select_rank_kernel));
+  LRSA_CHECK(rank_smem + rank_attributes.sharedSizeBytes <= size_t(max_smem),
              "{}: lag {} needs {} bytes of shared memory per block, more than the device's {}; use a smaller lag", op,
-             L, rank_smem, max_smem);
+             L, rank_smem + rank_attributes.sharedSizeBytes, max_smem);
   LRSA_CHECK(std_smem <= size_t(max_smem),
              "{}: head dimension {} needs {} bytes of shared memory per block, more than the device's {}", op, D,
              std_smem, max_smem);
@@ -304,8 +389,10 @@ void lrsa_select(const Tensor& k, const Tensor& v, const attn::SeqLayout& layout
     const bool vector = D % kVector == 0 && k.stride(0) % kVector == 0 && v.stride(0) % kVector == 0 &&
                         aligned16(k.data()) && aligned16(v.data());
     dispatch_pack<T>(vector, [&](auto V) {
-      lag_range_kernel<T, V()><<<dim3(unsigned(P), unsigned(Hk), 2), kRangeThreads, range_smem_bytes(int(D), V()),
-                                 current_stream()>>>(a);
+      const auto range_kernel = lag_range_kernel<T, V()>;
+      const int range_smem = int(range_smem_bytes(int(D), V()));  // 32 KiB at most (bf16: 2 x 512 x 8 floats)
+      LRSA_CUDA_CHECK(cudaFuncSetAttribute(range_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, range_smem));
+      range_kernel<<<dim3(unsigned(P), unsigned(Hk), 2), kRangeThreads, range_smem, current_stream()>>>(a);
       LRSA_CUDA_CHECK_LAUNCH("lrsa_select: channel ranges");
       const auto std_kernel = lag_std_kernel<T, V()>;
       LRSA_CUDA_CHECK(cudaFuncSetAttribute(std_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(std_smem)));

@@ -318,25 +318,28 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
     LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): compacted rows' positions");
   }
 
-  // lse and D = rowsum(dO O), tile-padded per document; fp32 sums of dQ, of the raw and compacted
-  // rows' dK / dV.
+  // lse and D = rowsum(dO O) [Hq, padded], tile-padded per document; fp32 sums of dQ [Hq, padded,
+  // 64], of the raw [T, Hk, 64] and compacted [rows, Hk, 64] rows' dK / dV: one buffer, zeroed by
+  // one memset (every part a multiple of 16 bytes long, so each starts 16-byte aligned).
   const int padded = plan.padded_rows;
-  auto zeros = [&](const Shape& shape) {
-    Tensor t = Tensor::empty(shape, DType::F32, device);
-    LRSA_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, size_t(t.numel()) * 4, stream));
-    return t;
-  };
-  Tensor lse = zeros({Hq, padded}), d_sum = zeros({Hq, padded}), dq_sums = zeros({Hq, padded, kD});
-  Tensor dk_sums = zeros({T, Hk, kD}), dv_sums = zeros({T, Hk, kD});
-  Tensor dkc_sums = zeros({std::max(rows, 1), Hk, kD}), dvc_sums = zeros({std::max(rows, 1), Hk, kD});
+  const int64_t stats = Hq * padded, raw = T * Hk * kD, compacted_sums = int64_t(std::max(rows, 1)) * Hk * kD;
+  const Tensor sums = Tensor::empty({2 * stats + stats * kD + 2 * raw + 2 * compacted_sums}, DType::F32, device);
+  LRSA_CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, size_t(sums.numel()) * 4, stream));
+  float* const lse = sums.data_as<float>();
+  float* const d_sum = lse + stats;
+  float* const dq_sums = d_sum + stats;
+  float* const dk_sums = dq_sums + stats * kD;
+  float* const dv_sums = dk_sums + raw;
+  float* const dkc_sums = dv_sums + raw;
+  float* const dvc_sums = dkc_sums + compacted_sums;
   const int* padded_row = plan.padded_row.data_as<int32_t>();
   pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
-                                                               padded, lse.data_as<float>());
+                                                               padded, lse);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
   // check_rows above: both 16-byte aligned, so 16-byte loads
   delta_kernel<<<delta_blocks<bf16_t>(int(T), int(Hq), kD), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, true, d_sum.data_as<float>());
+      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, true, d_sum);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
 
   using wgmma::bwd::kBlock;
@@ -350,9 +353,8 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
   kernel<<<grid, wgmma::bwd::kThreads, wgmma::bwd::kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
-      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse.data_as<float>(),
-      d_sum.data_as<float>(), padded, dq_sums.data_as<float>(), dk_sums.data_as<float>(), dv_sums.data_as<float>(),
-      dkc_sums.data_as<float>(), dvc_sums.data_as<float>(), int(Hq), int(Hk), scale, nullptr);
+      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse, d_sum, padded, dq_sums,
+      dk_sums, dv_sums, dkc_sums, dvc_sums, int(Hq), int(Hk), scale, nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
   // A thread per 8 columns of a row, the heads along y; about one wave of blocks in all.
@@ -360,12 +362,11 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
     return dim3(unsigned((grid_size(rows * 8 * heads, 256) + heads - 1) / heads), unsigned(heads));
   };
   wgmma::bwd::round_dq_kernel<<<rows_grid(T, Hq), 256, 0, stream>>>(
-      dq_sums.data_as<float>(), padded_row, scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), padded);
+      dq_sums, padded_row, scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), padded);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
   wgmma::bwd::finalize_kv_kernel<<<rows_grid(T, Hk), 256, 0, stream>>>(
-      dk_sums.data_as<float>(), dv_sums.data_as<float>(), dkc_sums.data_as<float>(), dvc_sums.data_as<float>(),
-      compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()), dk.stride(0),
-      static_cast<bf16_t*>(dv.data()), dv.stride(0), int(T), int(Hk));
+      dk_sums, dv_sums, dkc_sums, dvc_sums, compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()),
+      dk.stride(0), static_cast<bf16_t*>(dv.data()), dv.stride(0), int(T), int(Hk));
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dK, dV");
 }
 

@@ -2,6 +2,7 @@
 // document and every KV head, the K rows of p whose normalized keys and values vary most,
 // normalized by the channel ranges of partition p + 1.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -90,11 +91,18 @@ void lag_std(const T* x, int64_t row_stride, int64_t first, int64_t L, int64_t D
   }
 }
 
-// Softmax over the L rows of the partition (spec step 5), in place.
-void softmax_rows(std::vector<double>& s) {
+// Softmax over the L rows of the partition (spec step 5), in place. The total is a pairwise sum
+// over the rows padded with zeros to a power of two (tree[i] += tree[i + h] for h = half of it ..
+// 1): more accurate than a running sum, and an order the CUDA selection reproduces across its
+// threads (kernels/attn_select.cu, tree_sums), so that both pick the same rows.
+void softmax_rows(std::vector<double>& s, std::vector<double>& tree) {
   const double top = *std::max_element(s.begin(), s.end());
-  double total = 0;
-  for (double& x : s) total += (x = std::exp(x - top));
+  for (double& x : s) x = std::exp(x - top);
+  tree.assign(std::bit_ceil(s.size()), 0.0);
+  std::copy(s.begin(), s.end(), tree.begin());
+  for (size_t h = tree.size() / 2; h > 0; h /= 2)
+    for (size_t i = 0; i < h; ++i) tree[i] += tree[i + h];
+  const double total = tree[0];
   for (double& x : s) x /= total;
 }
 
@@ -116,15 +124,15 @@ void select_typed(const Tensor& k, const Tensor& v, const SeqLayout& layout, con
 #pragma omp parallel
   {
     std::vector<float> mn(static_cast<size_t>(D)), range(static_cast<size_t>(D)), z(static_cast<size_t>(D));
-    std::vector<double> sk(static_cast<size_t>(L)), sv(static_cast<size_t>(L));
+    std::vector<double> sk(static_cast<size_t>(L)), sv(static_cast<size_t>(L)), tree;
     std::vector<int64_t> order(static_cast<size_t>(L));
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < Hk * P; ++job) {
       const int64_t h = job / P, first = part_first[size_t(job % P)];
       lag_std(kbase + h * D, k.stride(0), first, L, D, mn, range, z, sk);
       lag_std(vbase + h * D, v.stride(0), first, L, D, mn, range, z, sv);
-      softmax_rows(sk);
-      softmax_rows(sv);
+      softmax_rows(sk, tree);
+      softmax_rows(sv, tree);
       for (int64_t j = 0; j < L; ++j) {
         sk[size_t(j)] += lambda * sv[size_t(j)];
         // A NaN score (NaN inputs) ranks last, so the ordering below stays well defined.

@@ -271,7 +271,8 @@ void check_cuda_selection(const Tensor& k_cpu, const Tensor& v_cpu, const Tensor
 
 TEST_CASE("CUDA selection equals the CPU selection", "[attn][cuda]") {
   // 16-byte packs (d 64/128, bf16 and f32) and single elements (d 20); L a power of two or not
-  // (the sort pads 192 rows to 256); the 0.5B shape at L = 1024.
+  // (the sort pads 192 rows to a block of 1024, 3000 to 4096); the 0.5B shape at L = 1024; L past a
+  // block (2048, 3000: two and four rows per thread in the softmax's sum and the sort).
   const std::vector<std::pair<Problem, LrsaParams>> cases = {
       {{{1000}, 4, 2, 64, DType::BF16, 71}, params(16, 128, 0.25)},
       {{{700, 333, 900}, 8, 8, 128, DType::BF16, 72}, params(5, 128, 0.5, 0.5f)},
@@ -279,6 +280,8 @@ TEST_CASE("CUDA selection equals the CPU selection", "[attn][cuda]") {
       {{{600}, 4, 4, 128, DType::F32, 74}, params(3, 128, 1.0, 0.0f)},
       {{{2100, 450}, 2, 2, 20, DType::BF16, 75}, params(7, 192, 0.3)},
       {{{5000}, 14, 2, 64, DType::BF16, 76}, params(16, 1024, 0.25)},
+      {{{7000}, 2, 1, 64, DType::BF16, 77}, params(8, 2048, 0.25)},
+      {{{9100, 200}, 2, 2, 64, DType::F32, 78}, params(4, 3000, 0.1)},
   };
   for (const auto& [problem, p] : cases) {
     INFO(problem.str());
@@ -286,6 +289,12 @@ TEST_CASE("CUDA selection equals the CPU selection", "[attn][cuda]") {
     const test::Inputs gpu = test::make_inputs(problem, Device::cuda(0));
     check_cuda_selection(cpu.k, cpu.v, gpu.k, gpu.v, problem.lengths, p);
   }
+}
+
+TEST_CASE("CUDA selection refuses a lag past its sort's rows", "[attn][cuda]") {
+  const test::Inputs gpu = test::make_inputs({{16500}, 2, 1, 64, DType::BF16, 79}, Device::cuda(0));
+  CHECK_THROWS_WITH(lrsa_select(gpu.k, gpu.v, SeqLayout::from_lengths({16500}, Device::cuda(0)), params(0, 8200, 0.25)),
+                    Catch::Contains("lag 8200 exceeds the selection kernels' 8192"));
 }
 
 TEST_CASE("CUDA selection: views into a fused QKV buffer, and ties", "[attn][cuda]") {
