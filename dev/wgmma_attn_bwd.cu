@@ -133,9 +133,7 @@ struct BackwardRun {
   std::vector<CtaSpan> spans;  // of one more run of the kernel, when timed
 };
 
-// O (bf16) and lse come from the reference forward, so only the backward is under test. The raw
-// tiles write their final dK/dV where training's launcher has them do so (every raw tile one unit's:
-// RawFinal), else fp32 sums that finalize_kv_kernel adds.
+// O (bf16) and lse come from the reference forward, so only the backward is under test.
 template <DqMode kDq>
 BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
                          int repeats, int unit_query_tiles = kUnitQueryTiles) {
@@ -180,25 +178,21 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   const std::vector<WorkUnit> units_host = work_units(p.doc_start, p.compacted_start, lrsa, unit_query_tiles);
   WorkUnit* units = upload(units_host);
   const dim3 grid(unsigned(units_host.size()), Hk);
-  const int64_t q_stride = int64_t(Hq) * kD, k_stride = int64_t(Hk) * kD;
-  const bool raw_final = raw_tiles_whole(units_host, lrsa);
-  const RawFinal final{raw_final ? dk : nullptr, dv, k_stride, k_stride, compacted_row, T};
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
     attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units,
                                                          lse, d_sum, padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc,
-                                                         final, Hq, Hk, scale, spans);
+                                                         Hq, Hk, scale, spans);
   };
   auto backward = [&] {
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
-    if (!raw_final)
-      for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
+    for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
     for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
+    const int64_t q_stride = int64_t(Hq) * kD, k_stride = int64_t(Hk) * kD;
     lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(T, Hq, kD), 256>>>(
         o, q_stride, d_o, q_stride, padded_row, T, Hq, kD, padded_rows, true, d_sum);
     backward_kernel();
     round_dq_kernel<<<dim3(128, Hq), 256>>>(dq_accum, padded_row, scale, dq, q_stride, T, padded_rows);
-    finalize_kv_kernel<<<dim3(512, Hk), 256>>>(raw_final ? nullptr : dk_raw, raw_final ? nullptr : dv_raw, dkc, dvc,
-                                               compacted_row, dk, k_stride, dv, k_stride, T, Hk);
+    finalize_kv_kernel<<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv, k_stride, T, Hk);
   };
   backward();
   CHECK_CUDA(cudaGetLastError());
@@ -299,16 +293,11 @@ int main(int argc, char** argv) {
     const Reference fwd = reference(p);
     const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + first);
     const Gradients want = reference_backward(p, fwd, d_o);
-    // Every way with training's units (each raw tile one unit's here: RawFinal), and training's way
-    // with units of one query tile (the raw tiles' fp32 sums, as dense attention's longer documents).
-    std::vector<std::pair<const DqWay*, int>> runs;
-    for (const DqWay& way : kDqWays)
-      if (way.mode != DqMode::kSkip) runs.push_back({&way, kUnitQueryTiles});
-    runs.push_back({&kDqWays[0], 1});
-    for (const auto& [way, unit] : runs) {
-      const BackwardRun got = way->run(p, fwd, d_o, 0, unit);
-      std::printf("check dQ %-6s units %2d T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", way->name, unit, p.T, p.documents(),
-                  p.Hq, p.Hk, p.sink, p.lag, p.keep);
+    for (const DqWay& way : kDqWays) {
+      if (way.mode == DqMode::kSkip) continue;
+      const BackwardRun got = way.run(p, fwd, d_o, 0, kUnitQueryTiles);
+      std::printf("check dQ %-6s T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", way.name, p.T, p.documents(), p.Hq, p.Hk,
+                  p.sink, p.lag, p.keep);
       bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
       shape_ok = check_gradient("dK", got.dk, want.dk, want.dk_simple) && shape_ok;
       shape_ok = check_gradient("dV", got.dv, want.dv, want.dv_simple) && shape_ok;

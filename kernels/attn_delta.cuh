@@ -11,14 +11,6 @@ namespace lrsa::cuda {
 __device__ __forceinline__ float delta_operand(float v) { return v; }
 __device__ __forceinline__ float delta_operand(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// The Hopper backward's lse [Hq, T], copied by the same pass into its tile-padded layout (in the
-// delta's [Hq][rows] at padded_row[t]) times `scale`; `in` null: no copy.
-struct PaddedLse {
-  const float* in = nullptr;
-  float scale = 1.0f;
-  float* out = nullptr;
-};
-
 // o, d_o: [T, Hq, D] with rows o_stride and d_o_stride elements apart. delta: [Hq][rows] f32, with
 // row t at padded_row[t] (the Hopper kernels pad every document to whole tiles) or, when padded_row
 // is null, at t (rows = T). A (row, head) takes D / (16 / sizeof(Element)) lanes of a warp (a power
@@ -27,7 +19,7 @@ struct PaddedLse {
 template <typename Element>
 __global__ void delta_kernel(const Element* __restrict__ o, int64_t o_stride, const Element* __restrict__ d_o,
                              int64_t d_o_stride, const int* __restrict__ padded_row, int T, int Hq, int D, int rows,
-                             bool vectors, float* __restrict__ delta, PaddedLse lse = {}) {
+                             bool vectors, float* __restrict__ delta) {
   constexpr int kPerLane = 16 / sizeof(Element);
   const int lanes = D / kPerLane;
   const int64_t item = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / lanes;
@@ -51,11 +43,7 @@ __global__ void delta_kernel(const Element* __restrict__ o, int64_t o_stride, co
     for (int e = 0; e < kPerLane; ++e) sum += delta_operand(a[e]) * delta_operand(b[e]);
   }
   for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-  if (valid && part == 0) {
-    const int64_t row = item / Hq, head = item % Hq, at = head * rows + (padded_row ? padded_row[row] : row);
-    delta[at] = sum;
-    if (lse.in) lse.out[at] = lse.in[head * T + row] * lse.scale;
-  }
+  if (valid && part == 0) delta[int64_t(item % Hq) * rows + (padded_row ? padded_row[item / Hq] : item / Hq)] = sum;
 }
 
 // Blocks of 256 threads that cover every (row, head) of delta_kernel.

@@ -31,7 +31,6 @@ using ForwardConfig = wgmma::fwd::Config<kForwardConsumers, false, false, kForwa
 struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
-  bool raw_tiles_whole = false;  // every raw key tile one unit's: the backward writes their dK/dV (RawFinal)
   Tensor query_tiles, units, padded_row, compacted_source;  // i32 on the device
 };
 
@@ -70,7 +69,6 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
                                             unit_query_tiles(config, layout.cu_seqlens, Hk, multiprocessor_count()));
   plan.n_query_tiles = int(tiles.size());
   plan.n_units = int(units.size());
-  plan.raw_tiles_whole = wgmma::bwd::raw_tiles_whole(units, intervals);
   plan.query_tiles = upload_items(tiles, device);
   plan.units = upload_items(units, device);
   plan.padded_row = Tensor::from_ints(padded_row, {int64_t(padded_row.size())}, DType::I32, device);
@@ -99,13 +97,11 @@ const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout&
 }
 
 // ck/cv [rows, Hk, 64]: compacted row c of head h is row source[c] (a sink) or the selection's entry
-// -1 - source[c] of head h (indices [Hk, selected]); one thread per 16 bytes. compacted_row [Hk, T]
-// (the backward's; filled with -1 before): each sink's and selected row's compacted row.
+// -1 - source[c] of head h (indices [Hk, selected]); one thread per 16 bytes.
 __global__ void gather_compacted_kernel(const bf16_t* __restrict__ k, int64_t k_stride, const bf16_t* __restrict__ v,
                                         int64_t v_stride, const int* __restrict__ source,
                                         const int* __restrict__ indices, int64_t selected, int rows, int Hk,
-                                        bf16_t* __restrict__ ck, bf16_t* __restrict__ cv, int* __restrict__ compacted_row,
-                                        int T) {
+                                        bf16_t* __restrict__ ck, bf16_t* __restrict__ cv) {
   constexpr int kChunks = kD / 8;
   const int64_t n = int64_t(rows) * Hk * kChunks;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -117,7 +113,28 @@ __global__ void gather_compacted_kernel(const bf16_t* __restrict__ k, int64_t k_
         *reinterpret_cast<const uint4*>(k + row * k_stride + column);
     reinterpret_cast<uint4*>(cv + (int64_t(c) * Hk + head) * kD)[chunk] =
         *reinterpret_cast<const uint4*>(v + row * v_stride + column);
-    if (compacted_row && chunk == 0) compacted_row[int64_t(head) * T + row] = c;
+  }
+}
+
+// compacted_row [Hk, T] (filled with -1 before): the compacted row of every sink and selected row.
+__global__ void compacted_row_kernel(const int* __restrict__ source, const int* __restrict__ indices,
+                                     int64_t selected, int rows, int Hk, int T, int* __restrict__ compacted_row) {
+  const int64_t n = int64_t(rows) * Hk;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int head = int(i % Hk), c = int(i / Hk), s = source[c];
+    const int row = s >= 0 ? s : indices[head * selected + (-1 - s)];
+    compacted_row[int64_t(head) * T + row] = c;
+  }
+}
+
+// lse [Hq, T] into the tile-padded [Hq, padded_rows] the backward streams, in log2 units (the pads stay
+// zero).
+__global__ void pad_lse_kernel(const float* __restrict__ lse, const int* __restrict__ padded_row, int T, int Hq,
+                               int padded_rows, float* __restrict__ padded) {
+  const int64_t n = int64_t(T) * Hq;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int head = int(i / T), row = int(i % T);
+    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i] * wgmma::kLog2e;
   }
 }
 
@@ -126,10 +143,7 @@ struct Compacted {
   int rows = 0;
 };
 
-// The compacted rows' keys and values, and (the backward's) each sink's and selected row's compacted
-// row into compacted_row [Hk, T], filled with -1 before.
-Compacted gather_compacted(const Plan& plan, const Tensor& k, const Tensor& v, const attn::LrsaSelection& selection,
-                           Tensor* compacted_row = nullptr) {
+Compacted gather_compacted(const Plan& plan, const Tensor& k, const Tensor& v, const attn::LrsaSelection& selection) {
   Compacted c;
   const int64_t Hk = k.size(1);
   c.rows = plan.compacted_start.back();
@@ -141,8 +155,7 @@ Compacted gather_compacted(const Plan& plan, const Tensor& k, const Tensor& v, c
   gather_compacted_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
       static_cast<const bf16_t*>(k.data()), k.stride(0), static_cast<const bf16_t*>(v.data()), v.stride(0),
       plan.compacted_source.data_as<int32_t>(), selection.indices.data_as<int32_t>(), selected, c.rows, int(Hk),
-      static_cast<bf16_t*>(c.ck.data()), static_cast<bf16_t*>(c.cv.data()),
-      compacted_row ? compacted_row->data_as<int32_t>() : nullptr, int(k.size(0)));
+      static_cast<bf16_t*>(c.ck.data()), static_cast<bf16_t*>(c.cv.data()));
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): gather compacted rows");
   return c;
 }
@@ -290,38 +303,44 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   check_rows(op, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"saved.out", &saved.out}});
   const Plan& plan = plan_for(config, layout, Hk, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
+  const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection) : Compacted{};
+  const int rows = compacted.rows;
   const Device device = q.device();
   cudaStream_t stream = current_stream();
-  // Each sink's and selected row's compacted row (-1 for the others), for adding its gradients to
-  // the raw ones.
+
+  // The compacted rows' positions, for adding their gradients to the raw rows'.
   Tensor compacted_row = Tensor::empty({Hk, T}, DType::I32, device);
   LRSA_CUDA_CHECK(cudaMemsetAsync(compacted_row.data(), 0xFF, size_t(Hk * T) * 4, stream));
-  const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection, &compacted_row) : Compacted{};
-  const int rows = compacted.rows;
+  if (rows > 0) {
+    compacted_row_kernel<<<grid_size(int64_t(rows) * Hk, 256), 256, 0, stream>>>(
+        plan.compacted_source.data_as<int32_t>(), saved.selection.indices.data_as<int32_t>(),
+        saved.selection.indices.numel() / Hk, rows, int(Hk), int(T), compacted_row.data_as<int32_t>());
+    LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): compacted rows' positions");
+  }
 
   // lse and D = rowsum(dO O) [Hq, padded], tile-padded per document; fp32 sums of dQ [Hq, padded,
-  // 64], of the compacted [rows, Hk, 64] and (unless the raw tiles write theirs: RawFinal) the raw
-  // [T, Hk, 64] rows' dK / dV: one buffer, zeroed by one memset (every part a multiple of 16 bytes
-  // long, so each starts 16-byte aligned).
+  // 64], of the raw [T, Hk, 64] and compacted [rows, Hk, 64] rows' dK / dV: one buffer, zeroed by
+  // one memset (every part a multiple of 16 bytes long, so each starts 16-byte aligned).
   const int padded = plan.padded_rows;
-  const int64_t stats = Hq * padded, compacted_sums = int64_t(std::max(rows, 1)) * Hk * kD;
-  const int64_t raw = plan.raw_tiles_whole ? 0 : T * Hk * kD;
-  const Tensor sums = Tensor::empty({2 * stats + stats * kD + 2 * compacted_sums + 2 * raw}, DType::F32, device);
+  const int64_t stats = Hq * padded, raw = T * Hk * kD, compacted_sums = int64_t(std::max(rows, 1)) * Hk * kD;
+  const Tensor sums = Tensor::empty({2 * stats + stats * kD + 2 * raw + 2 * compacted_sums}, DType::F32, device);
   LRSA_CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, size_t(sums.numel()) * 4, stream));
   float* const lse = sums.data_as<float>();
   float* const d_sum = lse + stats;
   float* const dq_sums = d_sum + stats;
-  float* const dkc_sums = dq_sums + stats * kD;
+  float* const dk_sums = dq_sums + stats * kD;
+  float* const dv_sums = dk_sums + raw;
+  float* const dkc_sums = dv_sums + raw;
   float* const dvc_sums = dkc_sums + compacted_sums;
-  float* const dk_sums = plan.raw_tiles_whole ? nullptr : dvc_sums + compacted_sums;
-  float* const dv_sums = plan.raw_tiles_whole ? nullptr : dk_sums + raw;
   const int* padded_row = plan.padded_row.data_as<int32_t>();
+  pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
+                                                               padded, lse);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
   // check_rows above: both 16-byte aligned, so 16-byte loads
   delta_kernel<<<delta_blocks<bf16_t>(int(T), int(Hq), kD), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, true, d_sum,
-      PaddedLse{saved.lse.data_as<float>(), wgmma::kLog2e, lse});
-  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D, padded lse");
+      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, true, d_sum);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
 
   using wgmma::bwd::kBlock;
   const CUtensorMap q_map = map_of(op, "q", q, T, kBlock), k_map = map_of(op, "k", k, T, kBlock);
@@ -331,14 +350,11 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   auto kernel = wgmma::bwd::attn_bwd_kernel<wgmma::bwd::DqMode::kVectorReduce>;
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma::bwd::kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));  // the kernel leaves dQ / scale in the sums; rounding scales it
-  const wgmma::bwd::RawFinal raw_final{plan.raw_tiles_whole ? static_cast<bf16_t*>(dk.data()) : nullptr,
-                                       static_cast<bf16_t*>(dv.data()), dk.stride(0), dv.stride(0),
-                                       compacted_row.data_as<int32_t>(), int(T)};
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
   kernel<<<grid, wgmma::bwd::kThreads, wgmma::bwd::kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
       reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse, d_sum, padded, dq_sums,
-      dk_sums, dv_sums, dkc_sums, dvc_sums, raw_final, int(Hq), int(Hk), scale, nullptr);
+      dk_sums, dv_sums, dkc_sums, dvc_sums, int(Hq), int(Hk), scale, nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
   // A thread per 8 columns of a row, the heads along y; about one wave of blocks in all.

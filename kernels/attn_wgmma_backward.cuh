@@ -128,30 +128,18 @@ __host__ __device__ inline int dq_offset(int row, int col) {
   return (row / 16) * 1024 + ((col / 8) * 32 + lane) * 4 + 2 * (within / 8) + col % 2;
 }
 
-// Where the raw tiles' dK and dV go when every raw tile is one unit's (raw_tiles_whole): a position
-// without a compacted row gets its final bf16 values (dk, dv: [total_rows, Hk, 64], rows dk_stride and
-// dv_stride apart); one with a compacted row (compacted_row [Hk, total_rows]: the row, or -1) adds its
-// raw part into that row's sums. dk null: into the fp32 raw sums, for finalize_kv_kernel.
-struct RawFinal {
-  __nv_bfloat16 *dk, *dv;
-  int64_t dk_stride, dv_stride;
-  const int* compacted_row;
-  int total_rows;
-};
-
 // lse (in log2 units: lse * log2 e) and d: [Hq][padded_rows] f32, every document padded to whole
 // tiles. dq_accum: [Hq, padded_rows, 64] f32 laid out by dq_offset per 64-row tile, zeroed; it gets dQ
 // / scale (round_dq_kernel scales it).
-// dk, dv: [T, Hk, 64] f32 for the raw tiles (unused with raw_final.dk set); dkc, dvc: [compacted rows,
-// Hk, 64] f32 for the others; all zeroed.
+// dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
+// all zeroed.
 template <DqMode kDq>
 __global__ void __launch_bounds__(kThreads, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
                     const WorkUnit* units, const float* lse, const float* d_sum, int padded_rows, float* dq_accum,
-                    float* dk, float* dv, float* dkc, float* dvc, RawFinal raw_final, int Hq, int Hk, float scale,
-                    CtaSpan* spans) {
+                    float* dk, float* dv, float* dkc, float* dvc, int Hq, int Hk, float scale, CtaSpan* spans) {
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + kTileBytes;
@@ -366,31 +354,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   if (spans) last_step = global_ns();
 
-  const bool final = raw_final.dk && !tile.compacted;
+  float *dk_out = tile.compacted ? dkc : dk, *dv_out = tile.compacted ? dvc : dv;
   const int rows = tile.compacted ? unit.compacted_rows : T;
   const int first_row = tile.compacted ? unit.compacted_begin : unit.begin;
 #pragma unroll
   for (int r = 0; r < 32; r += 2) {
     const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
     if (key < 0 || key >= rows) continue;  // outside the document (key < 0: a tile of sinks only has no unit)
-    const int row = first_row + key;  // a packed position, or a compacted row
-    const float2 dk2 = make_float2(dk_acc[r] * scale, dk_acc[r + 1] * scale), dv2 = make_float2(dv_acc[r], dv_acc[r + 1]);
-    bool compacted = tile.compacted;
-    int sum_row = row;
-    if (final) {
-      const int c = raw_final.compacted_row[int64_t(kv_head) * raw_final.total_rows + row];
-      if (c < 0) {
-        *reinterpret_cast<__nv_bfloat162*>(raw_final.dk + row * raw_final.dk_stride + kv_head * kD + col) =
-            __floats2bfloat162_rn(dk2.x, dk2.y);
-        *reinterpret_cast<__nv_bfloat162*>(raw_final.dv + row * raw_final.dv_stride + kv_head * kD + col) =
-            __floats2bfloat162_rn(dv2.x, dv2.y);
-        continue;
-      }
-      compacted = true, sum_row = c;
-    }
-    const int64_t at = (int64_t(sum_row) * Hk + kv_head) * kD + col;
-    atomicAdd(reinterpret_cast<float2*>((compacted ? dkc : dk) + at), dk2);
-    atomicAdd(reinterpret_cast<float2*>((compacted ? dvc : dv) + at), dv2);
+    const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kD + col;
+    atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r] * scale, dk_acc[r + 1] * scale));
+    atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
   }
   if (spans) {
     __syncthreads();
@@ -429,9 +402,7 @@ static __global__ void round_dq_kernel(const float* x, const int* padded_row, fl
 
 // dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's
 // (compacted_row [Hk, T], -1 for neither). dk_out, dv_out: [T, Hk, 64], rows dk_stride and dv_stride
-// apart. dk, dv null (RawFinal: the raw tiles wrote the other positions' and added their part into the
-// compacted rows'): the compacted rows' positions only. blockIdx.y is the KV head; a thread takes 8
-// columns of a position.
+// apart. blockIdx.y is the KV head; a thread takes 8 columns of a position.
 static __global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
                                           const int* compacted_row, __nv_bfloat16* dk_out, int64_t dk_stride,
                                           __nv_bfloat16* dv_out, int64_t dv_stride, int T, int Hk) {
@@ -440,13 +411,12 @@ static __global__ void finalize_kv_kernel(const float* dk, const float* dv, cons
        i += int64_t(gridDim.x) * blockDim.x) {
     const int position = int(i / 8), col = int(i % 8) * 8;
     const int row = compacted_row[int64_t(head) * T + position];
-    if (!dk && row < 0) continue;
     const int64_t from = (int64_t(position) * Hk + head) * kD + col, from_row = (int64_t(row) * Hk + head) * kD + col;
     auto finish = [&](const float* raw, const float* compacted, __nv_bfloat16* out) {
       float sum[8];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float4 part = raw ? reinterpret_cast<const float4*>(raw + from)[h] : float4{0.0f, 0.0f, 0.0f, 0.0f};
+        float4 part = reinterpret_cast<const float4*>(raw + from)[h];
         if (row >= 0) {
           const float4 more = reinterpret_cast<const float4*>(compacted + from_row)[h];
           part = {part.x + more.x, part.y + more.y, part.z + more.z, part.w + more.w};
@@ -467,16 +437,6 @@ inline std::vector<int> padded_begins(const std::vector<int>& doc_start, const L
   for (size_t b = 0; b + 1 < doc_start.size(); ++b)
     begin.push_back(begin[b] + lrsa.grid_tiles(doc_start[b + 1] - doc_start[b]) * kBlock);
   return begin;
-}
-
-// Whether every raw key tile is one unit's (the backward can then write the raw positions' dK and dV
-// itself: RawFinal).
-inline bool raw_tiles_whole(const std::vector<WorkUnit>& units, const Lrsa& lrsa) {
-  for (const WorkUnit& unit : units) {
-    const KeyTile tile(lrsa, unit.tile, unit.length);
-    if (!tile.compacted && unit.m_count != tile.m_tiles) return false;
-  }
-  return true;
 }
 
 // Each row's place in the tile-padded sums: [doc_start.back()].
