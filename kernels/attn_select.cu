@@ -185,10 +185,10 @@ __device__ __forceinline__ bool comes_before(double si, int i, double sj, int j)
   return si > sj || (si == sj && i < j);
 }
 
-// The pairwise sums of src [N] for K (z = 0) and V (z = 1) at once, in the host's order
-// (softmax_rows in src/attn/selection.cpp: x[i] += x[i + h] for h = N / 2 .. 1): the halves at least
-// a block apart within each thread, then across the block in shared memory, then in warp 0 by
-// shuffles. Returns both totals to every thread; tree [2][kRankThreads] is scratch.
+// The pairwise sums of k [N] and v [N] at once, in the host's order (softmax_rows in
+// src/attn/selection.cpp: x[i] += x[i + h] for h = N / 2 .. 1): the halves at least a block apart
+// within each thread, then across the block in shared memory, then the last 32 by shuffles in every
+// warp, so that every thread gets both totals; tree [2][kRankThreads] is scratch.
 __device__ __forceinline__ double2 tree_sums(const double* k, const double* v, int N, double* tree) {
   const int tid = threadIdx.x, per_thread = N / kRankThreads;
   double ak[kMaxRankRows / kRankThreads], av[kMaxRankRows / kRankThreads];
@@ -224,7 +224,7 @@ __device__ __forceinline__ double2 tree_sums(const double* k, const double* v, i
 __device__ __forceinline__ void exchange_in_warp(double& s, int& r, int i, int half, int size) {
   const double ps = __shfl_xor_sync(0xffffffffu, s, half);
   const int pr = __shfl_xor_sync(0xffffffffu, r, half);
-  const bool forward = (i & size) == 0;       // this run ends up in selection order
+  const bool forward = (i & size) == 0;                  // this run ends up in selection order
   const bool want_first = ((i & half) == 0) == forward;  // the lower position of a forward run
   if (want_first == comes_before(ps, pr, s, r)) s = ps, r = pr;
 }

@@ -74,9 +74,9 @@ struct TilePlan {
 };
 
 // A CTA's query rows: rows [64 * consumers * m_block - Lrsa::shift, + 64 * consumers) of the document
-// of `length` rows from row `begin` of the packed batch (none before it: the first CTA's rows start
-// before it, so that the next CTAs' tiles start with a partition), whose compacted rows start at row `compacted_begin` of
-// ck/cv. The plan and the masks work in positions within the document.
+// of `length` rows from row `begin` of the packed batch (the first CTA's rows may start before the
+// document, on the tile grid; those are neither computed for nor stored), whose compacted rows start
+// at row `compacted_begin` of ck/cv. The plan and the masks work in positions within the document.
 struct QueryTile {
   int begin, length, compacted_begin, m_block;
 };
