@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kStdRows) lag_std_kernel(const SelectArgs a) {
 // Shared memory: key [N] doubles (the K values: std, softmax, then the score), value [N] doubles
 // (the V values), row [N] ints (the rows in sort order), kept [L] flags.
 constexpr int kRankThreads = 1024;
-constexpr int kMaxRankRows = 8192;  // the softmax's tree holds N / kRankThreads values per thread
+constexpr int kMaxRankRows = int(attn::kCudaMaxLag);  // the softmax's tree holds N / kRankThreads values per thread
 
 __host__ __device__ int rank_rows(int L) {
   const int padded = int(std::bit_ceil(unsigned(L)));

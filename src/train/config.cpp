@@ -714,6 +714,9 @@ void check_attention(const RunConfig& c, const ConfigContext& ctx) {
     config_fail("attention.lag",
                 "must be a multiple of {} on CUDA (the LRSA kernel tile){}, got {}: use {} (device cpu accepts any lag >= 1)",
                 kCudaLagTile, auto_note, p.lag, nearest_multiples(p.lag, kCudaLagTile));
+  if (cuda && p.lag > attn::kCudaMaxLag)
+    config_fail("attention.lag", "must be at most {} on CUDA (the selection sorts a partition in one thread block){}, "
+                "got {} (device cpu accepts any lag >= 1)", attn::kCudaMaxLag, auto_note, p.lag);
 }
 
 void finalize_batch(RunConfig& c, const ConfigContext& ctx) {

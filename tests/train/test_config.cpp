@@ -292,6 +292,12 @@ TEST_CASE("cross-field rules", "[train]") {
   CHECK_THROWS_WITH(load(odd_lag, {}, {1, true}), Catch::Contains("(the LRSA kernel tile); device auto picks CUDA here, got 100"));
   odd_lag["attention"]["lag"] = 32;
   CHECK_THROWS_WITH(load(odd_lag, {}, {1, true}), Catch::Contains("got 32: use 64 (device cpu"));
+  odd_lag["attention"]["lag"] = 8256;  // a multiple of 64 past the CUDA selection's ceiling
+  CHECK_THROWS_WITH(load(odd_lag, {}, {1, true}),
+                    "config run.json: attention.lag: must be at most 8192 on CUDA (the selection sorts a partition in "
+                    "one thread block); device auto picks CUDA here, got 8256 (device cpu accepts any lag >= 1)");
+  odd_lag["device"] = "cpu";
+  CHECK(load(odd_lag).attention.lrsa.lag == 8256);
 
   // Attention backend: a choice; cudnn needs a cuDNN build, a CUDA run and no determinism.
   CHECK(load(minimal()).attention.backend == attn::Backend::Auto);

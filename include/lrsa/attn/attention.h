@@ -54,6 +54,10 @@ struct LrsaParams {
 // workspace fit in AttentionConfig::cudnn_gather_gib; auto runs LRSA on the native kernels only
 // when one virtual sequence alone needs more (docs/config.md). The ceiling keeps each
 // pass's buffers within 2^31 elements.
+// The CUDA selection sorts a partition's rows in one thread block, at most 8192 of them
+// (kernels/attn_select.cu): the longest lag on the GPU.
+constexpr int64_t kCudaMaxLag = 8192;
+
 constexpr double kDefaultCudnnGatherGib = 4;
 constexpr double kMaxCudnnGatherGib = 16;
 
