@@ -47,6 +47,10 @@ struct LrsaParams {
   void validate() const;      // rejects K < 1, L < 1, S < 0, r outside (0, 1] with a clear error
 };
 
+// The CUDA selection sorts a partition's rows in one thread block, at most 8192 of them
+// (kernels/attn_select.cu): the longest lag on the GPU.
+constexpr int64_t kCudaMaxLag = 8192;
+
 // LRSA on cuDNN copies the visible keys of each query partition (and the history each group of
 // partitions shares) into gathered buffers, four of them per layer in the backward
 // (kernels/attn_lrsa_cudnn.h), and they grow like T^2, as does cuDNN's backward workspace. So
@@ -54,10 +58,6 @@ struct LrsaParams {
 // workspace fit in AttentionConfig::cudnn_gather_gib; auto runs LRSA on the native kernels only
 // when one virtual sequence alone needs more (docs/config.md). The ceiling keeps each
 // pass's buffers within 2^31 elements.
-// The CUDA selection sorts a partition's rows in one thread block, at most 8192 of them
-// (kernels/attn_select.cu): the longest lag on the GPU.
-constexpr int64_t kCudaMaxLag = 8192;
-
 constexpr double kDefaultCudnnGatherGib = 4;
 constexpr double kMaxCudnnGatherGib = 16;
 
