@@ -53,12 +53,4 @@ inline unsigned delta_blocks(int T, int Hq, int D) {
   return unsigned((threads + 255) / 256);
 }
 
-// Whether delta_kernel may load 16 bytes at a time from o and d_o.
-template <typename Element>
-inline bool delta_vectors(const Element* o, int64_t o_stride, const Element* d_o, int64_t d_o_stride) {
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return aligned(o) && aligned(d_o) && (o_stride * sizeof(Element)) % 16 == 0 &&
-         (d_o_stride * sizeof(Element)) % 16 == 0;
-}
-
 }  // namespace lrsa::cuda

@@ -406,9 +406,12 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
   dispatch_float(dout.dtype(), op, [&](auto* tag) {
     using T_ = std::remove_pointer_t<decltype(tag)>;
     const T_ *o = static_cast<const T_*>(saved.out.data()), *d_o = static_cast<const T_*>(dout.data());
+    // 16-byte loads where both start 16-byte aligned and so do all their rows
+    const bool vectors = aligned16(o) && aligned16(d_o) && row_stride(saved.out) % pack_of<T_> == 0 &&
+                         row_stride(dout) % pack_of<T_> == 0;
     delta_kernel<T_><<<delta_blocks<T_>(int(T), int(Hq), D), 256, 0, current_stream()>>>(
-        o, row_stride(saved.out), d_o, row_stride(dout), nullptr, int(T), int(Hq), D, int(T),
-        delta_vectors(o, row_stride(saved.out), d_o, row_stride(dout)), delta.data_as<float>());
+        o, row_stride(saved.out), d_o, row_stride(dout), nullptr, int(T), int(Hq), D, int(T), vectors,
+        delta.data_as<float>());
   });
   LRSA_CUDA_CHECK_LAUNCH("flash_backward: delta");
 

@@ -18,9 +18,10 @@ constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = 2^(x log2 e): the ker
 //
 // The tiles of raw keys and of queries (the backward's 128-row ones; the forward's CTAs start on the
 // same grid) lie on a grid of kGridRows rows that starts `shift` rows before each document (the rows
-// before it are another document's or outside the tensor, and no row sees them). With a lag that is a multiple of kGridRows, shift = -S mod kGridRows starts every partition
-// on a tile: no tile then holds the end of one partition and the start of the next, whose keys have
-// different viewers (32K tokens, S = 16, L = 1024: 2.2% fewer backward steps, 45% fewer masked ones).
+// before it are another document's or outside the tensor, and no row sees them). With a lag that is
+// a multiple of kGridRows, shift = -S mod kGridRows starts every partition on a tile: no tile then
+// holds the end of one partition and the start of the next, whose keys have different viewers (32K
+// tokens, S = 16, L = 1024: 2.2% fewer backward steps, 45% fewer masked ones).
 struct Lrsa {
   int sink, lag, keep;  // S, L, K; lag 0: dense causal
   float inverse_lag;    // 1 / L: partition() runs per row and tile, and an integer division costs ~20 instructions
