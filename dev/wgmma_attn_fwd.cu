@@ -133,7 +133,8 @@ bool variant(const std::vector<Problem>& problems, const std::vector<Reference>&
 
 // The plan on the CPU, for query tiles of `tile_rows` rows: every CTA of query_tiles has a key tile
 // (the kernel waits for one), and its key tiles, through the softmax's masks (none on a warpgroup's
-// whole tiles), let every row see each of its keys once (PairCounts).
+// whole tiles) and without those a warpgroup skips (TilePlan::seen), let every row see each of its
+// keys once (PairCounts).
 bool plan_check(const Problem& p, int tile_rows) {
   const Lrsa lrsa = p.lrsa();
   const std::vector<QueryTile> tiles = query_tiles(p.doc_start, p.compacted_start, lrsa, tile_rows);
@@ -149,7 +150,8 @@ bool plan_check(const Problem& p, int tile_rows) {
       for (int j = 0; j < plan.tiles; ++j)
         for (int wg_row = first; wg_row < first + tile_rows; wg_row += 64) {
           const int wg_last = std::min(wg_row + 63, w.length - 1);
-          const bool whole = plan.whole(lrsa, j, wg_row, wg_last);
+          if (!plan.seen(lrsa, wg_row, wg_last)(j)) continue;  // the kernel skips it
+          const bool whole = plan.whole(lrsa, wg_row, wg_last)(j);
           for (int row = std::max(wg_row, 0); row <= wg_last; ++row) {  // rows before the document are not stored
             const int2 c = whole ? int2{0, kBlockN} : plan.columns(j, row, lrsa.compacted_end(row), lrsa.raw_begin(row));
             for (int col = std::max(c.x, 0); col < std::min(c.y, kBlockN); ++col) {

@@ -44,6 +44,15 @@ struct Config {
   static constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
 };
 
+// A set of a plan's tiles (TilePlan, below): the compacted tiles [0, compacted) and the raw tiles
+// [raw_first, raw_end). A warpgroup computes its seen and whole ones once: the visible intervals grow
+// with the row, so its first and last rows bound every row's, and each set is contiguous. (Asking per
+// tile put two partition() evaluations, ~40 instructions, between each tile's S and its softmax.)
+struct TileSet {
+  int compacted, raw_first, raw_end;
+  __host__ __device__ bool operator()(int i) const { return i < compacted || (i >= raw_first && i < raw_end); }
+};
+
 // The key tiles of the query rows [first, last] (first may precede the document: Lrsa::shift):
 // compacted tiles first, then raw tiles from the earliest raw key any of the rows sees, rounded down
 // to the tile grid so that the diagonal is one tile of a 128-row CTA (a masked tile costs twice a
@@ -66,10 +75,27 @@ struct TilePlan {
     const int first = start(i);
     return compacted(i) ? int2{-first, compacted_end - first} : int2{raw_begin - first, row + 1 - first};
   }
-  // Does every row of [first_row, last_row] see all of tile i? The intervals grow with the row.
-  __host__ __device__ bool whole(const Lrsa& lrsa, int i, int first_row, int last_row) const {
-    return columns(i, last_row, lrsa.compacted_end(last_row), lrsa.raw_begin(last_row)).x <= 0 &&
-           columns(i, first_row, lrsa.compacted_end(first_row), lrsa.raw_begin(first_row)).y >= kBlockN;
+  // The tiles every row of [first_row, last_row] sees whole: a compacted tile below the first row's
+  // compacted_end, a raw tile from the last row's raw_begin on and ending by the first row. The
+  // rest are masked.
+  __host__ __device__ TileSet whole(const Lrsa& lrsa, int first_row, int last_row) const {
+    const int raw_tiles = tiles - compacted_tiles, below = lrsa.raw_begin(last_row) - raw_start;
+    const int compacted = min(max(lrsa.compacted_end(first_row), 0) / kBlockN, compacted_tiles);
+    const int raw_first = min((max(below, 0) + kBlockN - 1) / kBlockN, raw_tiles);
+    const int ends_by = first_row + 1 - kBlockN - raw_start;  // a raw tile starting by here ends by the first row
+    const int raw_end = ends_by < 0 ? 0 : min(ends_by / kBlockN + 1, raw_tiles);
+    return {compacted, compacted_tiles + raw_first, compacted_tiles + max(raw_end, raw_first)};
+  }
+  // The tiles some row of [first_row, last_row] sees: not those the last row's interval ends before
+  // or the first row's begins after (else the row max(first row, tile start, S) sees it; the dev
+  // harness checks that no seen pair is left out).
+  __host__ __device__ TileSet seen(const Lrsa& lrsa, int first_row, int last_row) const {
+    if (first_row > last_row) return {0, 0, 0};
+    const int raw_tiles = tiles - compacted_tiles;
+    const int compacted = min(max((lrsa.compacted_end(last_row) + kBlockN - 1) / kBlockN, 0), compacted_tiles);
+    const int raw_first = min(max(lrsa.raw_begin(first_row) - raw_start, 0) / kBlockN, raw_tiles);
+    const int raw_end = last_row < raw_start ? 0 : min((last_row - raw_start) / kBlockN + 1, raw_tiles);
+    return {compacted, compacted_tiles + raw_first, compacted_tiles + max(raw_end, raw_first)};
   }
 };
 
@@ -145,8 +171,16 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   // This thread's rows' visible intervals: compacted [0, compacted_end), raw [raw_begin, row].
   const int compacted_end[2] = {lrsa.compacted_end(row0), lrsa.compacted_end(row0 + 8)};
   const int raw_begin[2] = {lrsa.raw_begin(row0), lrsa.raw_begin(row0 + 8)};
+  // This warpgroup's seen and whole tiles, the same in every lane: shuffled from lane 0, so that the
+  // compiler knows it (they go to uniform registers, and a branch on them keeps the tile loop's
+  // counter uniform, which its wgmma descriptors need).
+  auto uniform = [](TileSet set) {
+    return TileSet{__shfl_sync(0xffffffff, set.compacted, 0), __shfl_sync(0xffffffff, set.raw_first, 0),
+                   __shfl_sync(0xffffffff, set.raw_end, 0)};
+  };
+  const TileSet seen = uniform(plan.seen(lrsa, wg_row, wg_last)), whole = uniform(plan.whole(lrsa, wg_row, wg_last));
   const float scale_log2 = scale * kLog2e;
-  const uint32_t q_wg = q_tile + warpgroup * 64 * 128;
+  const uint32_t q_wg = __shfl_sync(0xffffffff, q_tile + warpgroup * 64 * 128, 0);  // uniform, as above
   float out[32], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   int masked_tiles = 0;
 #pragma unroll
@@ -166,6 +200,19 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   auto release = [&](int j) {  // tile j's K and V are read by finished wgmmas only
     if (t % 32 == 0) mbarrier_arrive(empty + 8 * (j % kStages));
   };
+  // A tile none of this warpgroup's rows sees is skipped: masked whole, it would leave the row
+  // statistics and the output exactly as they were. A 192-row CTA spans two partitions in two
+  // cases of three: rows of the earlier one see none of the later one's extra compacted tiles, rows
+  // of the later one none of the oldest raw partition (32K LRSA: 2.5% of the warpgroups' tiles).
+  // Without overlap only (there a tile's P V runs in its own iteration). The stage is released
+  // after it filled, so that a warpgroup that skips runs at most the ring's depth ahead and never
+  // arrives for a later use of the stage.
+  auto skip = [&](int j) {
+    if (kOverlap || seen(j)) return false;
+    mbarrier_wait(full + 8 * (j % kStages), (j / kStages) & 1);
+    release(j);
+    return true;
+  };
   auto issue_qk = [&](int j, float (&s)[64]) {
     const uint32_t k_tile = k_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
@@ -180,7 +227,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   // Masks tile j, updates the row statistics and turns S into unnormalized probabilities; returns
   // each row's rescaling of the output so far.
   auto softmax = [&](int j, float (&s)[64], float (&correction)[2]) {
-    if (!plan.whole(lrsa, j, wg_row, wg_last)) {
+    if (!whole(j)) {
       ++masked_tiles;
       // Row h sees the tile's columns [begin[h], end[h]), counted from this thread's first column, so
       // that each element compares a constant.
@@ -236,7 +283,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   // branch between a wgmma's issue and its wait (ptxas serializes wgmmas across divergent paths).
   mbarrier_wait(q_full, 0);
   uint64_t first_step = 0, last_step = 0;
-  {
+  if (!skip(0)) {
     float s[64], correction[2];
     mbarrier_wait(full, 0);
     if (spans) first_step = global_ns();
@@ -253,8 +300,11 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       pv_now(0);
       release(0);
     }
+  } else if (spans) {
+    first_step = global_ns();
   }
   for (int j = 1; j < n_blocks; ++j) {
+    if (skip(j)) continue;
     float s[64], correction[2];
     mbarrier_wait(full + 8 * (j % kStages), (j / kStages) & 1);
     my_turn();
