@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A/B of a dev harness: the working tree's kernels against a baseline commit's, built and run on
+# the same GPU machine (machines differ by a few percent, so only runs of one call compare).
+#   bash dev/ab.sh save <commit>          on the development machine: that commit's kernels/ and
+#                                         dev/ into .ab-baseline/ (ignored; carry it to the GPU)
+#   bash dev/ab.sh run <name> [rounds]    on the GPU machine: builds dev/<name>.cu from both with
+#                                         nvcc at once, then runs baseline and tree alternately,
+#                                         `rounds` times each (default 1); logs under $OUT
+#                                         (default out/), the timing lines printed side by side
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+baseline=.ab-baseline
+usage() {
+  echo "usage: bash dev/ab.sh save <commit> | run <name> [rounds]" >&2
+  exit 2
+}
+
+case "${1:-}" in
+  save)
+    [ $# -eq 2 ] || usage
+    commit=$(git rev-parse --verify "$2^{commit}") || exit 2
+    rm -rf "$baseline" && mkdir -p "$baseline"
+    git archive "$commit" kernels dev | tar -x -C "$baseline" || exit 1
+    echo "$commit" >"$baseline/COMMIT"
+    echo "dev/ab.sh: $baseline holds kernels/ and dev/ of $commit"
+    ;;
+  run)
+    { [ $# -ge 2 ] && [ $# -le 3 ]; } || usage
+    name=$2 rounds=${3:-1}
+    [ -f "$baseline/COMMIT" ] || { echo "dev/ab.sh: no $baseline: run 'bash dev/ab.sh save <commit>' and carry it" >&2; exit 2; }
+    [ -f "dev/$name.cu" ] || { echo "dev/ab.sh: no dev/$name.cu" >&2; exit 2; }
+    out=${OUT:-out}
+    mkdir -p "$out" build-gpu
+    nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+    build() {  # <source root> <program>
+      "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -Xptxas -v \
+        "$1/dev/$name.cu" -o "$2" >"$out/$(basename "$2").build.log" 2>&1
+    }
+    build "$baseline" "build-gpu/ab-$name-baseline" &
+    build . "build-gpu/ab-$name-tree" &
+    status=0
+    for job in $(jobs -p); do wait "$job" || status=1; done
+    if [ $status -ne 0 ]; then
+      echo "dev/ab.sh: a build failed (see $out/ab-$name-*.build.log)" >&2
+      exit 1
+    fi
+    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(git rev-parse --short HEAD 2>/dev/null || echo "(no git here)")"
+    for round in $(seq "$rounds"); do
+      for side in baseline tree; do
+        log="$out/ab-$name-$side-$round.log"
+        timeout "${AB_TIMEOUT:-300}" "build-gpu/ab-$name-$side" >"$log" 2>&1
+        rc=$?
+        echo "$side round $round: exit $rc, $(grep -c ': PASS' "$log") checks passed, $(grep -c 'FAIL' "$log") failed"
+        [ $rc -eq 0 ] || status=1
+      done
+    done
+    # Each timing line of the first round's logs, baseline above tree.
+    paste -d '\n' <(grep -hE '(^| )time ' "$out/ab-$name-baseline-1.log" | sed 's/^/baseline  /') \
+      <(grep -hE '(^| )time ' "$out/ab-$name-tree-1.log" | sed 's/^/tree      /')
+    exit $status
+    ;;
+  *) usage ;;
+esac
