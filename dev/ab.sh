@@ -31,13 +31,9 @@ case "${1:-}" in
     [ -f "dev/$name.cu" ] || { echo "dev/ab.sh: no dev/$name.cu" >&2; exit 2; }
     out=${OUT:-out}
     mkdir -p "$out" build-gpu
-    nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
-    build() {  # <source root> <program>
-      "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -Xptxas -v \
-        "$1/dev/$name.cu" -o "$2" >"$out/$(basename "$2").build.log" 2>&1
-    }
-    build "$baseline" "build-gpu/ab-$name-baseline" &
-    build . "build-gpu/ab-$name-tree" &
+    source dev/build_harness.sh
+    build_harness "$baseline" "$name" "build-gpu/ab-$name-baseline" "$out/ab-$name-baseline.build.log" &
+    build_harness . "$name" "build-gpu/ab-$name-tree" "$out/ab-$name-tree.build.log" &
     status=0
     for job in $(jobs -p); do wait "$job" || status=1; done
     if [ $status -ne 0 ]; then

@@ -8,12 +8,11 @@ out=${OUT:-out}
 mkdir -p "$out" build-gpu
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=($(cd dev && ls *.cu | sed 's/\.cu$//'))
-nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+source dev/build_harness.sh
 status=0
 for name in "${names[@]}"; do
   log="$out/dev-$name.log"
-  if ! "$nvcc" -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a -Xptxas -v "dev/$name.cu" -o "build-gpu/$name" \
-      >"$log" 2>&1; then
+  if ! build_harness . "$name" "build-gpu/$name" "$log"; then
     echo "$name: build FAILED (see $log)"; status=1; continue
   fi
   timeout 120 "build-gpu/$name" 2>&1 | tee -a "$log"
