@@ -2,9 +2,9 @@
 // CUDA attention kernels (kernels/attn_*.cu), same contracts as attention.h. The public
 // functions in src/attn validate arguments and dispatch here for CUDA tensors.
 // Kernel limits (clear errors otherwise): head dimension 64 or 128; Mode::Lrsa needs lag % 64
-// == 0 and lag <= attn::kCudaMaxLag (any sink); rows 16-byte aligned. bf16 is the native dtype; f32 inputs are accepted and
-// computed in bf16 (q/k/v/dout converted, outputs written in f32 from the f32 accumulators);
-// the selection reads the original values. Design: docs/design-attention.md.
+// == 0 and lag <= attn::kCudaMaxLag (any sink); rows 16-byte aligned. bf16 is the native dtype;
+// f32 inputs are accepted and computed in bf16 (q/k/v/dout converted, outputs written in f32 from
+// the f32 accumulators); the selection reads the original values. Design: docs/design-attention.md.
 #ifdef LRSA_WITH_CUDA
 #include "lrsa/attn/attention.h"
 
