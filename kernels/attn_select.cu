@@ -251,17 +251,17 @@ __global__ void __launch_bounds__(kRankThreads) select_rank_kernel(const SelectA
     key[i] = sk;
     value[i] = sv;
   }
-  for (int o = 16; o > 0; o /= 2) {
-    top_k = fmax(top_k, __shfl_xor_sync(0xffffffffu, top_k, o));
-    top_v = fmax(top_v, __shfl_xor_sync(0xffffffffu, top_v, o));
-  }
+  const auto warp_max = [&] {  // both maxima over the warp's lanes, in every lane
+    for (int o = 16; o > 0; o /= 2) {
+      top_k = fmax(top_k, __shfl_xor_sync(0xffffffffu, top_k, o));
+      top_v = fmax(top_v, __shfl_xor_sync(0xffffffffu, top_v, o));
+    }
+  };
+  warp_max();
   if (lane == 0) scratch[0][warp] = top_k, scratch[1][warp] = top_v;
   __syncthreads();
   top_k = scratch[0][lane], top_v = scratch[1][lane];
-  for (int o = 16; o > 0; o /= 2) {
-    top_k = fmax(top_k, __shfl_xor_sync(0xffffffffu, top_k, o));
-    top_v = fmax(top_v, __shfl_xor_sync(0xffffffffu, top_v, o));
-  }
+  warp_max();
   for (int i = tid; i < N; i += kRankThreads) {
     key[i] = i < L ? exp(__dsub_rn(key[i], top_k)) : 0.0;
     value[i] = i < L ? exp(__dsub_rn(value[i], top_v)) : 0.0;
