@@ -172,6 +172,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   const int compacted_map_rows = p.lag ? std::max(compacted_rows, 1) : T;
   const CUtensorMap ck_map = tensor_map(ck, compacted_map_rows, Hk, kBlock),
                     cv_map = tensor_map(cv, compacted_map_rows, Hk, kBlock);
+  constexpr int kSmemBytes = Smem<kDq>::kBytes;
   CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
   const Lrsa lrsa = p.lrsa();

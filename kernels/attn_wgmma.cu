@@ -347,11 +347,13 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kBlock);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, std::max(rows, 1), kBlock) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
-  auto kernel = wgmma::bwd::attn_bwd_kernel<wgmma::bwd::DqMode::kVectorReduce>;
-  LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wgmma::bwd::kSmemBytes));
+  constexpr wgmma::bwd::DqMode kDq = wgmma::bwd::DqMode::kVectorReduce;
+  constexpr int kSmemBytes = wgmma::bwd::Smem<kDq>::kBytes;
+  auto kernel = wgmma::bwd::attn_bwd_kernel<kDq>;
+  LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));  // the kernel leaves dQ / scale in the sums; rounding scales it
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
-  kernel<<<grid, wgmma::bwd::kThreads, wgmma::bwd::kSmemBytes, stream>>>(
+  kernel<<<grid, wgmma::bwd::kThreads, kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
       reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse, d_sum, padded, dq_sums,
       dk_sums, dv_sums, dkc_sums, dvc_sums, int(Hq), int(Hk), scale, nullptr);

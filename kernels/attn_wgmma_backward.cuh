@@ -32,19 +32,34 @@ namespace lrsa::cuda::wgmma::bwd {
 
 constexpr int kBlock = kGridRows;            // keys per CTA, queries per step: the tile grid
 constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
-constexpr int kStages = 2;
 // Two warpgroups and no producer warp: a step needs about 255 registers per thread, more than the
 // 240 that setmaxnreg can give consumer warpgroups next to a producer warpgroup (a 288-thread CTA
 // gets 168 without it). Thread 0 issues the copies.
 constexpr int kThreads = 2 * 128;
-// K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2 halves][128 keys][64 queries].
-constexpr int kQOffset = 2 * kTileBytes;
-constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
-constexpr int kDsOffset = kDoOffset + kStages * kTileBytes;
-constexpr int kStatsOffset = kDsOffset + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
-constexpr int kDqOffset = kStatsOffset + kStages * 2 * kBlock * 4;  // kBulk's dQ staging per warpgroup, 64 x 64 f32
-constexpr int kBarrierOffset = kDqOffset + 2 * 64 * kD * 4;
-constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;
+
+// How a step's dQ reaches the fp32 sums: kVectorReduce, training's, adds each thread's 4-register
+// groups with red.global.add.v4.f32; kAtomic adds register pairs with float2 atomics; kBulk stages
+// the warpgroup's 64 x 64 tile in shared memory and adds it with one bulk reduce-add (TMA); kSkip
+// does not add it (a bound for timing, not a result). dev/wgmma_attn_bwd.cu times each, and
+// docs/benchmarks.md "Session 18" the ways tried before.
+enum class DqMode { kVectorReduce, kAtomic, kBulk, kSkip };
+
+// Shared memory: K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2
+// halves][128 keys][64 queries]; kBulk's dQ staging per warpgroup (64 x 64 f32); the mbarriers.
+// Step i's loads are issued in step i - kStages + 1, once both warpgroups are past step i - kStages
+// (the barrier in the middle of every step), so three stages keep them 1.5 steps ahead; kBulk's
+// staging leaves room for two.
+template <DqMode kDq>
+struct Smem {
+  static constexpr int kStages = kDq == DqMode::kBulk ? 2 : 3;
+  static constexpr int kQ = 2 * kTileBytes;
+  static constexpr int kDo = kQ + kStages * kTileBytes;
+  static constexpr int kDs = kDo + kStages * kTileBytes;
+  static constexpr int kStats = kDs + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
+  static constexpr int kDqStaging = kStats + kStages * 2 * kBlock * 4;
+  static constexpr int kBarriers = kDqStaging + (kDq == DqMode::kBulk ? 2 * 64 * kD * 4 : 0);
+  static constexpr int kBytes = kBarriers + 8 * (kStages + 1) + 1024;  // K/V's and each stage's, + alignment slack
+};
 
 __device__ inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
@@ -104,13 +119,6 @@ struct WorkUnit {
   int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
 };
 
-// How a step's dQ reaches the fp32 sums: kVectorReduce, training's, adds each thread's 4-register
-// groups with red.global.add.v4.f32; kAtomic adds register pairs with float2 atomics; kBulk stages
-// the warpgroup's 64 x 64 tile in shared memory and adds it with one bulk reduce-add (TMA); kSkip
-// does not add it (a bound for timing, not a result). dev/wgmma_attn_bwd.cu times each, and
-// docs/benchmarks.md "Session 18" the ways tried before.
-enum class DqMode { kVectorReduce, kAtomic, kBulk, kSkip };
-
 __device__ inline void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
                "r"(bytes)
@@ -143,9 +151,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + kTileBytes;
-  const uint32_t kv_full = base + kBarrierOffset, full = kv_full + 8, empty = full + 8 * kStages;
+  using L = Smem<kDq>;
+  constexpr int kStages = L::kStages;
+  const uint32_t kv_full = base + L::kBarriers, full = kv_full + 8;
   const float* stats = reinterpret_cast<const float*>(
-      smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + kStatsOffset);
+      smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + L::kStats);
   const int kv_head = blockIdx.y, group = Hq / Hk;
   const WorkUnit unit = units[blockIdx.x];
   const int T = unit.length;
@@ -156,25 +166,21 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (threadIdx.x == 0) {
     mbarrier_init(kv_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(full + 8 * s, 1);
-      mbarrier_init(empty + 8 * s, 8);  // lane 0 of every consumer warp
-    }
+    for (int s = 0; s < kStages; ++s) mbarrier_init(full + 8 * s, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
   const uint64_t began = spans ? global_ns() : 0;
 
-  // Step i's Q, dO, lse and D into stage i % kStages; the stage's previous use must be released.
+  // Step i's Q, dO, lse and D into stage i % kStages, whose previous step both warpgroups are past.
   auto load_step = [&](int i) {
     const int stage = i % kStages, head = kv_head * group + i / m_tiles;
     const int m = m_first + i % m_tiles;
-    if (i >= kStages) mbarrier_wait(empty + 8 * stage, ((i / kStages) & 1) ^ 1);
-    const uint32_t bar = full + 8 * stage, stats_stage = base + kStatsOffset + stage * 2 * kBlock * 4;
+    const uint32_t bar = full + 8 * stage, stats_stage = base + L::kStats + stage * 2 * kBlock * 4;
     mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
     const int row = unit.begin + m * kBlock - lrsa.shift;  // the first document's grid starts before row 0: zeros
-    tma_load(base + kQOffset + stage * kTileBytes, &q_map, bar, 0, head, row);
-    tma_load(base + kDoOffset + stage * kTileBytes, &do_map, bar, 0, head, row);
+    tma_load(base + L::kQ + stage * kTileBytes, &q_map, bar, 0, head, row);
+    tma_load(base + L::kDo + stage * kTileBytes, &do_map, bar, 0, head, row);
     const int64_t stats_at = int64_t(head) * padded_rows + unit.padded_begin + m * kBlock;
     bulk_load(stats_stage, lse + stats_at, kBlock * 4, bar);
     bulk_load(stats_stage + kBlock * 4, d_sum + stats_at, kBlock * 4, bar);
@@ -217,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         atomicAdd(reinterpret_cast<float2*>(dq_rows + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
       }
     } else if constexpr (kDq == DqMode::kBulk) {
-      const uint32_t staging = base + kDqOffset + warpgroup * 64 * kD * 4;
+      const uint32_t staging = base + L::kDqStaging + warpgroup * 64 * kD * 4;
       const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j .. sit 128 floats apart
       if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last tile is read
       named_barrier_sync(2 + warpgroup, 128);
@@ -239,8 +245,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto step = [&](int i, auto first) {
     const int stage = i % kStages, head = kv_head * group + i / m_tiles;
     const int m = m_first + i % m_tiles, query_begin = m * kBlock - lrsa.shift;  // a position
-    const uint32_t q_s = base + kQOffset + stage * kTileBytes, do_s = base + kDoOffset + stage * kTileBytes;
-    const uint32_t ds_s = base + kDsOffset + (i % 2) * 2 * kTileBytes;
+    const uint32_t q_s = base + L::kQ + stage * kTileBytes, do_s = base + L::kDo + stage * kTileBytes;
+    const uint32_t ds_s = base + L::kDs + (i % 2) * 2 * kTileBytes;
     const float* lse_s = stats + stage * 2 * kBlock;
     const float* d_s = lse_s + kBlock;
     mbarrier_wait(full + 8 * stage, (i / kStages) & 1);
@@ -326,6 +332,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     named_barrier_sync(1, 256);  // both warpgroups' dS^T rows are in
+    // Both warpgroups are past step i - 1: its stage takes step i - 1 + kStages. (Waiting for the
+    // stage on an mbarrier instead, in thread 0 alone, puts a loop in a branch of one thread inside
+    // every step; ptxas then builds every wgmma descriptor on the vector datapath, with two R2UR
+    // moves each: 1,112 instructions a step against 1,052, and 36 bytes of spills against none.)
+    if (threadIdx.x == 0 && i >= 1 && i - 1 + kStages < steps) load_step(i - 1 + kStages);
 
     // dQ's GEMM first, then dK's.
     wgmma_fence();
@@ -344,8 +355,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_operands(dk_acc);
     fence_operands(p_t);
     fence_operands(ds_t);
-    if (t % 32 == 0) mbarrier_arrive(empty + 8 * stage);
-    if (threadIdx.x == 0 && i + kStages < steps) load_step(i + kStages);  // once both warpgroups released it
     __syncwarp();
   };
   step(0, std::true_type{});  // every unit has at least one query tile (work_units)
