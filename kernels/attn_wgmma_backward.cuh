@@ -6,7 +6,8 @@
 // A CTA owns one tile of 128 keys of one KV head: each of its two warpgroups holds 64 of the keys and
 // their dK and dV accumulators in registers, while it walks every query tile that sees the keys, for
 // every query head of the GQA group. Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per step
-// through a ring of stages with TMA. Per step, warpgroup w (keys 64w..64w+63):
+// through a ring of stages with TMA (a stage is refilled after the barrier in the middle of the
+// next step, no mbarrier of its own: see Smem). Per step, warpgroup w (keys 64w..64w+63):
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n128, both operands from shared memory)
 //   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D)   (in registers; the 1 / sqrt(d) of dS
 //                                                   goes on dK at the end and on dQ when rounded)
@@ -18,7 +19,8 @@
 //   it to bf16) while they run.
 // LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
 // tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
-// at most 24 query tiles; a last kernel adds each position's compacted-row gradient to its raw one.
+// 12, 24 or 48 query tiles (the launcher's unit_query_tiles picks by grid size); a last kernel adds
+// each position's compacted-row gradient to its raw one.
 #pragma once
 #include <algorithm>
 #include <climits>
