@@ -40,7 +40,10 @@ case "${1:-}" in
       echo "dev/ab.sh: a build failed (see $out/ab-$name-*.build.log)" >&2
       exit 1
     fi
-    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(git rev-parse --short HEAD 2>/dev/null || echo "(no git here)")"
+    # The tree is what was copied here, which may differ from the commit its .git names.
+    tree=$(git rev-parse --short HEAD 2>/dev/null) || tree="(no git here)"
+    git diff --quiet HEAD -- kernels dev 2>/dev/null || tree="$tree + changes in kernels/ or dev/"
+    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $tree"
     for round in $(seq "$rounds"); do
       for side in baseline tree; do
         log="$out/ab-$name-$side-$round.log"
