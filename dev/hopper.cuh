@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
+#include <string>
 #include <vector>
 
 using namespace lrsa::cuda::hopper;
@@ -102,14 +102,16 @@ inline void span_report(const char* name, std::vector<CtaSpan> spans) {
               masked / n, start / n, finish / n, 100.0 * busy / (sms * span_us), gap_count ? gaps / gap_count : 0.0);
 }
 
-// The harnesses' command line: `--check` runs the checks only (CTest), no argument also times.
-inline bool checks_only(int argc, char** argv, const char* program) {
-  const bool check = argc == 2 && std::strcmp(argv[1], "--check") == 0;
-  if (argc > 2 || (argc == 2 && !check)) {
-    std::fprintf(stderr, "usage: %s [--check]\n", program);
-    std::exit(2);
-  }
-  return check;
+// The harnesses' command line: no argument checks, then times; `--check` only checks (CTest); a
+// harness may take other single flags too (`extra`). Returns the flag given, or "" for none.
+inline std::string harness_flag(int argc, char** argv, const char* program, std::vector<std::string> extra = {}) {
+  extra.insert(extra.begin(), "--check");
+  if (argc == 1) return "";
+  if (argc == 2 && std::find(extra.begin(), extra.end(), argv[1]) != extra.end()) return argv[1];
+  std::string usage;
+  for (const std::string& flag : extra) usage += (usage.empty() ? "" : " | ") + flag;
+  std::fprintf(stderr, "usage: %s [%s]\n", program, usage.c_str());
+  std::exit(2);
 }
 
 // Exits 77 (CTest: skipped) with the reason when there is no sm_90 GPU to run sm_90a code on.

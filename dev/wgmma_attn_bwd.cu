@@ -95,9 +95,9 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
 // The plan on the CPU: the work units' steps, through the kernel's masks (none on whole steps), let
 // every query see each of its keys once (PairCounts), and a tile's rows outside its document (before
 // it: the tile grid's shift) or its compacted rows reach no query and see no key.
-bool plan_check(const Problem& p, int unit_query_tiles) {
+bool plan_check(const Problem& p, std::optional<int> unit_query_tiles) {
   const Lrsa lrsa = p.lrsa();
-  const std::vector<WorkUnit> units = work_units(p.doc_start, p.compacted_start, lrsa, unit_query_tiles);
+  const std::vector<WorkUnit> units = work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, unit_query_tiles);
   for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
     PairCounts counts(p, kv_head);
     for (const WorkUnit& unit : units) {
@@ -136,7 +136,7 @@ struct BackwardRun {
 // O (bf16) and lse come from the reference forward, so only the backward is under test.
 template <DqMode kDq>
 BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
-                         int repeats, int unit_query_tiles = kUnitQueryTiles) {
+                         int repeats, std::optional<int> unit_query_tiles = std::nullopt) {
   const int T = p.T, Hq = p.Hq, Hk = p.Hk;
   const int compacted_rows = p.lag ? p.compacted_rows() : 0;
   const std::vector<int> padded_row_host = padded_rows_of(p.doc_start, p.lrsa());
@@ -176,7 +176,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kD));
   const Lrsa lrsa = p.lrsa();
-  const std::vector<WorkUnit> units_host = work_units(p.doc_start, p.compacted_start, lrsa, unit_query_tiles);
+  const std::vector<WorkUnit> units_host =
+      work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, unit_query_tiles);
   WorkUnit* units = upload(units_host);
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
@@ -225,7 +226,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
 struct DqWay {
   DqMode mode;
   const char* name;
-  BackwardRun (*run)(const Problem&, const Reference&, const std::vector<__nv_bfloat16>&, int, int);
+  BackwardRun (*run)(const Problem&, const Reference&, const std::vector<__nv_bfloat16>&, int, std::optional<int>);
 };
 const DqWay kDqWays[] = {
     {DqMode::kVectorReduce, "red.v4", run_backward<DqMode::kVectorReduce>},
@@ -251,22 +252,64 @@ std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint
   return y;
 }
 
+// dense_ms > 0: also the LRSA time's ratio to it.
 void report(const Problem& p, const char* name, const BackwardRun& r, double dense_ms) {
   const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
-  std::printf("time dQ %-32s T=%6d (%d docs) 14:2 d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
+  std::printf("time dQ %-32s T=%6d (%d docs) %d:%d d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
               "with D, dQ's zeroing and rounding, dK/dV's sums; the kernel alone %7.3f ms (%5.1f)",
-              name, p.T, p.documents(), p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms,
+              name, p.T, p.documents(), p.Hq, p.Hk, p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms,
               flops / (r.ms * 1e-3) / 1e12,
               r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
-  if (p.lag)
+  if (p.lag && dense_ms > 0)
     std::printf(", %.3f of dense with red.v4\n", r.ms / dense_ms);
   else
     std::printf("\n");
   span_report(name, r.spans);
 }
 
+// A timing problem: T tokens as `documents` equal ones, dense or LRSA (S=16, L=1024, K=256), with a
+// plausible forward (lse = log of the visible keys, so P stays near 1 / keys).
+struct TimingProblem {
+  Problem p;
+  Reference fwd;
+  std::vector<__nv_bfloat16> d_o;
+};
+TimingProblem timing_problem(int T, int documents, int Hq, int Hk, bool lrsa) {
+  const std::vector<int> lengths(documents, T / documents);
+  TimingProblem t{lrsa ? make_problem(lengths, Hq, Hk, 99, 16, 1024, 256) : make_problem(lengths, Hq, Hk, 99), {}, {}};
+  const Problem& p = t.p;
+  t.fwd = {std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T), {}, {}};
+  for (int h = 0; h < p.Hq; ++h)
+    for (int i = 0; i < T; ++i) t.fwd.lse[size_t(h) * T + i] = std::log(double(i - p.doc_start[p.doc_of[i]] + 1));
+  t.d_o = random_like(p.q, 3);
+  return t;
+}
+
+// `--units`: the backward (red.v4) with units by unit_query_tiles() and of each size it picks from,
+// for Qwen2.5-0.5B's heads (14:2) and Llama-3.2-1B's (32:8) over 1 to 16 documents.
+void unit_study() {
+  struct Case {
+    int T, documents;
+    bool lrsa;
+  };
+  for (auto [Hq, Hk] : {std::pair{14, 2}, {32, 8}})
+    for (const Case c : {Case{16384, 1, true}, {32768, 1, true}, {131072, 1, true}, {32768, 2, true},
+                         {32768, 4, true}, {32768, 8, true}, {32768, 16, true}, {16384, 4, true}, {65536, 4, true},
+                         {16384, 1, false}, {32768, 4, false}, {32768, 8, false}}) {
+      const TimingProblem t = timing_problem(c.T, c.documents, Hq, Hk, c.lrsa);
+      const int repeats = c.T > 32768 ? 3 : 10;
+      char name[64];
+      std::snprintf(name, sizeof name, "units by the rule: %d", unit_query_tiles(c.T / c.documents, Hq / Hk));
+      report(t.p, name, run_backward<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats), 0);
+      for (int unit : {12, 24, 48}) {
+        std::snprintf(name, sizeof name, "units of %d", unit);
+        report(t.p, name, run_backward<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats, unit), 0);
+      }
+    }
+}
+
 int main(int argc, char** argv) {
-  const bool check_only = checks_only(argc, argv, "wgmma_attn_bwd");
+  const std::string flag = harness_flag(argc, argv, "wgmma_attn_bwd", {"--units"});
   struct Shape {
     std::vector<int> lengths;  // of the packed documents
     int Hq, Hk, sink, lag, keep;
@@ -279,13 +322,14 @@ int main(int argc, char** argv) {
                              Shape{{1000}, 4, 2, 16, 128, 32}, Shape{{1500}, 2, 1, 5, 200, 50},
                              Shape{{700}, 4, 1, 0, 100, 25}, Shape{{300}, 2, 2, 16, 160, 40},
                              Shape{{2600}, 2, 1, 300, 256, 64}, Shape{{1000, 10, 500, 1300}, 4, 2, 16, 128, 32},
-                             Shape{{700, 2600}, 2, 1, 300, 256, 64}})
+                             Shape{{700, 2600}, 2, 1, 300, 256, 64}, Shape{{3300, 900}, 8, 1, 16, 512, 128}})
     problems.push_back(make_problem(shape.lengths, shape.Hq, shape.Hk, 11 + shape.lengths[0], shape.sink, shape.lag,
                                     shape.keep));
   bool ok = true;  // the plans first: on the CPU, so they are checked without a GPU too
   for (const Problem& p : problems)
-    for (int unit_query_tiles : {1, 12, kUnitQueryTiles, 48}) ok = plan_check(p, unit_query_tiles) && ok;
-  std::printf("wgmma_attn_bwd: plans of units of 1, 12, %d and 48 query tiles over %zu problems: %s\n", kUnitQueryTiles,
+    for (std::optional<int> unit_query_tiles : {std::optional<int>(), {1}, {12}, {24}, {48}})
+      ok = plan_check(p, unit_query_tiles) && ok;
+  std::printf("wgmma_attn_bwd: plans of units by the rule and of 1, 12, 24 and 48 query tiles over %zu problems: %s\n",
               problems.size(), ok ? "PASS" : "FAIL");
   if (!ok) return 1;
   require_hopper("wgmma_attn_bwd");
@@ -296,7 +340,7 @@ int main(int argc, char** argv) {
     const Gradients want = reference_backward(p, fwd, d_o);
     for (const DqWay& way : kDqWays) {
       if (way.mode == DqMode::kSkip) continue;
-      const BackwardRun got = way.run(p, fwd, d_o, 0, kUnitQueryTiles);
+      const BackwardRun got = way.run(p, fwd, d_o, 0, std::nullopt);
       std::printf("check dQ %-6s T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", way.name, p.T, p.documents(), p.Hq, p.Hk,
                   p.sink, p.lag, p.keep);
       bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
@@ -307,27 +351,21 @@ int main(int argc, char** argv) {
     }
   }
   if (!ok) return 1;  // no timing of a wrong kernel
-  if (check_only) return 0;
+  if (flag == "--check") return 0;
+  if (flag == "--units") {
+    unit_study();
+    return 0;
+  }
   // One document of T tokens, or T tokens packed as `documents` equal ones.
   for (auto [T, documents] : {std::pair{16384, 1}, {32768, 1}, {32768, 4}, {131072, 1}}) {
-    const std::vector<int> lengths(documents, T / documents);
     double dense_ms = 0;
-    for (int lag : {0, 1024}) {
-      const Problem p = lag ? make_problem(lengths, 14, 2, 99, 16, 1024, 256) : make_problem(lengths, 14, 2, 99);
-      Reference fwd{std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T), {}, {}};
-      for (int h = 0; h < p.Hq; ++h)  // a plausible lse: log of the visible keys, so P stays near 1 / keys
-        for (int t = 0; t < T; ++t) fwd.lse[size_t(h) * T + t] = std::log(double(t - p.doc_start[p.doc_of[t]] + 1));
-      const std::vector<__nv_bfloat16> d_o = random_like(p.q, 3);
+    for (bool lrsa : {false, true}) {
+      const TimingProblem t = timing_problem(T, documents, 14, 2, lrsa);
       const int repeats = T > 32768 ? 3 : 10;
       for (const DqWay& way : kDqWays) {
-        const BackwardRun r = way.run(p, fwd, d_o, repeats, kUnitQueryTiles);
-        if (lag == 0 && &way == &kDqWays[0]) dense_ms = r.ms;
-        report(p, way.name, r, dense_ms);
-      }
-      for (int unit : {12, 48}) {  // LRSA's units: the grid's tail against each unit's start
-        char name[64];
-        std::snprintf(name, sizeof name, "red.v4, units of %d query tiles", unit);
-        if (lag > 0) report(p, name, run_backward<DqMode::kVectorReduce>(p, fwd, d_o, repeats, unit), dense_ms);
+        const BackwardRun r = way.run(t.p, t.fwd, t.d_o, repeats, std::nullopt);
+        if (!lrsa && &way == &kDqWays[0]) dense_ms = r.ms;
+        report(t.p, way.name, r, dense_ms);
       }
     }
   }

@@ -48,7 +48,8 @@ Tensor upload_items(const std::vector<Item>& items, Device device) {
                            {int64_t(std::max<size_t>(values.size(), 1))}, DType::I32, device);
 }
 
-Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hk, Device device) {
+Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hq, int64_t Hk,
+                Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Lrsa intervals = lrsa_of(config);
   Plan plan;
@@ -65,8 +66,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   const std::vector<int64_t> padded_row(rows.begin(), rows.end());
   const auto tiles =
       wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, ForwardConfig::kBlockM);
-  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals,
-                                            unit_query_tiles(config, layout.cu_seqlens, Hk, multiprocessor_count()));
+  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, int(Hq / Hk));
   plan.n_query_tiles = int(tiles.size());
   plan.n_units = int(units.size());
   plan.query_tiles = upload_items(tiles, device);
@@ -79,7 +79,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
 
 struct PlanKey {
   int device;
-  int64_t kv_heads;
+  int64_t q_heads, kv_heads;
   bool lrsa;
   int64_t sink, lag, kept;
   std::vector<int64_t> cu_seqlens;
@@ -87,13 +87,13 @@ struct PlanKey {
 };
 
 // Every layer of a step shares one layout: a few recent plans cover a step and an evaluation.
-const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hk,
+const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hq, int64_t Hk,
                      Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
-  PlanKey key{device.index, Hk, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
+  PlanKey key{device.index, Hq, Hk, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
               lrsa ? config.lrsa.kept() : 0, layout.cu_seqlens};
   thread_local std::list<std::pair<PlanKey, Plan>> cache;
-  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, Hk, device); });
+  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, Hq, Hk, device); });
 }
 
 // ck/cv [rows, Hk, 64]: compacted row c of head h is row source[c] (a sink) or the selection's entry
@@ -188,24 +188,6 @@ CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t ro
 
 }  // namespace
 
-int unit_query_tiles(const attn::AttentionConfig& config, const std::vector<int64_t>& cu_seqlens, int64_t Hk,
-                     int multiprocessors) {
-  // Longer units add their dK/dV sums fewer times and keep dQ's reduce-adds closer together in L2
-  // (128K LRSA: 52.3 ms with units of 48 against 58.4 with 12), but a grid of fewer than about four
-  // CTAs per SM (one fits) leaves SMs idle at its tail (16K LRSA, 358 CTAs: 1.61 ms with 48 against
-  // 1.43 with 12; docs/benchmarks.md "Session 15").
-  constexpr int kMinWaves = 4;
-  const std::vector<int> doc_start(cu_seqlens.begin(), cu_seqlens.end());
-  const std::vector<int> compacted_start = config.mode == attn::Mode::Lrsa
-                                               ? compacted_rows(cu_seqlens, config.lrsa).start
-                                               : std::vector<int>(cu_seqlens.size(), 0);
-  for (int tiles : {48, 24}) {
-    const auto units = wgmma::bwd::work_units(doc_start, compacted_start, lrsa_of(config), tiles);
-    if (int64_t(units.size()) * Hk >= int64_t(kMinWaves) * multiprocessors) return tiles;
-  }
-  return 12;
-}
-
 CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params) {
   const int64_t sink = params.sink, kept = params.kept();
   CompactedRows rows;
@@ -273,7 +255,7 @@ void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const T
   use_device(q);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"result.out", &result.out}});
-  const Plan& plan = plan_for(config, layout, Hk, q.device());
+  const Plan& plan = plan_for(config, layout, Hq, Hk, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, result.selection) : Compacted{};
   const CUtensorMap q_map = map_of(op, "q", q, T, ForwardConfig::kBlockM);
@@ -301,7 +283,7 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   use_device(q);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"saved.out", &saved.out}});
-  const Plan& plan = plan_for(config, layout, Hk, q.device());
+  const Plan& plan = plan_for(config, layout, Hq, Hk, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection) : Compacted{};
   const int rows = compacted.rows;

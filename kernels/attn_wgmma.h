@@ -21,11 +21,6 @@ struct CompactedRows {
 };
 CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params);
 
-// How many query tiles (at most) one CTA of the backward takes for one key tile, for these documents,
-// KV heads and SMs: 48, 24 or 12, the longest that still gives every SM about four CTAs.
-int unit_query_tiles(const attn::AttentionConfig& config, const std::vector<int64_t>& cu_seqlens, int64_t Hk,
-                     int multiprocessors);
-
 // Empty when the wgmma kernels can run a call on these tensors and documents, else the reason.
 std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                            const attn::SeqLayout& layout);

@@ -19,16 +19,18 @@
 //   it to bf16) while they run.
 // LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
 // tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
-// 12, 24 or 48 query tiles (the launcher's unit_query_tiles picks by grid size); a last kernel adds
+// 12, 24 or 48 query tiles (unit_query_tiles, by document length and GQA group); a last kernel adds
 // each position's compacted-row gradient to its raw one.
 #pragma once
 #include <algorithm>
 #include <climits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "attn_delta.cuh"
 #include "attn_wgmma.cuh"
+#include "attn_wgmma_units.h"
 
 namespace lrsa::cuda::wgmma::bwd {
 
@@ -114,9 +116,8 @@ __host__ __device__ inline bool whole_step(int2 whole_steps, int query_begin) {
 // rows from row `begin` of the packed batch (from row `padded_begin` in the lse, D and dQ sums, where
 // every document starts on a tile), its compacted rows `compacted_rows` from row `compacted_begin` of
 // ck/cv. The tiles and masks work in positions within the document. A key tile's query run is split
-// into units of at most kUnitQueryTiles query tiles (by default), so that no CTA outlasts the rest (the
-// sinks' compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
-constexpr int kUnitQueryTiles = 24;
+// into units of at most unit_query_tiles() query tiles, so that no CTA outlasts the rest (the sinks'
+// compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
 struct WorkUnit {
   int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
 };
@@ -462,16 +463,19 @@ inline std::vector<int> padded_rows_of(const std::vector<int>& doc_start, const 
 
 // The CTAs' work over the documents doc_start [B + 1] (compacted rows from compacted_start [B + 1];
 // all zeros for dense attention), the longest first.
+// The units of every document: of unit_query_tiles(length, group) query tiles at most, or of `fixed`
+// (the dev harness's comparisons).
 inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
-                                        const Lrsa& lrsa, int unit_query_tiles) {
+                                        const Lrsa& lrsa, int group, std::optional<int> fixed = std::nullopt) {
   const std::vector<int> padded_begin = padded_begins(doc_start, lrsa);
   std::vector<WorkUnit> units;
   for (size_t b = 0; b + 1 < doc_start.size(); ++b) {
     const int n = doc_start[b + 1] - doc_start[b], doc_compacted = compacted_start[b + 1] - compacted_start[b];
     const int tiles = lrsa.grid_tiles(n) + (doc_compacted + kBlock - 1) / kBlock;
+    const int unit = fixed.value_or(unit_query_tiles(n, group));
     for (int tile = 0; tile < tiles; ++tile) {
       const KeyTile key_tile(lrsa, tile, n);
-      const int pieces = (key_tile.m_tiles + unit_query_tiles - 1) / unit_query_tiles;
+      const int pieces = (key_tile.m_tiles + unit - 1) / unit;
       for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
         const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
         units.push_back({tile, m, count, doc_start[b], n, padded_begin[b], compacted_start[b], doc_compacted});

@@ -18,6 +18,7 @@
 #include "support/device.h"
 #ifdef LRSA_WITH_CUDA
 #include "../../kernels/attn_wgmma.h"
+#include "../../kernels/attn_wgmma_units.h"
 #endif
 
 using namespace lrsa;
@@ -405,19 +406,19 @@ TEST_CASE("the wgmma kernels' compacted rows are each document's sinks, then its
     }
 }
 
-TEST_CASE("the wgmma backward's work units are as long as the grid allows: 12 query tiles at 16K, 48 from 32K",
+TEST_CASE("the wgmma backward's work units: 48 query tiles from 32K tokens, about 96 steps below",
           "[attn]") {
-  // The fastest of 12 and 48 in session 15's runs (one 14:2 x d64 document, S=16, L=1024, r=0.25,
-  // an H200's 132 SMs).
-  const AttentionConfig lrsa = lrsa_cfg(16, 1024, 0.25), dense = test::dense_config();
-  const auto tiles = [](const AttentionConfig& config, std::vector<int64_t> cu_seqlens) {
-    return cuda::unit_query_tiles(config, cu_seqlens, 2, 132);
-  };
-  CHECK(tiles(lrsa, {0, 16384}) == 12);
-  CHECK(tiles(lrsa, {0, 32768}) == 48);
-  CHECK(tiles(lrsa, {0, 131072}) == 48);
-  CHECK(tiles(dense, {0, 8192}) == 12);
-  CHECK(tiles(dense, {0, 32768}) == 48);
+  // The fastest of 12, 24 and 48 in session 22's runs (kernels/attn_wgmma_units.h).
+  using cuda::wgmma::bwd::unit_query_tiles;
+  CHECK(unit_query_tiles(32768, 7) == 48);  // Qwen2.5-0.5B, 14:2
+  CHECK(unit_query_tiles(131072, 4) == 48);
+  CHECK(unit_query_tiles(32767, 7) == 12);
+  CHECK(unit_query_tiles(8192, 7) == 12);
+  CHECK(unit_query_tiles(16384, 4) == 24);  // Llama-3.2-1B, 32:8
+  CHECK(unit_query_tiles(3072, 7) == 24);   // a key tile's whole run
+  CHECK(unit_query_tiles(3073, 7) == 12);
+  CHECK(unit_query_tiles(2048, 2) == 48);
+  CHECK(unit_query_tiles(8192, 16) == 12);
 }
 #endif
 
