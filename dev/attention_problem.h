@@ -15,7 +15,7 @@ using namespace lrsa::cuda::wgmma;
 // care how they were chosen) and the compacted K/V hold, per KV head and document,
 // [sink | Sel(0) | Sel(1) | ...], the documents one after the other, as the kernels expect.
 struct Problem {
-  int T = 0, Hq = 0, Hk = 0, sink = 0, lag = 0, keep = 0;
+  int T = 0, Hq = 0, Hk = 0, sink = 0, lag = 0, keep = 0, D = kD;  // D: the head dim
   std::vector<int> doc_start;        // [B + 1]: document b is rows [doc_start[b], doc_start[b + 1])
   std::vector<int> compacted_start;  // [B + 1]: its compacted rows in ck/cv (LRSA)
   std::vector<int> doc_of;           // [T]
@@ -39,9 +39,10 @@ struct Problem {
 inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
 inline Problem make_problem(const std::vector<int>& lengths, int Hq, int Hk, uint32_t seed, int sink = 0,
-                            int lag = 0, int keep = 0) {
+                            int lag = 0, int keep = 0, int head_dim = kD) {
   Problem p;
-  p.Hq = Hq, p.Hk = Hk, p.sink = sink, p.lag = lag, p.keep = keep;
+  p.Hq = Hq, p.Hk = Hk, p.sink = sink, p.lag = lag, p.keep = keep, p.D = head_dim;
+  const int D = head_dim;
   p.doc_start = {0};
   p.compacted_start = {0};
   for (int n : lengths) {
@@ -57,14 +58,14 @@ inline Problem make_problem(const std::vector<int>& lengths, int Hq, int Hk, uin
     return state >> 8;
   };
   auto next = [&] { return __float2bfloat16(float(next_u32()) / float(1 << 24) * 4.0f - 2.0f); };
-  p.q.resize(size_t(T) * Hq * kD);
-  p.k.resize(size_t(T) * Hk * kD);
-  p.v.resize(size_t(T) * Hk * kD);
+  p.q.resize(size_t(T) * Hq * D);
+  p.k.resize(size_t(T) * Hk * D);
+  p.v.resize(size_t(T) * Hk * D);
   for (auto& x : p.q) x = next();
   for (auto& x : p.k) x = next();
   for (auto& x : p.v) x = next();
   if (lag == 0) return p;
-  p.ck.resize(size_t(p.compacted_rows()) * Hk * kD);
+  p.ck.resize(size_t(p.compacted_rows()) * Hk * D);
   p.cv.resize(p.ck.size());
   p.compacted_row.assign(Hk, std::vector<int>(T, -1));
   p.compacted_position.assign(Hk, std::vector<int>(p.compacted_rows()));
@@ -84,16 +85,17 @@ inline Problem make_problem(const std::vector<int>& lengths, int Hq, int Hk, uin
         const int row = p.compacted_start[b] + c;
         p.compacted_row[h][positions[c]] = row;
         p.compacted_position[h][row] = positions[c];
-        for (int d = 0; d < kD; ++d) {
-          p.ck[(size_t(row) * Hk + h) * kD + d] = p.k[(size_t(positions[c]) * Hk + h) * kD + d];
-          p.cv[(size_t(row) * Hk + h) * kD + d] = p.v[(size_t(positions[c]) * Hk + h) * kD + d];
+        for (int d = 0; d < D; ++d) {
+          p.ck[(size_t(row) * Hk + h) * D + d] = p.k[(size_t(positions[c]) * Hk + h) * D + d];
+          p.cv[(size_t(row) * Hk + h) * D + d] = p.v[(size_t(positions[c]) * Hk + h) * D + d];
         }
       }
     }
   return p;
 }
-inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0) {
-  return make_problem(std::vector<int>{T}, Hq, Hk, seed, sink, lag, keep);
+inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0,
+                            int head_dim = kD) {
+  return make_problem(std::vector<int>{T}, Hq, Hk, seed, sink, lag, keep, head_dim);
 }
 
 // Visible (query, key) pairs of one head: the spec's count per query.
@@ -167,22 +169,22 @@ struct Reference {
 };
 
 // fp32 sums of bf16 products, as a bf16 GEMM accumulates.
-inline float dot_f32(const __nv_bfloat16* a, const __nv_bfloat16* b) {
+inline float dot_f32(const __nv_bfloat16* a, const __nv_bfloat16* b, int n) {
   float sum = 0.0f;
-  for (int d = 0; d < kD; ++d) sum += __bfloat162float(a[d]) * __bfloat162float(b[d]);
+  for (int d = 0; d < n; ++d) sum += __bfloat162float(a[d]) * __bfloat162float(b[d]);
   return sum;
 }
 
 // The straightforward way's probabilities of query row i of head h (bf16 values; 0 where not
 // visible, and for keys past i); returns its log-sum-exp.
 inline float simple_probabilities(const Problem& p, int h, int i, std::vector<float>& prob) {
-  const int kh = h / (p.Hq / p.Hk);
-  const float scale = 1.0f / std::sqrt(float(kD));
+  const int kh = h / (p.Hq / p.Hk), D = p.D;
+  const float scale = 1.0f / std::sqrt(float(D));
   float mx = -INFINITY;
   for (int j = 0; j < p.T; ++j) {
     prob[j] = -INFINITY;
     if (j > i || !p.visible(kh, i, j)) continue;
-    const float score = bf16_round(dot_f32(&p.q[(size_t(i) * p.Hq + h) * kD], &p.k[(size_t(j) * p.Hk + kh) * kD]));
+    const float score = bf16_round(dot_f32(&p.q[(size_t(i) * p.Hq + h) * D], &p.k[(size_t(j) * p.Hk + kh) * D], D));
     prob[j] = bf16_round(score * scale);
     mx = std::fmax(mx, prob[j]);
   }
@@ -193,10 +195,10 @@ inline float simple_probabilities(const Problem& p, int h, int i, std::vector<fl
 }
 
 inline Reference reference(const Problem& p) {
-  const int T = p.T, Hq = p.Hq, group = p.Hq / p.Hk;
-  const double scale = 1.0 / std::sqrt(double(kD));
-  Reference ref{std::vector<double>(size_t(T) * Hq * kD), std::vector<double>(size_t(Hq) * T),
-                std::vector<float>(size_t(T) * Hq * kD), std::vector<float>(size_t(Hq) * T)};
+  const int T = p.T, Hq = p.Hq, group = p.Hq / p.Hk, D = p.D;
+  const double scale = 1.0 / std::sqrt(double(D));
+  Reference ref{std::vector<double>(size_t(T) * Hq * D), std::vector<double>(size_t(Hq) * T),
+                std::vector<float>(size_t(T) * Hq * D), std::vector<float>(size_t(Hq) * T)};
   std::vector<double> s(T);
   std::vector<float> prob(T);
   for (int h = 0; h < Hq; ++h) {
@@ -209,9 +211,9 @@ inline Reference reference(const Problem& p) {
           continue;
         }
         double dot = 0;
-        for (int d = 0; d < kD; ++d)
-          dot += double(__bfloat162float(p.q[(size_t(i) * Hq + h) * kD + d])) *
-                 double(__bfloat162float(p.k[(size_t(j) * p.Hk + kh) * kD + d]));
+        for (int d = 0; d < D; ++d)
+          dot += double(__bfloat162float(p.q[(size_t(i) * Hq + h) * D + d])) *
+                 double(__bfloat162float(p.k[(size_t(j) * p.Hk + kh) * D + d]));
         s[j] = dot * scale;
         mx = std::fmax(mx, s[j]);
       }
@@ -219,18 +221,18 @@ inline Reference reference(const Problem& p) {
       for (int j = 0; j <= i; ++j) sum += std::exp(s[j] - mx);
       const double lse = mx + std::log(sum);
       ref.lse[size_t(h) * T + i] = lse;
-      for (int d = 0; d < kD; ++d) {
+      for (int d = 0; d < D; ++d) {
         double acc = 0;
         for (int j = 0; j <= i; ++j)
           if (s[j] != -INFINITY)
-            acc += std::exp(s[j] - lse) * double(__bfloat162float(p.v[(size_t(j) * p.Hk + kh) * kD + d]));
-        ref.o[(size_t(i) * Hq + h) * kD + d] = acc;
+            acc += std::exp(s[j] - lse) * double(__bfloat162float(p.v[(size_t(j) * p.Hk + kh) * D + d]));
+        ref.o[(size_t(i) * Hq + h) * D + d] = acc;
       }
       ref.lse_simple[size_t(h) * T + i] = simple_probabilities(p, h, i, prob);
-      for (int d = 0; d < kD; ++d) {
+      for (int d = 0; d < D; ++d) {
         float acc = 0.0f;
-        for (int j = 0; j <= i; ++j) acc += prob[j] * __bfloat162float(p.v[(size_t(j) * p.Hk + kh) * kD + d]);
-        ref.o_simple[(size_t(i) * Hq + h) * kD + d] = bf16_round(acc);
+        for (int j = 0; j <= i; ++j) acc += prob[j] * __bfloat162float(p.v[(size_t(j) * p.Hk + kh) * D + d]);
+        ref.o_simple[(size_t(i) * Hq + h) * D + d] = bf16_round(acc);
       }
     }
   }

@@ -23,10 +23,10 @@ using namespace lrsa::cuda::hopper;
     }                                                                                      \
   } while (0)
 
-// [T, H, 64] bf16, rows H x 64 apart, boxes of `rows` x one head x 64.
-inline CUtensorMap tensor_map(const __nv_bfloat16* data, int T, int H, int rows) {
+// [T, H, head_dim] bf16, rows H x head_dim apart, boxes of `rows` x one head x 64 columns.
+inline CUtensorMap tensor_map(const __nv_bfloat16* data, int T, int H, int rows, int head_dim = 64) {
   CUtensorMap map;
-  if (!lrsa::cuda::hopper::tensor_map(map, data, T, H, int64_t(H) * kSwizzleColumns, rows)) {
+  if (!lrsa::cuda::hopper::tensor_map(map, data, T, H, head_dim, int64_t(H) * head_dim, rows)) {
     std::fprintf(stderr, "cuTensorMapEncodeTiled failed or not found\n");
     std::exit(1);
   }

@@ -1,12 +1,15 @@
 // dev/wgmma_attn_bwd.cu: checks and times kernels/attn_wgmma_backward.cuh (the attention backward on
-// wgmma + TMA, head dim 64, dense causal and LRSA over packed documents; dev/README.md). First the
+// wgmma + TMA, head dim 64 or 128, dense causal and LRSA over packed documents; dev/README.md). First the
 // plan on the CPU: every query sees each of its keys once through the work units and masks, against
 // the spec's visibility.
 // Then, on an sm_90 GPU, checks dQ, dK and dV against a reference in double (dense and LRSA shapes,
-// packed documents, every way of adding dQ), then times T = 16K, 32K (also as 4 documents) and 128K
-// (14:2 heads), dense and LRSA, each way of adding dQ.
+// packed documents, d64 and d128, every way of adding dQ), then times T = 16K, 32K (also as 4
+// documents) and 128K (14:2 x d64 heads, or 28:4 x d128 with --d128), dense and LRSA, each way of
+// adding dQ.
 //
-//   build-gpu/dev-wgmma_attn_bwd [--check]      (or: bash dev/run.sh wgmma_attn_bwd)
+//   build-gpu/dev-wgmma_attn_bwd [--check | --d128 | --units]      (or: bash dev/run.sh wgmma_attn_bwd)
+#include <future>
+
 #include "../kernels/attn_wgmma_backward.cuh"
 #include "attention_problem.h"
 #include "hopper.cuh"
@@ -23,16 +26,16 @@ struct Gradients {
 };
 
 Gradients reference_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o) {
-  const int T = p.T, Hq = p.Hq, Hk = p.Hk, group = Hq / Hk;
-  const double scale = 1.0 / std::sqrt(double(kD));
-  auto at = [](const std::vector<__nv_bfloat16>& x, int row, int heads, int head, int d) {
-    return double(__bfloat162float(x[(size_t(row) * heads + head) * kD + d]));
+  const int T = p.T, Hq = p.Hq, Hk = p.Hk, group = Hq / Hk, D = p.D;
+  const double scale = 1.0 / std::sqrt(double(D));
+  auto at = [D](const std::vector<__nv_bfloat16>& x, int row, int heads, int head, int d) {
+    return double(__bfloat162float(x[(size_t(row) * heads + head) * D + d]));
   };
   Gradients g{std::vector<double>(p.q.size()), std::vector<double>(p.k.size()), std::vector<double>(p.k.size()),
               std::vector<float>(p.q.size()), std::vector<float>(p.k.size()), std::vector<float>(p.k.size())};
   std::vector<double> prob(T), dprob(T);
-  std::vector<float> prob16(T), dprob16(T), dq16(kD);
-  std::vector<float> dk_heads(size_t(T) * Hq * kD), dv_heads(size_t(T) * Hq * kD);  // per query head, fp32 sums
+  std::vector<float> prob16(T), dprob16(T), dq16(D);
+  std::vector<float> dk_heads(size_t(T) * Hq * D), dv_heads(size_t(T) * Hq * D);  // per query head, fp32 sums
   for (int h = 0; h < Hq; ++h) {
     const int kh = h / group;
     for (int i = 0; i < T; ++i) {
@@ -41,7 +44,7 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
         prob[j] = dprob[j] = 0;
         if (!p.visible(kh, i, j)) continue;
         double dot = 0, ddot = 0;
-        for (int d = 0; d < kD; ++d) {
+        for (int d = 0; d < D; ++d) {
           dot += at(p.q, i, Hq, h, d) * at(p.k, j, Hk, kh, d);
           ddot += at(d_o, i, Hq, h, d) * at(p.v, j, Hk, kh, d);
         }
@@ -52,10 +55,10 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
       for (int j = 0; j <= i; ++j) {
         if (prob[j] == 0) continue;
         const double ds = prob[j] * (dprob[j] - d_row) * scale;
-        for (int d = 0; d < kD; ++d) {
-          g.dq[(size_t(i) * Hq + h) * kD + d] += ds * at(p.k, j, Hk, kh, d);
-          g.dk[(size_t(j) * Hk + kh) * kD + d] += ds * at(p.q, i, Hq, h, d);
-          g.dv[(size_t(j) * Hk + kh) * kD + d] += prob[j] * at(d_o, i, Hq, h, d);
+        for (int d = 0; d < D; ++d) {
+          g.dq[(size_t(i) * Hq + h) * D + d] += ds * at(p.k, j, Hk, kh, d);
+          g.dk[(size_t(j) * Hk + kh) * D + d] += ds * at(p.q, i, Hq, h, d);
+          g.dv[(size_t(j) * Hk + kh) * D + d] += prob[j] * at(d_o, i, Hq, h, d);
         }
       }
 
@@ -63,27 +66,27 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
       float d_row16 = 0.0f;
       for (int j = 0; j <= i; ++j) {
         dprob16[j] = prob16[j] == 0.0f ? 0.0f
-                                       : bf16_round(dot_f32(&d_o[(size_t(i) * Hq + h) * kD],
-                                                            &p.v[(size_t(j) * Hk + kh) * kD]));
+                                       : bf16_round(dot_f32(&d_o[(size_t(i) * Hq + h) * D],
+                                                            &p.v[(size_t(j) * Hk + kh) * D], D));
         d_row16 += prob16[j] * dprob16[j];
       }
       std::fill(dq16.begin(), dq16.end(), 0.0f);
       for (int j = 0; j <= i; ++j) {
         if (prob16[j] == 0.0f) continue;
         const float ds = bf16_round(bf16_round(prob16[j] * (dprob16[j] - d_row16)) * float(scale));
-        for (int d = 0; d < kD; ++d) {
+        for (int d = 0; d < D; ++d) {
           dq16[d] += ds * float(at(p.k, j, Hk, kh, d));
-          dk_heads[(size_t(j) * Hq + h) * kD + d] += ds * float(at(p.q, i, Hq, h, d));
-          dv_heads[(size_t(j) * Hq + h) * kD + d] += prob16[j] * float(at(d_o, i, Hq, h, d));
+          dk_heads[(size_t(j) * Hq + h) * D + d] += ds * float(at(p.q, i, Hq, h, d));
+          dv_heads[(size_t(j) * Hq + h) * D + d] += prob16[j] * float(at(d_o, i, Hq, h, d));
         }
       }
-      for (int d = 0; d < kD; ++d) g.dq_simple[(size_t(i) * Hq + h) * kD + d] = bf16_round(dq16[d]);
+      for (int d = 0; d < D; ++d) g.dq_simple[(size_t(i) * Hq + h) * D + d] = bf16_round(dq16[d]);
     }
   }
   for (int j = 0; j < T; ++j)
     for (int h = 0; h < Hq; ++h)
-      for (int d = 0; d < kD; ++d) {
-        const size_t to = (size_t(j) * Hk + h / group) * kD + d, from = (size_t(j) * Hq + h) * kD + d;
+      for (int d = 0; d < D; ++d) {
+        const size_t to = (size_t(j) * Hk + h / group) * D + d, from = (size_t(j) * Hq + h) * D + d;
         g.dk_simple[to] += bf16_round(dk_heads[from]);
         g.dv_simple[to] += bf16_round(dv_heads[from]);
       }
@@ -92,11 +95,15 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
   return g;
 }
 
-// The plan on the CPU: the work units' steps, through the kernel's masks (none on whole steps), let
-// every query see each of its keys once (PairCounts), and a tile's rows outside its document (before
-// it: the tile grid's shift) or its compacted rows reach no query and see no key.
+// Queries per step of the kernel at the problem's head dim.
+int step_rows(const Problem& p) { return p.D == 64 ? Shape<64>::kStepRows : Shape<128>::kStepRows; }
+
+// The plan on the CPU: the work units' steps (of step_rows queries), through the kernel's masks (none
+// on whole steps), let every query see each of its keys once (PairCounts), and a tile's rows outside
+// its document (before it: the tile grid's shift) or its compacted rows reach no query and see no key.
 bool plan_check(const Problem& p, std::optional<int> unit_query_tiles) {
   const Lrsa lrsa = p.lrsa();
+  const int rows_per_step = step_rows(p);
   const std::vector<WorkUnit> units = work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, unit_query_tiles);
   for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
     PairCounts counts(p, kv_head);
@@ -105,12 +112,12 @@ bool plan_check(const Problem& p, std::optional<int> unit_query_tiles) {
       const KeyTile tile(lrsa, unit.tile, T);
       const int2 whole_steps = tile.whole_steps(lrsa, T);
       const int rows = tile.compacted ? unit.compacted_rows : T;
-      for (int m = unit.m_begin; m < unit.m_begin + unit.m_count; ++m) {
-        const int query_begin = m * kBlock - lrsa.shift;
-        const bool whole = whole_step(whole_steps, query_begin);
+      for (int row = unit.m_begin * kBlock; row < (unit.m_begin + unit.m_count) * kBlock; row += rows_per_step) {
+        const int query_begin = row - lrsa.shift;
+        const bool whole = whole_step(whole_steps, query_begin, rows_per_step);
         for (int key = tile.key_begin; key < tile.key_begin + kBlock; ++key) {
           const int2 seen = tile.viewers(lrsa, key, T);
-          for (int query = query_begin; query < query_begin + kBlock; ++query) {
+          for (int query = query_begin; query < query_begin + rows_per_step; ++query) {
             if (!whole && (query < seen.x || query >= seen.y)) continue;
             if (query < 0 || query >= T || key < 0 || key >= rows)
               counts.visit(-1, -1);  // outside the document: no query may see it
@@ -134,9 +141,9 @@ struct BackwardRun {
 };
 
 // O (bf16) and lse come from the reference forward, so only the backward is under test.
-template <DqMode kDq>
+template <int kHeadDim, DqMode kDq>
 BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o_host,
-                         int repeats, std::optional<int> unit_query_tiles = std::nullopt) {
+                         int repeats, std::optional<int> unit_query_tiles) {
   const int T = p.T, Hq = p.Hq, Hk = p.Hk;
   const int compacted_rows = p.lag ? p.compacted_rows() : 0;
   const std::vector<int> padded_row_host = padded_rows_of(p.doc_start, p.lrsa());
@@ -155,11 +162,11 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   __nv_bfloat16 *dq, *dk, *dv;
   float *lse = upload(lse_host), *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
   int *compacted_row = upload(compacted_row_host), *padded_row = upload(padded_row_host);
-  const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kD, 1);
+  const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kHeadDim, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
   CHECK_CUDA(cudaMalloc(&dv, p.k.size() * 2));
-  const size_t dq_accum_size = size_t(Hq) * padded_rows * kD;
+  const size_t dq_accum_size = size_t(Hq) * padded_rows * kHeadDim;
   CHECK_CUDA(cudaMalloc(&dq_accum, dq_accum_size * 4));
   CHECK_CUDA(cudaMalloc(&dk_raw, p.k.size() * 4));
   CHECK_CUDA(cudaMalloc(&dv_raw, p.k.size() * 4));
@@ -167,21 +174,24 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaMalloc(&dvc, compacted_size * 4));
   CHECK_CUDA(cudaMalloc(&d_sum, lse_host.size() * 4));
   CHECK_CUDA(cudaMemset(d_sum, 0, lse_host.size() * 4));
-  const CUtensorMap q_map = tensor_map(q, T, Hq, kBlock), k_map = tensor_map(k, T, Hk, kBlock),
-                    v_map = tensor_map(v, T, Hk, kBlock), do_map = tensor_map(d_o, T, Hq, kBlock);
+  constexpr int kStepRows = Shape<kHeadDim>::kStepRows;
+  const CUtensorMap q_map = tensor_map(q, T, Hq, kStepRows, kHeadDim);
+  const CUtensorMap do_map = tensor_map(d_o, T, Hq, kStepRows, kHeadDim);
+  const CUtensorMap k_map = tensor_map(k, T, Hk, kBlock, kHeadDim), v_map = tensor_map(v, T, Hk, kBlock, kHeadDim);
   const int compacted_map_rows = p.lag ? std::max(compacted_rows, 1) : T;
-  const CUtensorMap ck_map = tensor_map(ck, compacted_map_rows, Hk, kBlock),
-                    cv_map = tensor_map(cv, compacted_map_rows, Hk, kBlock);
-  constexpr int kSmemBytes = Smem<kDq>::kBytes;
-  CHECK_CUDA(cudaFuncSetAttribute(attn_bwd_kernel<kDq>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const float scale = 1.0f / std::sqrt(float(kD));
+  const CUtensorMap ck_map = tensor_map(ck, compacted_map_rows, Hk, kBlock, kHeadDim),
+                    cv_map = tensor_map(cv, compacted_map_rows, Hk, kBlock, kHeadDim);
+  constexpr int kSmemBytes = Smem<kHeadDim, kDq>::kBytes;
+  auto kernel = attn_bwd_kernel<kHeadDim, kDq>;
+  CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const float scale = 1.0f / std::sqrt(float(kHeadDim));
   const Lrsa lrsa = p.lrsa();
   const std::vector<WorkUnit> units_host =
       work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, unit_query_tiles);
   WorkUnit* units = upload(units_host);
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
-    attn_bwd_kernel<kDq><<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units,
+    kernel<<<grid, kThreads, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units,
                                                          lse, d_sum, padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc,
                                                          Hq, Hk, scale, spans);
   };
@@ -189,12 +199,13 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
     for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
     for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
-    const int64_t q_stride = int64_t(Hq) * kD, k_stride = int64_t(Hk) * kD;
-    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(T, Hq, kD), 256>>>(
-        o, q_stride, d_o, q_stride, padded_row, T, Hq, kD, padded_rows, true, d_sum);
+    const int64_t q_stride = int64_t(Hq) * kHeadDim, k_stride = int64_t(Hk) * kHeadDim;
+    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(T, Hq, kHeadDim), 256>>>(
+        o, q_stride, d_o, q_stride, padded_row, T, Hq, kHeadDim, padded_rows, true, d_sum);
     backward_kernel();
-    round_dq_kernel<<<dim3(128, Hq), 256>>>(dq_accum, padded_row, scale, dq, q_stride, T, padded_rows);
-    finalize_kv_kernel<<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv, k_stride, T, Hk);
+    round_dq_kernel<kHeadDim><<<dim3(128, Hq), 256>>>(dq_accum, padded_row, scale, dq, q_stride, T, padded_rows);
+    finalize_kv_kernel<kHeadDim><<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv,
+                                                         k_stride, T, Hk);
   };
   backward();
   CHECK_CUDA(cudaGetLastError());
@@ -228,11 +239,19 @@ struct DqWay {
   const char* name;
   BackwardRun (*run)(const Problem&, const Reference&, const std::vector<__nv_bfloat16>&, int, std::optional<int>);
 };
+// run_backward at the problem's head dim.
+template <DqMode kDq>
+BackwardRun run_at_head_dim(const Problem& p, const Reference& fwd, const std::vector<__nv_bfloat16>& d_o, int repeats,
+                            std::optional<int> unit_query_tiles = std::nullopt) {
+  return p.D == 64 ? run_backward<64, kDq>(p, fwd, d_o, repeats, unit_query_tiles)
+                   : run_backward<128, kDq>(p, fwd, d_o, repeats, unit_query_tiles);
+}
 const DqWay kDqWays[] = {
-    {DqMode::kVectorReduce, "red.v4", run_backward<DqMode::kVectorReduce>},
-    {DqMode::kAtomic, "atomic", run_backward<DqMode::kAtomic>},
-    {DqMode::kBulk, "bulk", run_backward<DqMode::kBulk>},
-    {DqMode::kSkip, "skipped (a bound, wrong dQ)", run_backward<DqMode::kSkip>},
+    {DqMode::kVectorReduce, "red.v4", run_at_head_dim<DqMode::kVectorReduce>},
+    {DqMode::kSplitReduce, "red.v4 split", run_at_head_dim<DqMode::kSplitReduce>},
+    {DqMode::kAtomic, "atomic", run_at_head_dim<DqMode::kAtomic>},
+    {DqMode::kBulk, "bulk", run_at_head_dim<DqMode::kBulk>},
+    {DqMode::kSkip, "skipped (a bound, wrong dQ)", run_at_head_dim<DqMode::kSkip>},
 };
 
 // One gradient by FlashAttention's tolerance rule (RuleCheck).
@@ -254,10 +273,10 @@ std::vector<__nv_bfloat16> random_like(const std::vector<__nv_bfloat16>& x, uint
 
 // dense_ms > 0: also the LRSA time's ratio to it.
 void report(const Problem& p, const char* name, const BackwardRun& r, double dense_ms) {
-  const double flops = 10.0 * visible_pairs(p) * kD * p.Hq;  // 5 GEMMs
-  std::printf("time dQ %-32s T=%6d (%d docs) %d:%d d64 %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
+  const double flops = 10.0 * visible_pairs(p) * p.D * p.Hq;  // 5 GEMMs
+  std::printf("time dQ %-32s T=%6d (%d docs) %d:%d d%d %-24s backward %7.3f ms (%5.1f TFLOP/s on the visible pairs) "
               "with D, dQ's zeroing and rounding, dK/dV's sums; the kernel alone %7.3f ms (%5.1f)",
-              name, p.T, p.documents(), p.Hq, p.Hk, p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms,
+              name, p.T, p.documents(), p.Hq, p.Hk, p.D, p.lag ? "LRSA S=16 L=1024 K=256:" : "dense causal:", r.ms,
               flops / (r.ms * 1e-3) / 1e12,
               r.kernel_ms, flops / (r.kernel_ms * 1e-3) / 1e12);
   if (p.lag && dense_ms > 0)
@@ -274,9 +293,11 @@ struct TimingProblem {
   Reference fwd;
   std::vector<__nv_bfloat16> d_o;
 };
-TimingProblem timing_problem(int T, int documents, int Hq, int Hk, bool lrsa) {
+TimingProblem timing_problem(int T, int documents, int Hq, int Hk, bool lrsa, int head_dim = 64) {
   const std::vector<int> lengths(documents, T / documents);
-  TimingProblem t{lrsa ? make_problem(lengths, Hq, Hk, 99, 16, 1024, 256) : make_problem(lengths, Hq, Hk, 99), {}, {}};
+  TimingProblem t{lrsa ? make_problem(lengths, Hq, Hk, 99, 16, 1024, 256, head_dim)
+                       : make_problem(lengths, Hq, Hk, 99, 0, 0, 0, head_dim),
+                  {}, {}};
   const Problem& p = t.p;
   t.fwd = {std::vector<double>(p.q.size(), 0.01), std::vector<double>(size_t(p.Hq) * T), {}, {}};
   for (int h = 0; h < p.Hq; ++h)
@@ -300,31 +321,36 @@ void unit_study() {
       const int repeats = c.T > 32768 ? 3 : 10;
       char name[64];
       std::snprintf(name, sizeof name, "units by the rule: %d", unit_query_tiles(c.T / c.documents, Hq / Hk));
-      report(t.p, name, run_backward<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats), 0);
+      report(t.p, name, run_at_head_dim<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats), 0);
       for (int unit : {12, 24, 48}) {
         std::snprintf(name, sizeof name, "units of %d", unit);
-        report(t.p, name, run_backward<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats, unit), 0);
+        report(t.p, name, run_at_head_dim<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats, unit), 0);
       }
     }
 }
 
 int main(int argc, char** argv) {
-  const std::string flag = harness_flag(argc, argv, "wgmma_attn_bwd", {"--units"});
-  struct Shape {
+  const std::string flag = harness_flag(argc, argv, "wgmma_attn_bwd", {"--units", "--d128"});
+  struct CheckShape {
     std::vector<int> lengths;  // of the packed documents
     int Hq, Hk, sink, lag, keep;
   };
   // Dense, then LRSA: partition boundaries off the tiles, S = 0, a short L, T < S + 2L, GQA 1..4, and
-  // packed documents (lengths off the tiles, one shorter than the sinks).
+  // packed documents (lengths off the tiles, one shorter than the sinks); each at d64 and d128 but the
+  // last (the largest, whose unit lengths the rule picks two ways).
   std::vector<Problem> problems;
-  for (const Shape& shape : {Shape{{256}, 2, 1, 0, 0, 0}, Shape{{1000}, 4, 2, 0, 0, 0}, Shape{{1024}, 4, 2, 0, 0, 0},
-                             Shape{{700}, 4, 1, 0, 0, 0}, Shape{{300, 1000, 77, 700}, 4, 2, 0, 0, 0},
-                             Shape{{1000}, 4, 2, 16, 128, 32}, Shape{{1500}, 2, 1, 5, 200, 50},
-                             Shape{{700}, 4, 1, 0, 100, 25}, Shape{{300}, 2, 2, 16, 160, 40},
-                             Shape{{2600}, 2, 1, 300, 256, 64}, Shape{{1000, 10, 500, 1300}, 4, 2, 16, 128, 32},
-                             Shape{{700, 2600}, 2, 1, 300, 256, 64}, Shape{{3300, 900}, 8, 1, 16, 512, 128}})
-    problems.push_back(make_problem(shape.lengths, shape.Hq, shape.Hk, 11 + shape.lengths[0], shape.sink, shape.lag,
-                                    shape.keep));
+  for (const CheckShape& shape :
+       {CheckShape{{256}, 2, 1, 0, 0, 0}, CheckShape{{1000}, 4, 2, 0, 0, 0}, CheckShape{{1024}, 4, 2, 0, 0, 0},
+        CheckShape{{700}, 4, 1, 0, 0, 0}, CheckShape{{300, 1000, 77, 700}, 4, 2, 0, 0, 0},
+        CheckShape{{1000}, 4, 2, 16, 128, 32}, CheckShape{{1500}, 2, 1, 5, 200, 50},
+        CheckShape{{700}, 4, 1, 0, 100, 25},
+        CheckShape{{300}, 2, 2, 16, 160, 40}, CheckShape{{2600}, 2, 1, 300, 256, 64},
+        CheckShape{{1000, 10, 500, 1300}, 4, 2, 16, 128, 32}, CheckShape{{700, 2600}, 2, 1, 300, 256, 64},
+        CheckShape{{3300, 900}, 8, 1, 16, 512, 128}})
+    for (int head_dim : {64, 128})
+      if (head_dim == 64 || shape.lengths[0] != 3300)
+        problems.push_back(make_problem(shape.lengths, shape.Hq, shape.Hk, 11 + shape.lengths[0], shape.sink,
+                                        shape.lag, shape.keep, head_dim));
   bool ok = true;  // the plans first: on the CPU, so they are checked without a GPU too
   for (const Problem& p : problems)
     for (std::optional<int> unit_query_tiles : {std::optional<int>(), {1}, {12}, {24}, {48}})
@@ -333,16 +359,27 @@ int main(int argc, char** argv) {
               problems.size(), ok ? "PASS" : "FAIL");
   if (!ok) return 1;
   require_hopper("wgmma_attn_bwd");
-  for (const Problem& p : problems) {
-    const int first = p.length(0);
-    const Reference fwd = reference(p);
-    const std::vector<__nv_bfloat16> d_o = random_like(p.q, 5 + first);
-    const Gradients want = reference_backward(p, fwd, d_o);
+  // The references in double, a thread per problem (they take most of the checks' time).
+  struct Expected {
+    Reference fwd;
+    std::vector<__nv_bfloat16> d_o;
+    Gradients want;
+  };
+  std::vector<std::future<Expected>> expected;
+  for (const Problem& p : problems)
+    expected.push_back(std::async(std::launch::async, [&p] {
+      Expected e{reference(p), random_like(p.q, 5 + p.length(0)), {}};
+      e.want = reference_backward(p, e.fwd, e.d_o);
+      return e;
+    }));
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const Problem& p = problems[i];
+    const auto [fwd, d_o, want] = expected[i].get();
     for (const DqWay& way : kDqWays) {
       if (way.mode == DqMode::kSkip) continue;
       const BackwardRun got = way.run(p, fwd, d_o, 0, std::nullopt);
-      std::printf("check dQ %-6s T=%4d (%d docs) %d:%d S=%d L=%d K=%d:", way.name, p.T, p.documents(), p.Hq, p.Hk,
-                  p.sink, p.lag, p.keep);
+      std::printf("check dQ %-6s T=%4d (%d docs) %d:%d d%d S=%d L=%d K=%d:", way.name, p.T, p.documents(), p.Hq,
+                  p.Hk, p.D, p.sink, p.lag, p.keep);
       bool shape_ok = check_gradient("dQ", got.dq, want.dq, want.dq_simple);
       shape_ok = check_gradient("dK", got.dk, want.dk, want.dk_simple) && shape_ok;
       shape_ok = check_gradient("dV", got.dv, want.dv, want.dv_simple) && shape_ok;
@@ -356,17 +393,27 @@ int main(int argc, char** argv) {
     unit_study();
     return 0;
   }
-  // One document of T tokens, or T tokens packed as `documents` equal ones.
+  // One document of T tokens, or T tokens packed as `documents` equal ones; Qwen2.5-0.5B's heads
+  // (14:2 x d64), or with --d128 the 28:4 x d128 of Qwen2.5-7B.
+  const bool d128 = flag == "--d128";
   for (auto [T, documents] : {std::pair{16384, 1}, {32768, 1}, {32768, 4}, {131072, 1}}) {
     double dense_ms = 0;
     for (bool lrsa : {false, true}) {
-      const TimingProblem t = timing_problem(T, documents, 14, 2, lrsa);
+      const TimingProblem t =
+          d128 ? timing_problem(T, documents, 28, 4, lrsa, 128) : timing_problem(T, documents, 14, 2, lrsa);
       const int repeats = T > 32768 ? 3 : 10;
       for (const DqWay& way : kDqWays) {
         const BackwardRun r = way.run(t.p, t.fwd, t.d_o, repeats, std::nullopt);
         if (!lrsa && &way == &kDqWays[0]) dense_ms = r.ms;
         report(t.p, way.name, r, dense_ms);
       }
+      // d128 steps are half a query tile: the rule's unit lengths (tuned at d64) against the others.
+      for (int unit : {12, 24, 48})
+        if (d128 && lrsa && unit != unit_query_tiles(T / documents, 7)) {
+          char name[32];
+          std::snprintf(name, sizeof name, "red.v4, units of %d", unit);
+          report(t.p, name, run_at_head_dim<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats, unit), dense_ms);
+        }
     }
   }
   return 0;

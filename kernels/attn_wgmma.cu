@@ -17,12 +17,11 @@ namespace lrsa::cuda {
 namespace {
 
 using bf16_t = __nv_bfloat16;
-using wgmma::kD;
 using wgmma::Lrsa;
 
 // The forward's variant: three consumer warpgroups (192 query rows a CTA), two K/V stages, no
 // overlap or ping-pong: the fastest at d64 in dev/wgmma_attn_fwd.cu's runs since the exponentials
-// take one MUFU op each (docs/benchmarks.md, "Session 19").
+// take one MUFU op each (docs/benchmarks.md, "Session 19"). The forward takes d64 only.
 constexpr int kForwardConsumers = 3, kForwardStages = 2;
 using ForwardConfig = wgmma::fwd::Config<kForwardConsumers, false, false, kForwardStages>;
 
@@ -96,22 +95,22 @@ const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout&
   return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, Hq, Hk, device); });
 }
 
-// ck/cv [rows, Hk, 64]: compacted row c of head h is row source[c] (a sink) or the selection's entry
+// ck/cv [rows, Hk, D]: compacted row c of head h is row source[c] (a sink) or the selection's entry
 // -1 - source[c] of head h (indices [Hk, selected]); one thread per 16 bytes.
 __global__ void gather_compacted_kernel(const bf16_t* __restrict__ k, int64_t k_stride, const bf16_t* __restrict__ v,
                                         int64_t v_stride, const int* __restrict__ source,
-                                        const int* __restrict__ indices, int64_t selected, int rows, int Hk,
+                                        const int* __restrict__ indices, int64_t selected, int rows, int Hk, int D,
                                         bf16_t* __restrict__ ck, bf16_t* __restrict__ cv) {
-  constexpr int kChunks = kD / 8;
-  const int64_t n = int64_t(rows) * Hk * kChunks;
+  const int chunks = D / 8;
+  const int64_t n = int64_t(rows) * Hk * chunks;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int chunk = int(i % kChunks), head = int((i / kChunks) % Hk), c = int(i / (int64_t(kChunks) * Hk));
+    const int chunk = int(i % chunks), head = int((i / chunks) % Hk), c = int(i / (int64_t(chunks) * Hk));
     const int s = source[c];
     const int64_t row = s >= 0 ? s : indices[head * selected + (-1 - s)];
-    const int64_t column = int64_t(head) * kD + chunk * 8;
-    reinterpret_cast<uint4*>(ck + (int64_t(c) * Hk + head) * kD)[chunk] =
+    const int64_t column = int64_t(head) * D + chunk * 8;
+    reinterpret_cast<uint4*>(ck + (int64_t(c) * Hk + head) * D)[chunk] =
         *reinterpret_cast<const uint4*>(k + row * k_stride + column);
-    reinterpret_cast<uint4*>(cv + (int64_t(c) * Hk + head) * kD)[chunk] =
+    reinterpret_cast<uint4*>(cv + (int64_t(c) * Hk + head) * D)[chunk] =
         *reinterpret_cast<const uint4*>(v + row * v_stride + column);
   }
 }
@@ -139,34 +138,34 @@ __global__ void pad_lse_kernel(const float* __restrict__ lse, const int* __restr
 }
 
 struct Compacted {
-  Tensor ck, cv;  // [max(rows, 1), Hk, 64] bf16
+  Tensor ck, cv;  // [max(rows, 1), Hk, D] bf16
   int rows = 0;
 };
 
 Compacted gather_compacted(const Plan& plan, const Tensor& k, const Tensor& v, const attn::LrsaSelection& selection) {
   Compacted c;
-  const int64_t Hk = k.size(1);
+  const int64_t Hk = k.size(1), D = k.size(2);
   c.rows = plan.compacted_start.back();
-  c.ck = Tensor::empty({std::max(c.rows, 1), Hk, kD}, DType::BF16, k.device());
-  c.cv = Tensor::empty({std::max(c.rows, 1), Hk, kD}, DType::BF16, k.device());
+  c.ck = Tensor::empty({std::max(c.rows, 1), Hk, D}, DType::BF16, k.device());
+  c.cv = Tensor::empty({std::max(c.rows, 1), Hk, D}, DType::BF16, k.device());
   if (c.rows == 0) return c;
   const int64_t selected = selection.indices.numel() / Hk;
-  const int64_t items = int64_t(c.rows) * Hk * (kD / 8);
+  const int64_t items = int64_t(c.rows) * Hk * (D / 8);
   gather_compacted_kernel<<<grid_size(items, 256), 256, 0, current_stream()>>>(
       static_cast<const bf16_t*>(k.data()), k.stride(0), static_cast<const bf16_t*>(v.data()), v.stride(0),
       plan.compacted_source.data_as<int32_t>(), selection.indices.data_as<int32_t>(), selected, c.rows, int(Hk),
-      static_cast<bf16_t*>(c.ck.data()), static_cast<bf16_t*>(c.cv.data()));
+      int(D), static_cast<bf16_t*>(c.ck.data()), static_cast<bf16_t*>(c.cv.data()));
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): gather compacted rows");
   return c;
 }
 
-// Why t cannot be one of the kernels' [T, H, 64] operands or results, or empty: bf16, each head's 64
-// elements contiguous, rows 16-byte aligned (TMA, 32-bit loads and stores).
+// Why t cannot be one of the kernels' [T, H, D] operands or results, or empty: bf16, each row's heads
+// contiguous, rows 16-byte aligned (TMA, 32-bit loads and stores).
 std::string bad_rows(const char* name, const Tensor& t) {
-  if (t.dtype() == DType::BF16 && aligned16(t.data()) && t.stride(0) % 8 == 0 && t.stride(1) == kD &&
+  if (t.dtype() == DType::BF16 && aligned16(t.data()) && t.stride(0) % 8 == 0 && t.stride(1) == t.size(2) &&
       t.stride(2) == 1)
     return "";
-  return std::string(name) + " must be bf16 with 64 contiguous elements per head, 16-byte aligned rows and a row " +
+  return std::string(name) + " must be bf16 with each row's heads contiguous, 16-byte aligned rows and a row " +
          "stride that is a multiple of 8, got " + t.describe();
 }
 
@@ -179,8 +178,8 @@ void check_rows(const char* op, std::initializer_list<std::pair<const char*, con
 
 CUtensorMap map_of(const char* op, const char* name, const Tensor& t, int64_t rows, int box_rows) {
   CUtensorMap map;
-  LRSA_CHECK(hopper::tensor_map(map, static_cast<const bf16_t*>(t.data()), rows, int(t.size(1)), t.stride(0),
-                                       box_rows),
+  LRSA_CHECK(hopper::tensor_map(map, static_cast<const bf16_t*>(t.data()), rows, int(t.size(1)), int(t.size(2)),
+                                t.stride(0), box_rows),
              "{}: cuTensorMapEncodeTiled refused {} ({}, row stride {}) or the driver lacks it", op, name, t.describe(),
              t.stride(0));
   return map;
@@ -203,11 +202,13 @@ CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn:
   return rows;
 }
 
-std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
-                           const attn::SeqLayout& layout) {
+std::string wgmma_unusable(WgmmaPass pass, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                           const Tensor& v, const attn::SeqLayout& layout) {
   if (config.deterministic)
     return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
-  if (q.size(2) != kD) return "the wgmma kernels take head dim 64 only so far, q is " + q.describe();
+  if (pass == WgmmaPass::Forward && q.size(2) != 64)
+    return "the wgmma forward takes head dim 64 only so far (the backward 64 or 128), q is " + q.describe();
+  if (q.size(2) != 64 && q.size(2) != 128) return "the wgmma backward takes head dim 64 or 128, q is " + q.describe();
   if (q.size(0) == 0) return "there are no rows";
   for (const Tensor* t : {&q, &k, &v}) {
     if (t->dtype() != DType::BF16) return "the wgmma kernels take bf16, got " + t->describe();
@@ -231,20 +232,25 @@ std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q,
   return "";
 }
 
-bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout) {
-  // One 14:2 x d64 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 19"): our
+bool wgmma_preferred(WgmmaPass pass, const attn::AttentionConfig& config, const attn::SeqLayout& layout,
+                     int64_t head_dim) {
+  // d64: one 14:2 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 19"): our
   // forward and backward both took less time at 16K, 32K, 64K and 128K tokens; at 256K our forward
   // still did (66 against 70 ms) but our backward took 6% longer (217 against 205 ms): most pairs
   // are then the compacted history's whole tiles, where cuDNN's dense kernels run faster.
-  constexpr int64_t kLongestDocument = 131072;
-  return config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= kLongestDocument;
+  // d128 (the backward: the forward takes d64 only): one 28:4 document (docs/benchmarks.md, "Session
+  // 23"): 19% less time at 16K, 13% at 32K; 1.5% more at 64K (50.9 against 50.1 ms), and at 128K the
+  // dev harness's 186-193 ms against the cuDNN path's 174.6.
+  if (head_dim != 64 && pass == WgmmaPass::Forward) return false;
+  const int64_t longest_document = head_dim == 64 ? 131072 : 32768;
+  return config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= longest_document;
 }
 
-bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
-               const attn::SeqLayout& layout, bool auto_takes) {
+bool use_wgmma(const char* op, WgmmaPass pass, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+               const Tensor& v, const attn::SeqLayout& layout, bool auto_takes) {
   const bool asked = config.backend == attn::Backend::Wgmma;
   if (!asked && !(config.backend == attn::Backend::Auto && auto_takes)) return false;
-  const std::string why = wgmma_unusable(config, q, k, v, layout);
+  const std::string why = wgmma_unusable(pass, config, q, k, v, layout);
   LRSA_CHECK(why.empty() || !asked, "{}: attention backend wgmma cannot run this call: {}", op, why);
   return why.empty();
 }
@@ -272,15 +278,17 @@ void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const T
       q_map, k_map, v_map, ck_map, cv_map, lrsa_of(config),
       reinterpret_cast<const wgmma::fwd::QueryTile*>(plan.query_tiles.data_as<int32_t>()),
       static_cast<bf16_t*>(result.out.data()), result.out.stride(0), result.lse.data_as<float>(), int(T), int(Hq),
-      int(Hk), 1.0f / std::sqrt(float(kD)), nullptr);
+      int(Hk), 1.0f / std::sqrt(float(wgmma::kD)), nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): forward");
 }
 
-void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
-                    const attn::SeqLayout& layout, const attn::AttentionForward& saved, const Tensor& dout,
-                    Tensor& dq, Tensor& dk, Tensor& dv) {
-  const char* op = "attention_backward (wgmma)";
-  use_device(q);
+namespace {
+
+// The backward at head dim kHeadDim (wgmma_unusable has checked the call).
+template <int kHeadDim>
+void backward_at(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                 const Tensor& v, const attn::SeqLayout& layout, const attn::AttentionForward& saved,
+                 const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv) {
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"saved.out", &saved.out}});
   const Plan& plan = plan_for(config, layout, Hq, Hk, q.device());
@@ -301,16 +309,17 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   }
 
   // lse and D = rowsum(dO O) [Hq, padded], tile-padded per document; fp32 sums of dQ [Hq, padded,
-  // 64], of the raw [T, Hk, 64] and compacted [rows, Hk, 64] rows' dK / dV: one buffer, zeroed by
-  // one memset (every part a multiple of 16 bytes long, so each starts 16-byte aligned).
+  // D], of the raw [T, Hk, D] and compacted [rows, Hk, D] rows' dK / dV: one buffer, zeroed by one
+  // memset (every part a multiple of 16 bytes long, so each starts 16-byte aligned).
   const int padded = plan.padded_rows;
-  const int64_t stats = Hq * padded, raw = T * Hk * kD, compacted_sums = int64_t(std::max(rows, 1)) * Hk * kD;
-  const Tensor sums = Tensor::empty({2 * stats + stats * kD + 2 * raw + 2 * compacted_sums}, DType::F32, device);
+  const int64_t stats = Hq * padded, raw = T * Hk * kHeadDim;
+  const int64_t compacted_sums = int64_t(std::max(rows, 1)) * Hk * kHeadDim;
+  const Tensor sums = Tensor::empty({2 * stats + stats * kHeadDim + 2 * raw + 2 * compacted_sums}, DType::F32, device);
   LRSA_CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, size_t(sums.numel()) * 4, stream));
   float* const lse = sums.data_as<float>();
   float* const d_sum = lse + stats;
   float* const dq_sums = d_sum + stats;
-  float* const dk_sums = dq_sums + stats * kD;
+  float* const dk_sums = dq_sums + stats * kHeadDim;
   float* const dv_sums = dk_sums + raw;
   float* const dkc_sums = dv_sums + raw;
   float* const dvc_sums = dkc_sums + compacted_sums;
@@ -319,21 +328,26 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
                                                                padded, lse);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
   // check_rows above: both 16-byte aligned, so 16-byte loads
-  delta_kernel<<<delta_blocks<bf16_t>(int(T), int(Hq), kD), 256, 0, stream>>>(
+  delta_kernel<<<delta_blocks<bf16_t>(int(T), int(Hq), kHeadDim), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), padded_row, int(T), int(Hq), kD, padded, true, d_sum);
+      dout.stride(0), padded_row, int(T), int(Hq), kHeadDim, padded, true, d_sum);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
 
   using wgmma::bwd::kBlock;
-  const CUtensorMap q_map = map_of(op, "q", q, T, kBlock), k_map = map_of(op, "k", k, T, kBlock);
-  const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kBlock);
+  constexpr int kStepRows = wgmma::bwd::Shape<kHeadDim>::kStepRows;  // Q's and dO's boxes
+  const CUtensorMap q_map = map_of(op, "q", q, T, kStepRows), k_map = map_of(op, "k", k, T, kBlock);
+  const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kStepRows);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, std::max(rows, 1), kBlock) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
-  constexpr wgmma::bwd::DqMode kDq = wgmma::bwd::DqMode::kVectorReduce;
-  constexpr int kSmemBytes = wgmma::bwd::Smem<kDq>::kBytes;
-  auto kernel = wgmma::bwd::attn_bwd_kernel<kDq>;
+  // dQ's reductions: at d128 split around dV's GEMM (4% less time at 32K LRSA in dev/wgmma_attn_bwd.cu's
+  // run, docs/benchmarks.md "Session 23"); at d64 all while S^T and dP^T run (the split not timed there).
+  constexpr wgmma::bwd::DqMode kDq =
+      kHeadDim == 128 ? wgmma::bwd::DqMode::kSplitReduce : wgmma::bwd::DqMode::kVectorReduce;
+  constexpr int kSmemBytes = wgmma::bwd::Smem<kHeadDim, kDq>::kBytes;
+  auto kernel = wgmma::bwd::attn_bwd_kernel<kHeadDim, kDq>;
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const float scale = 1.0f / std::sqrt(float(kD));  // the kernel leaves dQ / scale in the sums; rounding scales it
+  // The kernel leaves dQ / scale in the sums; rounding scales it.
+  const float scale = 1.0f / std::sqrt(float(kHeadDim));
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
   kernel<<<grid, wgmma::bwd::kThreads, kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
@@ -345,13 +359,26 @@ void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const 
   auto rows_grid = [](int64_t rows, int64_t heads) {
     return dim3(unsigned((grid_size(rows * 8 * heads, 256) + heads - 1) / heads), unsigned(heads));
   };
-  wgmma::bwd::round_dq_kernel<<<rows_grid(T, Hq), 256, 0, stream>>>(
+  wgmma::bwd::round_dq_kernel<kHeadDim><<<rows_grid(T, Hq), 256, 0, stream>>>(
       dq_sums, padded_row, scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), padded);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
-  wgmma::bwd::finalize_kv_kernel<<<rows_grid(T, Hk), 256, 0, stream>>>(
+  wgmma::bwd::finalize_kv_kernel<kHeadDim><<<rows_grid(T, Hk), 256, 0, stream>>>(
       dk_sums, dv_sums, dkc_sums, dvc_sums, compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()),
       dk.stride(0), static_cast<bf16_t*>(dv.data()), dv.stride(0), int(T), int(Hk));
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dK, dV");
+}
+
+}  // namespace
+
+void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                    const attn::SeqLayout& layout, const attn::AttentionForward& saved, const Tensor& dout,
+                    Tensor& dq, Tensor& dk, Tensor& dv) {
+  const char* op = "attention_backward (wgmma)";
+  use_device(q);
+  if (q.size(2) == 64)
+    backward_at<64>(op, config, q, k, v, layout, saved, dout, dq, dk, dv);
+  else
+    backward_at<128>(op, config, q, k, v, layout, saved, dout, dq, dk, dv);
 }
 
 }  // namespace lrsa::cuda

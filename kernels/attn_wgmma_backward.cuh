@@ -1,22 +1,23 @@
-// kernels/attn_wgmma_backward.cuh: the attention backward on wgmma + TMA (sm_90a), head dim 64,
-// dense causal and LRSA over packed documents, with the kernels around it (dQ's rounding, the
+// kernels/attn_wgmma_backward.cuh: the attention backward on wgmma + TMA (sm_90a), head dim 64 or
+// 128, dense causal and LRSA over packed documents, with the kernels around it (dQ's rounding, the
 // compacted rows' dK/dV added to their positions; D = rowsum(dO O) is attn_delta.cuh's) and its
 // work plan; dev/wgmma_attn_bwd.cu checks it against double and times it.
 //
 // A CTA owns one tile of 128 keys of one KV head: each of its two warpgroups holds 64 of the keys and
 // their dK and dV accumulators in registers, while it walks every query tile that sees the keys, for
-// every query head of the GQA group. Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per step
-// through a ring of stages with TMA (a stage is refilled after the barrier in the middle of the
+// every query head of the GQA group, in steps of 128 queries (d64) or 64 (d128: half a tile, as dK
+// and dV take twice the registers; Shape). Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per
+// step through a ring of stages with TMA (a stage is refilled after the barrier in the middle of the
 // next step, no mbarrier of its own: see Smem). Per step, warpgroup w (keys 64w..64w+63):
-//   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n128, both operands from shared memory)
+//   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64 x step queries, both operands from shared memory)
 //   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D)   (in registers; the 1 / sqrt(d) of dS
 //                                                   goes on dK at the end and on dQ when rounded)
-//   dV_w += P^T dO,  dK_w += dS^T Q           (m64n64, A from registers, B MN-major)
-//   dS^T goes to shared memory (stmatrix); after a barrier between the two warpgroups,
-//   dQ[64w..64w+63] = dS K                     (m64n64, A and B MN-major from shared memory)
-//   issued before dK's GEMM. dQ stays in registers until the next step has issued its S^T and dP^T
-//   GEMMs, and is added into fp32 sums (16-byte reductions to global memory; a last kernel rounds
-//   it to bf16) while they run.
+//   dV_w += P^T dO,  dK_w += dS^T Q           (m64 x head dim, A from registers, B MN-major)
+//   dS^T goes to shared memory (stmatrix); after a barrier between the two warpgroups, one 64 x 64
+//   tile of dQ = dS K per warpgroup (d64: its 64 of the 128 queries; d128: its 64 of the 128 columns;
+//   A and B MN-major from shared memory), issued before dK's GEMM. dQ stays in registers until the
+//   next step has issued its S^T and dP^T GEMMs, and is added into fp32 sums (16-byte reductions to
+//   global memory; a last kernel rounds it to bf16) while they run.
 // LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
 // tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
 // 12, 24 or 48 query tiles (unit_query_tiles, by document length and GQA group); a last kernel adds
@@ -34,34 +35,52 @@
 
 namespace lrsa::cuda::wgmma::bwd {
 
-constexpr int kBlock = kGridRows;            // keys per CTA, queries per step: the tile grid
-constexpr int kTileBytes = kBlock * kD * 2;  // 16 KB: one K, V, Q or dO tile
+constexpr int kBlock = kGridRows;  // keys per CTA, rows per query tile: the tile grid
 // Two warpgroups and no producer warp: a step needs about 255 registers per thread, more than the
 // 240 that setmaxnreg can give consumer warpgroups next to a producer warpgroup (a 288-thread CTA
 // gets 168 without it). Thread 0 issues the copies.
 constexpr int kThreads = 2 * 128;
 
-// How a step's dQ reaches the fp32 sums: kVectorReduce, training's, adds each thread's 4-register
-// groups with red.global.add.v4.f32; kAtomic adds register pairs with float2 atomics; kBulk stages
-// the warpgroup's 64 x 64 tile in shared memory and adds it with one bulk reduce-add (TMA); kSkip
-// does not add it (a bound for timing, not a result). dev/wgmma_attn_bwd.cu times each, and
-// docs/benchmarks.md "Session 18" the ways tried before.
-enum class DqMode { kVectorReduce, kAtomic, kBulk, kSkip };
+// The kernel's shape at head dim kHeadDim. A warpgroup's dK and dV take kHeadDim / 2 registers each
+// and a step's S^T and dP^T half its query rows each, so a step walks 128 queries at d64 and 64 at
+// d128 (half a query tile): 224 accumulator registers either way, with dQ's. Rows of 64 columns (128
+// bytes) are one 128B swizzle atom; a d128 tile is two atoms, each rows x 128 bytes, one after the
+// other (TMA loads them as two boxes).
+template <int kHeadDim>
+struct Shape {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "the wgmma backward takes head dim 64 or 128");
+  static constexpr int kAtoms = kHeadDim / 64;
+  static constexpr int kStepRows = kHeadDim == 64 ? 128 : 64;  // queries per step
+  static constexpr int kSteps = kBlock / kStepRows;            // steps per query tile
+  static constexpr int kKeyAtomBytes = kBlock * 128;           // of a K or V tile
+  static constexpr int kStepAtomBytes = kStepRows * 128;       // of a step's Q or dO
+  static constexpr int kKeyBytes = kAtoms * kKeyAtomBytes;     // 16 / 32 KB
+  static constexpr int kStepBytes = kAtoms * kStepAtomBytes;   // 16 KB
+  static constexpr int kDsBytes = kBlock * kStepRows * 2;      // dS^T: [queries / 64][128 keys][64 queries]
+};
 
-// Shared memory: K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity), each [2
-// halves][128 keys][64 queries]; kBulk's dQ staging per warpgroup (64 x 64 f32); the mbarriers.
-// Step i's loads are issued in step i - kStages + 1, once both warpgroups are past step i - kStages
-// (the barrier in the middle of every step), so three stages keep them 1.5 steps ahead; kBulk's
-// staging leaves room for two.
-template <DqMode kDq>
+// How a step's dQ reaches the fp32 sums: kVectorReduce, training's, adds each thread's 4-register
+// groups with red.global.add.v4.f32 while the next step's S^T and dP^T GEMMs run; kSplitReduce adds
+// half of them there and half while its dV GEMM runs; kAtomic adds register pairs with float2
+// atomics; kBulk stages the warpgroup's 64 x 64 tile in shared memory and adds it with one bulk
+// reduce-add (TMA); kSkip does not add it (a bound for timing, not a result). dev/wgmma_attn_bwd.cu
+// times each, and docs/benchmarks.md "Session 18" the ways tried before.
+enum class DqMode { kVectorReduce, kSplitReduce, kAtomic, kBulk, kSkip };
+
+// Shared memory: K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity); kBulk's dQ
+// staging per warpgroup (64 x 64 f32); the mbarriers. Step i's loads are issued in step
+// i - kStages + 1, once both warpgroups are past step i - kStages (the barrier in the middle of every
+// step), so three stages keep them 1.5 steps ahead; kBulk's staging leaves room for two.
+template <int kHeadDim, DqMode kDq>
 struct Smem {
+  using S = Shape<kHeadDim>;
   static constexpr int kStages = kDq == DqMode::kBulk ? 2 : 3;
-  static constexpr int kQ = 2 * kTileBytes;
-  static constexpr int kDo = kQ + kStages * kTileBytes;
-  static constexpr int kDs = kDo + kStages * kTileBytes;
-  static constexpr int kStats = kDs + 2 * 2 * kTileBytes;  // lse then D, kBlock floats each, per stage
-  static constexpr int kDqStaging = kStats + kStages * 2 * kBlock * 4;
-  static constexpr int kBarriers = kDqStaging + (kDq == DqMode::kBulk ? 2 * 64 * kD * 4 : 0);
+  static constexpr int kQ = 2 * S::kKeyBytes;
+  static constexpr int kDo = kQ + kStages * S::kStepBytes;
+  static constexpr int kDs = kDo + kStages * S::kStepBytes;
+  static constexpr int kStats = kDs + 2 * S::kDsBytes;  // lse then D, kStepRows floats each, per stage
+  static constexpr int kDqStaging = kStats + kStages * 2 * S::kStepRows * 4;
+  static constexpr int kBarriers = kDqStaging + (kDq == DqMode::kBulk ? 2 * 64 * 64 * 4 : 0);
   static constexpr int kBytes = kBarriers + 8 * (kStages + 1) + 1024;  // K/V's and each stage's, + alignment slack
 };
 
@@ -101,15 +120,16 @@ struct KeyTile {
     if (lrsa.lag == 0) return {key, T};
     return key < lrsa.sink ? int2{0, 0} : int2{key, min(T, lrsa.sink + (lrsa.partition(key) + 2) * lrsa.lag)};
   }
-  // The query tiles that see every key of the tile start at or after x and end by y (the tile's first
-  // key is seen longest, its last one from the latest query on): steps without a mask.
+  // The queries that see every key of the tile: [x, y) (the tile's first key is seen longest, its
+  // last one from the latest query on); steps inside it need no mask.
   __host__ __device__ int2 whole_steps(const Lrsa& lrsa, int T) const {
     return {viewers(lrsa, key_begin + kBlock - 1, T).x, viewers(lrsa, key_begin, T).y};
   }
 };
 
-__host__ __device__ inline bool whole_step(int2 whole_steps, int query_begin) {
-  return whole_steps.x <= query_begin && query_begin + kBlock <= whole_steps.y;
+// Whether every query of the step of `rows` queries from query_begin sees every key of the tile.
+__host__ __device__ inline bool whole_step(int2 whole_steps, int query_begin, int rows) {
+  return whole_steps.x <= query_begin && query_begin + rows <= whole_steps.y;
 }
 
 // A CTA's work: query tiles [m_begin, m_begin + m_count) of one key tile of one document: `length`
@@ -129,33 +149,36 @@ __device__ inline void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes)
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
 
-// Where dQ's element (row, col) of a 64-row tile sits in the fp32 sums (and in the staging tile): in
-// the order of the dQ accumulator's registers, [warp][col / 8][lane][4], so that a thread's registers
-// 4j .. 4j+3 are 16 contiguous bytes and a warp's 32 lanes cover 512 (the sums are only added to and
-// rounded, so any layout both sides agree on works). Register i of a warp's accumulator holds row
-// 16 warp + lane / 4 + 8 ((i / 2) % 2) and column 8 (i / 4) + 2 (lane % 4) + i % 2.
+// Where dQ's element (row, col) of a 64-row block sits in the fp32 sums (and in the staging tile): by
+// 64-column atoms, each in the order of the dQ accumulator's registers, [warp][col / 8][lane][4], so
+// that a thread's registers 4j .. 4j+3 are 16 contiguous bytes and a warp's 32 lanes cover 512 (the
+// sums are only added to and rounded, so any layout both sides agree on works). Register i of a
+// warp's accumulator holds row 16 warp + lane / 4 + 8 ((i / 2) % 2) and column 8 (i / 4) + 2 (lane %
+// 4) + i % 2.
 __host__ __device__ inline int dq_offset(int row, int col) {
   const int within = row % 16, lane = 4 * (within % 8) + (col % 8) / 2;
-  return (row / 16) * 1024 + ((col / 8) * 32 + lane) * 4 + 2 * (within / 8) + col % 2;
+  return (col / 64) * 64 * 64 + (row / 16) * 1024 + (((col % 64) / 8) * 32 + lane) * 4 + 2 * (within / 8) + col % 2;
 }
 
 // lse (in log2 units: lse * log2 e) and d: [Hq][padded_rows] f32, every document padded to whole
-// tiles. dq_accum: [Hq, padded_rows, 64] f32 laid out by dq_offset per 64-row tile, zeroed; it gets dQ
-// / scale (round_dq_kernel scales it).
-// dk, dv: [T, Hk, 64] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, 64] f32 for the others;
-// all zeroed.
-template <DqMode kDq>
+// tiles. dq_accum: [Hq, padded_rows, kHeadDim] f32, each 64-row block laid out by dq_offset, zeroed;
+// it gets dQ / scale (round_dq_kernel scales it).
+// dk, dv: [T, Hk, kHeadDim] f32 for the raw tiles; dkc, dvc: [compacted rows, Hk, kHeadDim] f32 for
+// the others; all zeroed. The tensor maps' boxes: 128 rows for K, V and their compacted rows,
+// Shape::kStepRows for Q and dO.
+template <int kHeadDim, DqMode kDq>
 __global__ void __launch_bounds__(kThreads, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
                     const WorkUnit* units, const float* lse, const float* d_sum, int padded_rows, float* dq_accum,
                     float* dk, float* dv, float* dkc, float* dvc, int Hq, int Hk, float scale, CtaSpan* spans) {
+  using S = Shape<kHeadDim>;
+  using L = Smem<kHeadDim, kDq>;
+  constexpr int kStages = L::kStages, kRows = S::kStepRows;
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
-  const uint32_t k_tile = base, v_tile = base + kTileBytes;
-  using L = Smem<kDq>;
-  constexpr int kStages = L::kStages;
+  const uint32_t k_tile = base, v_tile = base + S::kKeyBytes;
   const uint32_t kv_full = base + L::kBarriers, full = kv_full + 8;
   const float* stats = reinterpret_cast<const float*>(
       smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + L::kStats);
@@ -163,8 +186,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const WorkUnit unit = units[blockIdx.x];
   const int T = unit.length;
   const KeyTile tile(lrsa, unit.tile, T);
-  const int key_begin = tile.key_begin, m_first = unit.m_begin, m_tiles = unit.m_count;
-  const int steps = group * m_tiles;
+  const int key_begin = tile.key_begin, m_first = unit.m_begin;
+  const int head_steps = S::kSteps * unit.m_count, steps = group * head_steps;
   const int warpgroup = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -175,24 +198,32 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const uint64_t began = spans ? global_ns() : 0;
 
+  // Step i: query head kv_head * group + i / head_steps, its rows from `query_row` of the document's
+  // tile grid (a multiple of kRows).
+  auto query_row = [&](int i) { return m_first * kBlock + (i % head_steps) * kRows; };
   // Step i's Q, dO, lse and D into stage i % kStages, whose previous step both warpgroups are past.
   auto load_step = [&](int i) {
-    const int stage = i % kStages, head = kv_head * group + i / m_tiles;
-    const int m = m_first + i % m_tiles;
-    const uint32_t bar = full + 8 * stage, stats_stage = base + L::kStats + stage * 2 * kBlock * 4;
-    mbarrier_expect_bytes(bar, 2 * kTileBytes + 2 * kBlock * 4);
-    const int row = unit.begin + m * kBlock - lrsa.shift;  // the first document's grid starts before row 0: zeros
-    tma_load(base + L::kQ + stage * kTileBytes, &q_map, bar, 0, head, row);
-    tma_load(base + L::kDo + stage * kTileBytes, &do_map, bar, 0, head, row);
-    const int64_t stats_at = int64_t(head) * padded_rows + unit.padded_begin + m * kBlock;
-    bulk_load(stats_stage, lse + stats_at, kBlock * 4, bar);
-    bulk_load(stats_stage + kBlock * 4, d_sum + stats_at, kBlock * 4, bar);
+    const int stage = i % kStages, head = kv_head * group + i / head_steps;
+    const uint32_t bar = full + 8 * stage, stats_stage = base + L::kStats + stage * 2 * kRows * 4;
+    mbarrier_expect_bytes(bar, 2 * S::kStepBytes + 2 * kRows * 4);
+    const int row = unit.begin + query_row(i) - lrsa.shift;  // the first document's grid starts before row 0: zeros
+#pragma unroll
+    for (int a = 0; a < S::kAtoms; ++a) {
+      tma_load(base + L::kQ + stage * S::kStepBytes + a * S::kStepAtomBytes, &q_map, bar, 64 * a, head, row);
+      tma_load(base + L::kDo + stage * S::kStepBytes + a * S::kStepAtomBytes, &do_map, bar, 64 * a, head, row);
+    }
+    const int64_t stats_at = int64_t(head) * padded_rows + unit.padded_begin + query_row(i);
+    bulk_load(stats_stage, lse + stats_at, kRows * 4, bar);
+    bulk_load(stats_stage + kRows * 4, d_sum + stats_at, kRows * 4, bar);
   };
   if (threadIdx.x == 0) {
-    mbarrier_expect_bytes(kv_full, 2 * kTileBytes);
+    mbarrier_expect_bytes(kv_full, 2 * S::kKeyBytes);
     const int row = (tile.compacted ? unit.compacted_begin : unit.begin) + key_begin;
-    tma_load(k_tile, tile.compacted ? &ck_map : &k_map, kv_full, 0, kv_head, row);
-    tma_load(v_tile, tile.compacted ? &cv_map : &v_map, kv_full, 0, kv_head, row);
+#pragma unroll
+    for (int a = 0; a < S::kAtoms; ++a) {
+      tma_load(k_tile + a * S::kKeyAtomBytes, tile.compacted ? &ck_map : &k_map, kv_full, 64 * a, kv_head, row);
+      tma_load(v_tile + a * S::kKeyAtomBytes, tile.compacted ? &cv_map : &v_map, kv_full, 64 * a, kv_head, row);
+    }
     for (int i = 0; i < min(kStages, steps); ++i) load_step(i);
   }
 
@@ -202,31 +233,36 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int2 seen[2] = {tile.viewers(lrsa, key0, T), tile.viewers(lrsa, key0 + 8, T)};
   int masked_steps = 0;
   const float scale_log2 = scale * kLog2e;
-  float dk_acc[32], dv_acc[32];
+  float dk_acc[kHeadDim / 2], dv_acc[kHeadDim / 2];
 #pragma unroll
-  for (int i = 0; i < 32; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+  for (int i = 0; i < kHeadDim / 2; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
   const uint32_t k_wg = k_tile + warpgroup * 64 * 128, v_wg = v_tile + warpgroup * 64 * 128;
+  // dQ = dS K: at d64 this warpgroup's 64 of the step's 128 queries, at d128 the step's 64 queries'
+  // columns of atom `warpgroup`; a 64 x 64 tile either way (K = the 128 keys).
+  constexpr bool kDqByRows = kRows == 128;
+  const int dq_rows_block = kDqByRows ? warpgroup : 0, dq_atom = kDqByRows ? 0 : warpgroup;
 
   mbarrier_wait(kv_full, 0);
   uint64_t first_step = 0, last_step = 0;
 
-  // Adds a step's dQ (this warpgroup's 64 query rows from dq_rows on) into the fp32 sums.
-  auto add_dq = [&](const float (&dq)[32], float* dq_rows) {
-    if constexpr (kDq == DqMode::kVectorReduce) {
+  // Adds a step's dQ tile (from dq_tile on, by dq_offset) into the fp32 sums: its 4-register groups
+  // [first, end) for the vector reductions, the whole tile otherwise.
+  auto add_dq = [&](const float (&dq)[32], float* dq_tile, int first = 0, int end = 8) {
+    if constexpr (kDq == DqMode::kVectorReduce || kDq == DqMode::kSplitReduce) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+      for (int j = first; j < end; ++j)
         asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
-                         dq_rows + dq_offset(16 * warp + lane_group, 8 * j + 2 * quad)),
+                         dq_tile + dq_offset(16 * warp + lane_group, 8 * j + 2 * quad)),
                      "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
                      : "memory");
     } else if constexpr (kDq == DqMode::kAtomic) {
 #pragma unroll
       for (int r = 0; r < 32; r += 2) {
         const int row = 16 * warp + lane_group + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
-        atomicAdd(reinterpret_cast<float2*>(dq_rows + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
+        atomicAdd(reinterpret_cast<float2*>(dq_tile + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
       }
     } else if constexpr (kDq == DqMode::kBulk) {
-      const uint32_t staging = base + L::kDqStaging + warpgroup * 64 * kD * 4;
+      const uint32_t staging = base + L::kDqStaging + warpgroup * 64 * 64 * 4;
       const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j .. sit 128 floats apart
       if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last tile is read
       named_barrier_sync(2 + warpgroup, 128);
@@ -237,49 +273,53 @@ __global__ void __launch_bounds__(kThreads, 1)
                      : "memory");
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       named_barrier_sync(2 + warpgroup, 128);
-      if (t == 0) bulk_reduce_add(dq_rows, staging, 64 * kD * 4);
+      if (t == 0) bulk_reduce_add(dq_tile, staging, 64 * 64 * 4);
     }
   };
   float dq_pending[32];
-  float* pending_rows = nullptr;
+  float* pending_tile = nullptr;
 
   // One step. `first` (a compile-time choice: a branch at run time around the wgmmas would make
   // ptxas serialize them) says whether a previous step's dQ is pending.
   auto step = [&](int i, auto first) {
-    const int stage = i % kStages, head = kv_head * group + i / m_tiles;
-    const int m = m_first + i % m_tiles, query_begin = m * kBlock - lrsa.shift;  // a position
-    const uint32_t q_s = base + L::kQ + stage * kTileBytes, do_s = base + L::kDo + stage * kTileBytes;
-    const uint32_t ds_s = base + L::kDs + (i % 2) * 2 * kTileBytes;
-    const float* lse_s = stats + stage * 2 * kBlock;
-    const float* d_s = lse_s + kBlock;
+    const int stage = i % kStages, head = kv_head * group + i / head_steps;
+    const int query_begin = query_row(i) - lrsa.shift;  // a position
+    const uint32_t q_s = base + L::kQ + stage * S::kStepBytes, do_s = base + L::kDo + stage * S::kStepBytes;
+    const uint32_t ds_s = base + L::kDs + (i % 2) * S::kDsBytes;
+    const float* lse_s = stats + stage * 2 * kRows;
+    const float* d_s = lse_s + kRows;
     mbarrier_wait(full + 8 * stage, (i / kStages) & 1);
     if (spans && i == 0) first_step = global_ns();
 
     // S^T and dP^T in flight together (and the last step's dQ added meanwhile); dV's GEMM then
-    // overlaps dP^T's, and each fp32 tile dies once it is packed to bf16.
-    float s[64], dp[64];
+    // overlaps dP^T's, and each fp32 tile dies once it is packed to bf16. k16 step kk reads 32 bytes
+    // into each row of atom kk / 4.
+    float s[kRows / 2], dp[kRows / 2];
     fence_operands(dk_acc);
     fence_operands(dv_acc);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_n128(s, descriptor(k_wg + kk * 32, 16, 1024), descriptor(q_s + kk * 32, 16, 1024), kk > 0);
+    for (int kk = 0; kk < kHeadDim / 16; ++kk)
+      wgmma_ss<false>(s, descriptor(k_wg + (kk / 4) * S::kKeyAtomBytes + (kk % 4) * 32, 16, 1024),
+                      descriptor(q_s + (kk / 4) * S::kStepAtomBytes + (kk % 4) * 32, 16, 1024), kk > 0);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss_n128(dp, descriptor(v_wg + kk * 32, 16, 1024), descriptor(do_s + kk * 32, 16, 1024), kk > 0);
+    for (int kk = 0; kk < kHeadDim / 16; ++kk)
+      wgmma_ss<false>(dp, descriptor(v_wg + (kk / 4) * S::kKeyAtomBytes + (kk % 4) * 32, 16, 1024),
+                      descriptor(do_s + (kk / 4) * S::kStepAtomBytes + (kk % 4) * 32, 16, 1024), kk > 0);
     wgmma_commit();
-    if constexpr (!decltype(first)::value) add_dq(dq_pending, pending_rows);
+    constexpr bool kSplit = kDq == DqMode::kSplitReduce;
+    if constexpr (!decltype(first)::value) add_dq(dq_pending, pending_tile, 0, kSplit ? 4 : 8);
     wgmma_wait<1>();
     fence_operands(s);
 
     // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
-    const bool whole = whole_step(whole_steps, query_begin);
+    const bool whole = whole_step(whole_steps, query_begin, kRows);
     masked_steps += !whole;
 
-    uint32_t p_t[8][4], ds_t[8][4];
+    uint32_t p_t[kRows / 16][4], ds_t[kRows / 16][4];
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {  // 8-query column blocks
+    for (int j = 0; j < kRows / 8; ++j) {  // 8-query column blocks
       const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + 8 * j + 2 * quad);  // log2 units
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -288,23 +328,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (!whole) {
 #pragma unroll
-      for (int i = 0; i < 64; ++i) {
+      for (int i = 0; i < kRows / 2; ++i) {
         const int query = query_begin + 8 * (i / 4) + 2 * quad + (i % 2), h = (i / 2) % 2;
         if (query < seen[h].x || query >= seen[h].y) s[i] = 0.0f;
       }
     }
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
+    for (int kk = 0; kk < kRows / 16; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) p_t[kk][r] = pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    // dV += P^T dO and dK += dS^T Q: B is the step's dO or Q, MN-major, its atoms kStepAtomBytes apart.
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dv_acc, p_t[kk], descriptor(do_s + kk * 2048, 1024, 1024));
+    for (int kk = 0; kk < kRows / 16; ++kk)
+      wgmma_rs_mn(dv_acc, p_t[kk], descriptor(do_s + kk * 2048, S::kStepAtomBytes, 1024));
     wgmma_commit();
+    if constexpr (kSplit && !decltype(first)::value) add_dq(dq_pending, pending_tile, 4, 8);
     wgmma_wait<1>();  // dP^T (committed before dV)
     fence_operands(dp);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < kRows / 8; ++j) {
       const float2 d2 = *reinterpret_cast<const float2*>(d_s + 8 * j + 2 * quad);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -315,19 +358,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
+    for (int kk = 0; kk < kRows / 16; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) ds_t[kk][r] = pack_bf16x2(dp[8 * kk + 2 * r], dp[8 * kk + 2 * r + 1]);
 
-    // dS^T to shared memory for dQ: query q of key row kr sits in half q / 64, 128B-swizzled.
+    // dS^T to shared memory for dQ: query q of key row kr sits in block q / 64, 128B-swizzled.
     // ds_t[kk][0..3] are the 8 x 8 blocks (keys +0 / +8) x (queries 16 kk + 0 / +8) in mma fragment
     // order: one stmatrix.x4 each, lane l giving the address of row l % 8 of block l / 8.
     {
       const int block = (t % 32) / 8, kr = 64 * warpgroup + 16 * warp + 8 * (block % 2) + t % 8;
 #pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
+      for (int kk = 0; kk < kRows / 16; ++kk) {
         const int q = 16 * kk + 8 * (block / 2), chunk = (q % 64) / 8;
-        const uint32_t address = ds_s + (q / 64) * kTileBytes + kr * 128 + ((chunk ^ (kr % 8)) * 16);
+        const uint32_t address = ds_s + (q / 64) * kBlock * 128 + kr * 128 + ((chunk ^ (kr % 8)) * 16);
         asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address),
                      "r"(ds_t[kk][0]), "r"(ds_t[kk][1]), "r"(ds_t[kk][2]), "r"(ds_t[kk][3])
                      : "memory");
@@ -341,17 +384,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     // moves each: 1,112 instructions a step against 1,052, and 36 bytes of spills against none.)
     if (threadIdx.x == 0 && i >= 1 && i - 1 + kStages < steps) load_step(i - 1 + kStages);
 
-    // dQ's GEMM first, then dK's.
+    // dQ's GEMM first (dS from block dq_rows_block, K's atom dq_atom as B over the 128 keys), then dK's.
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)  // dQ of queries 64w..64w+63: dS from half w, K as B over the 128 keys
-      wgmma_ss_n64_mn(dq_pending, descriptor(ds_s + warpgroup * kTileBytes + kk * 2048, 1024, 1024),
-                      descriptor(k_tile + kk * 2048, 1024, 1024), kk > 0);
+    for (int kk = 0; kk < 8; ++kk)
+      wgmma_ss<true>(dq_pending, descriptor(ds_s + dq_rows_block * kBlock * 128 + kk * 2048, 1024, 1024),
+                     descriptor(k_tile + dq_atom * S::kKeyAtomBytes + kk * 2048, 1024, 1024), kk > 0);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, 1024, 1024));
+    for (int kk = 0; kk < kRows / 16; ++kk)
+      wgmma_rs_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, S::kStepAtomBytes, 1024));
     wgmma_commit();
-    pending_rows = dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + m * kBlock + 64 * warpgroup) * kD;
+    pending_tile = dq_accum +
+                   (int64_t(head) * padded_rows + unit.padded_begin + query_row(i) + 64 * dq_rows_block) * kHeadDim +
+                   dq_offset(0, 64 * dq_atom);
     wgmma_wait<0>();
     fence_operands(dq_pending);
     fence_operands(dv_acc);
@@ -362,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   step(0, std::true_type{});  // every unit has at least one query tile (work_units)
   for (int i = 1; i < steps; ++i) step(i, std::false_type{});
-  add_dq(dq_pending, pending_rows);
+  add_dq(dq_pending, pending_tile);
   if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   if (spans) last_step = global_ns();
 
@@ -370,10 +416,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int rows = tile.compacted ? unit.compacted_rows : T;
   const int first_row = tile.compacted ? unit.compacted_begin : unit.begin;
 #pragma unroll
-  for (int r = 0; r < 32; r += 2) {
+  for (int r = 0; r < kHeadDim / 2; r += 2) {
     const int key = key0 + 8 * ((r / 2) % 2), col = 8 * (r / 4) + 2 * quad;
     if (key < 0 || key >= rows) continue;  // outside the document (key < 0: a tile of sinks only has no unit)
-    const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kD + col;
+    const int64_t at = (int64_t(first_row + key) * Hk + kv_head) * kHeadDim + col;
     atomicAdd(reinterpret_cast<float2*>(dk_out + at), make_float2(dk_acc[r] * scale, dk_acc[r + 1] * scale));
     atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
   }
@@ -390,17 +436,20 @@ __device__ inline uint4 pack_bf16x8(const float (&x)[8]) {
   return {pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]), pack_bf16x2(x[4], x[5]), pack_bf16x2(x[6], x[7])};
 }
 
-// dQ: scale times the fp32 sums [Hq, padded_rows, 64] (rows by dq_offset) to bf16 [T, Hq, 64], rows
-// y_stride apart. blockIdx.y is the head; a thread takes 8 columns of a row, whose sums sit in four
-// float2 16 bytes apart.
-static __global__ void round_dq_kernel(const float* x, const int* padded_row, float scale, __nv_bfloat16* y,
-                                       int64_t y_stride, int T, int padded_rows) {
+// dQ: scale times the fp32 sums [Hq, padded_rows, kHeadDim] (64-row blocks by dq_offset) to bf16 [T,
+// Hq, kHeadDim], rows y_stride apart. blockIdx.y is the head; a thread takes 8 columns of a row, whose
+// sums sit in four float2 16 bytes apart.
+template <int kHeadDim>
+__global__ void round_dq_kernel(const float* x, const int* padded_row, float scale, __nv_bfloat16* y,
+                                int64_t y_stride, int T, int padded_rows) {
+  constexpr int kChunks = kHeadDim / 8;
   const int head = blockIdx.y;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * 8;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * kChunks;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int row = int(i / 8), col = int(i % 8) * 8;
-    const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its tile
-    const float* sums = x + (int64_t(head) * padded_rows + padded - padded % 64) * kD + dq_offset(padded % 64, col);
+    const int row = int(i / kChunks), col = int(i % kChunks) * 8;
+    const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its block
+    const float* sums =
+        x + (int64_t(head) * padded_rows + padded - padded % 64) * kHeadDim + dq_offset(padded % 64, col);
     float dq[8];
 #pragma unroll
     for (int c = 0; c < 4; ++c) {  // columns col + 2c and col + 2c + 1
@@ -408,22 +457,25 @@ static __global__ void round_dq_kernel(const float* x, const int* padded_row, fl
       dq[2 * c] = scale * pair.x;
       dq[2 * c + 1] = scale * pair.y;
     }
-    *reinterpret_cast<uint4*>(y + row * y_stride + head * kD + col) = pack_bf16x8(dq);
+    *reinterpret_cast<uint4*>(y + row * y_stride + head * kHeadDim + col) = pack_bf16x8(dq);
   }
 }
 
 // dK and dV of a position: its raw tile's part plus, if it is a sink or selected, its compacted row's
-// (compacted_row [Hk, T], -1 for neither). dk_out, dv_out: [T, Hk, 64], rows dk_stride and dv_stride
-// apart. blockIdx.y is the KV head; a thread takes 8 columns of a position.
-static __global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
-                                          const int* compacted_row, __nv_bfloat16* dk_out, int64_t dk_stride,
-                                          __nv_bfloat16* dv_out, int64_t dv_stride, int T, int Hk) {
+// (compacted_row [Hk, T], -1 for neither). dk_out, dv_out: [T, Hk, kHeadDim], rows dk_stride and
+// dv_stride apart. blockIdx.y is the KV head; a thread takes 8 columns of a position.
+template <int kHeadDim>
+__global__ void finalize_kv_kernel(const float* dk, const float* dv, const float* dkc, const float* dvc,
+                                   const int* compacted_row, __nv_bfloat16* dk_out, int64_t dk_stride,
+                                   __nv_bfloat16* dv_out, int64_t dv_stride, int T, int Hk) {
+  constexpr int kChunks = kHeadDim / 8;
   const int head = blockIdx.y;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * 8;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * kChunks;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int position = int(i / 8), col = int(i % 8) * 8;
+    const int position = int(i / kChunks), col = int(i % kChunks) * 8;
     const int row = compacted_row[int64_t(head) * T + position];
-    const int64_t from = (int64_t(position) * Hk + head) * kD + col, from_row = (int64_t(row) * Hk + head) * kD + col;
+    const int64_t from = (int64_t(position) * Hk + head) * kHeadDim + col;
+    const int64_t from_row = (int64_t(row) * Hk + head) * kHeadDim + col;
     auto finish = [&](const float* raw, const float* compacted, __nv_bfloat16* out) {
       float sum[8];
 #pragma unroll
@@ -435,7 +487,7 @@ static __global__ void finalize_kv_kernel(const float* dk, const float* dv, cons
         }
         sum[4 * h] = part.x, sum[4 * h + 1] = part.y, sum[4 * h + 2] = part.z, sum[4 * h + 3] = part.w;
       }
-      *reinterpret_cast<uint4*>(out + head * kD + col) = pack_bf16x8(sum);
+      *reinterpret_cast<uint4*>(out + head * kHeadDim + col) = pack_bf16x8(sum);
     };
     finish(dk, dkc, dk_out + position * dk_stride);
     finish(dv, dvc, dv_out + position * dv_stride);

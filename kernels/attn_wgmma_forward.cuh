@@ -217,12 +217,12 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     const uint32_t k_tile = k_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)  // k16 steps: 32 bytes further into each row
-      wgmma_ss_n128(s, descriptor(q_wg + kk * 32, 16, 1024), descriptor(k_tile + kk * 32, 16, 1024), kk > 0);
+      wgmma_ss<false>(s, descriptor(q_wg + kk * 32, 16, 1024), descriptor(k_tile + kk * 32, 16, 1024), kk > 0);
   };
   auto issue_pv = [&](int j) {
     const uint32_t v_tile = v_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_mn(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_mn(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
   };
   // Masks tile j, updates the row statistics and turns S into unnormalized probabilities; returns
   // each row's rescaling of the output so far.

@@ -298,7 +298,7 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
   // The CUDA kernels take D in {64, 128} and lag a multiple of their 64-row tile. Every case runs
   // on the native kernels (default and deterministic); the bf16 cases also on cuDNN (LRSA by
   // gathering each query partition's keys, whose dK/dV get kGatheredCopiesAllowance), and the bf16
-  // d64 ones on the wgmma kernels too where the device is sm_90.
+  // d64 ones on the wgmma kernels too where the device is sm_90 (d128: auto runs their backward).
   const std::vector<AttnCase> gpu_cases = {
       {"cuda bf16 LRSA", {{700}, 4, 2, 64, DType::BF16, 801}, lrsa_cfg(16, 128, 0.25)},
       {"cuda bf16 LRSA packed, GQA 7", {{400, 130, 333}, 7, 1, 128, DType::BF16, 802}, lrsa_cfg(5, 64, 0.5, 0.5f)},
@@ -334,7 +334,9 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
       else
         WARN("wgmma backend not checked: the device is not sm_90");
     }
-    backends.push_back(Backend::Auto);  // LRSA bf16 d64 on sm_90: the wgmma forward and backward
+    // LRSA bf16 on sm_90: d64 on the wgmma forward and backward, d128 on cuDNN's forward and the
+    // wgmma backward
+    backends.push_back(Backend::Auto);
     for (Backend backend : backends) {
       c.config.backend = backend;
       for (bool deterministic : {false, true}) {
@@ -344,7 +346,8 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
         INFO(attn::backend_name(backend) << (deterministic ? ", deterministic" : ", default"));
         const Outputs ours = test::run_attention(c.config, gpu);
         CHECK(ours.selection == on_cpu.selection);
-        // Auto's LRSA backward runs on cuDNN's gathered copies where the wgmma kernels cannot run it.
+        // Auto's LRSA backward runs on cuDNN's gathered copies where the wgmma kernels cannot run it
+        // (not sm_90).
         const bool gathered = (backend == Backend::Cudnn || backend == Backend::Auto) && c.config.mode == Mode::Lrsa;
         test::check_rule(ours, baseline, exact, gathered ? test::kGatheredCopiesAllowance : 0);
         if (deterministic) {
@@ -419,6 +422,24 @@ TEST_CASE("the wgmma backward's work units: 48 query tiles from 32K tokens, abou
   CHECK(unit_query_tiles(3073, 7) == 12);
   CHECK(unit_query_tiles(2048, 2) == 48);
   CHECK(unit_query_tiles(8192, 16) == 12);
+}
+
+TEST_CASE("auto prefers the wgmma kernels for LRSA up to 128K tokens at d64, the backward up to 32K at d128",
+          "[attn]") {
+  // Where they were measured faster than the cuDNN path (kernels/attn_wgmma.cu, wgmma_preferred).
+  using cuda::WgmmaPass;
+  const AttentionConfig lrsa = lrsa_cfg(16, 1024, 0.25), dense = test::dense_config();
+  auto prefers = [](WgmmaPass pass, const AttentionConfig& config, std::vector<int64_t> lengths, int64_t head_dim) {
+    return cuda::wgmma_preferred(pass, config, SeqLayout::from_lengths(lengths), head_dim);
+  };
+  for (WgmmaPass pass : {WgmmaPass::Forward, WgmmaPass::Backward}) {
+    CHECK(prefers(pass, lrsa, {131072}, 64));
+    CHECK_FALSE(prefers(pass, lrsa, {131073}, 64));
+    CHECK_FALSE(prefers(pass, dense, {4096}, 64));
+  }
+  CHECK(prefers(WgmmaPass::Backward, lrsa, {32768, 1000}, 128));
+  CHECK_FALSE(prefers(WgmmaPass::Backward, lrsa, {100, 32769}, 128));
+  CHECK_FALSE(prefers(WgmmaPass::Forward, lrsa, {4096}, 128));
 }
 #endif
 
