@@ -409,7 +409,7 @@ int main(int argc, char** argv) {
       }
       // d128 steps are half a query tile: the rule's unit lengths (tuned at d64) against the others.
       for (int unit : {12, 24, 48})
-        if (d128 && lrsa && unit != unit_query_tiles(T / documents, 7)) {
+        if (d128 && lrsa && unit != unit_query_tiles(T / documents, t.p.Hq / t.p.Hk)) {
           char name[32];
           std::snprintf(name, sizeof name, "red.v4, units of %d", unit);
           report(t.p, name, run_at_head_dim<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats, unit), dense_ms);

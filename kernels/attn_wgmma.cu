@@ -206,7 +206,7 @@ std::string wgmma_unusable(WgmmaPass pass, const attn::AttentionConfig& config, 
                            const Tensor& v, const attn::SeqLayout& layout) {
   if (config.deterministic)
     return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
-  if (pass == WgmmaPass::Forward && q.size(2) != 64)
+  if (pass == WgmmaPass::Forward && q.size(2) != wgmma::kD)
     return "the wgmma forward takes head dim 64 only so far (the backward 64 or 128), q is " + q.describe();
   if (q.size(2) != 64 && q.size(2) != 128) return "the wgmma backward takes head dim 64 or 128, q is " + q.describe();
   if (q.size(0) == 0) return "there are no rows";
