@@ -15,7 +15,7 @@ using namespace lrsa::cuda::wgmma;
 // care how they were chosen) and the compacted K/V hold, per KV head and document,
 // [sink | Sel(0) | Sel(1) | ...], the documents one after the other, as the kernels expect.
 struct Problem {
-  int T = 0, Hq = 0, Hk = 0, sink = 0, lag = 0, keep = 0, D = kD;  // D: the head dim
+  int T = 0, Hq = 0, Hk = 0, sink = 0, lag = 0, keep = 0, D = 64;  // D: the head dim
   std::vector<int> doc_start;        // [B + 1]: document b is rows [doc_start[b], doc_start[b + 1])
   std::vector<int> compacted_start;  // [B + 1]: its compacted rows in ck/cv (LRSA)
   std::vector<int> doc_of;           // [T]
@@ -39,7 +39,7 @@ struct Problem {
 inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
 inline Problem make_problem(const std::vector<int>& lengths, int Hq, int Hk, uint32_t seed, int sink = 0,
-                            int lag = 0, int keep = 0, int head_dim = kD) {
+                            int lag = 0, int keep = 0, int head_dim = 64) {
   Problem p;
   p.Hq = Hq, p.Hk = Hk, p.sink = sink, p.lag = lag, p.keep = keep, p.D = head_dim;
   const int D = head_dim;
@@ -94,7 +94,7 @@ inline Problem make_problem(const std::vector<int>& lengths, int Hq, int Hk, uin
   return p;
 }
 inline Problem make_problem(int T, int Hq, int Hk, uint32_t seed, int sink = 0, int lag = 0, int keep = 0,
-                            int head_dim = kD) {
+                            int head_dim = 64) {
   return make_problem(std::vector<int>{T}, Hq, Hk, seed, sink, lag, keep, head_dim);
 }
 

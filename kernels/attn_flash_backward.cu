@@ -389,13 +389,12 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
                         Tensor& dq, Tensor& dk, Tensor& dv) {
   using namespace attn_detail;
   const char* op = "attention_backward (CUDA)";
-  if (use_wgmma(op, WgmmaPass::Backward, config, q, k, v, layout,
-                wgmma_preferred(WgmmaPass::Backward, config, layout, q.size(2))))
+  if (use_wgmma(op, config, q, k, v, layout, wgmma_preferred(config, layout, q.size(2))))
     return wgmma_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
   const int D = check_kernel_args(op, config, q, k, v, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
   if (cudnn_backward(op, config, q, k, v, layout, saved, dout, dq, dk, dv)) return;
   // auto, where cuDNN cannot run the call: the wgmma kernels before the native ones
-  if (use_wgmma(op, WgmmaPass::Backward, config, q, k, v, layout, true))
+  if (use_wgmma(op, config, q, k, v, layout, true))
     return wgmma_backward(config, q, k, v, layout, saved, dout, dq, dk, dv);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   const WorkTables& tables = work_tables(config, layout, q.device());

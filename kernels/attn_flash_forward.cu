@@ -124,13 +124,12 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
                        const attn::SeqLayout& layout, attn::AttentionForward& result) {
   using namespace attn_detail;
   const char* op = "attention_forward (CUDA)";
-  if (use_wgmma(op, WgmmaPass::Forward, config, q, k, v, layout,
-                wgmma_preferred(WgmmaPass::Forward, config, layout, q.size(2))))
+  if (use_wgmma(op, config, q, k, v, layout, wgmma_preferred(config, layout, q.size(2))))
     return wgmma_forward(config, q, k, v, layout, result);
   const int D = check_kernel_args(op, config, q, k, v, {{"result.out", &result.out}});
   if (cudnn_forward(op, config, q, k, v, layout, result)) return;
   // auto, where cuDNN cannot run the call: the wgmma kernels before the native ones
-  if (use_wgmma(op, WgmmaPass::Forward, config, q, k, v, layout, true))
+  if (use_wgmma(op, config, q, k, v, layout, true))
     return wgmma_forward(config, q, k, v, layout, result);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   const WorkTables& tables = work_tables(config, layout, q.device());

@@ -19,11 +19,23 @@ namespace {
 using bf16_t = __nv_bfloat16;
 using wgmma::Lrsa;
 
-// The forward's variant: three consumer warpgroups (192 query rows a CTA), two K/V stages, no
-// overlap or ping-pong: the fastest at d64 in dev/wgmma_attn_fwd.cu's runs since the exponentials
-// take one MUFU op each (docs/benchmarks.md, "Session 19"). The forward takes d64 only.
-constexpr int kForwardConsumers = 3, kForwardStages = 2;
-using ForwardConfig = wgmma::fwd::Config<kForwardConsumers, false, false, kForwardStages>;
+// The forward's variant per head dim, the fastest in dev/wgmma_attn_fwd.cu's runs: at d64 three
+// consumer warpgroups (192 query rows a CTA), two K/V stages, no overlap or ping-pong, since the
+// exponentials take one MUFU op each (docs/benchmarks.md, "Session 19"); at d128, where the GEMMs
+// take twice as long, two consumers (O takes 64 registers) that overlap and take turns, three
+// stages (session 24: 1-4% less time than without overlap, at every shape timed).
+template <int kHeadDim>
+struct ForwardVariant {
+  static constexpr int kConsumers = kHeadDim == 64 ? 3 : 2, kStages = kHeadDim == 64 ? 2 : 3;
+  static constexpr bool kOverlap = kHeadDim == 128, kPingPong = kHeadDim == 128;
+  using Config = wgmma::fwd::Config<kHeadDim, kConsumers, kOverlap, kPingPong, kStages>;
+  static constexpr auto kernel = wgmma::fwd::attn_fwd_kernel<kHeadDim, kConsumers, kOverlap, kPingPong, kStages>;
+};
+
+// The forward's query rows per CTA at a head dim.
+int forward_block_rows(int64_t head_dim) {
+  return head_dim == 64 ? ForwardVariant<64>::Config::kBlockM : ForwardVariant<128>::Config::kBlockM;
+}
 
 // One layout's plan: the documents and their compacted rows (CompactedRows), the forward's query
 // tiles, the backward's work units, each row's place in the tile-padded sums.
@@ -48,7 +60,7 @@ Tensor upload_items(const std::vector<Item>& items, Device device) {
 }
 
 Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hq, int64_t Hk,
-                Device device) {
+                int64_t head_dim, Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Lrsa intervals = lrsa_of(config);
   Plan plan;
@@ -64,7 +76,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   const std::vector<int> rows = wgmma::bwd::padded_rows_of(plan.doc_start, intervals);
   const std::vector<int64_t> padded_row(rows.begin(), rows.end());
   const auto tiles =
-      wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, ForwardConfig::kBlockM);
+      wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, forward_block_rows(head_dim));
   const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, int(Hq / Hk));
   plan.n_query_tiles = int(tiles.size());
   plan.n_units = int(units.size());
@@ -78,7 +90,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
 
 struct PlanKey {
   int device;
-  int64_t q_heads, kv_heads;
+  int64_t q_heads, kv_heads, head_dim;  // the head dim sets the forward's query tiles
   bool lrsa;
   int64_t sink, lag, kept;
   std::vector<int64_t> cu_seqlens;
@@ -87,12 +99,12 @@ struct PlanKey {
 
 // Every layer of a step shares one layout: a few recent plans cover a step and an evaluation.
 const Plan& plan_for(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t Hq, int64_t Hk,
-                     Device device) {
+                     int64_t head_dim, Device device) {
   const bool lrsa = config.mode == attn::Mode::Lrsa;
-  PlanKey key{device.index, Hq, Hk, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
+  PlanKey key{device.index, Hq, Hk, head_dim, lrsa, lrsa ? config.lrsa.sink : 0, lrsa ? config.lrsa.lag : 0,
               lrsa ? config.lrsa.kept() : 0, layout.cu_seqlens};
   thread_local std::list<std::pair<PlanKey, Plan>> cache;
-  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, Hq, Hk, device); });
+  return recent(cache, 4, std::move(key), [&] { return build_plan(config, layout, Hq, Hk, head_dim, device); });
 }
 
 // ck/cv [rows, Hk, D]: compacted row c of head h is row source[c] (a sink) or the selection's entry
@@ -202,13 +214,11 @@ CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn:
   return rows;
 }
 
-std::string wgmma_unusable(WgmmaPass pass, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                            const Tensor& v, const attn::SeqLayout& layout) {
   if (config.deterministic)
     return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
-  if (pass == WgmmaPass::Forward && q.size(2) != wgmma::kD)
-    return "the wgmma forward takes head dim 64 only so far (the backward 64 or 128), q is " + q.describe();
-  if (q.size(2) != 64 && q.size(2) != 128) return "the wgmma backward takes head dim 64 or 128, q is " + q.describe();
+  if (q.size(2) != 64 && q.size(2) != 128) return "the wgmma kernels take head dim 64 or 128, q is " + q.describe();
   if (q.size(0) == 0) return "there are no rows";
   for (const Tensor* t : {&q, &k, &v}) {
     if (t->dtype() != DType::BF16) return "the wgmma kernels take bf16, got " + t->describe();
@@ -232,57 +242,58 @@ std::string wgmma_unusable(WgmmaPass pass, const attn::AttentionConfig& config, 
   return "";
 }
 
-bool wgmma_preferred(WgmmaPass pass, const attn::AttentionConfig& config, const attn::SeqLayout& layout,
-                     int64_t head_dim) {
+bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t head_dim) {
   // d64: one 14:2 document, LRSA, against the cuDNN path (docs/benchmarks.md, "Session 19"): our
   // forward and backward both took less time at 16K, 32K, 64K and 128K tokens; at 256K our forward
   // still did (66 against 70 ms) but our backward took 6% longer (217 against 205 ms): most pairs
   // are then the compacted history's whole tiles, where cuDNN's dense kernels run faster.
-  // d128 (the backward: the forward takes d64 only): one 28:4 document (docs/benchmarks.md, "Session
-  // 23"): 19% less time at 16K, 13% at 32K; 1.5% more at 64K (50.9 against 50.1 ms), and at 128K the
-  // dev harness's 186-193 ms against the cuDNN path's 174.6.
-  if (head_dim != 64 && pass == WgmmaPass::Forward) return false;
+  // d128, one 28:4 document: the backward (docs/benchmarks.md, "Session 23") took 19% less time at
+  // 16K, 13% at 32K; 1.5% more at 64K (50.9 against 50.1 ms), and at 128K the dev harness's
+  // 186-193 ms against the cuDNN path's 174.6. The forward (session 24): 2% less at 16K, 1-6% less
+  // at 32K (two runs); at 64K 2.7% less in one run and 7.6% more in another (before its overlap),
+  // and both passes together took the cuDNN path's time there (67.8 against 67.9 ms): both stay
+  // within 32K.
   const int64_t longest_document = head_dim == 64 ? 131072 : 32768;
   return config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= longest_document;
 }
 
-bool use_wgmma(const char* op, WgmmaPass pass, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                const Tensor& v, const attn::SeqLayout& layout, bool auto_takes) {
   const bool asked = config.backend == attn::Backend::Wgmma;
   if (!asked && !(config.backend == attn::Backend::Auto && auto_takes)) return false;
-  const std::string why = wgmma_unusable(pass, config, q, k, v, layout);
+  const std::string why = wgmma_unusable(config, q, k, v, layout);
   LRSA_CHECK(why.empty() || !asked, "{}: attention backend wgmma cannot run this call: {}", op, why);
   return why.empty();
 }
 
-void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const attn::SeqLayout& layout, attn::AttentionForward& result) {
-  const char* op = "attention_forward (wgmma)";
-  use_device(q);
+namespace {
+
+// The forward at head dim kHeadDim (wgmma_unusable has checked the call).
+template <int kHeadDim>
+void forward_at(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+                const Tensor& v, const attn::SeqLayout& layout, attn::AttentionForward& result) {
+  using Variant = ForwardVariant<kHeadDim>;
+  using Config = typename Variant::Config;
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"result.out", &result.out}});
-  const Plan& plan = plan_for(config, layout, Hq, Hk, q.device());
+  const Plan& plan = plan_for(config, layout, Hq, Hk, kHeadDim, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, result.selection) : Compacted{};
-  const CUtensorMap q_map = map_of(op, "q", q, T, ForwardConfig::kBlockM);
+  const CUtensorMap q_map = map_of(op, "q", q, T, Config::kBlockM);
   const CUtensorMap k_map = map_of(op, "k", k, T, wgmma::fwd::kBlockN);
   const CUtensorMap v_map = map_of(op, "v", v, T, wgmma::fwd::kBlockN);
   const int64_t rows = std::max(compacted.rows, 1);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, rows, wgmma::fwd::kBlockN) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, rows, wgmma::fwd::kBlockN) : v_map;
-  auto kernel = wgmma::fwd::attn_fwd_kernel<kForwardConsumers, false, false, kForwardStages>;
-  LRSA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ForwardConfig::kSmemBytes));
+  LRSA_CUDA_CHECK(cudaFuncSetAttribute(Variant::kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
   const dim3 grid(unsigned(plan.n_query_tiles), unsigned(Hq));
-  kernel<<<grid, ForwardConfig::kThreads, ForwardConfig::kSmemBytes, current_stream()>>>(
+  Variant::kernel<<<grid, Config::kThreads, Config::kSmemBytes, current_stream()>>>(
       q_map, k_map, v_map, ck_map, cv_map, lrsa_of(config),
       reinterpret_cast<const wgmma::fwd::QueryTile*>(plan.query_tiles.data_as<int32_t>()),
       static_cast<bf16_t*>(result.out.data()), result.out.stride(0), result.lse.data_as<float>(), int(T), int(Hq),
-      int(Hk), 1.0f / std::sqrt(float(wgmma::kD)), nullptr);
+      int(Hk), 1.0f / std::sqrt(float(kHeadDim)), nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): forward");
 }
-
-namespace {
 
 // The backward at head dim kHeadDim (wgmma_unusable has checked the call).
 template <int kHeadDim>
@@ -291,7 +302,7 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
                  const Tensor& dout, Tensor& dq, Tensor& dk, Tensor& dv) {
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   check_rows(op, {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"saved.out", &saved.out}});
-  const Plan& plan = plan_for(config, layout, Hq, Hk, q.device());
+  const Plan& plan = plan_for(config, layout, Hq, Hk, kHeadDim, q.device());
   const bool lrsa = config.mode == attn::Mode::Lrsa;
   const Compacted compacted = lrsa ? gather_compacted(plan, k, v, saved.selection) : Compacted{};
   const int rows = compacted.rows;
@@ -369,6 +380,16 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
 }
 
 }  // namespace
+
+void wgmma_forward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const attn::SeqLayout& layout, attn::AttentionForward& result) {
+  const char* op = "attention_forward (wgmma)";
+  use_device(q);
+  if (q.size(2) == 64)
+    forward_at<64>(op, config, q, k, v, layout, result);
+  else
+    forward_at<128>(op, config, q, k, v, layout, result);
+}
 
 void wgmma_backward(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
                     const attn::SeqLayout& layout, const attn::AttentionForward& saved, const Tensor& dout,

@@ -1,5 +1,5 @@
-// kernels/attn_wgmma.cuh: what the Hopper (wgmma + TMA) attention kernels share: the forward's head
-// dim and LRSA's visibility as intervals (../shared/lrsa-spec.md). The forward and backward are in
+// kernels/attn_wgmma.cuh: what the Hopper (wgmma + TMA) attention kernels share: the tile grid and
+// LRSA's visibility as intervals (../shared/lrsa-spec.md). The forward and backward are in
 // attn_wgmma_forward.cuh and attn_wgmma_backward.cuh; dev/ checks and times them.
 #pragma once
 #include "hopper.cuh"
@@ -8,7 +8,6 @@ namespace lrsa::cuda::wgmma {
 
 using namespace hopper;
 
-constexpr int kD = 64;  // the forward's: one 128-byte swizzled row (the backward's: bwd::Shape, 64 or 128)
 constexpr int kGridRows = 128;  // the kernels' key tiles, and the backward's query tiles
 constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = 2^(x log2 e): the kernels take exp2
 

@@ -1,6 +1,6 @@
 #pragma once
 // Attention on the Hopper kernels of our own (kernels/attn_wgmma_{forward,backward}.cuh): head dim 64
-// (the backward also 128), bf16, dense causal and LRSA over packed documents, native GQA, any lag, on
+// or 128, bf16, dense causal and LRSA over packed documents, native GQA, any lag, on
 // sm_90 devices.
 // attention.backend = "wgmma" selects them (docs/design-attention.md). The backward adds dQ with
 // reductions in global memory, whose order varies: not for deterministic mode.
@@ -22,23 +22,18 @@ struct CompactedRows {
 };
 CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params);
 
-enum class WgmmaPass { Forward, Backward };
-
 // Empty when the wgmma kernels can run a call's forward or backward on these tensors and documents,
 // else the reason.
-std::string wgmma_unusable(WgmmaPass pass, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                            const Tensor& v, const attn::SeqLayout& layout);
 
-// Whether auto runs a pass on the wgmma kernels rather than cuDNN's where both can: LRSA over
-// documents up to 128K tokens at d64, both passes; at d128 the backward up to 32K (measured faster
-// there; dense stays on cuDNN). The backward needs only the forward's O, lse and selection, which
-// every backend leaves alike, so a d128 call runs cuDNN's forward and our backward.
-bool wgmma_preferred(WgmmaPass pass, const attn::AttentionConfig& config, const attn::SeqLayout& layout,
-                     int64_t head_dim);
+// Whether auto runs LRSA on the wgmma kernels rather than cuDNN's where both can: over documents up
+// to 128K tokens at d64, up to 32K at d128 (measured faster there; dense stays on cuDNN).
+bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t head_dim);
 
 // Whether a call's pass runs on the wgmma kernels: always for Backend::Wgmma (failing with the reason
 // when they cannot run it), for Backend::Auto when `auto_takes` and they can.
-bool use_wgmma(const char* op, WgmmaPass pass, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
+bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
                const Tensor& v, const attn::SeqLayout& layout, bool auto_takes);
 
 // Same contracts as cuda::attention_forward / attention_backward (lrsa/attn/cuda_attn.h), for calls

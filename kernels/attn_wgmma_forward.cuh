@@ -1,14 +1,15 @@
-// kernels/attn_wgmma_forward.cuh: the attention forward on wgmma + TMA (sm_90a), head dim 64, dense
-// causal and LRSA (key-tile lists over [sink | compacted history] and the raw window) over packed
+// kernels/attn_wgmma_forward.cuh: the attention forward on wgmma + TMA (sm_90a), head dim 64 or
+// 128, dense causal and LRSA (key-tile lists over [sink | compacted history] and the raw window) over packed
 // documents; dev/wgmma_attn_fwd.cu checks every variant against double and times it.
 //
 // A CTA owns 64 query rows per consumer warpgroup (1 to 3 of them) of one head, plus one producer
 // warp (or warpgroup) whose first lane streams the key/value tiles (128 rows each) through a ring
 // of shared-memory stages with TMA (128B swizzle, so wgmma reads them through descriptors); full/empty mbarriers pace
 // the ring. S = Q K^T is one m64n128 wgmma batch per warpgroup, the online softmax runs on its
-// accumulator registers, and P goes straight from them into the A operand of O += P V (m64n64, V
-// MN-major). The variants:
-//   consumers: 1 (two CTAs per SM), 2 or 3 warpgroups per CTA;
+// accumulator registers, and P goes straight from them into the A operand of O += P V (m64 x head
+// dim, V MN-major). A row of 64 columns (128 bytes) is one 128B swizzle atom: a d128 tile is two
+// atoms, each rows x 128 bytes, one after the other (TMA loads them as two boxes). The variants:
+//   consumers: 1 (two CTAs per SM), 2 or 3 warpgroups per CTA (d128: 2);
 //   stages:    the depth of the K/V ring;
 //   overlap:   S of tile j is issued together with P V of tile j-1, so the softmax of tile j runs
 //              while the tensor cores still work on tile j-1 (FlashAttention-3's intra-warpgroup
@@ -26,22 +27,33 @@
 
 namespace lrsa::cuda::wgmma::fwd {
 
-constexpr int kBlockN = kGridRows;            // keys per tile
-constexpr int kTileBytes = kBlockN * kD * 2;  // 16 KB: one K or V tile
+constexpr int kBlockN = kGridRows;         // keys per tile
+constexpr int kKeyAtomBytes = kBlockN * 128;  // 16 KB: one swizzle atom of a K or V tile
 
-template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+template <int kHeadDim, int kConsumers, bool kOverlap, bool kPingPong, int kStages>
 struct Config {
+  static_assert(kHeadDim == 64 || (kHeadDim == 128 && kConsumers == 2),
+                "the wgmma forward takes head dim 64 (1 to 3 consumers) or 128 (2 consumers)");
+  static constexpr int kAtoms = kHeadDim / 64;
   static constexpr int kBlockM = 64 * kConsumers;  // query rows per CTA
-  // Three consumers (FlashAttention-3's d64 tile, 192 rows) take a whole producer warpgroup, so that
-  // setmaxnreg can move its registers to them: a 416-thread CTA gets 126 per thread, and a step
-  // needs ~165. Fewer consumers make do with a producer warp.
-  static constexpr bool kProducerWarpgroup = kConsumers == 3;
+  // Three consumers at d64 (FlashAttention-3's tile, 192 rows) take a whole producer warpgroup, so
+  // that setmaxnreg can move its registers to them: a 416-thread CTA gets 126 per thread, and a
+  // step needs ~165. So do two at d128, whose overlap needs ~196 (the output and S take 64 each, P
+  // 32): a CTA of more than 8 warps puts 3 on some SM sub-partition, which gives each 168. Fewer
+  // consumers at d64 make do with a producer warp.
+  static constexpr bool kProducerWarpgroup = kConsumers == 3 || kHeadDim == 128;
   static constexpr int kThreads = 128 * kConsumers + (kProducerWarpgroup ? 128 : 32);
-  static constexpr int kProducerRegisters = 32, kConsumerRegisters = 160;  // 128 x 32 + 384 x 160 = 65536
-  static constexpr int kQBytes = kBlockM * kD * 2;
+  static constexpr int kProducerRegisters = kHeadDim == 64 ? 32 : 24;
+  static constexpr int kConsumerRegisters = kHeadDim == 64 ? 160 : 240;
+  static_assert(!kProducerWarpgroup || 128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
+                "setmaxnreg cannot hand out more registers than the CTA was launched with");
+  static constexpr int kTileBytes = kAtoms * kKeyAtomBytes;  // one K or V tile: 16 / 32 KB
+  static constexpr int kQAtomBytes = kBlockM * 128;
+  static constexpr int kQBytes = kAtoms * kQAtomBytes;
   // Q, then the K stages, then the V stages (all 1024-byte aligned), then the mbarriers.
   static constexpr int kBarrierOffset = kQBytes + 2 * kStages * kTileBytes;
   static constexpr int kSmemBytes = kBarrierOffset + 8 * (2 * kStages + 1) + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 227 * 1024, "more shared memory than an sm_90 CTA may take");
 };
 
 // A set of a plan's tiles (TilePlan, below): the compacted tiles [0, compacted) and the raw tiles
@@ -107,18 +119,21 @@ struct QueryTile {
   int begin, length, compacted_begin, m_block;
 };
 
-// q: [T, Hq, 64], k, v: [T, Hk, 64], o: [T, Hq, 64] bf16 (through the tensor maps for the inputs);
+// q: [T, Hq, D], k, v: [T, Hk, D], o: [T, Hq, D] bf16, D = kHeadDim (through the tensor maps for the
+// inputs);
 // lse: [Hq, T] f32 (natural log); one CTA per (query tile, head). Accumulator register i of an m64nN
 // tile holds row 16 * warp + group + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2)
 // (warp within the warpgroup, group = lane / 4, quad = lane % 4): each thread holds two rows, a quad
 // holds them whole. With one consumer warpgroup, two CTAs share an SM and interleave on their own.
-template <int kConsumers, bool kOverlap, bool kPingPong, int kStages>
-__global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStages>::kThreads, kConsumers == 1 ? 2 : 1)
+template <int kHeadDim, int kConsumers, bool kOverlap, bool kPingPong, int kStages>
+__global__ void __launch_bounds__(Config<kHeadDim, kConsumers, kOverlap, kPingPong, kStages>::kThreads,
+                                  kConsumers == 1 ? 2 : 1)
     attn_fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, Lrsa lrsa, const QueryTile* tiles, __nv_bfloat16* o,
                     int64_t o_stride, float* lse, int total_rows, int Hq, int Hk, float scale, CtaSpan* spans) {
-  using C = Config<kConsumers, kOverlap, kPingPong, kStages>;
+  using C = Config<kHeadDim, kConsumers, kOverlap, kPingPong, kStages>;
+  constexpr int kTileBytes = C::kTileBytes;
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t q_tile = base, k_tiles = base + C::kQBytes, v_tiles = k_tiles + kStages * kTileBytes;
@@ -147,7 +162,8 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(C::kProducerRegisters) : "memory");
     if (threadIdx.x == 128 * kConsumers) {
       mbarrier_expect_bytes(q_full, C::kQBytes);
-      tma_load(q_tile, &q_map, q_full, 0, head, work.begin + row_begin);
+      for (int a = 0; a < C::kAtoms; ++a)
+        tma_load(q_tile + a * C::kQAtomBytes, &q_map, q_full, 64 * a, head, work.begin + row_begin);
       for (int j = 0; j < n_blocks; ++j) {
         const int stage = j % kStages;
         if (j >= kStages) mbarrier_wait(empty + 8 * stage, ((j / kStages) & 1) ^ 1);
@@ -155,8 +171,11 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
         const bool compacted = plan.compacted(j);
         mbarrier_expect_bytes(bar, 2 * kTileBytes);
         const int row = (compacted ? work.compacted_begin : work.begin) + plan.start(j);
-        tma_load(k_tiles + stage * kTileBytes, compacted ? &ck_map : &k_map, bar, 0, kv_head, row);
-        tma_load(v_tiles + stage * kTileBytes, compacted ? &cv_map : &v_map, bar, 0, kv_head, row);
+        for (int a = 0; a < C::kAtoms; ++a) {
+          const uint32_t atom = stage * kTileBytes + a * kKeyAtomBytes;
+          tma_load(k_tiles + atom, compacted ? &ck_map : &k_map, bar, 64 * a, kv_head, row);
+          tma_load(v_tiles + atom, compacted ? &cv_map : &v_map, bar, 64 * a, kv_head, row);
+        }
       }
     }
     return;
@@ -181,10 +200,11 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   const TileSet seen = uniform(plan.seen(lrsa, wg_row, wg_last)), whole = uniform(plan.whole(lrsa, wg_row, wg_last));
   const float scale_log2 = scale * kLog2e;
   const uint32_t q_wg = __shfl_sync(0xffffffff, q_tile + warpgroup * 64 * 128, 0);  // uniform, as above
-  float out[32], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  constexpr int kOutRegisters = kHeadDim / 2;  // of the m64 x head dim output
+  float out[kOutRegisters], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   int masked_tiles = 0;
 #pragma unroll
-  for (int i = 0; i < 32; ++i) out[i] = 0.0f;
+  for (int i = 0; i < kOutRegisters; ++i) out[i] = 0.0f;
   uint32_t p[8][4];  // P of the tile whose P V is next, as the bf16 A operand
 
   // Ping-pong: warpgroup g issues its GEMMs after barrier 1 + g, then lets the next one go.
@@ -216,13 +236,17 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
   auto issue_qk = [&](int j, float (&s)[64]) {
     const uint32_t k_tile = k_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)  // k16 steps: 32 bytes further into each row
-      wgmma_ss<false>(s, descriptor(q_wg + kk * 32, 16, 1024), descriptor(k_tile + kk * 32, 16, 1024), kk > 0);
+    for (int kk = 0; kk < 4 * C::kAtoms; ++kk) {  // k16 steps: 32 bytes further into an atom's rows
+      const int atom = kk / 4, column_bytes = (kk % 4) * 32;
+      wgmma_ss<false>(s, descriptor(q_wg + atom * C::kQAtomBytes + column_bytes, 16, 1024),
+                      descriptor(k_tile + atom * kKeyAtomBytes + column_bytes, 16, 1024), kk > 0);
+    }
   };
   auto issue_pv = [&](int j) {
     const uint32_t v_tile = v_tiles + (j % kStages) * kTileBytes;
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) wgmma_rs_mn(out, p[kk], descriptor(v_tile + kk * 2048, 1024, 1024));
+    for (int kk = 0; kk < 8; ++kk)  // 16 keys a step; V's column atoms kKeyAtomBytes apart
+      wgmma_rs_mn(out, p[kk], descriptor(v_tile + kk * 2048, kKeyAtomBytes, 1024));
   };
   // Masks tile j, updates the row statistics and turns S into unnormalized probabilities; returns
   // each row's rescaling of the output so far.
@@ -327,7 +351,7 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
       release(j - 1);
     }
 #pragma unroll
-    for (int i = 0; i < 32; ++i) out[i] *= correction[(i / 2) % 2];
+    for (int i = 0; i < kOutRegisters; ++i) out[i] *= correction[(i / 2) % 2];
     to_p(s);
     if (!kOverlap) {
       pv_now(j);
@@ -348,11 +372,11 @@ __global__ void __launch_bounds__(Config<kConsumers, kOverlap, kPingPong, kStage
     row_sum[h] += __shfl_xor_sync(0xffffffff, row_sum[h], 2);
   }
 #pragma unroll
-  for (int i = 0; i < 32; i += 2) {
+  for (int i = 0; i < kOutRegisters; i += 2) {
     const int h = (i / 2) % 2, row = row0 + 8 * h, col = 8 * (i / 4) + 2 * quad;
     if (row < 0 || row >= T) continue;
     const float inv = 1.0f / row_sum[h];
-    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * o_stride + int64_t(head) * kD + col) =
+    *reinterpret_cast<__nv_bfloat162*>(o + int64_t(work.begin + row) * o_stride + int64_t(head) * kHeadDim + col) =
         __floats2bfloat162_rn(out[i] * inv, out[i + 1] * inv);
   }
   if (quad == 0) {

@@ -699,11 +699,6 @@ void check_attention(const RunConfig& c, const ConfigContext& ctx) {
       config_fail("attention.backend",
                   "wgmma is not deterministic (dQ by reductions in global memory), and precision.deterministic is "
                   "true; use auto or native");
-    if (c.model.arch && c.model.arch->head_dim != 64)
-      config_fail("attention.backend",
-                  "wgmma takes head_dim 64 only so far (its backward also 128), and model.head_dim is {}; use auto "
-                  "(at 128 it runs cuDNN's forward and the wgmma backward)",
-                  c.model.arch->head_dim);
   }
   if (c.attention.mode != attn::Mode::Lrsa) return;
   const attn::LrsaParams& p = c.attention.lrsa;

@@ -297,8 +297,8 @@ TEST_CASE("attention rejects invalid arguments clearly", "[attn]") {
 TEST_CASE("CUDA attention matches the reference as well as the CPU implementation does", "[attn][cuda]") {
   // The CUDA kernels take D in {64, 128} and lag a multiple of their 64-row tile. Every case runs
   // on the native kernels (default and deterministic); the bf16 cases also on cuDNN (LRSA by
-  // gathering each query partition's keys, whose dK/dV get kGatheredCopiesAllowance), and the bf16
-  // d64 ones on the wgmma kernels too where the device is sm_90 (d128: auto runs their backward).
+  // gathering each query partition's keys, whose dK/dV get kGatheredCopiesAllowance) and on the
+  // wgmma kernels where the device is sm_90.
   const std::vector<AttnCase> gpu_cases = {
       {"cuda bf16 LRSA", {{700}, 4, 2, 64, DType::BF16, 801}, lrsa_cfg(16, 128, 0.25)},
       {"cuda bf16 LRSA packed, GQA 7", {{400, 130, 333}, 7, 1, 128, DType::BF16, 802}, lrsa_cfg(5, 64, 0.5, 0.5f)},
@@ -328,15 +328,13 @@ TEST_CASE("CUDA attention matches the reference as well as the CPU implementatio
 #ifdef LRSA_WITH_CUDNN
     if (c.problem.dtype == DType::BF16) backends.push_back(Backend::Cudnn);
 #endif
-    if (c.problem.dtype == DType::BF16 && c.problem.D == 64) {
+    if (c.problem.dtype == DType::BF16) {
       if (test::device_is_sm90())
         backends.push_back(Backend::Wgmma);
       else
         WARN("wgmma backend not checked: the device is not sm_90");
     }
-    // LRSA bf16 on sm_90: d64 on the wgmma forward and backward, d128 on cuDNN's forward and the
-    // wgmma backward
-    backends.push_back(Backend::Auto);
+    backends.push_back(Backend::Auto);  // LRSA bf16 on sm_90: the wgmma kernels
     for (Backend backend : backends) {
       c.config.backend = backend;
       for (bool deterministic : {false, true}) {
@@ -424,22 +422,17 @@ TEST_CASE("the wgmma backward's work units: 48 query tiles from 32K tokens, abou
   CHECK(unit_query_tiles(8192, 16) == 12);
 }
 
-TEST_CASE("auto prefers the wgmma kernels for LRSA up to 128K tokens at d64, the backward up to 32K at d128",
-          "[attn]") {
+TEST_CASE("auto prefers the wgmma kernels for LRSA up to 128K tokens at d64, up to 32K at d128", "[attn]") {
   // Where they were measured faster than the cuDNN path (kernels/attn_wgmma.cu, wgmma_preferred).
-  using cuda::WgmmaPass;
   const AttentionConfig lrsa = lrsa_cfg(16, 1024, 0.25), dense = test::dense_config();
-  auto prefers = [](WgmmaPass pass, const AttentionConfig& config, std::vector<int64_t> lengths, int64_t head_dim) {
-    return cuda::wgmma_preferred(pass, config, SeqLayout::from_lengths(lengths), head_dim);
+  auto prefers = [](const AttentionConfig& config, std::vector<int64_t> lengths, int64_t head_dim) {
+    return cuda::wgmma_preferred(config, SeqLayout::from_lengths(lengths), head_dim);
   };
-  for (WgmmaPass pass : {WgmmaPass::Forward, WgmmaPass::Backward}) {
-    CHECK(prefers(pass, lrsa, {131072}, 64));
-    CHECK_FALSE(prefers(pass, lrsa, {131073}, 64));
-    CHECK_FALSE(prefers(pass, dense, {4096}, 64));
-  }
-  CHECK(prefers(WgmmaPass::Backward, lrsa, {32768, 1000}, 128));
-  CHECK_FALSE(prefers(WgmmaPass::Backward, lrsa, {100, 32769}, 128));
-  CHECK_FALSE(prefers(WgmmaPass::Forward, lrsa, {4096}, 128));
+  CHECK(prefers(lrsa, {131072}, 64));
+  CHECK_FALSE(prefers(lrsa, {131073}, 64));
+  CHECK(prefers(lrsa, {32768, 1000}, 128));
+  CHECK_FALSE(prefers(lrsa, {100, 32769}, 128));
+  for (int64_t head_dim : {64, 128}) CHECK_FALSE(prefers(dense, {4096}, head_dim));
 }
 #endif
 
@@ -467,7 +460,8 @@ TEST_CASE("attention backend wgmma says why it cannot run a call", "[attn][cuda]
     return;
   }
   CHECK_NOTHROW(run(dense, {{100}, 2, 1, 64, DType::BF16, 830}));
-  CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 128, DType::BF16, 831}), Catch::Contains("head dim 64 only"));
+  CHECK_NOTHROW(run(dense, {{100}, 2, 1, 128, DType::BF16, 831}));
+  CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 96, DType::BF16, 834}), Catch::Contains("take head dim 64 or 128"));
   CHECK_THROWS_WITH(run(dense, {{100}, 2, 1, 64, DType::F32, 832}), Catch::Contains("take bf16"));
   AttentionConfig deterministic = dense;
   deterministic.deterministic = true;

@@ -17,10 +17,9 @@ namespace lrsa::attn {
 
 enum class Mode { Dense, Lrsa };
 
-// Which CUDA implementation runs attention (the CPU has one). Auto: for LRSA over documents up to
-// 128K tokens, forward and backward on the Hopper kernels of our own where they apply (head dim 64,
-// bf16, an sm_90 device, not deterministic), and at head dim 128 the backward of LRSA up to 32K
-// tokens (after cuDNN's forward); everything else on cuDNN where supported and not
+// Which CUDA implementation runs attention (the CPU has one). Auto: LRSA over documents up to 128K
+// tokens at head dim 64, up to 32K at 128, on the Hopper kernels of our own where they apply (bf16,
+// an sm_90 device, not deterministic); everything else on cuDNN where supported and not
 // deterministic (bf16, head dim 64 or 128, sm_90+, a build with cuDNN), else on the Hopper kernels
 // where they apply, else on the native kernels. Cudnn and Wgmma (kernels/attn_cudnn.h,
 // kernels/attn_wgmma.h) fail with the reason when they cannot run the call.
