@@ -37,7 +37,8 @@ DeviceRun run(const Problem& p, int repeats) {
   CHECK_CUDA(cudaMemset(o, 0xFF, nq * 2));  // NaN: an unwritten row fails the check
   CHECK_CUDA(cudaMemset(lse, 0xFF, size_t(p.Hq) * p.T * 4));
   const CUtensorMap q_map = tensor_map(q, p.T, p.Hq, C::kBlockM, kHeadDim),
-                    k_map = tensor_map(k, p.T, p.Hk, kBlockN, kHeadDim), v_map = tensor_map(v, p.T, p.Hk, kBlockN, kHeadDim);
+                    k_map = tensor_map(k, p.T, p.Hk, kBlockN, kHeadDim),
+                    v_map = tensor_map(v, p.T, p.Hk, kBlockN, kHeadDim);
   const int compacted = p.lag ? std::max(p.compacted_rows(), 1) : p.T;
   const CUtensorMap ck_map = tensor_map(ck, compacted, p.Hk, kBlockN, kHeadDim),
                     cv_map = tensor_map(cv, compacted, p.Hk, kBlockN, kHeadDim);
@@ -78,7 +79,8 @@ bool check(const char* name, const Problem& p, const Reference& ref, const Devic
   const bool ok = o.within(1e-5 * o.largest) && lse.within(1e-6);
   std::printf("%-36s check T=%4d (%d docs) %d:%d d%d S=%d L=%d K=%d: O max error %.3g (straightforward bf16 "
               "%.3g), lse %.3g (%.3g): %s\n",
-              name, p.T, p.documents(), p.Hq, p.Hk, p.D, p.sink, p.lag, p.keep, o.error, o.simple, lse.error, lse.simple,
+              name, p.T, p.documents(), p.Hq, p.Hk, p.D, p.sink, p.lag, p.keep, o.error, o.simple, lse.error,
+              lse.simple,
               ok ? "PASS" : "FAIL");
   return ok;
 }

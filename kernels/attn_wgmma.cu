@@ -285,7 +285,8 @@ void forward_at(const char* op, const attn::AttentionConfig& config, const Tenso
   const int64_t rows = std::max(compacted.rows, 1);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, rows, wgmma::fwd::kBlockN) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, rows, wgmma::fwd::kBlockN) : v_map;
-  LRSA_CUDA_CHECK(cudaFuncSetAttribute(Variant::kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  LRSA_CUDA_CHECK(
+      cudaFuncSetAttribute(Variant::kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
   const dim3 grid(unsigned(plan.n_query_tiles), unsigned(Hq));
   Variant::kernel<<<grid, Config::kThreads, Config::kSmemBytes, current_stream()>>>(
       q_map, k_map, v_map, ck_map, cv_map, lrsa_of(config),

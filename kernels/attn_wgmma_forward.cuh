@@ -1,6 +1,6 @@
 // kernels/attn_wgmma_forward.cuh: the attention forward on wgmma + TMA (sm_90a), head dim 64 or
-// 128, dense causal and LRSA (key-tile lists over [sink | compacted history] and the raw window) over packed
-// documents; dev/wgmma_attn_fwd.cu checks every variant against double and times it.
+// 128, dense causal and LRSA (key-tile lists over [sink | compacted history] and the raw window)
+// over packed documents; dev/wgmma_attn_fwd.cu checks every variant against double and times it.
 //
 // A CTA owns 64 query rows per consumer warpgroup (1 to 3 of them) of one head, plus one producer
 // warp (or warpgroup) whose first lane streams the key/value tiles (128 rows each) through a ring
@@ -27,7 +27,7 @@
 
 namespace lrsa::cuda::wgmma::fwd {
 
-constexpr int kBlockN = kGridRows;         // keys per tile
+constexpr int kBlockN = kGridRows;            // keys per tile
 constexpr int kKeyAtomBytes = kBlockN * 128;  // 16 KB: one swizzle atom of a K or V tile
 
 template <int kHeadDim, int kConsumers, bool kOverlap, bool kPingPong, int kStages>
@@ -119,12 +119,12 @@ struct QueryTile {
   int begin, length, compacted_begin, m_block;
 };
 
-// q: [T, Hq, D], k, v: [T, Hk, D], o: [T, Hq, D] bf16, D = kHeadDim (through the tensor maps for the
-// inputs);
-// lse: [Hq, T] f32 (natural log); one CTA per (query tile, head). Accumulator register i of an m64nN
-// tile holds row 16 * warp + group + 8 * ((i / 2) % 2) and column 8 * (i / 4) + 2 * quad + (i % 2)
-// (warp within the warpgroup, group = lane / 4, quad = lane % 4): each thread holds two rows, a quad
-// holds them whole. With one consumer warpgroup, two CTAs share an SM and interleave on their own.
+// q: [T, Hq, D], k, v: [T, Hk, D], o: [T, Hq, D] bf16, D = kHeadDim (the inputs through their
+// tensor maps); lse: [Hq, T] f32 (natural log); one CTA per (query tile, head). Accumulator register
+// i of an m64nN tile holds row 16 * warp + group + 8 * ((i / 2) % 2) and column 8 * (i / 4) +
+// 2 * quad + (i % 2) (warp within the warpgroup, group = lane / 4, quad = lane % 4): each thread
+// holds two rows, a quad holds them whole. With one consumer warpgroup, two CTAs share an SM and
+// interleave on their own.
 template <int kHeadDim, int kConsumers, bool kOverlap, bool kPingPong, int kStages>
 __global__ void __launch_bounds__(Config<kHeadDim, kConsumers, kOverlap, kPingPong, kStages>::kThreads,
                                   kConsumers == 1 ? 2 : 1)
