@@ -1,7 +1,6 @@
 #pragma once
 // Attention on the Hopper kernels of our own (kernels/attn_wgmma_{forward,backward}.cuh): head dim 64
-// or 128, bf16, dense causal and LRSA over packed documents, native GQA, any lag, on
-// sm_90 devices.
+// or 128, bf16, dense causal and LRSA over packed documents, native GQA, any lag, on sm_90 devices.
 // attention.backend = "wgmma" selects them (docs/design-attention.md). The backward adds dQ with
 // reductions in global memory, whose order varies: not for deterministic mode.
 #include <cstdint>
