@@ -98,6 +98,20 @@ Gradients reference_backward(const Problem& p, const Reference& fwd, const std::
 // Queries per step of the kernel at the problem's head dim.
 int step_rows(const Problem& p) { return p.D == 64 ? Shape<64>::kStepRows : Shape<128>::kStepRows; }
 
+// The padded rows (dQ's rounding walks them): padded_sources inverts padded_rows_of, and the rows it
+// leaves at -1 are the pads.
+bool padding_check(const Problem& p) {
+  const std::vector<int> padded = padded_rows_of(p.doc_start, p.lrsa());
+  const std::vector<int> row_of = padded_sources(p.doc_start, p.lrsa());
+  const int pads = int(std::count(row_of.begin(), row_of.end(), -1));
+  bool ok = row_of.size() % 16 == 0 && pads == int(row_of.size()) - p.T;
+  for (int t = 0; t < p.T; ++t) ok = ok && row_of[size_t(padded[size_t(t)])] == t;
+  if (!ok)
+    std::printf("padded rows of T=%d (%d docs): padded_sources does not invert padded_rows_of\n", p.T,
+                p.documents());
+  return ok;
+}
+
 // The plan on the CPU: the work units' steps (of step_rows queries), through the kernel's masks (none
 // on whole steps), let every query see each of its keys once (PairCounts), and a tile's rows outside
 // its document (before it: the tile grid's shift) or its compacted rows reach no query and see no key.
@@ -162,6 +176,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   __nv_bfloat16 *dq, *dk, *dv;
   float *lse = upload(lse_host), *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
   int *compacted_row = upload(compacted_row_host), *padded_row = upload(padded_row_host);
+  int* padded_source = upload(padded_sources(p.doc_start, p.lrsa()));
   const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kHeadDim, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
@@ -203,7 +218,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(T, Hq, kHeadDim), 256>>>(
         o, q_stride, d_o, q_stride, padded_row, T, Hq, kHeadDim, padded_rows, true, d_sum);
     backward_kernel();
-    round_dq_kernel<kHeadDim><<<dim3(128, Hq), 256>>>(dq_accum, padded_row, scale, dq, q_stride, T, padded_rows);
+    round_dq_kernel<kHeadDim><<<dim3(128, Hq), 256>>>(dq_accum, padded_source, scale, dq, q_stride, padded_rows);
     finalize_kv_kernel<kHeadDim><<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv,
                                                          k_stride, T, Hk);
   };
@@ -224,7 +239,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
-                    (void*)padded_row, (void*)lse, (void*)d_sum, (void*)units})
+                    (void*)padded_row, (void*)padded_source, (void*)lse, (void*)d_sum, (void*)units})
     CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));
@@ -352,10 +367,13 @@ int main(int argc, char** argv) {
         problems.push_back(make_problem(shape.lengths, shape.Hq, shape.Hk, 11 + shape.lengths[0], shape.sink,
                                         shape.lag, shape.keep, head_dim));
   bool ok = true;  // the plans first: on the CPU, so they are checked without a GPU too
-  for (const Problem& p : problems)
+  for (const Problem& p : problems) {
+    ok = padding_check(p) && ok;
     for (std::optional<int> unit_query_tiles : {std::optional<int>(), {1}, {12}, {24}, {48}})
       ok = plan_check(p, unit_query_tiles) && ok;
-  std::printf("wgmma_attn_bwd: plans of units by the rule and of 1, 12, 24 and 48 query tiles over %zu problems: %s\n",
+  }
+  std::printf("wgmma_attn_bwd: padded rows, and plans of units by the rule and of 1, 12, 24 and 48 query tiles over "
+              "%zu problems: %s\n",
               problems.size(), ok ? "PASS" : "FAIL");
   if (!ok) return 1;
   require_hopper("wgmma_attn_bwd");

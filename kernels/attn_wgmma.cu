@@ -38,11 +38,12 @@ int forward_block_rows(int64_t head_dim) {
 }
 
 // One layout's plan: the documents and their compacted rows (CompactedRows), the forward's query
-// tiles, the backward's work units, each row's place in the tile-padded sums.
+// tiles, the backward's work units, each row's place in the tile-padded sums and the row at each
+// padded row (-1 at the pads).
 struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
-  Tensor query_tiles, units, padded_row, compacted_source;  // i32 on the device
+  Tensor query_tiles, units, padded_row, padded_source, compacted_source;  // i32 on the device
 };
 
 Lrsa lrsa_of(const attn::AttentionConfig& config) {
@@ -83,6 +84,9 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   plan.query_tiles = upload_items(tiles, device);
   plan.units = upload_items(units, device);
   plan.padded_row = Tensor::from_ints(padded_row, {int64_t(padded_row.size())}, DType::I32, device);
+  const std::vector<int> sources = wgmma::bwd::padded_sources(plan.doc_start, intervals);
+  plan.padded_source = Tensor::from_ints(std::vector<int64_t>(sources.begin(), sources.end()),
+                                         {int64_t(sources.size())}, DType::I32, device);
   if (source.empty()) source.push_back(0);  // a placeholder: no compacted rows
   plan.compacted_source = Tensor::from_ints(source, {int64_t(source.size())}, DType::I32, device);
   return plan;
@@ -367,12 +371,13 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
       dk_sums, dv_sums, dkc_sums, dvc_sums, int(Hq), int(Hk), scale, nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
-  // A thread per 8 columns of a row, the heads along y; about one wave of blocks in all.
+  // A thread per 8 columns of a row (dQ: of two padded rows), the heads along y; about one wave of
+  // blocks in all.
   auto rows_grid = [](int64_t rows, int64_t heads) {
     return dim3(unsigned((grid_size(rows * 8 * heads, 256) + heads - 1) / heads), unsigned(heads));
   };
-  wgmma::bwd::round_dq_kernel<kHeadDim><<<rows_grid(T, Hq), 256, 0, stream>>>(
-      dq_sums, padded_row, scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), int(T), padded);
+  wgmma::bwd::round_dq_kernel<kHeadDim><<<rows_grid(padded / 2, Hq), 256, 0, stream>>>(
+      dq_sums, plan.padded_source.data_as<int32_t>(), scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), padded);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
   wgmma::bwd::finalize_kv_kernel<kHeadDim><<<rows_grid(T, Hk), 256, 0, stream>>>(
       dk_sums, dv_sums, dkc_sums, dvc_sums, compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()),

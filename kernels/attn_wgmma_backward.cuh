@@ -437,27 +437,32 @@ __device__ inline uint4 pack_bf16x8(const float (&x)[8]) {
 }
 
 // dQ: scale times the fp32 sums [Hq, padded_rows, kHeadDim] (64-row blocks by dq_offset) to bf16 [T,
-// Hq, kHeadDim], rows y_stride apart. blockIdx.y is the head; a thread takes 8 columns of a row, whose
-// sums sit in four float2 16 bytes apart.
+// Hq, kHeadDim], rows y_stride apart; row_of [padded_rows]: the row at each padded row, -1 at the
+// pads (padded_sources). blockIdx.y is the head; a thread takes 8 columns of the padded rows r and
+// r + 8 (r % 16 < 8), whose sums share four 16-byte groups (dq_offset), so each is read once, whole.
 template <int kHeadDim>
-__global__ void round_dq_kernel(const float* x, const int* padded_row, float scale, __nv_bfloat16* y,
-                                int64_t y_stride, int T, int padded_rows) {
+__global__ void round_dq_kernel(const float* x, const int* row_of, float scale, __nv_bfloat16* y, int64_t y_stride,
+                                int padded_rows) {
   constexpr int kChunks = kHeadDim / 8;
   const int head = blockIdx.y;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(T) * kChunks;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(padded_rows / 2) * kChunks;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int row = int(i / kChunks), col = int(i % kChunks) * 8;
-    const int padded = padded_row[row];  // tiles start on documents, so padded % 64 is the row in its block
-    const float* sums =
-        x + (int64_t(head) * padded_rows + padded - padded % 64) * kHeadDim + dq_offset(padded % 64, col);
-    float dq[8];
+    const int pair = int(i / kChunks), col = int(i % kChunks) * 8;
+    const int first = 16 * (pair / 8) + pair % 8;  // and first + 8
+    const float4* sums = reinterpret_cast<const float4*>(
+        x + (int64_t(head) * padded_rows + first - first % 64) * kHeadDim + dq_offset(first % 64, col));
+    float dq[2][8];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {  // columns col + 2c and col + 2c + 1
-      const float2 pair = *reinterpret_cast<const float2*>(sums + 4 * c);
-      dq[2 * c] = scale * pair.x;
-      dq[2 * c + 1] = scale * pair.y;
+    for (int c = 0; c < 4; ++c) {  // columns col + 2c and col + 2c + 1 of both rows
+      const float4 group = sums[c];
+      dq[0][2 * c] = scale * group.x, dq[0][2 * c + 1] = scale * group.y;
+      dq[1][2 * c] = scale * group.z, dq[1][2 * c + 1] = scale * group.w;
     }
-    *reinterpret_cast<uint4*>(y + row * y_stride + head * kHeadDim + col) = pack_bf16x8(dq);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row_of[first + 8 * h];
+      if (row >= 0) *reinterpret_cast<uint4*>(y + row * y_stride + head * kHeadDim + col) = pack_bf16x8(dq[h]);
+    }
   }
 }
 
@@ -511,6 +516,14 @@ inline std::vector<int> padded_rows_of(const std::vector<int>& doc_start, const 
     for (int t = doc_start[b]; t < doc_start[b + 1]; ++t)
       padded[size_t(t)] = begin[b] + lrsa.shift + t - doc_start[b];
   return padded;
+}
+
+// The inverse of padded_rows_of: the row at each of the padded rows, -1 at the pads.
+inline std::vector<int> padded_sources(const std::vector<int>& doc_start, const Lrsa& lrsa) {
+  std::vector<int> row_of(size_t(padded_begins(doc_start, lrsa).back()), -1);
+  const std::vector<int> padded = padded_rows_of(doc_start, lrsa);
+  for (size_t t = 0; t < padded.size(); ++t) row_of[size_t(padded[t])] = int(t);
+  return row_of;
 }
 
 // The CTAs' work over the documents doc_start [B + 1] (compacted rows from compacted_start [B + 1];
