@@ -102,7 +102,7 @@ int step_rows(const Problem& p) { return p.D == 64 ? Shape<64>::kStepRows : Shap
 // leaves at -1 are the pads.
 bool padding_check(const Problem& p) {
   const std::vector<int> padded = padded_rows_of(p.doc_start, p.lrsa());
-  const std::vector<int> row_of = padded_sources(p.doc_start, p.lrsa());
+  const std::vector<int> row_of = padded_sources(padded, padded_begins(p.doc_start, p.lrsa()).back());
   const int pads = int(std::count(row_of.begin(), row_of.end(), -1));
   bool ok = row_of.size() % 16 == 0 && pads == int(row_of.size()) - p.T;
   for (int t = 0; t < p.T; ++t) ok = ok && row_of[size_t(padded[size_t(t)])] == t;
@@ -176,7 +176,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   __nv_bfloat16 *dq, *dk, *dv;
   float *lse = upload(lse_host), *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
   int *compacted_row = upload(compacted_row_host), *padded_row = upload(padded_row_host);
-  int* padded_source = upload(padded_sources(p.doc_start, p.lrsa()));
+  int* padded_source = upload(padded_sources(padded_row_host, padded_rows));
   const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kHeadDim, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));

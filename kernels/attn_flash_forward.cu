@@ -129,8 +129,7 @@ void attention_forward(const attn::AttentionConfig& config, const Tensor& q, con
   const int D = check_kernel_args(op, config, q, k, v, {{"result.out", &result.out}});
   if (cudnn_forward(op, config, q, k, v, layout, result)) return;
   // auto, where cuDNN cannot run the call: the wgmma kernels before the native ones
-  if (use_wgmma(op, config, q, k, v, layout, true))
-    return wgmma_forward(config, q, k, v, layout, result);
+  if (use_wgmma(op, config, q, k, v, layout, true)) return wgmma_forward(config, q, k, v, layout, result);
   const int64_t T = q.size(0), Hq = q.size(1), Hk = k.size(1);
   const WorkTables& tables = work_tables(config, layout, q.device());
   const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v);

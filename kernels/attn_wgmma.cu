@@ -84,7 +84,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   plan.query_tiles = upload_items(tiles, device);
   plan.units = upload_items(units, device);
   plan.padded_row = Tensor::from_ints(padded_row, {int64_t(padded_row.size())}, DType::I32, device);
-  const std::vector<int> sources = wgmma::bwd::padded_sources(plan.doc_start, intervals);
+  const std::vector<int> sources = wgmma::bwd::padded_sources(rows, plan.padded_rows);
   plan.padded_source = Tensor::from_ints(std::vector<int64_t>(sources.begin(), sources.end()),
                                          {int64_t(sources.size())}, DType::I32, device);
   if (source.empty()) source.push_back(0);  // a placeholder: no compacted rows
@@ -218,8 +218,8 @@ CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn:
   return rows;
 }
 
-std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                           const Tensor& v, const attn::SeqLayout& layout) {
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const attn::SeqLayout& layout) {
   if (config.deterministic)
     return "deterministic mode was asked for, and the backward adds dQ with reductions in global memory";
   if (q.size(2) != 64 && q.size(2) != 128) return "the wgmma kernels take head dim 64 or 128, q is " + q.describe();
@@ -261,8 +261,8 @@ bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout&
   return config.mode == attn::Mode::Lrsa && layout.max_seqlen() <= longest_document;
 }
 
-bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-               const Tensor& v, const attn::SeqLayout& layout, bool auto_takes) {
+bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+               const attn::SeqLayout& layout, bool auto_takes) {
   const bool asked = config.backend == attn::Backend::Wgmma;
   if (!asked && !(config.backend == attn::Backend::Auto && auto_takes)) return false;
   const std::string why = wgmma_unusable(config, q, k, v, layout);

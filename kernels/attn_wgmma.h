@@ -21,19 +21,18 @@ struct CompactedRows {
 };
 CompactedRows compacted_rows(const std::vector<int64_t>& cu_seqlens, const attn::LrsaParams& params);
 
-// Empty when the wgmma kernels can run a call's forward or backward on these tensors and documents,
-// else the reason.
-std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-                           const Tensor& v, const attn::SeqLayout& layout);
+// Empty when the wgmma kernels can run a call on these tensors and documents, else the reason.
+std::string wgmma_unusable(const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const attn::SeqLayout& layout);
 
 // Whether auto runs LRSA on the wgmma kernels rather than cuDNN's where both can: over documents up
 // to 128K tokens at d64, up to 32K at d128 (measured faster there; dense stays on cuDNN).
 bool wgmma_preferred(const attn::AttentionConfig& config, const attn::SeqLayout& layout, int64_t head_dim);
 
-// Whether a call's pass runs on the wgmma kernels: always for Backend::Wgmma (failing with the reason
-// when they cannot run it), for Backend::Auto when `auto_takes` and they can.
-bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k,
-               const Tensor& v, const attn::SeqLayout& layout, bool auto_takes);
+// Whether a call runs on the wgmma kernels: always for Backend::Wgmma (failing with the reason when
+// they cannot run it), for Backend::Auto when `auto_takes` and they can.
+bool use_wgmma(const char* op, const attn::AttentionConfig& config, const Tensor& q, const Tensor& k, const Tensor& v,
+               const attn::SeqLayout& layout, bool auto_takes);
 
 // Same contracts as cuda::attention_forward / attention_backward (lrsa/attn/cuda_attn.h), for calls
 // wgmma_unusable accepts. The forward needs result.selection filled (LRSA) and result.out, result.lse

@@ -518,10 +518,10 @@ inline std::vector<int> padded_rows_of(const std::vector<int>& doc_start, const 
   return padded;
 }
 
-// The inverse of padded_rows_of: the row at each of the padded rows, -1 at the pads.
-inline std::vector<int> padded_sources(const std::vector<int>& doc_start, const Lrsa& lrsa) {
-  std::vector<int> row_of(size_t(padded_begins(doc_start, lrsa).back()), -1);
-  const std::vector<int> padded = padded_rows_of(doc_start, lrsa);
+// The inverse of padded_rows_of's `padded` over `padded_rows` rows: the row at each padded row, -1 at
+// the pads.
+inline std::vector<int> padded_sources(const std::vector<int>& padded, int padded_rows) {
+  std::vector<int> row_of(size_t(padded_rows), -1);
   for (size_t t = 0; t < padded.size(); ++t) row_of[size_t(padded[t])] = int(t);
   return row_of;
 }
