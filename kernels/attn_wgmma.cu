@@ -355,17 +355,18 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
   const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kStepRows);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, std::max(rows, 1), kBlock) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
-  // dQ's reductions: at d128 split around dV's GEMM (4% less time at 32K LRSA in dev/wgmma_attn_bwd.cu's
-  // run, docs/benchmarks.md "Session 23"); at d64 all while S^T and dP^T run (the split not timed there).
+  // How dQ is added: at d128 by the producer's writer warp (the fastest way at every d128 shape of
+  // dev/wgmma_attn_bwd.cu's run, docs/benchmarks.md "Session 25"); at d64 by the consumers' 16-byte
+  // reductions while S^T and dP^T run (the writer not timed there).
   constexpr wgmma::bwd::DqMode kDq =
-      kHeadDim == 128 ? wgmma::bwd::DqMode::kSplitReduce : wgmma::bwd::DqMode::kVectorReduce;
+      kHeadDim == 128 ? wgmma::bwd::DqMode::kWriter : wgmma::bwd::DqMode::kVectorReduce;
   constexpr int kSmemBytes = wgmma::bwd::Smem<kHeadDim, kDq>::kBytes;
   auto kernel = wgmma::bwd::attn_bwd_kernel<kHeadDim, kDq>;
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   // The kernel leaves dQ / scale in the sums; rounding scales it.
   const float scale = 1.0f / std::sqrt(float(kHeadDim));
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
-  kernel<<<grid, wgmma::bwd::kThreads, kSmemBytes, stream>>>(
+  kernel<<<grid, wgmma::bwd::kThreads<kDq>, kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
       reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse, d_sum, padded, dq_sums,
       dk_sums, dv_sums, dkc_sums, dvc_sums, int(Hq), int(Hk), scale, nullptr);

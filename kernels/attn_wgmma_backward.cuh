@@ -8,16 +8,19 @@
 // every query head of the GQA group, in steps of 128 queries (d64) or 64 (d128: half a tile, as dK
 // and dV take twice the registers; Shape). Thread 0 streams Q, dO, lse and D (= rowsum dO * O) per
 // step through a ring of stages with TMA (a stage is refilled after the barrier in the middle of the
-// next step, no mbarrier of its own: see Smem). Per step, warpgroup w (keys 64w..64w+63):
+// next step, no mbarrier of its own: see Smem); at d128 a producer warpgroup does (DqMode::kWriter).
+// Per step, warpgroup w (keys 64w..64w+63):
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64 x step queries, both operands from shared memory)
 //   P^T  = exp(S^T - lse),  dS^T = P^T (dP^T - D)   (in registers; the 1 / sqrt(d) of dS
 //                                                   goes on dK at the end and on dQ when rounded)
 //   dV_w += P^T dO,  dK_w += dS^T Q           (m64 x head dim, A from registers, B MN-major)
 //   dS^T goes to shared memory (stmatrix); after a barrier between the two warpgroups, one 64 x 64
 //   tile of dQ = dS K per warpgroup (d64: its 64 of the 128 queries; d128: its 64 of the 128 columns;
-//   A and B MN-major from shared memory), issued before dK's GEMM. dQ stays in registers until the
-//   next step has issued its S^T and dP^T GEMMs, and is added into fp32 sums (16-byte reductions to
-//   global memory; a last kernel rounds it to bf16) while they run.
+//   A and B MN-major from shared memory), issued before dK's GEMM. dQ is added into fp32 sums (a
+//   last kernel rounds them to bf16): at d64 it stays in registers until the next step has issued
+//   its S^T and dP^T GEMMs, and 16-byte reductions to global memory add it while they run; at d128
+//   it is staged in shared memory while dK's GEMM runs, and the producer's writer warp adds it with
+//   one bulk reduce-add (DqMode).
 // LRSA: the CTAs own either tiles of raw keys (seen by the queries whose window reaches them) or
 // tiles of the compacted rows [sink | Sel(0) | ...] (seen by every later query), split into units of
 // 12, 24 or 48 query tiles (unit_query_tiles, by document length and GQA group); a last kernel adds
@@ -36,10 +39,6 @@
 namespace lrsa::cuda::wgmma::bwd {
 
 constexpr int kBlock = kGridRows;  // keys per CTA, rows per query tile: the tile grid
-// Two warpgroups and no producer warp: a step needs about 255 registers per thread, more than the
-// 240 that setmaxnreg can give consumer warpgroups next to a producer warpgroup (a 288-thread CTA
-// gets 168 without it). Thread 0 issues the copies.
-constexpr int kThreads = 2 * 128;
 
 // The kernel's shape at head dim kHeadDim. A warpgroup's dK and dV take kHeadDim / 2 registers each
 // and a step's S^T and dP^T half its query rows each, so a step walks 128 queries at d64 and 64 at
@@ -59,29 +58,48 @@ struct Shape {
   static constexpr int kDsBytes = kBlock * kStepRows * 2;      // dS^T: [queries / 64][128 keys][64 queries]
 };
 
-// How a step's dQ reaches the fp32 sums: kVectorReduce, training's, adds each thread's 4-register
-// groups with red.global.add.v4.f32 while the next step's S^T and dP^T GEMMs run; kSplitReduce adds
-// half of them there and half while its dV GEMM runs; kAtomic adds register pairs with float2
-// atomics; kBulk stages the warpgroup's 64 x 64 tile in shared memory and adds it with one bulk
-// reduce-add (TMA); kSkip does not add it (a bound for timing, not a result). dev/wgmma_attn_bwd.cu
-// times each, and docs/benchmarks.md "Session 18" the ways tried before.
-enum class DqMode { kVectorReduce, kSplitReduce, kAtomic, kBulk, kSkip };
+// How a step's dQ reaches the fp32 sums: kVectorReduce, training's at d64, adds each thread's
+// 4-register groups with red.global.add.v4.f32 while the next step's S^T and dP^T GEMMs run;
+// kSplitReduce adds half of them there and half while its dV GEMM runs; kAtomic adds register pairs
+// with float2 atomics; kBulk stages the warpgroup's 64 x 64 tile in shared memory and adds it with
+// one bulk reduce-add (TMA); kWriter, training's at d128, stages the step's tile while dK's GEMM
+// runs, and a warp of a producer warpgroup adds it with one bulk reduce-add (the producer's first
+// warp issues the loads). Staged while the next step's S^T and dP^T run instead, it needs more than
+// setmaxnreg's 240 registers (ptxas: 696 bytes of spills at d128). kSkip does not add it (a bound
+// for timing, not a result). dev/wgmma_attn_bwd.cu times each, and docs/benchmarks.md "Session 18"
+// and "Session 25" the ways tried before.
+enum class DqMode { kVectorReduce, kSplitReduce, kAtomic, kBulk, kWriter, kSkip };
 
-// Shared memory: K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity); kBulk's dQ
-// staging per warpgroup (64 x 64 f32); the mbarriers. Step i's loads are issued in step
+// Two consumer warpgroups; kWriter adds a producer warpgroup. Without it a step takes up to 255
+// registers per thread (dQ stays in registers into the next step), more than the 240 that setmaxnreg
+// can give consumers next to a producer warpgroup; kWriter stages dQ within its step and fits in 240.
+template <DqMode kDq>
+constexpr int kThreads = kDq == DqMode::kWriter ? 3 * 128 : 2 * 128;
+constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
+static_assert(128 * (kProducerRegisters + 2 * kConsumerRegisters) <= 65536,
+              "setmaxnreg cannot hand out more registers than the CTA was launched with");
+
+// Shared memory: K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity); kBulk's and
+// kWriter's dQ staging (a 64 x 64 f32 tile per warpgroup); the mbarriers: K/V's, each stage's full,
+// kWriter's each stage's empty and the staging's full and empty. Step i's loads are issued in step
 // i - kStages + 1, once both warpgroups are past step i - kStages (the barrier in the middle of every
-// step), so three stages keep them 1.5 steps ahead; kBulk's staging leaves room for two.
+// step), so three stages keep them 1.5 steps ahead; kBulk's staging leaves room for two. kWriter's
+// producer issues them once both warpgroups are done with step i - kStages: two steps ahead, in three
+// stages at d128; d64's dS^T takes the room of the third.
 template <int kHeadDim, DqMode kDq>
 struct Smem {
   using S = Shape<kHeadDim>;
-  static constexpr int kStages = kDq == DqMode::kBulk ? 2 : 3;
+  static constexpr bool kWriter = kDq == DqMode::kWriter;
+  static constexpr int kStages = kDq == DqMode::kBulk || (kWriter && kHeadDim == 64) ? 2 : 3;
   static constexpr int kQ = 2 * S::kKeyBytes;
   static constexpr int kDo = kQ + kStages * S::kStepBytes;
   static constexpr int kDs = kDo + kStages * S::kStepBytes;
   static constexpr int kStats = kDs + 2 * S::kDsBytes;  // lse then D, kStepRows floats each, per stage
   static constexpr int kDqStaging = kStats + kStages * 2 * S::kStepRows * 4;
-  static constexpr int kBarriers = kDqStaging + (kDq == DqMode::kBulk ? 2 * 64 * 64 * 4 : 0);
-  static constexpr int kBytes = kBarriers + 8 * (kStages + 1) + 1024;  // K/V's and each stage's, + alignment slack
+  static constexpr int kBarriers = kDqStaging + (kDq == DqMode::kBulk || kWriter ? 2 * 64 * 64 * 4 : 0);
+  static constexpr int kBarrierCount = 1 + kStages + (kWriter ? kStages + 2 : 0);
+  static constexpr int kBytes = kBarriers + 8 * kBarrierCount + 1024;  // + alignment slack
+  static_assert(kBytes <= 227 * 1024, "more shared memory than an sm_90 CTA may take");
 };
 
 __device__ inline void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
@@ -167,7 +185,7 @@ __host__ __device__ inline int dq_offset(int row, int col) {
 // the others; all zeroed. The tensor maps' boxes: 128 rows for K, V and their compacted rows,
 // Shape::kStepRows for Q and dO.
 template <int kHeadDim, DqMode kDq>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads<kDq>, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
@@ -176,10 +194,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   using S = Shape<kHeadDim>;
   using L = Smem<kHeadDim, kDq>;
   constexpr int kStages = L::kStages, kRows = S::kStepRows;
+  constexpr bool kWriter = L::kWriter;
   extern __shared__ unsigned char smem[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023) & ~1023u;
   const uint32_t k_tile = base, v_tile = base + S::kKeyBytes;
   const uint32_t kv_full = base + L::kBarriers, full = kv_full + 8;
+  const uint32_t empty = full + 8 * kStages, dq_full = empty + 8 * kStages, dq_empty = dq_full + 8;  // kWriter's
+  const uint32_t dq_staging = base + L::kDqStaging;
   const float* stats = reinterpret_cast<const float*>(
       smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + L::kStats);
   const int kv_head = blockIdx.y, group = Hq / Hk;
@@ -193,6 +214,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     mbarrier_init(kv_full, 1);
     for (int s = 0; s < kStages; ++s) mbarrier_init(full + 8 * s, 1);
+    if constexpr (kWriter) {
+      for (int s = 0; s < kStages; ++s) mbarrier_init(empty + 8 * s, 8);  // lane 0 of every consumer warp
+      mbarrier_init(dq_full, 8);                                          // lane 0 of every consumer warp
+      mbarrier_init(dq_empty, 1);                                         // the writer
+    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -216,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     bulk_load(stats_stage, lse + stats_at, kRows * 4, bar);
     bulk_load(stats_stage + kRows * 4, d_sum + stats_at, kRows * 4, bar);
   };
-  if (threadIdx.x == 0) {
+  auto load_keys = [&] {
     mbarrier_expect_bytes(kv_full, 2 * S::kKeyBytes);
     const int row = (tile.compacted ? unit.compacted_begin : unit.begin) + key_begin;
 #pragma unroll
@@ -224,10 +250,40 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma_load(k_tile + a * S::kKeyAtomBytes, tile.compacted ? &ck_map : &k_map, kv_full, 64 * a, kv_head, row);
       tma_load(v_tile + a * S::kKeyAtomBytes, tile.compacted ? &cv_map : &v_map, kv_full, 64 * a, kv_head, row);
     }
+  };
+  // Step i's dQ sums: its rows' 64-row blocks (d64: two, by warpgroup; d128: one, two atoms by
+  // warpgroup), 64 x 64 floats per warpgroup, one after the other.
+  auto step_dq_sums = [&](int i) {
+    const int head = kv_head * group + i / head_steps;
+    return dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_row(i)) * kHeadDim;
+  };
+  if constexpr (kWriter) {
+    if (warpgroup == 2) {  // the producer: its first warp issues the loads, its second adds dQ
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters) : "memory");
+      if (threadIdx.x == 256) {
+        load_keys();
+        for (int i = 0; i < steps; ++i) {
+          if (i >= kStages) mbarrier_wait(empty + 8 * (i % kStages), ((i / kStages) & 1) ^ 1);
+          load_step(i);
+        }
+      } else if (threadIdx.x == 288) {
+        for (int i = 0; i < steps; ++i) {
+          mbarrier_wait(dq_full, i & 1);
+          bulk_reduce_add(step_dq_sums(i), dq_staging, 2 * 64 * 64 * 4);
+          asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+          mbarrier_arrive(dq_empty);
+        }
+        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+      }
+      return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters) : "memory");
+  } else if (threadIdx.x == 0) {
+    load_keys();
     for (int i = 0; i < min(kStages, steps); ++i) load_step(i);
   }
 
-  const int t = threadIdx.x % 128, warp = t / 32, lane_group = (t % 32) / 4, quad = t % 4;
+  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32, lane_group = lane / 4, quad = t % 4;
   const int key0 = key_begin + 64 * warpgroup + 16 * warp + lane_group;  // and key0 + 8
   const int2 whole_steps = tile.whole_steps(lrsa, T);
   const int2 seen[2] = {tile.viewers(lrsa, key0, T), tile.viewers(lrsa, key0 + 8, T)};
@@ -245,6 +301,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   mbarrier_wait(kv_full, 0);
   uint64_t first_step = 0, last_step = 0;
 
+  // kWriter's: stages step i's dQ tile for the writer warp, once it has read step i - 1's.
+  auto stage_dq = [&](const float (&dq)[32], int i) {
+    if (i > 0) mbarrier_wait(dq_empty, (i - 1) & 1);
+    const uint32_t staging = dq_staging + warpgroup * 64 * 64 * 4;
+    const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j .. sit 128 floats apart
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(staging + (first + 128 * j) * 4),
+                   "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
+                   : "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // before the writer's bulk copy reads it
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(dq_full);
+  };
   // Adds a step's dQ tile (from dq_tile on, by dq_offset) into the fp32 sums: its 4-register groups
   // [first, end) for the vector reductions, the whole tile otherwise.
   auto add_dq = [&](const float (&dq)[32], float* dq_tile, int first = 0, int end = 8) {
@@ -282,7 +352,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // One step. `first` (a compile-time choice: a branch at run time around the wgmmas would make
   // ptxas serialize them) says whether a previous step's dQ is pending.
   auto step = [&](int i, auto first) {
-    const int stage = i % kStages, head = kv_head * group + i / head_steps;
+    const int stage = i % kStages;
     const int query_begin = query_row(i) - lrsa.shift;  // a position
     const uint32_t q_s = base + L::kQ + stage * S::kStepBytes, do_s = base + L::kDo + stage * S::kStepBytes;
     const uint32_t ds_s = base + L::kDs + (i % 2) * S::kDsBytes;
@@ -382,29 +452,39 @@ __global__ void __launch_bounds__(kThreads, 1)
     // stage on an mbarrier instead, in thread 0 alone, puts a loop in a branch of one thread inside
     // every step; ptxas then builds every wgmma descriptor on the vector datapath, with two R2UR
     // moves each: 1,112 instructions a step against 1,052, and 36 bytes of spills against none.)
-    if (threadIdx.x == 0 && i >= 1 && i - 1 + kStages < steps) load_step(i - 1 + kStages);
+    if (!kWriter && threadIdx.x == 0 && i >= 1 && i - 1 + kStages < steps) load_step(i - 1 + kStages);
 
     // dQ's GEMM first (dS from block dq_rows_block, K's atom dq_atom as B over the 128 keys), then dK's.
+    // kWriter's dQ lives in this step only (staged below), so it holds no registers across steps.
+    [[maybe_unused]] float dq_step[32];
+    float(&dq)[32] = *[&] {
+      if constexpr (kWriter) return &dq_step;
+      else return &dq_pending;
+    }();
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
-      wgmma_ss<true>(dq_pending, descriptor(ds_s + dq_rows_block * kBlock * 128 + kk * 2048, 1024, 1024),
+      wgmma_ss<true>(dq, descriptor(ds_s + dq_rows_block * kBlock * 128 + kk * 2048, 1024, 1024),
                      descriptor(k_tile + dq_atom * S::kKeyAtomBytes + kk * 2048, 1024, 1024), kk > 0);
     wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < kRows / 16; ++kk)
       wgmma_rs_mn(dk_acc, ds_t[kk], descriptor(q_s + kk * 2048, S::kStepAtomBytes, 1024));
     wgmma_commit();
-    pending_tile = dq_accum +
-                   (int64_t(head) * padded_rows + unit.padded_begin + query_row(i) + 64 * dq_rows_block) * kHeadDim +
-                   dq_offset(0, 64 * dq_atom);
+    if constexpr (kWriter) {  // stage dQ while dK's GEMM runs
+      wgmma_wait<1>();
+      fence_operands(dq);
+      stage_dq(dq, i);
+    }
+    pending_tile = step_dq_sums(i) + warpgroup * 64 * 64;
     wgmma_wait<0>();
-    fence_operands(dq_pending);
+    fence_operands(dq);
     fence_operands(dv_acc);
     fence_operands(dk_acc);
     fence_operands(p_t);
     fence_operands(ds_t);
     __syncwarp();
+    if (kWriter && lane == 0) mbarrier_arrive(empty + 8 * stage);  // Q, dO, lse and D of step i are read
   };
   step(0, std::true_type{});  // every unit has at least one query tile (work_units)
   for (int i = 1; i < steps; ++i) step(i, std::false_type{});
@@ -424,7 +504,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     atomicAdd(reinterpret_cast<float2*>(dv_out + at), make_float2(dv_acc[r], dv_acc[r + 1]));
   }
   if (spans) {
-    __syncthreads();
+    named_barrier_sync(4, 256);  // every consumer is done (kWriter's producer has returned)
     if (threadIdx.x == 0)
       spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
                                                     masked_steps};
