@@ -251,11 +251,11 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
       tma_load(v_tile + a * S::kKeyAtomBytes, tile.compacted ? &cv_map : &v_map, kv_full, 64 * a, kv_head, row);
     }
   };
-  // Step i's dQ sums: its rows' 64-row blocks (d64: two, by warpgroup; d128: one, two atoms by
-  // warpgroup), 64 x 64 floats per warpgroup, one after the other.
-  auto step_dq_sums = [&](int i) {
+  // Step i's dQ sums from its row `row` on (dq_offset's 64-row blocks). The step's whole tile (d64: two
+  // 64-row blocks, by warpgroup; d128: one, whose two atoms go by warpgroup) is one piece from row 0.
+  auto step_dq_sums = [&](int i, int row) {
     const int head = kv_head * group + i / head_steps;
-    return dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_row(i)) * kHeadDim;
+    return dq_accum + (int64_t(head) * padded_rows + unit.padded_begin + query_row(i) + row) * kHeadDim;
   };
   if constexpr (kWriter) {
     if (warpgroup == 2) {  // the producer: its first warp issues the loads, its second adds dQ
@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
       } else if (threadIdx.x == 288) {
         for (int i = 0; i < steps; ++i) {
           mbarrier_wait(dq_full, i & 1);
-          bulk_reduce_add(step_dq_sums(i), dq_staging, 2 * 64 * 64 * 4);
+          bulk_reduce_add(step_dq_sums(i, 0), dq_staging, 2 * 64 * 64 * 4);
           asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
           mbarrier_arrive(dq_empty);
         }
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
       fence_operands(dq);
       stage_dq(dq, i);
     }
-    pending_tile = step_dq_sums(i) + warpgroup * 64 * 64;
+    pending_tile = step_dq_sums(i, 64 * dq_rows_block) + dq_offset(0, 64 * dq_atom);
     wgmma_wait<0>();
     fence_operands(dq);
     fence_operands(dv_acc);
