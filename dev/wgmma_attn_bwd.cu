@@ -206,9 +206,8 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   WorkUnit* units = upload(units_host);
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
-    kernel<<<grid, kThreads<kDq>, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units,
-                                                         lse, d_sum, padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc,
-                                                         Hq, Hk, scale, spans);
+    kernel<<<grid, kThreads<kDq>, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units, lse, d_sum,
+                                                padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc, Hq, Hk, scale, spans);
   };
   auto backward = [&] {
     CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));

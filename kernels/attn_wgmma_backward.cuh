@@ -301,9 +301,9 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
   mbarrier_wait(kv_full, 0);
   uint64_t first_step = 0, last_step = 0;
 
-  // kWriter's: stages step i's dQ tile for the writer warp, once it has read step i - 1's.
-  auto stage_dq = [&](const float (&dq)[32], int i) {
-    if (i > 0) mbarrier_wait(dq_empty, (i - 1) & 1);
+  // kBulk's and kWriter's: this warpgroup's dQ tile into its staging, in the sums' order (dq_offset),
+  // for a bulk copy to read.
+  auto store_staging = [&](const float (&dq)[32]) {
     const uint32_t staging = dq_staging + warpgroup * 64 * 64 * 4;
     const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j .. sit 128 floats apart
 #pragma unroll
@@ -311,7 +311,12 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
       asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(staging + (first + 128 * j) * 4),
                    "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
                    : "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // before the writer's bulk copy reads it
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // before the bulk copy reads it
+  };
+  // kWriter's: stages step i's dQ tile for the writer warp, once it has read step i - 1's.
+  auto stage_dq = [&](const float (&dq)[32], int i) {
+    if (i > 0) mbarrier_wait(dq_empty, (i - 1) & 1);
+    store_staging(dq);
     __syncwarp();
     if (lane == 0) mbarrier_arrive(dq_full);
   };
@@ -332,18 +337,11 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
         atomicAdd(reinterpret_cast<float2*>(dq_tile + dq_offset(row, col)), make_float2(dq[r], dq[r + 1]));
       }
     } else if constexpr (kDq == DqMode::kBulk) {
-      const uint32_t staging = base + L::kDqStaging + warpgroup * 64 * 64 * 4;
-      const int first = dq_offset(16 * warp + lane_group, 2 * quad);  // registers 4j .. sit 128 floats apart
       if (t == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the last tile is read
       named_barrier_sync(2 + warpgroup, 128);
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(staging + (first + 128 * j) * 4),
-                     "f"(dq[4 * j]), "f"(dq[4 * j + 1]), "f"(dq[4 * j + 2]), "f"(dq[4 * j + 3])
-                     : "memory");
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      store_staging(dq);
       named_barrier_sync(2 + warpgroup, 128);
-      if (t == 0) bulk_reduce_add(dq_tile, staging, 64 * 64 * 4);
+      if (t == 0) bulk_reduce_add(dq_tile, dq_staging + warpgroup * 64 * 64 * 4, 64 * 64 * 4);
     }
   };
   float dq_pending[32];
