@@ -76,7 +76,7 @@ enum class DqMode { kVectorReduce, kSplitReduce, kAtomic, kBulk, kWriter, kSkip 
 template <DqMode kDq>
 constexpr int kThreads = kDq == DqMode::kWriter ? 3 * 128 : 2 * 128;
 constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
-static_assert(128 * (kProducerRegisters + 2 * kConsumerRegisters) <= 65536,
+static_assert(setmaxnreg_fits<kProducerRegisters, 2, kConsumerRegisters>,
               "setmaxnreg cannot hand out more registers than the CTA was launched with");
 
 // Shared memory: K, V, then per stage Q, dO, lse, D; then dS^T twice (by step parity); kBulk's and
@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
   };
   if constexpr (kWriter) {
     if (warpgroup == 2) {  // the producer: its first warp issues the loads, its second adds dQ
-      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters) : "memory");
+      setmaxnreg_dec<kProducerRegisters>();
       if (threadIdx.x == 256) {
         load_keys();
         for (int i = 0; i < steps; ++i) {
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
       }
       return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters) : "memory");
+    setmaxnreg_inc<kConsumerRegisters>();
   } else if (threadIdx.x == 0) {
     load_keys();
     for (int i = 0; i < min(kStages, steps); ++i) load_step(i);

@@ -45,7 +45,7 @@ struct Config {
   static constexpr int kThreads = 128 * kConsumers + (kProducerWarpgroup ? 128 : 32);
   static constexpr int kProducerRegisters = kHeadDim == 64 ? 32 : 24;
   static constexpr int kConsumerRegisters = kHeadDim == 64 ? 160 : 240;
-  static_assert(!kProducerWarpgroup || 128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
+  static_assert(!kProducerWarpgroup || setmaxnreg_fits<kProducerRegisters, kConsumers, kConsumerRegisters>,
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
   static constexpr int kTileBytes = kAtoms * kKeyAtomBytes;  // one K or V tile: 16 / 32 KB
   static constexpr int kQAtomBytes = kBlockM * 128;
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(Config<kHeadDim, kConsumers, kOverlap, kPingPo
 
   if (warpgroup == kConsumers) {  // the producer: its first thread issues every copy
     if constexpr (C::kProducerWarpgroup)
-      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(C::kProducerRegisters) : "memory");
+      setmaxnreg_dec<C::kProducerRegisters>();
     if (threadIdx.x == 128 * kConsumers) {
       mbarrier_expect_bytes(q_full, C::kQBytes);
       for (int a = 0; a < C::kAtoms; ++a)
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(Config<kHeadDim, kConsumers, kOverlap, kPingPo
   }
 
   if constexpr (C::kProducerWarpgroup)
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(C::kConsumerRegisters) : "memory");
+    setmaxnreg_inc<C::kConsumerRegisters>();
   const int t = threadIdx.x % 128, warp = t / 32, group = (t % 32) / 4, quad = t % 4;
   const int wg_row = row_begin + warpgroup * 64;
   const int row0 = wg_row + 16 * warp + group;  // and row0 + 8

@@ -65,6 +65,20 @@ __device__ inline void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// ---- setmaxnreg: a producer warpgroup hands registers to its consumer warpgroups ----
+// Whether one producer warpgroup at kProducer registers and kConsumers at kConsumer each fit the
+// 64K registers of an SM (else the consumers wait in setmaxnreg.inc forever).
+template <int kProducer, int kConsumers, int kConsumer>
+constexpr bool setmaxnreg_fits = 128 * (kProducer + kConsumers * kConsumer) <= 65536;
+template <int kRegisters>
+__device__ inline void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters) : "memory");
+}
+template <int kRegisters>
+__device__ inline void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters) : "memory");
+}
+
 // ---- wgmma ----
 template <int N>
 __device__ inline void fence_operands(float (&d)[N]) {
