@@ -3,15 +3,17 @@
 # the same GPU machine (machines differ by a few percent, so only runs of one call compare).
 #   bash dev/ab.sh save <commit>          on the development machine: that commit's kernels/ and
 #                                         dev/ into .ab-baseline/ (ignored; carry it to the GPU)
-#   bash dev/ab.sh run <name> [rounds]    on the GPU machine: builds dev/<name>.cu from both with
+#   bash dev/ab.sh run <name> [rounds] [flag]
+#                                         on the GPU machine: builds dev/<name>.cu from both with
 #                                         nvcc at once, then runs baseline and tree alternately,
-#                                         `rounds` times each (default 1); logs under $OUT
+#                                         `rounds` times each (default 1), with the harness's
+#                                         flag if given (e.g. --lrsa); logs under $OUT
 #                                         (default out/), the timing lines printed side by side
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 baseline=.ab-baseline
 usage() {
-  echo "usage: bash dev/ab.sh save <commit> | run <name> [rounds]" >&2
+  echo "usage: bash dev/ab.sh save <commit> | run <name> [rounds] [flag]" >&2
   exit 2
 }
 
@@ -25,8 +27,8 @@ case "${1:-}" in
     echo "dev/ab.sh: $baseline holds kernels/ and dev/ of $commit"
     ;;
   run)
-    { [ $# -ge 2 ] && [ $# -le 3 ]; } || usage
-    name=$2 rounds=${3:-1}
+    { [ $# -ge 2 ] && [ $# -le 4 ]; } || usage
+    name=$2 rounds=${3:-1} flag=(${4:+"$4"})
     [ -f "$baseline/COMMIT" ] || { echo "dev/ab.sh: no $baseline: run 'bash dev/ab.sh save <commit>' and carry it" >&2; exit 2; }
     [ -f "dev/$name.cu" ] || { echo "dev/ab.sh: no dev/$name.cu" >&2; exit 2; }
     out=${OUT:-out}
@@ -47,7 +49,7 @@ case "${1:-}" in
     for round in $(seq "$rounds"); do
       for side in baseline tree; do
         log="$out/ab-$name-$side-$round.log"
-        timeout "${AB_TIMEOUT:-300}" "build-gpu/ab-$name-$side" >"$log" 2>&1
+        timeout "${AB_TIMEOUT:-300}" "build-gpu/ab-$name-$side" "${flag[@]}" >"$log" 2>&1
         rc=$?
         echo "$side round $round: exit $rc, $(grep -c ': PASS' "$log") checks passed, $(grep -c 'FAIL' "$log") failed"
         [ $rc -eq 0 ] || status=1

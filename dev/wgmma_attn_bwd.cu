@@ -7,7 +7,7 @@
 // documents) and 128K (14:2 x d64 heads, or 28:4 x d128 with --d128), dense and LRSA, each way of
 // adding dQ.
 //
-//   build-gpu/dev-wgmma_attn_bwd [--check | --d128 | --units]      (or: bash dev/run.sh wgmma_attn_bwd)
+//   build-gpu/dev-wgmma_attn_bwd [--check | --d128 | --units | --lrsa]   (or: bash dev/run.sh wgmma_attn_bwd)
 #include <future>
 
 #include "../kernels/attn_wgmma_backward.cuh"
@@ -344,8 +344,23 @@ void unit_study() {
     }
 }
 
+// --lrsa: training's way alone on LRSA at both head dims (red.v4 at d64, the writer warp at d128), for
+// A/Bs of a kernel change in a minute rather than the full tables' four.
+void lrsa_study() {
+  for (int head_dim : {64, 128})
+    for (auto [T, documents] : {std::pair{16384, 1}, {32768, 1}, {32768, 4}, {131072, 1}}) {
+      const TimingProblem t = head_dim == 128 ? timing_problem(T, documents, 28, 4, true, 128)
+                                              : timing_problem(T, documents, 14, 2, true);
+      const int repeats = T > 32768 ? 3 : 10;
+      if (head_dim == 128)
+        report(t.p, "writer warp", run_at_head_dim<DqMode::kWriter>(t.p, t.fwd, t.d_o, repeats), 0);
+      else
+        report(t.p, "red.v4", run_at_head_dim<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats), 0);
+    }
+}
+
 int main(int argc, char** argv) {
-  const std::string flag = harness_flag(argc, argv, "wgmma_attn_bwd", {"--units", "--d128"});
+  const std::string flag = harness_flag(argc, argv, "wgmma_attn_bwd", {"--units", "--d128", "--lrsa"});
   struct CheckShape {
     std::vector<int> lengths;  // of the packed documents
     int Hq, Hk, sink, lag, keep;
@@ -409,6 +424,10 @@ int main(int argc, char** argv) {
   if (flag == "--check") return 0;
   if (flag == "--units") {
     unit_study();
+    return 0;
+  }
+  if (flag == "--lrsa") {
+    lrsa_study();
     return 0;
   }
   // One document of T tokens, or T tokens packed as `documents` equal ones; Qwen2.5-0.5B's heads
