@@ -7,8 +7,9 @@
 //    modes, each backend) run on the GPU and through the CPU implementation (the same public attn:: calls,
 //    dispatched by device); out, lse, dq, dk, dv are compared, the LRSA selection must be equal,
 //    and the deterministic backward must repeat bit for bit.
-// 2. Per shape and T: forward, backward and forward + backward times (CUDA events, median) for
-//    dense and LRSA, and the LagKV selection alone. Throughput counts the (query, key) pairs the
+// 2. Per shape and T: forward, backward and forward + backward times (CUDA events, median; with
+//    --rounds N every case is timed once a round, in turn, and each pass reports the median over
+//    the rounds) for dense and LRSA, and the LagKV selection alone. Throughput counts the (query, key) pairs the
 //    visibility rule admits, exactly: forward 4 * pairs * D * Hq FLOPs (Q K^T and P V), backward
 //    10 * pairs * D * Hq (the recomputed Q K^T, dV, dP, dK, dQ). The LRSA rows name the fastest
 //    dense forward + backward measured as their reference (vs ref = dense time / LRSA time; issue 5
@@ -43,6 +44,7 @@ struct AttentionOptions {
   double cudnn_gather_gib = attn::kDefaultCudnnGatherGib;
   bool skip_checks = false;
   bool fused_qkv = false;
+  int rounds = 1;
 };
 
 const Device kGpu = Device::cuda(0);
@@ -215,36 +217,40 @@ class Bench {
     const double dense_pairs = visible_pairs(attn::AttentionConfig{}, p.layout.cu_seqlens);
     const double lrsa_pairs = visible_pairs(lrsa, p.layout.cu_seqlens);
     // Dense first (the references), then LRSA, each on every backend that runs it.
-    std::vector<std::pair<attn::Backend, Times>> dense_times;
-    auto dense_of = [&](attn::Backend b) -> const std::pair<attn::Backend, Times>* {
-      for (const auto& d : dense_times)
-        if (d.first == b) return &d;
-      return nullptr;
-    };
-    for (attn::Backend b : backends_) {
-      attn::AttentionConfig dense = config(attn::AttentionConfig{});
-      dense.backend = b;
-      Times t;
-      if (!runs(fmt::format("dense {} at {} {}", backend_name(b), s.name, T), [&] { t = measure(dense, p); })) continue;
-      const auto* ref = b == attn::Backend::Native ? nullptr : dense_of(attn::Backend::Native);
-      add(s, T, fmt::format("dense {}", backend_name(b)), t, dense_pairs, 0, ref);
-      dense_times.emplace_back(b, t);
-    }
-    // LRSA against the fastest dense forward + backward measured (issue 5: "our dense").
-    auto fastest_dense = [&]() -> const std::pair<attn::Backend, Times>* {
-      const std::pair<attn::Backend, Times>* best = nullptr;
-      for (const auto& d : dense_times)
-        if (best == nullptr || d.second.both < best->second.both) best = &d;
-      return best;
-    };
+    std::vector<Case> cases;
+    for (const bool is_lrsa : {false, true})
+      for (attn::Backend b : backends_) {
+        Case c{is_lrsa ? lrsa : config(attn::AttentionConfig{}), {}, {}, {}};
+        c.config.backend = b;
+        if (runs(fmt::format("{} {} at {} {}", is_lrsa ? "lrsa" : "dense", backend_name(b), s.name, T),
+                 [&] { c.grads = run(c.config, p); }))
+          cases.push_back(std::move(c));
+      }
+    // Every case once a round, in turn: under the H200's power cap the clocks move by up to 15%
+    // for a fraction of a second (most after the load starts), so cases timed one after another
+    // compare unevenly; the median over rounds takes the same share of that from each.
+    for (int round = 0; round < options_.rounds; ++round)
+      for (Case& c : cases) c.rounds.push_back(measure(c.config, p, c.grads));
+    for (Case& c : cases) c.times = median_times(c.rounds);
+    // LRSA against the fastest dense forward + backward measured (issue 5: "our dense"); the other
+    // backends' dense against dense native.
+    const Case* fastest_dense = nullptr;
+    const Case* native_dense = nullptr;
+    for (const Case& c : cases)
+      if (c.config.mode == attn::Mode::Dense) {
+        if (fastest_dense == nullptr || c.times.both < fastest_dense->times.both) fastest_dense = &c;
+        if (c.config.backend == attn::Backend::Native) native_dense = &c;
+      }
     double lrsa_fwd_ms = 0;
-    for (attn::Backend b : backends_) {
-      attn::AttentionConfig c = lrsa;
-      c.backend = b;
-      Times t;
-      if (!runs(fmt::format("lrsa {} at {} {}", backend_name(b), s.name, T), [&] { t = measure(c, p); })) continue;
-      add(s, T, fmt::format("lrsa {}", backend_name(b)), t, lrsa_pairs, dense_pairs, fastest_dense());
-      if (lrsa_fwd_ms == 0) lrsa_fwd_ms = t.fwd;
+    for (const Case& c : cases) {
+      const std::string label = fmt::format("{} {}", c.config.mode == attn::Mode::Lrsa ? "lrsa" : "dense",
+                                            backend_name(c.config.backend));
+      if (c.config.mode == attn::Mode::Dense)
+        add(s, T, label, c, dense_pairs, 0, c.config.backend == attn::Backend::Native ? nullptr : native_dense);
+      else {
+        add(s, T, label, c, lrsa_pairs, dense_pairs, fastest_dense);
+        if (lrsa_fwd_ms == 0) lrsa_fwd_ms = c.times.fwd;
+      }
     }
     const double sel_ms = time_ms([&] { attn::lrsa_select(p.k, p.v, p.layout, lrsa.lrsa); }, options_.common.warmup,
                                   options_.common.repeats);
@@ -265,6 +271,22 @@ class Bench {
   struct Times {
     double fwd = 0, bwd = 0, both = 0;
   };
+  // One mode on one backend: its outputs (allocated once) and its times, per round and overall.
+  struct Case {
+    attn::AttentionConfig config;
+    Grads grads;
+    std::vector<Times> rounds;
+    Times times;  // the median over rounds of each pass
+  };
+
+  static Times median_times(std::vector<Times> rounds) {
+    auto median = [&](double Times::*pass) {
+      std::sort(rounds.begin(), rounds.end(), [&](const Times& a, const Times& b) { return a.*pass < b.*pass; });
+      const size_t n = rounds.size();
+      return n % 2 ? rounds[n / 2].*pass : 0.5 * (rounds[n / 2 - 1].*pass + rounds[n / 2].*pass);
+    };
+    return {median(&Times::fwd), median(&Times::bwd), median(&Times::both)};
+  }
 
   attn::AttentionConfig config(attn::AttentionConfig c) const {
     c.deterministic = options_.deterministic;
@@ -272,9 +294,8 @@ class Bench {
     return c;
   }
 
-  Times measure(const attn::AttentionConfig& config, const Problem& p) const {
+  Times measure(const attn::AttentionConfig& config, const Problem& p, Grads& g) const {
     const int warmup = options_.common.warmup, repeats = options_.common.repeats;
-    Grads g = run(config, p);  // allocates the outputs, reused below
     Times t;
     t.fwd = time_ms([&] { attn::attention_forward(config, p.q, p.k, p.v, p.layout, g.fwd); }, warmup, repeats);
     t.bwd = time_ms([&] { attn::attention_backward(config, p.q, p.k, p.v, p.layout, g.fwd, p.dout, g.dq, g.dk, g.dv); },
@@ -300,36 +321,46 @@ class Bench {
     return row;
   }
 
-  // Three rows (fwd, bwd, fwd+bwd) of one mode and backend against the dense times `ref` (none
-  // for dense native); LRSA rows (dense_pairs > 0) also note the dense-equivalent rate.
-  void add(const HeadShape& s, int64_t T, const std::string& label, const Times& t, double pairs, double dense_pairs,
-           const std::pair<attn::Backend, Times>* ref) {
-    const Times* dense = ref ? &ref->second : nullptr;
+  // Three rows (fwd, bwd, fwd+bwd) of one case against the dense case `ref` (none for dense
+  // native); LRSA rows (dense_pairs > 0) also note the dense-equivalent rate, and with several
+  // rounds every row notes their spread.
+  void add(const HeadShape& s, int64_t T, const std::string& label, const Case& c, double pairs, double dense_pairs,
+           const Case* ref) {
     const bool lrsa = dense_pairs > 0;
     const double per_pair = double(s.d * s.hq);
     const struct {
       std::string name;
-      double ms, flops_per_pair, dense_ms;
+      double Times::*pass;
+      double flops_per_pair;
       std::string formula;
     } phases[] = {
-        {"fwd", t.fwd, 4, dense ? dense->fwd : 0, "4 * visible pairs * D * Hq (Q K^T, P V)"},
-        {"bwd", t.bwd, 10, dense ? dense->bwd : 0, "10 * visible pairs * D * Hq (Q K^T recomputed, dV, dP, dK, dQ)"},
-        {"fwd+bwd", t.both, 14, dense ? dense->both : 0, "14 * visible pairs * D * Hq"},
+        {"fwd", &Times::fwd, 4, "4 * visible pairs * D * Hq (Q K^T, P V)"},
+        {"bwd", &Times::bwd, 10, "10 * visible pairs * D * Hq (Q K^T recomputed, dV, dP, dK, dQ)"},
+        {"fwd+bwd", &Times::both, 14, "14 * visible pairs * D * Hq"},
     };
     for (const auto& ph : phases) {
       Row row = base_row(s, T, "attn " + ph.name + " " + label);
-      row.ms = ph.ms;
+      row.ms = c.times.*ph.pass;
       row.flops = ph.flops_per_pair * pairs * per_pair;
       row.formula = ph.formula + (lrsa ? ", LRSA forward includes the selection" : "");
-      if (dense != nullptr) {
-        row.ref_ms = ph.dense_ms;
-        row.ref_name = fmt::format("dense {}", backend_name(ref->first));
+      std::string note;
+      auto add_note = [&](const std::string& text) { note += (note.empty() ? "" : "; ") + text; };
+      if (ref != nullptr) {
+        row.ref_ms = ref->times.*ph.pass;
+        row.ref_name = fmt::format("dense {}", backend_name(ref->config.backend));
+        if (lrsa) {
+          const double dense_equiv = ph.flops_per_pair * dense_pairs * per_pair / (row.ms * 1e-3) / 1e12;
+          add_note(fmt::format("dense-equiv {:.1f} TFLOP/s, LRSA/dense time {:.3f}, pairs {:.3f} of dense", dense_equiv,
+                               row.ms / row.ref_ms, pairs / dense_pairs));
+        }
       }
-      if (dense != nullptr && lrsa) {
-        const double dense_equiv = ph.flops_per_pair * dense_pairs * per_pair / (ph.ms * 1e-3) / 1e12;
-        row.note = fmt::format("dense-equiv {:.1f} TFLOP/s, LRSA/dense time {:.3f}, pairs {:.3f} of dense",
-                               dense_equiv, ph.ms / ph.dense_ms, pairs / dense_pairs);
+      if (c.rounds.size() > 1) {
+        const auto [low, high] = std::minmax_element(c.rounds.begin(), c.rounds.end(), [&](const Times& x, const Times& y) {
+          return x.*ph.pass < y.*ph.pass;
+        });
+        add_note(fmt::format("{} rounds {:.3f}-{:.3f} ms", c.rounds.size(), (*low).*ph.pass, (*high).*ph.pass));
       }
+      row.note = note;
       report_.add(row);
     }
   }
@@ -390,6 +421,10 @@ Subcommand register_attention(CLI::App& app) {
                   "when smaller (attention.cudnn_gather_gib)")
       ->check(CLI::PositiveNumber & CLI::Range(0.0, attn::kMaxCudnnGatherGib));
   sub->add_flag("--skip-checks", options->skip_checks, "skip the GPU-vs-CPU self-checks");
+  sub->add_option("--rounds", options->rounds,
+                  "time every case once per round, in turn, and report each pass's median over the rounds (the "
+                  "GPU's clocks move with its power cap; ratios within ~10% need several rounds)")
+      ->check(CLI::PositiveNumber);
   sub->add_flag("--fused-qkv", options->fused_qkv,
                 "time q, k, v and their gradients as views of fused [T, (Hq + 2 Hk) D] buffers, as the decoder lays them out");
   return {sub, [options] { return run_attention(*options); }};
