@@ -347,6 +347,14 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
   float dq_pending[32];
   float* pending_tile = nullptr;
 
+  // kWriter at d128 leaves a step's dK GEMM running into the next step, whose S^T and dP^T GEMMs
+  // queue behind it, so that the tensor cores do not drain between steps. (At d64 a step's S^T and
+  // dP^T take 128 registers, and with dK's in flight too ptxas serializes the wgmmas for want of
+  // registers; issuing the next step's S^T before leaving a step keeps its accumulators in flight
+  // across the loop's back edge, and ptxas serializes them too.)
+  constexpr bool kDkAcross = kWriter && kHeadDim == 128;
+  uint32_t p_t[kRows / 16][4], ds_t[kRows / 16][4];  // P^T and dS^T in bf16: dV's and dK's A operands
+
   // One step. `first` (a compile-time choice: a branch at run time around the wgmmas would make
   // ptxas serialize them) says whether a previous step's dQ is pending.
   auto step = [&](int i, auto first) {
@@ -363,7 +371,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
     // overlaps dP^T's, and each fp32 tile dies once it is packed to bf16. k16 step kk reads 32 bytes
     // into each row of atom kk / 4.
     float s[kRows / 2], dp[kRows / 2];
-    fence_operands(dk_acc);
+    if constexpr (!kDkAcross) fence_operands(dk_acc);
     fence_operands(dv_acc);
     wgmma_fence();
 #pragma unroll
@@ -378,14 +386,19 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
     wgmma_commit();
     constexpr bool kSplit = kDq == DqMode::kSplitReduce;
     if constexpr (!decltype(first)::value) add_dq(dq_pending, pending_tile, 0, kSplit ? 4 : 8);
-    wgmma_wait<1>();
+    wgmma_wait<1>();  // S^T (kDkAcross: and the previous step's dK)
     fence_operands(s);
+    if constexpr (kDkAcross) {
+      fence_operands(dk_acc);
+      fence_operands(ds_t);
+      __syncwarp();
+      if (i > 0 && lane == 0) mbarrier_arrive(empty + 8 * ((i - 1) % kStages));  // step i - 1's Q, dO, lse, D are read
+    }
 
     // Register i holds key key0 + 8 * ((i / 2) % 2) and query query_begin + 8 * (i / 4) + 2 * quad + (i % 2).
     const bool whole = whole_step(whole_steps, query_begin, kRows);
     masked_steps += !whole;
 
-    uint32_t p_t[kRows / 16][4], ds_t[kRows / 16][4];
 #pragma unroll
     for (int j = 0; j < kRows / 8; ++j) {  // 8-query column blocks
       const float2 lse2 = *reinterpret_cast<const float2*>(lse_s + 8 * j + 2 * quad);  // log2 units
@@ -475,18 +488,31 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
       stage_dq(dq, i);
     }
     pending_tile = step_dq_sums(i, 64 * dq_rows_block) + dq_offset(0, 64 * dq_atom);
-    wgmma_wait<0>();
-    fence_operands(dq);
-    fence_operands(dv_acc);
-    fence_operands(dk_acc);
-    fence_operands(p_t);
-    fence_operands(ds_t);
-    __syncwarp();
-    if (kWriter && lane == 0) mbarrier_arrive(empty + 8 * stage);  // Q, dO, lse and D of step i are read
+    if constexpr (!kDkAcross) {
+      wgmma_wait<0>();
+      fence_operands(dq);
+      fence_operands(dv_acc);
+      fence_operands(dk_acc);
+      fence_operands(p_t);
+      fence_operands(ds_t);
+      __syncwarp();
+      if (kWriter && lane == 0) mbarrier_arrive(empty + 8 * stage);  // Q, dO, lse and D of step i are read
+    } else {  // dV's GEMM is done (dQ's wait)
+      fence_operands(dv_acc);
+      fence_operands(p_t);
+    }
   };
-  step(0, std::true_type{});  // every unit has at least one query tile (work_units)
-  for (int i = 1; i < steps; ++i) step(i, std::false_type{});
-  add_dq(dq_pending, pending_tile);
+  if constexpr (kDkAcross) {  // no dQ is pending between steps: one loop body, the code of one step
+    fence_operands(dk_acc);   // zeroed before the first wgmma
+    for (int i = 0; i < steps; ++i) step(i, std::false_type{});
+    wgmma_wait<0>();  // the last dK
+    fence_operands(dk_acc);
+    fence_operands(ds_t);
+  } else {
+    step(0, std::true_type{});  // every unit has at least one query tile (work_units)
+    for (int i = 1; i < steps; ++i) step(i, std::false_type{});
+    add_dq(dq_pending, pending_tile);
+  }
   if (kDq == DqMode::kBulk && t == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   if (spans) last_step = global_ns();
 
