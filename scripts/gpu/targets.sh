@@ -14,6 +14,8 @@
 #   wgmma    lrsa-bench attention, 14:2 x d64, on cuDNN and on the Hopper kernels of our own
 #            (attention.backend wgmma), with the bench's self-checks;
 #   e2e-wgmma  the headline group again with attention.backend=wgmma.
+#   rounds   lrsa-bench attention at 32K, both head shapes, cuDNN and wgmma, every case timed once
+#            a round in 7 rounds: issue 5's LRSA / dense ratio (docs/benchmarks.md, "Session 26").
 # Writes to $OUT (default out/): targets.txt (every part's tail) and one log per part.
 # Environment: BUILD_DIR (build-gpu), PARTS (default: tests attention e2e infer).
 set -uo pipefail
@@ -50,4 +52,6 @@ part wgmma 40 "$build/lrsa-bench" attention --shapes 14:2xd64 --tokens 16384 327
   --repeats 3
 part e2e-wgmma 12 python3 scripts/bench/train_e2e.py --groups headline --binary "$build/lrsa-train" \
   --out "$out/train-e2e-wgmma.jsonl" --set attention.backend=wgmma
+part rounds 60 "$build/lrsa-bench" attention --tokens 32768 --backends cudnn wgmma --fused-qkv --warmup 2 \
+  --repeats 10 --rounds 7 --skip-checks --cudnn-gather-gib 16
 exit $status
