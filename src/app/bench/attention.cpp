@@ -9,12 +9,13 @@
 //    and the deterministic backward must repeat bit for bit.
 // 2. Per shape and T: forward, backward and forward + backward times (CUDA events, median; with
 //    --rounds N every case is timed once a round, in turn, and each pass reports the median over
-//    the rounds) for dense and LRSA, and the LagKV selection alone. Throughput counts the (query, key) pairs the
-//    visibility rule admits, exactly: forward 4 * pairs * D * Hq FLOPs (Q K^T and P V), backward
-//    10 * pairs * D * Hq (the recomputed Q K^T, dV, dP, dK, dQ). The LRSA rows name the fastest
-//    dense forward + backward measured as their reference (vs ref = dense time / LRSA time; issue 5
-//    compares LRSA with our fastest dense) and note the dense-equivalent rate (the dense problem's
-//    FLOPs over the LRSA time); the other backends' dense rows name dense native as theirs.
+//    the rounds) for dense and LRSA, and the LagKV selection alone. Throughput counts the
+//    (query, key) pairs the visibility rule admits, exactly: forward 4 * pairs * D * Hq FLOPs
+//    (Q K^T and P V), backward 10 * pairs * D * Hq (the recomputed Q K^T, dV, dP, dK, dQ). The
+//    LRSA rows name the fastest dense forward + backward measured as their reference (vs ref =
+//    dense time / LRSA time; issue 5 compares LRSA with our fastest dense) and note the
+//    dense-equivalent rate (the dense problem's FLOPs over the LRSA time); the other backends'
+//    dense rows name dense native as theirs.
 #include <algorithm>
 #include <cmath>
 #include <memory>
