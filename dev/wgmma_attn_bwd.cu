@@ -247,7 +247,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   return out;
 }
 
-// The ways of adding dQ, each as run_backward runs it; training's: the first at d64, the writer warp at d128.
+// The ways of adding dQ, each as run_backward runs it; training's is kTrainingDq (training_way).
 struct DqWay {
   DqMode mode;
   const char* name;
@@ -268,6 +268,10 @@ const DqWay kDqWays[] = {
     {DqMode::kWriter, "writer warp", run_at_head_dim<DqMode::kWriter>},
     {DqMode::kSkip, "skipped (a bound, wrong dQ)", run_at_head_dim<DqMode::kSkip>},
 };
+const DqWay& training_way(int head_dim) {
+  const DqMode mode = head_dim == 128 ? kTrainingDq<128> : kTrainingDq<64>;
+  return *std::find_if(std::begin(kDqWays), std::end(kDqWays), [&](const DqWay& way) { return way.mode == mode; });
+}
 
 // One gradient by FlashAttention's tolerance rule (RuleCheck).
 bool check_gradient(const char* name, const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
@@ -344,18 +348,15 @@ void unit_study() {
     }
 }
 
-// --lrsa: training's way alone on LRSA at both head dims (red.v4 at d64, the writer warp at d128), for
-// A/Bs of a kernel change in a minute rather than the full tables' four.
+// --lrsa: training's way alone on LRSA at both head dims, for A/Bs of a kernel change in a minute
+// rather than the full tables' four.
 void lrsa_study() {
   for (int head_dim : {64, 128})
     for (auto [T, documents] : {std::pair{16384, 1}, {32768, 1}, {32768, 4}, {131072, 1}}) {
       const TimingProblem t = head_dim == 128 ? timing_problem(T, documents, 28, 4, true, 128)
                                               : timing_problem(T, documents, 14, 2, true);
-      const int repeats = T > 32768 ? 3 : 10;
-      if (head_dim == 128)
-        report(t.p, "writer warp", run_at_head_dim<DqMode::kWriter>(t.p, t.fwd, t.d_o, repeats), 0);
-      else
-        report(t.p, "red.v4", run_at_head_dim<DqMode::kVectorReduce>(t.p, t.fwd, t.d_o, repeats), 0);
+      const DqWay& way = training_way(head_dim);
+      report(t.p, way.name, way.run(t.p, t.fwd, t.d_o, T > 32768 ? 3 : 10, std::nullopt), 0);
     }
 }
 
@@ -445,12 +446,13 @@ int main(int argc, char** argv) {
         report(t.p, way.name, r, dense_ms);
       }
       // d128 steps are half a query tile: the rule's unit lengths (tuned at d64 with red.v4) against the
-      // others, with training's writer warp.
+      // others, with training's way.
       for (int unit : {12, 24, 48})
         if (d128 && lrsa && unit != unit_query_tiles(T / documents, t.p.Hq / t.p.Hk)) {
+          const DqWay& way = training_way(128);
           char name[40];
-          std::snprintf(name, sizeof name, "writer warp, units of %d", unit);
-          report(t.p, name, run_at_head_dim<DqMode::kWriter>(t.p, t.fwd, t.d_o, repeats, unit), dense_ms);
+          std::snprintf(name, sizeof name, "%s, units of %d", way.name, unit);
+          report(t.p, name, way.run(t.p, t.fwd, t.d_o, repeats, unit), dense_ms);
         }
     }
   }

@@ -355,11 +355,7 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
   const CUtensorMap v_map = map_of(op, "v", v, T, kBlock), do_map = map_of(op, "dout", dout, T, kStepRows);
   const CUtensorMap ck_map = lrsa ? map_of(op, "compacted k", compacted.ck, std::max(rows, 1), kBlock) : k_map;
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, std::max(rows, 1), kBlock) : v_map;
-  // How dQ is added: at d128 by the producer's writer warp (the fastest way at every d128 shape of
-  // dev/wgmma_attn_bwd.cu's run, docs/benchmarks.md "Session 25"); at d64 by the consumers' 16-byte
-  // reductions while S^T and dP^T run (the writer not timed there).
-  constexpr wgmma::bwd::DqMode kDq =
-      kHeadDim == 128 ? wgmma::bwd::DqMode::kWriter : wgmma::bwd::DqMode::kVectorReduce;
+  constexpr wgmma::bwd::DqMode kDq = wgmma::bwd::kTrainingDq<kHeadDim>;
   constexpr int kSmemBytes = wgmma::bwd::Smem<kHeadDim, kDq>::kBytes;
   auto kernel = wgmma::bwd::attn_bwd_kernel<kHeadDim, kDq>;
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));

@@ -69,6 +69,11 @@ struct Shape {
 // for timing, not a result). dev/wgmma_attn_bwd.cu times each, and docs/benchmarks.md "Session 18"
 // and "Session 25" the ways tried before.
 enum class DqMode { kVectorReduce, kSplitReduce, kAtomic, kBulk, kWriter, kSkip };
+// Training's way at each head dim (kernels/attn_wgmma.cu): the writer warp at d128, the fastest at
+// every d128 shape of dev/wgmma_attn_bwd.cu's run (docs/benchmarks.md "Session 25"); red.v4 at d64,
+// where the writer took 4-5% longer (docs/benchmarks.md "Session 26").
+template <int kHeadDim>
+constexpr DqMode kTrainingDq = kHeadDim == 128 ? DqMode::kWriter : DqMode::kVectorReduce;
 
 // Two consumer warpgroups; kWriter adds a producer warpgroup. Without it a step takes up to 255
 // registers per thread (dQ stays in registers into the next step), more than the 240 that setmaxnreg

@@ -221,10 +221,10 @@ class Bench {
     std::vector<Case> cases;
     for (const bool is_lrsa : {false, true})
       for (attn::Backend b : backends_) {
-        Case c{is_lrsa ? lrsa : config(attn::AttentionConfig{}), {}, {}, {}};
+        Case c{fmt::format("{} {}", is_lrsa ? "lrsa" : "dense", backend_name(b)),
+               is_lrsa ? lrsa : config(attn::AttentionConfig{}), {}, {}, {}};
         c.config.backend = b;
-        if (runs(fmt::format("{} {} at {} {}", is_lrsa ? "lrsa" : "dense", backend_name(b), s.name, T),
-                 [&] { c.grads = run(c.config, p); }))
+        if (runs(fmt::format("{} at {} {}", c.label, s.name, T), [&] { c.grads = run(c.config, p); }))
           cases.push_back(std::move(c));
       }
     // Every case once a round, in turn: under the H200's power cap the clocks move by up to 15%
@@ -244,12 +244,10 @@ class Bench {
       }
     double lrsa_fwd_ms = 0;
     for (const Case& c : cases) {
-      const std::string label = fmt::format("{} {}", c.config.mode == attn::Mode::Lrsa ? "lrsa" : "dense",
-                                            backend_name(c.config.backend));
       if (c.config.mode == attn::Mode::Dense)
-        add(s, T, label, c, dense_pairs, 0, c.config.backend == attn::Backend::Native ? nullptr : native_dense);
+        add(s, T, c, dense_pairs, 0, c.config.backend == attn::Backend::Native ? nullptr : native_dense);
       else {
-        add(s, T, label, c, lrsa_pairs, dense_pairs, fastest_dense);
+        add(s, T, c, lrsa_pairs, dense_pairs, fastest_dense);
         if (lrsa_fwd_ms == 0) lrsa_fwd_ms = c.times.fwd;
       }
     }
@@ -274,6 +272,7 @@ class Bench {
   };
   // One mode on one backend: its outputs (allocated once) and its times, per round and overall.
   struct Case {
+    std::string label;  // mode and backend, as the rows name them
     attn::AttentionConfig config;
     Grads grads;
     std::vector<Times> rounds;
@@ -325,8 +324,7 @@ class Bench {
   // Three rows (fwd, bwd, fwd+bwd) of one case against the dense case `ref` (none for dense
   // native); LRSA rows (dense_pairs > 0) also note the dense-equivalent rate, and with several
   // rounds every row notes their spread.
-  void add(const HeadShape& s, int64_t T, const std::string& label, const Case& c, double pairs, double dense_pairs,
-           const Case* ref) {
+  void add(const HeadShape& s, int64_t T, const Case& c, double pairs, double dense_pairs, const Case* ref) {
     const bool lrsa = dense_pairs > 0;
     const double per_pair = double(s.d * s.hq);
     const struct {
@@ -340,7 +338,7 @@ class Bench {
         {"fwd+bwd", &Times::both, 14, "14 * visible pairs * D * Hq"},
     };
     for (const auto& ph : phases) {
-      Row row = base_row(s, T, "attn " + ph.name + " " + label);
+      Row row = base_row(s, T, "attn " + ph.name + " " + c.label);
       row.ms = c.times.*ph.pass;
       row.flops = ph.flops_per_pair * pairs * per_pair;
       row.formula = ph.formula + (lrsa ? ", LRSA forward includes the selection" : "");
@@ -348,7 +346,7 @@ class Bench {
       auto add_note = [&](const std::string& text) { note += (note.empty() ? "" : "; ") + text; };
       if (ref != nullptr) {
         row.ref_ms = ref->times.*ph.pass;
-        row.ref_name = fmt::format("dense {}", backend_name(ref->config.backend));
+        row.ref_name = ref->label;
         if (lrsa) {
           const double dense_equiv = ph.flops_per_pair * dense_pairs * per_pair / (row.ms * 1e-3) / 1e12;
           add_note(fmt::format("dense-equiv {:.1f} TFLOP/s, LRSA/dense time {:.3f}, pairs {:.3f} of dense", dense_equiv,
