@@ -9,7 +9,7 @@
 // L = 1024, K = 256): the d64 variants at the Qwen2.5-0.5B shape (14:2 heads), or with --d128 the
 // d128 ones at Qwen2.5-7B's (28:4).
 //
-//   build-gpu/dev-wgmma_attn_fwd [--check | --d128]      (or: bash dev/run.sh wgmma_attn_fwd)
+//   build-gpu/dev-wgmma_attn_fwd [--check | --d128 | --training]   (or: bash dev/run.sh wgmma_attn_fwd)
 #include <future>
 
 #include "../kernels/attn_wgmma_forward.cuh"
@@ -180,7 +180,7 @@ bool plan_check(const Problem& p, int tile_rows) {
 }
 
 int main(int argc, char** argv) {
-  const std::string flag = harness_flag(argc, argv, "wgmma_attn_fwd", {"--d128"});
+  const std::string flag = harness_flag(argc, argv, "wgmma_attn_fwd", {"--d128", "--training"});
   std::vector<Problem> problems;
   for (const Shape& s : kCheckShapes)
     for (int head_dim : {64, 128})
@@ -198,16 +198,17 @@ int main(int argc, char** argv) {
   for (const Problem& p : problems) pending.push_back(std::async(std::launch::async, [&p] { return reference(p); }));
   std::vector<Reference> refs;
   for (auto& r : pending) refs.push_back(r.get());
-  const bool time_d64 = flag.empty(), time_d128 = flag == "--d128";
+  // --training: training's variant of each head dim alone (kernels/attn_wgmma.cu), for A/Bs.
+  const bool time_d64 = flag.empty(), time_d128 = flag == "--d128", training = flag == "--training";
   ok = variant<64, 2, false, false, 2>(problems, refs, time_d64) && ok;
   ok = variant<64, 1, false, false, 2>(problems, refs, time_d64) && ok;
   ok = variant<64, 2, true, false, 4>(problems, refs, time_d64) && ok;
   ok = variant<64, 2, true, true, 3>(problems, refs, time_d64) && ok;
-  ok = variant<64, 3, false, false, 2>(problems, refs, time_d64) && ok;  // training's (kernels/attn_wgmma.cu)
+  ok = variant<64, 3, false, false, 2>(problems, refs, time_d64 || training) && ok;  // training's
   ok = variant<128, 2, false, false, 3>(problems, refs, time_d128) && ok;
   ok = variant<128, 2, true, false, 2>(problems, refs, time_d128) && ok;
   ok = variant<128, 2, true, false, 3>(problems, refs, time_d128) && ok;
   ok = variant<128, 2, true, true, 2>(problems, refs, time_d128) && ok;
-  ok = variant<128, 2, true, true, 3>(problems, refs, time_d128) && ok;  // training's
+  ok = variant<128, 2, true, true, 3>(problems, refs, time_d128 || training) && ok;  // training's
   return ok ? 0 : 1;
 }
