@@ -2,9 +2,8 @@
 // few partitions spread over the whole GPU:
 //   1. lag_range_kernel, per (partition, KV head, K or V): channel minimum and range over the
 //      reference partition p + 1 (min/max are exact in any order), rows read in 16-byte packs.
-//   2. lag_std_kernel, per (block of rows, partition, KV head, K or V): the rows' normalized
-//      channels staged in shared memory by coalesced loads, then one thread per row takes the
-//      Bessel-corrected standard deviation over its channels.
+//   2. lag_std_kernel, per (block of rows, partition, KV head, K or V): a thread per row reads
+//      its row's normalized channels and takes their Bessel-corrected standard deviation.
 //   3. select_rank_kernel, per (partition, KV head): softmax over the partition's rows for K and
 //      V, score = sK + lambda sV, a bitonic sort of the rows by (score descending, position
 //      ascending), and the K first rows written in position order.
@@ -109,59 +108,58 @@ __global__ void __launch_bounds__(kRangeThreads) lag_range_kernel(const SelectAr
 
 size_t range_smem_bytes(int D, int V) { return size_t(2) * (kRangeThreads / (D / V)) * D * sizeof(float); }
 
-// 2. Standard deviation (Bessel) of each candidate row's normalized channels, in channel order.
-// The block's kStdRows rows are normalized as they are loaded (coalesced packs, kStdInFlight at a time)
-// into shared memory, [row][D + 1] floats (with that stride, consecutive rows start in different
-// banks), then thread r sums row r's channels in order.
-constexpr int kStdRows = 128, kStdInFlight = 8;  // D = 64, bf16: a thread's 8 loads at once
-constexpr int kMaxSelectD = 256;  // 128.5 KiB of staged rows per block
-
-size_t std_smem_bytes(int D) { return size_t(kStdRows) * (D + 1) * sizeof(float); }
+// 2. Standard deviation (Bessel) of each candidate row's normalized channels, in channel order. A
+// thread per row reads its row straight from global memory, 16-byte packs normalized as they
+// arrive, sums them, then reads the row again (L1 or L2) for the squares. Staging rows in shared
+// memory instead ([rows][D + 1] floats) held an SM to 12 warps, too few to hide the serial fp64
+// sums; without it (32-40 registers) an SM holds 48-64. At 32K tokens, 28:4 x d128 on the H200:
+// 70-79 us against 91-99 (Nsight Compute); 14:2 x d64 took 22 us either way.
+constexpr int kStdRows = 128;
+constexpr int kMaxSelectD = 256;  // the channel ranges' copy in shared memory
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kStdRows) lag_std_kernel(const SelectArgs a) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  float* zs = reinterpret_cast<float*>(smem);  // [kStdRows][D + 1]
+  __shared__ float mn[kMaxSelectD], rg[kMaxSelectD];
   const int chunks = (a.L + kStdRows - 1) / kStdRows;  // blocks per (partition, head, z)
   const int j0 = int(blockIdx.x % chunks) * kStdRows;
   const int z = int(blockIdx.x / chunks % 2), hk = int(blockIdx.x / chunks / 2 % a.Hk);
   const int part = int(blockIdx.x / chunks / 2 / a.Hk);
-  const int D = a.D, packs = D / V, rows = min(kStdRows, a.L - j0), n = rows * packs;
-  int64_t stride = 0;
-  const T* x = z_rows<T>(a, z, hk, &stride) + (a.part_start[part] + j0) * stride;
-  const float* mn = range_of(a, part, hk, z);
-  const float* rg = mn + D;
-  for (int i0 = threadIdx.x; i0 < n; i0 += kStdInFlight * kStdRows) {
-    RawPack<V, T> packed[kStdInFlight];
-#pragma unroll
-    for (int k = 0; k < kStdInFlight; ++k) {
-      const int i = i0 + k * kStdRows;
-      if (i < n) packed[k].load(x + (i / packs) * stride + (i % packs) * V);
-    }
-#pragma unroll
-    for (int k = 0; k < kStdInFlight; ++k) {
-      const int i = i0 + k * kStdRows, r = i / packs, c0 = (i % packs) * V;
-      if (i < n) {
-        float v[V];
-        packed[k].floats(v);
-#pragma unroll
-        for (int e = 0; e < V; ++e) zs[r * (D + 1) + c0 + e] = __fdiv_rn(__fsub_rn(v[e], mn[c0 + e]), rg[c0 + e]);
-      }
-    }
-  }
+  const int D = a.D;
+  const float* range = range_of(a, part, hk, z);
+  for (int c = threadIdx.x; c < D; c += kStdRows) mn[c] = range[c], rg[c] = range[D + c];
   __syncthreads();
-  const int r = threadIdx.x;
-  if (r >= rows) return;
-  const float* row = zs + r * (D + 1);
+  const int j = j0 + int(threadIdx.x);
+  if (j >= a.L) return;
+  int64_t stride = 0;
+  const T* x = z_rows<T>(a, z, hk, &stride) + (a.part_start[part] + j) * stride;
+  auto normalized = [&](int c0, float (&values)[V]) {
+    RawPack<V, T> packed;
+    packed.load(x + c0);
+    packed.floats(values);
+#pragma unroll
+    for (int e = 0; e < V; ++e) values[e] = __fdiv_rn(__fsub_rn(values[e], mn[c0 + e]), rg[c0 + e]);
+  };
   double sum = 0.0;
-  for (int c = 0; c < D; ++c) sum = __dadd_rn(sum, double(row[c]));
+#pragma unroll 4
+  for (int c0 = 0; c0 < D; c0 += V) {
+    float values[V];
+    normalized(c0, values);
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum = __dadd_rn(sum, double(values[e]));
+  }
   const double mean = __ddiv_rn(sum, double(D));
   double squares = 0.0;
-  for (int c = 0; c < D; ++c) {
-    const double d = __dsub_rn(double(row[c]), mean);
-    squares = __dadd_rn(squares, __dmul_rn(d, d));
+#pragma unroll 4
+  for (int c0 = 0; c0 < D; c0 += V) {
+    float values[V];
+    normalized(c0, values);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const double d = __dsub_rn(double(values[e]), mean);
+      squares = __dadd_rn(squares, __dmul_rn(d, d));
+    }
   }
-  a.row_std[((int64_t(part) * a.Hk + hk) * 2 + z) * a.L + j0 + r] = __dsqrt_rn(__ddiv_rn(squares, double(D - 1)));
+  a.row_std[((int64_t(part) * a.Hk + hk) * 2 + z) * a.L + j] = __dsqrt_rn(__ddiv_rn(squares, double(D - 1)));
 }
 
 // 3. Softmax, score, sort, output, per (partition, KV head). The rows are padded to N, a power of
@@ -356,7 +354,7 @@ void lrsa_select(const Tensor& k, const Tensor& v, const attn::SeqLayout& layout
   LRSA_CHECK(Hk <= 65535, "{}: {} KV heads exceed the selection grid", op, Hk);
   LRSA_CHECK(L <= kMaxRankRows, "{}: lag {} exceeds the selection kernels' {}; use a smaller lag", op, L,
              kMaxRankRows);
-  const size_t rank_smem = rank_smem_bytes(int(L)), std_smem = std_smem_bytes(int(D));
+  const size_t rank_smem = rank_smem_bytes(int(L));
   int max_smem = 0;
   LRSA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, k.device().index));
   cudaFuncAttributes rank_attributes{};
@@ -364,9 +362,6 @@ void lrsa_select(const Tensor& k, const Tensor& v, const attn::SeqLayout& layout
   LRSA_CHECK(rank_smem + rank_attributes.sharedSizeBytes <= size_t(max_smem),
              "{}: lag {} needs {} bytes of shared memory per block, more than the device's {}; use a smaller lag", op,
              L, rank_smem + rank_attributes.sharedSizeBytes, max_smem);
-  LRSA_CHECK(std_smem <= size_t(max_smem),
-             "{}: head dimension {} needs {} bytes of shared memory per block, more than the device's {}", op, D,
-             std_smem, max_smem);
   const Tensor range = Tensor::empty({P, Hk, 2, 2, D}, DType::F32, k.device());
   const Tensor row_std = Tensor::empty({P * Hk * 2 * L * int64_t(sizeof(double))}, DType::U8, k.device());
   SelectArgs a{k.data(),
@@ -394,10 +389,8 @@ void lrsa_select(const Tensor& k, const Tensor& v, const attn::SeqLayout& layout
       LRSA_CUDA_CHECK(cudaFuncSetAttribute(range_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, range_smem));
       range_kernel<<<dim3(unsigned(P), unsigned(Hk), 2), kRangeThreads, range_smem, current_stream()>>>(a);
       LRSA_CUDA_CHECK_LAUNCH("lrsa_select: channel ranges");
-      const auto std_kernel = lag_std_kernel<T, V()>;
-      LRSA_CUDA_CHECK(cudaFuncSetAttribute(std_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(std_smem)));
       const int64_t std_blocks = (L + kStdRows - 1) / kStdRows * 2 * Hk * P;
-      std_kernel<<<unsigned(std_blocks), kStdRows, std_smem, current_stream()>>>(a);
+      lag_std_kernel<T, V()><<<unsigned(std_blocks), kStdRows, 0, current_stream()>>>(a);
       LRSA_CUDA_CHECK_LAUNCH("lrsa_select: row deviations");
     });
   });
