@@ -164,31 +164,31 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   const int padded_rows = padded_begins(p.doc_start, p.lrsa()).back();
   std::vector<__nv_bfloat16> o_host(fwd.o.size());
   for (size_t i = 0; i < o_host.size(); ++i) o_host[i] = __float2bfloat16(float(fwd.o[i]));
-  std::vector<float> lse_host(size_t(Hq) * padded_rows, 0.0f);
-  for (int h = 0; h < Hq; ++h)
-    for (int t = 0; t < T; ++t)
-      lse_host[size_t(h) * padded_rows + padded_row_host[t]] = float(fwd.lse[size_t(h) * T + t] * M_LOG2E);
+  const std::vector<float> saved_lse_host(fwd.lse.begin(), fwd.lse.end());  // [Hq, T], as the forward saves it
   std::vector<int> compacted_row_host(size_t(Hk) * T, -1);
   for (int h = 0; h < Hk && p.lag; ++h)
     std::copy(p.compacted_row[h].begin(), p.compacted_row[h].end(), compacted_row_host.begin() + size_t(h) * T);
   __nv_bfloat16 *q = upload(p.q), *k = upload(p.k), *v = upload(p.v), *o = upload(o_host), *d_o = upload(d_o_host);
   __nv_bfloat16 *ck = p.lag ? upload(p.ck) : k, *cv = p.lag ? upload(p.cv) : v;
   __nv_bfloat16 *dq, *dk, *dv;
-  float *lse = upload(lse_host), *d_sum, *dq_accum, *dk_raw, *dv_raw, *dkc, *dvc;
-  int *compacted_row = upload(compacted_row_host), *padded_row = upload(padded_row_host);
+  float* saved_lse = upload(saved_lse_host);
+  int* compacted_row = upload(compacted_row_host);
   int* padded_source = upload(padded_sources(padded_row_host, padded_rows));
-  const size_t compacted_size = std::max<size_t>(size_t(compacted_rows) * Hk * kHeadDim, 1);
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
   CHECK_CUDA(cudaMalloc(&dv, p.k.size() * 2));
-  const size_t dq_accum_size = size_t(Hq) * padded_rows * kHeadDim;
-  CHECK_CUDA(cudaMalloc(&dq_accum, dq_accum_size * 4));
-  CHECK_CUDA(cudaMalloc(&dk_raw, p.k.size() * 4));
-  CHECK_CUDA(cudaMalloc(&dv_raw, p.k.size() * 4));
-  CHECK_CUDA(cudaMalloc(&dkc, compacted_size * 4));
-  CHECK_CUDA(cudaMalloc(&dvc, compacted_size * 4));
-  CHECK_CUDA(cudaMalloc(&d_sum, lse_host.size() * 4));
-  CHECK_CUDA(cudaMemset(d_sum, 0, lse_host.size() * 4));
+  // As attn_wgmma.cu's backward_at: lse (log2 units) and D [Hq, padded_rows], the fp32 sums of dQ
+  // [Hq, padded_rows, kHeadDim], of the raw [T, Hk, kHeadDim] and compacted [max(rows, 1), Hk,
+  // kHeadDim] rows' dK / dV in one buffer, which the D pass fills and zeroes.
+  const size_t stats = size_t(Hq) * padded_rows, raw = p.k.size();
+  const size_t compacted_size = size_t(std::max(compacted_rows, 1)) * Hk * kHeadDim;
+  const size_t sums_size = 2 * stats + stats * kHeadDim + 2 * raw + 2 * compacted_size;
+  float* sums;
+  CHECK_CUDA(cudaMalloc(&sums, sums_size * 4));
+  float *lse = sums, *d_sum = lse + stats, *dq_accum = d_sum + stats, *dk_raw = dq_accum + stats * kHeadDim;
+  float *dv_raw = dk_raw + raw, *dkc = dv_raw + raw, *dvc = dkc + compacted_size;
+  const lrsa::cuda::DeltaExtras extras{saved_lse, lrsa::cuda::wgmma::kLog2e, lse,
+                                       reinterpret_cast<float4*>(dq_accum), int64_t(sums_size - 2 * stats) / 4};
   constexpr int kStepRows = Shape<kHeadDim>::kStepRows;
   const CUtensorMap q_map = tensor_map(q, T, Hq, kStepRows, kHeadDim);
   const CUtensorMap do_map = tensor_map(d_o, T, Hq, kStepRows, kHeadDim);
@@ -210,12 +210,9 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
                                                 padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc, Hq, Hk, scale, spans);
   };
   auto backward = [&] {
-    CHECK_CUDA(cudaMemsetAsync(dq_accum, 0, dq_accum_size * 4));
-    for (float* buffer : {dk_raw, dv_raw}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, p.k.size() * 4));
-    for (float* buffer : {dkc, dvc}) CHECK_CUDA(cudaMemsetAsync(buffer, 0, compacted_size * 4));
     const int64_t q_stride = int64_t(Hq) * kHeadDim, k_stride = int64_t(Hk) * kHeadDim;
-    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(T, Hq, kHeadDim), 256>>>(
-        o, q_stride, d_o, q_stride, padded_row, T, Hq, kHeadDim, padded_rows, true, d_sum);
+    lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(padded_rows, Hq, kHeadDim), 256>>>(
+        o, q_stride, d_o, q_stride, padded_source, T, Hq, kHeadDim, padded_rows, true, d_sum, extras);
     backward_kernel();
     round_dq_kernel<kHeadDim><<<dim3(128, Hq), 256>>>(dq_accum, padded_source, scale, dq, q_stride, padded_rows);
     finalize_kv_kernel<kHeadDim><<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv,
@@ -237,8 +234,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
     out.spans = record_spans(backward_kernel, size_t(grid.x) * grid.y);
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
-                    (void*)dq_accum, (void*)dk_raw, (void*)dv_raw, (void*)dkc, (void*)dvc, (void*)compacted_row,
-                    (void*)padded_row, (void*)padded_source, (void*)lse, (void*)d_sum, (void*)units})
+                    (void*)sums, (void*)saved_lse, (void*)compacted_row, (void*)padded_source, (void*)units})
     CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));

@@ -411,7 +411,7 @@ void attention_backward(const attn::AttentionConfig& config, const Tensor& q, co
                          row_stride(dout) % pack_of<T_> == 0;
     delta_kernel<T_><<<delta_blocks<T_>(int(T), int(Hq), D), 256, 0, current_stream()>>>(
         o, row_stride(saved.out), d_o, row_stride(dout), nullptr, int(T), int(Hq), D, int(T), vectors,
-        delta.data_as<float>());
+        delta.data_as<float>(), DeltaExtras{});
   });
   LRSA_CUDA_CHECK_LAUNCH("flash_backward: delta");
 

@@ -38,12 +38,11 @@ int forward_block_rows(int64_t head_dim) {
 }
 
 // One layout's plan: the documents and their compacted rows (CompactedRows), the forward's query
-// tiles, the backward's work units, each row's place in the tile-padded sums and the row at each
-// padded row (-1 at the pads).
+// tiles, the backward's work units, and the row at each row of the tile-padded sums (-1 at the pads).
 struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
-  Tensor query_tiles, units, padded_row, padded_source, compacted_source;  // i32 on the device
+  Tensor query_tiles, units, padded_source, compacted_source;  // i32 on the device
 };
 
 Lrsa lrsa_of(const attn::AttentionConfig& config) {
@@ -75,7 +74,6 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   std::vector<int64_t>& source = compacted.source;
   plan.padded_rows = wgmma::bwd::padded_begins(plan.doc_start, intervals).back();
   const std::vector<int> rows = wgmma::bwd::padded_rows_of(plan.doc_start, intervals);
-  const std::vector<int64_t> padded_row(rows.begin(), rows.end());
   const auto tiles =
       wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, forward_block_rows(head_dim));
   const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, int(Hq / Hk));
@@ -83,7 +81,6 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   plan.n_units = int(units.size());
   plan.query_tiles = upload_items(tiles, device);
   plan.units = upload_items(units, device);
-  plan.padded_row = Tensor::from_ints(padded_row, {int64_t(padded_row.size())}, DType::I32, device);
   const std::vector<int> sources = wgmma::bwd::padded_sources(rows, plan.padded_rows);
   plan.padded_source = Tensor::from_ints(std::vector<int64_t>(sources.begin(), sources.end()),
                                          {int64_t(sources.size())}, DType::I32, device);
@@ -139,17 +136,6 @@ __global__ void compacted_row_kernel(const int* __restrict__ source, const int* 
     const int head = int(i % Hk), c = int(i / Hk), s = source[c];
     const int row = s >= 0 ? s : indices[head * selected + (-1 - s)];
     compacted_row[int64_t(head) * T + row] = c;
-  }
-}
-
-// lse [Hq, T] into the tile-padded [Hq, padded_rows] the backward streams, in log2 units (the pads stay
-// zero).
-__global__ void pad_lse_kernel(const float* __restrict__ lse, const int* __restrict__ padded_row, int T, int Hq,
-                               int padded_rows, float* __restrict__ padded) {
-  const int64_t n = int64_t(T) * Hq;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int head = int(i / T), row = int(i % T);
-    padded[int64_t(head) * padded_rows + padded_row[row]] = lse[i] * wgmma::kLog2e;
   }
 }
 
@@ -324,14 +310,14 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
     LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): compacted rows' positions");
   }
 
-  // lse and D = rowsum(dO O) [Hq, padded], tile-padded per document; fp32 sums of dQ [Hq, padded,
-  // D], of the raw [T, Hk, D] and compacted [rows, Hk, D] rows' dK / dV: one buffer, zeroed by one
-  // memset (every part a multiple of 16 bytes long, so each starts 16-byte aligned).
+  // lse (in log2 units) and D = rowsum(dO O) [Hq, padded], tile-padded per document; fp32 sums of dQ
+  // [Hq, padded, D], of the raw [T, Hk, D] and compacted [rows, Hk, D] rows' dK / dV: one buffer
+  // (every part a multiple of 16 bytes long, so each starts 16-byte aligned). The D pass writes lse
+  // and D at every padded row (0 at the pads, which the backward streams too) and zeroes the sums.
   const int padded = plan.padded_rows;
   const int64_t stats = Hq * padded, raw = T * Hk * kHeadDim;
   const int64_t compacted_sums = int64_t(std::max(rows, 1)) * Hk * kHeadDim;
   const Tensor sums = Tensor::empty({2 * stats + stats * kHeadDim + 2 * raw + 2 * compacted_sums}, DType::F32, device);
-  LRSA_CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, size_t(sums.numel()) * 4, stream));
   float* const lse = sums.data_as<float>();
   float* const d_sum = lse + stats;
   float* const dq_sums = d_sum + stats;
@@ -339,15 +325,13 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
   float* const dv_sums = dk_sums + raw;
   float* const dkc_sums = dv_sums + raw;
   float* const dvc_sums = dkc_sums + compacted_sums;
-  const int* padded_row = plan.padded_row.data_as<int32_t>();
-  pad_lse_kernel<<<grid_size(T * Hq, 256), 256, 0, stream>>>(saved.lse.data_as<float>(), padded_row, int(T), int(Hq),
-                                                               padded, lse);
-  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): padded lse");
+  const DeltaExtras extras{saved.lse.data_as<float>(), wgmma::kLog2e, lse, reinterpret_cast<float4*>(dq_sums),
+                           (sums.numel() - 2 * stats) / 4};  // dq_sums to the end
   // check_rows above: both 16-byte aligned, so 16-byte loads
-  delta_kernel<<<delta_blocks<bf16_t>(int(T), int(Hq), kHeadDim), 256, 0, stream>>>(
+  delta_kernel<<<delta_blocks<bf16_t>(padded, int(Hq), kHeadDim), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), padded_row, int(T), int(Hq), kHeadDim, padded, true, d_sum);
-  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): D");
+      dout.stride(0), plan.padded_source.data_as<int32_t>(), int(T), int(Hq), kHeadDim, padded, true, d_sum, extras);
+  LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): lse, D and the zeroed sums");
 
   using wgmma::bwd::kBlock;
   constexpr int kStepRows = wgmma::bwd::Shape<kHeadDim>::kStepRows;  // Q's and dO's boxes
