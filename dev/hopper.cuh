@@ -50,21 +50,22 @@ float time_ms(Launch&& launch, int repeats) {
   return ms / float(repeats);
 }
 
-// The CTA spans of one more launch(spans) of a grid of `ctas` CTAs.
+// The spans of one more launch(spans) over `items` work items: a CTA each (the backward), or the
+// items a persistent CTA takes in turn (the forward).
 template <typename Launch>
-std::vector<CtaSpan> record_spans(Launch&& launch, size_t ctas) {
-  std::vector<CtaSpan> spans(ctas);
+std::vector<CtaSpan> record_spans(Launch&& launch, size_t items) {
+  std::vector<CtaSpan> spans(items);
   CtaSpan* device = nullptr;
-  CHECK_CUDA(cudaMalloc(&device, ctas * sizeof(CtaSpan)));
+  CHECK_CUDA(cudaMalloc(&device, items * sizeof(CtaSpan)));
   launch(device);
-  CHECK_CUDA(cudaMemcpy(spans.data(), device, ctas * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(spans.data(), device, items * sizeof(CtaSpan), cudaMemcpyDeviceToHost));
   CHECK_CUDA(cudaFree(device));
   return spans;
 }
 
-// A CTA's time fitted (least squares) as fixed + per plain step + per masked step, its mean start (to
-// the first step's data) and finish (after the last step), the SMs' busy share of the kernel's span,
-// and the mean gap between one CTA's end and the next one's start on an SM.
+// A work item's time fitted (least squares) as fixed + per plain step + per masked step, its mean
+// start (to the first step's data) and finish (after the last step), the SMs' busy share of the
+// kernel's span, and the mean gap between one item's end and the next one's start on an SM.
 inline void span_report(const char* name, std::vector<CtaSpan> spans) {
   if (spans.empty()) return;
   uint64_t first = spans[0].begin, last = spans[0].end;
@@ -95,9 +96,9 @@ inline void span_report(const char* name, std::vector<CtaSpan> spans) {
     if (spans[i].sm == spans[i - 1].sm && spans[i].begin >= spans[i - 1].end)
       gaps += double(spans[i].begin - spans[i - 1].end) * 1e-3, ++gap_count;
   const double n = double(spans.size()), span_us = double(last - first) * 1e-3;
-  std::printf("%-40s spans: %d CTAs on %d SMs in %.1f us; per CTA %.2f us + %.3f us per plain step + %.3f per masked "
+  std::printf("%-40s spans: %d items on %d SMs in %.1f us; per item %.2f us + %.3f us per plain step + %.3f per masked "
               "(mean %.1f steps, %.1f masked); start %.2f us, finish %.2f us; SMs busy %.1f%% of the span; "
-              "mean gap between CTAs on an SM %.2f us\n",
+              "mean gap between items on an SM %.2f us\n",
               name, int(n), sms, span_us, m[0][3] / m[0][0], m[1][3] / m[1][1], m[2][3] / m[2][2], steps / n,
               masked / n, start / n, finish / n, 100.0 * busy / (sms * span_us), gap_count ? gaps / gap_count : 0.0);
 }

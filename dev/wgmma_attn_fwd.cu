@@ -47,10 +47,15 @@ DeviceRun run(const Problem& p, int repeats) {
   QueryTile* tiles = upload(tiles_host);
   auto kernel = attn_fwd_kernel<kHeadDim, kConsumers, kOverlap, kPingPong, kStages>;
   CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-  const dim3 grid(unsigned(tiles_host.size()), p.Hq);
+  int* next_item = nullptr;
+  CHECK_CUDA(cudaMalloc(&next_item, sizeof(int)));
+  CHECK_CUDA(cudaMemset(next_item, 0, sizeof(int)));
+  const ForwardItems items{int(tiles_host.size()) * p.Hq, next_item};
+  int ctas = 0;
+  CHECK_CUDA(persistent_ctas(kernel, C::kThreads, C::kSmemBytes, items.count, &ctas));
   const float scale = 1.0f / std::sqrt(float(kHeadDim));
   auto launch = [&](CtaSpan* spans = nullptr) {
-    kernel<<<grid, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, tiles, o,
+    kernel<<<ctas, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, tiles, items, o,
                                                  int64_t(p.Hq) * kHeadDim, lse, p.T, p.Hq, p.Hk, scale, spans);
   };
   launch();  // warm-up, and the result checked
@@ -63,9 +68,16 @@ DeviceRun run(const Problem& p, int repeats) {
   CHECK_CUDA(cudaMemcpy(out.lse.data(), lse, out.lse.size() * 4, cudaMemcpyDeviceToHost));
   if (repeats > 0) {
     out.ms = time_ms([&] { launch(); }, repeats);
-    out.spans = record_spans(launch, size_t(grid.x) * grid.y);
+    out.spans = record_spans(launch, size_t(items.count));
   }
-  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse, (void*)tiles}) CHECK_CUDA(cudaFree(ptr));
+  int left = -1;  // the kernel leaves its counter zero for the next launch
+  CHECK_CUDA(cudaMemcpy(&left, next_item, sizeof(int), cudaMemcpyDeviceToHost));
+  if (left != 0) {
+    std::fprintf(stderr, "the forward left its item counter at %d, not 0\n", left);
+    std::exit(1);
+  }
+  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)lse, (void*)tiles, (void*)next_item})
+    CHECK_CUDA(cudaFree(ptr));
   if (p.lag) {
     CHECK_CUDA(cudaFree(ck));
     CHECK_CUDA(cudaFree(cv));

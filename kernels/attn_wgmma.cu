@@ -43,6 +43,7 @@ struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
   Tensor query_tiles, units, padded_source, compacted_source;  // i32 on the device
+  Tensor next_item;  // the persistent forward's item counter (ForwardItems): zero between launches
 };
 
 Lrsa lrsa_of(const attn::AttentionConfig& config) {
@@ -86,6 +87,7 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
                                          {int64_t(sources.size())}, DType::I32, device);
   if (source.empty()) source.push_back(0);  // a placeholder: no compacted rows
   plan.compacted_source = Tensor::from_ints(source, {int64_t(source.size())}, DType::I32, device);
+  plan.next_item = Tensor::from_ints({0}, {1}, DType::I32, device);
   return plan;
 }
 
@@ -277,10 +279,13 @@ void forward_at(const char* op, const attn::AttentionConfig& config, const Tenso
   const CUtensorMap cv_map = lrsa ? map_of(op, "compacted v", compacted.cv, rows, wgmma::fwd::kBlockN) : v_map;
   LRSA_CUDA_CHECK(
       cudaFuncSetAttribute(Variant::kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
-  const dim3 grid(unsigned(plan.n_query_tiles), unsigned(Hq));
-  Variant::kernel<<<grid, Config::kThreads, Config::kSmemBytes, current_stream()>>>(
+  const wgmma::fwd::ForwardItems items{int(plan.n_query_tiles * Hq), plan.next_item.data_as<int32_t>()};
+  int ctas = 0;
+  LRSA_CUDA_CHECK(
+      wgmma::fwd::persistent_ctas(Variant::kernel, Config::kThreads, Config::kSmemBytes, items.count, &ctas));
+  Variant::kernel<<<ctas, Config::kThreads, Config::kSmemBytes, current_stream()>>>(
       q_map, k_map, v_map, ck_map, cv_map, lrsa_of(config),
-      reinterpret_cast<const wgmma::fwd::QueryTile*>(plan.query_tiles.data_as<int32_t>()),
+      reinterpret_cast<const wgmma::fwd::QueryTile*>(plan.query_tiles.data_as<int32_t>()), items,
       static_cast<bf16_t*>(result.out.data()), result.out.stride(0), result.lse.data_as<float>(), int(T), int(Hq),
       int(Hk), 1.0f / std::sqrt(float(kHeadDim)), nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): forward");
