@@ -2,8 +2,7 @@
 // head, shared by the native backward (attn_flash_backward.cu) and the Hopper one (attn_wgmma.cu,
 // dev/wgmma_attn_bwd.cu). Needs only the CUDA headers, so the dev harnesses build it with nvcc alone.
 // For the Hopper backward the same pass also writes the tile-padded lse and zeroes the fp32 sums the
-// backward adds into: all memory-bound, so one launch instead of a memset and two kernels (as
-// cuDNN's dot_do_o kernel also zeroes its dQ accumulator).
+// backward adds into: all memory-bound, so one launch instead of a memset and two kernels.
 #pragma once
 #include <cuda_bf16.h>
 
