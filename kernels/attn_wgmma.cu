@@ -43,7 +43,9 @@ struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
   Tensor query_tiles, units, padded_source, compacted_source;  // i32 on the device
-  Tensor next_item;  // the persistent forward's item counter (ForwardItems): zero between launches
+  // The persistent forward's item counter (ForwardItems), zero between launches: so one forward
+  // launch at a time per plan, as on the one stream that runs a model's layers.
+  Tensor next_item;
 };
 
 Lrsa lrsa_of(const attn::AttentionConfig& config) {
