@@ -47,11 +47,8 @@ if [ ! -f .stage/lib/cmake/Catch2/Catch2Config.cmake ]; then
   exit 2
 fi
 
-configure_and_build() {
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.stage" \
-    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCUDNN_FRONTEND_INCLUDE_DIR="$PWD/.stage/cudnn_frontend/include" &&
-    cmake --build "$build" -j "$(nproc)"
-}
+source scripts/gpu/cmake_build.sh
+configure_and_build() { cmake_build . "$build" "$arch"; }
 
 run_tests() {
   # Test files run in parallel; OpenMP threads are split between them.
@@ -60,7 +57,7 @@ run_tests() {
 }
 
 export build arch ctest_jobs
-export -f configure_and_build run_tests
+export -f cmake_build configure_and_build run_tests
 
 for p in "${phases[@]}"; do
   case $p in
