@@ -50,6 +50,17 @@ float time_ms(Launch&& launch, int repeats) {
   return ms / float(repeats);
 }
 
+// The grid of a persistent kernel (the forward): as many CTAs as the device holds at once, at most
+// `items` (kernels/cuda_common.cuh's resident_grid, which the launchers use, needs the runtime library).
+template <typename Kernel>
+int resident_ctas(Kernel kernel, int threads, int smem_bytes, int items) {
+  int device = 0, sms = 0, per_sm = 0;
+  CHECK_CUDA(cudaGetDevice(&device));
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
+  return std::min(items, std::max(per_sm, 1) * sms);
+}
+
 // The spans of one more launch(spans) over `items` work items: a CTA each (the backward), or the
 // items a persistent CTA takes in turn (the forward).
 template <typename Launch>

@@ -51,8 +51,7 @@ DeviceRun run(const Problem& p, int repeats) {
   CHECK_CUDA(cudaMalloc(&next_item, sizeof(int)));
   CHECK_CUDA(cudaMemset(next_item, 0, sizeof(int)));
   const ForwardItems items{int(tiles_host.size()) * p.Hq, next_item};
-  int ctas = 0;
-  CHECK_CUDA(persistent_ctas(kernel, C::kThreads, C::kSmemBytes, items.count, &ctas));
+  const int ctas = resident_ctas(kernel, C::kThreads, C::kSmemBytes, items.count);
   const float scale = 1.0f / std::sqrt(float(kHeadDim));
   auto launch = [&](CtaSpan* spans = nullptr) {
     kernel<<<ctas, C::kThreads, C::kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, lrsa, tiles, items, o,

@@ -282,9 +282,7 @@ void forward_at(const char* op, const attn::AttentionConfig& config, const Tenso
   LRSA_CUDA_CHECK(
       cudaFuncSetAttribute(Variant::kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
   const wgmma::fwd::ForwardItems items{int(plan.n_query_tiles * Hq), plan.next_item.data_as<int32_t>()};
-  int ctas = 0;
-  LRSA_CUDA_CHECK(
-      wgmma::fwd::persistent_ctas(Variant::kernel, Config::kThreads, Config::kSmemBytes, items.count, &ctas));
+  const unsigned ctas = resident_grid(Variant::kernel, Config::kThreads, Config::kSmemBytes, items.count);
   Variant::kernel<<<ctas, Config::kThreads, Config::kSmemBytes, current_stream()>>>(
       q_map, k_map, v_map, ck_map, cv_map, lrsa_of(config),
       reinterpret_cast<const wgmma::fwd::QueryTile*>(plan.query_tiles.data_as<int32_t>()), items,

@@ -138,7 +138,8 @@ struct QueryTile {
 // q: [T, Hq, D], k, v: [T, Hk, D], o: [T, Hq, D] bf16, D = kHeadDim (the inputs through their
 // tensor maps); lse: [Hq, T] f32 (natural log). Persistent: each CTA takes work items (query tile,
 // head) until none are left, item w being tile w / Hq of `tiles` (the longest first) and head w % Hq.
-// Its first item is its blockIdx.x, the next ones come from *next_item (ForwardItems). The producer
+// Its first item is its blockIdx.x, the next ones come from *next_item (ForwardItems); the grid is
+// as many CTAs as the device holds at once, at most one per item. The producer
 // fetches them and hands them to the consumers through a two-slot ring; the K/V ring runs on across
 // items, and the next item's Q loads as soon as every consumer's last Q K^T has completed, so that a
 // CTA's start (Q and the first K/V tile in flight) and its finish (the last P V, the stores) overlap
@@ -463,17 +464,6 @@ __global__ void __launch_bounds__(Config<kHeadDim, kConsumers, kOverlap, kPingPo
     }
   }
   if (warpgroup == 0) my_turn();  // takes the last warpgroup's final turn signal: every barrier ends balanced
-}
-
-// The persistent forward's grid: as many CTAs as the device holds at once, at most one per item.
-template <typename Kernel>
-cudaError_t persistent_ctas(Kernel kernel, int threads, int smem_bytes, int items, int* ctas) {
-  int device = 0, sms = 0, per_sm = 0;
-  cudaError_t error = cudaGetDevice(&device);
-  if (error == cudaSuccess) error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (error == cudaSuccess) error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes);
-  *ctas = std::min(items, std::max(per_sm, 1) * sms);
-  return error;
 }
 
 // The query tiles of rows_per_tile rows (64 per consumer warpgroup) over the documents
