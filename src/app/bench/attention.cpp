@@ -279,13 +279,13 @@ class Bench {
     Times times;  // the median over rounds of each pass
   };
 
-  static Times median_times(std::vector<Times> rounds) {
-    auto median = [&](double Times::*pass) {
-      std::sort(rounds.begin(), rounds.end(), [&](const Times& a, const Times& b) { return a.*pass < b.*pass; });
-      const size_t n = rounds.size();
-      return n % 2 ? rounds[n / 2].*pass : 0.5 * (rounds[n / 2 - 1].*pass + rounds[n / 2].*pass);
+  static Times median_times(const std::vector<Times>& rounds) {
+    auto median_of = [&](double Times::*pass) {
+      std::vector<double> values;
+      for (const Times& t : rounds) values.push_back(t.*pass);
+      return median(std::move(values));
     };
-    return {median(&Times::fwd), median(&Times::bwd), median(&Times::both)};
+    return {median_of(&Times::fwd), median_of(&Times::bwd), median_of(&Times::both)};
   }
 
   attn::AttentionConfig config(attn::AttentionConfig c) const {

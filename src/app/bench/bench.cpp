@@ -30,6 +30,12 @@ bool require_gpu(const std::string& what) {
   return false;
 }
 
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
 #ifdef LRSA_WITH_CUDA
 
 namespace {
@@ -86,9 +92,7 @@ double time_ms(const std::function<void()>& fn, int warmup, int repeats) {
   }
   LRSA_CUDA_CHECK(cudaEventDestroy(start));
   LRSA_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  const size_t n = times.size();
-  return n % 2 == 1 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+  return median(std::move(times));
 }
 
 void cublas_gemm(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool trans_b, float beta) {

@@ -37,6 +37,9 @@ void add_common_options(CLI::App* app, CommonOptions& options);
 bool require_gpu(const std::string& what);
 std::string device_name();
 
+// The median of `values` (the mean of the middle two for an even count; not empty).
+double median(std::vector<double> values);
+
 // Median time in milliseconds of fn on the current CUDA stream: `warmup` untimed calls, then
 // `repeats` calls each bracketed by CUDA events, each after a 256 MiB memset that flushes the L2
 // (cold-cache numbers; the memset also hides the host's launch overhead). fn may synchronize
