@@ -21,6 +21,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 baseline=.ab-baseline
+# Waits for the background builds of both sides; exits naming their logs ($1) if one failed.
+builds_done() {
+  local failed=0 job
+  for job in $(jobs -p); do wait "$job" || failed=1; done
+  if [ $failed -ne 0 ]; then
+    echo "dev/ab.sh: a build failed (see $1)" >&2
+    exit 1
+  fi
+}
+# The tree's commit, noting changes under the given paths: the tree is what was copied here, which
+# may differ from the commit its .git names.
+tree_name() {
+  local name
+  name=$(git rev-parse --short HEAD 2>/dev/null) || name="(no git here)"
+  git diff --quiet HEAD -- "$@" 2>/dev/null || name="$name + changes in $*"
+  echo "$name"
+}
 usage() {
   echo "usage: bash dev/ab.sh save <commit> | run <name> [rounds] [flag] | bench <pairs> <lrsa-bench attention args>..." >&2
   exit 2
@@ -45,16 +62,9 @@ case "${1:-}" in
     source dev/build_harness.sh
     build_harness "$baseline" "$name" "build-gpu/ab-$name-baseline" "$out/ab-$name-baseline.build.log" &
     build_harness . "$name" "build-gpu/ab-$name-tree" "$out/ab-$name-tree.build.log" &
+    builds_done "$out/ab-$name-*.build.log"
     status=0
-    for job in $(jobs -p); do wait "$job" || status=1; done
-    if [ $status -ne 0 ]; then
-      echo "dev/ab.sh: a build failed (see $out/ab-$name-*.build.log)" >&2
-      exit 1
-    fi
-    # The tree is what was copied here, which may differ from the commit its .git names.
-    tree=$(git rev-parse --short HEAD 2>/dev/null) || tree="(no git here)"
-    git diff --quiet HEAD -- kernels dev 2>/dev/null || tree="$tree + changes in kernels/ or dev/"
-    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $tree"
+    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(tree_name kernels dev)"
     for round in $(seq "$rounds"); do
       for side in baseline tree; do
         log="$out/ab-$name-$side-$round.log"
@@ -79,13 +89,9 @@ case "${1:-}" in
     source scripts/gpu/cmake_build.sh
     cmake_build "$baseline" build-ab-baseline "${CUDA_ARCH:-90a}" lrsa-bench >"$out/ab-bench-baseline.build.log" 2>&1 &
     cmake_build . build-gpu "${CUDA_ARCH:-90a}" lrsa-bench >"$out/ab-bench-tree.build.log" 2>&1 &
+    builds_done "$out/ab-bench-*.build.log"
     status=0
-    for job in $(jobs -p); do wait "$job" || status=1; done
-    if [ $status -ne 0 ]; then
-      echo "dev/ab.sh: a build failed (see $out/ab-bench-*.build.log)" >&2
-      exit 1
-    fi
-    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(git rev-parse --short HEAD 2>/dev/null || echo "(no git here)")"
+    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(tree_name .)"
     for pair in $(seq "$pairs"); do
       for side in baseline tree; do
         bin="build-gpu/lrsa-bench"
