@@ -159,8 +159,8 @@ __host__ __device__ inline bool whole_step(int2 whole_steps, int query_begin, in
 // rows from row `begin` of the packed batch (from row `padded_begin` in the lse, D and dQ sums, where
 // every document starts on a tile), its compacted rows `compacted_rows` from row `compacted_begin` of
 // ck/cv. The tiles and masks work in positions within the document. A key tile's query run is split
-// into units of at most unit_query_tiles() query tiles, so that no CTA outlasts the rest (the sinks'
-// compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
+// into units of at most unit_query_tiles() query tiles (work_units), so that no CTA outlasts the rest
+// (the sinks' compacted tile is seen by every query); the units add their dK and dV into fp32 sums.
 struct WorkUnit {
   int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
 };
@@ -636,9 +636,12 @@ inline std::vector<int> padded_sources(const std::vector<int>& padded, int padde
 }
 
 // The CTAs' work over the documents doc_start [B + 1] (compacted rows from compacted_start [B + 1];
-// all zeros for dense attention), the longest first.
-// The units of every document: of unit_query_tiles(length, group) query tiles at most, or of `fixed`
-// (the dev harness's comparisons).
+// all zeros for dense attention), the longest first, units of one length by their first query tile.
+// Each key tile's query run is cut where the query tile is a multiple of the unit, unit_query_tiles(
+// length, group) or `fixed` (the dev harness's comparisons): the units of the many key tiles that see
+// the same query tiles then cover the same ones, and so sorted they run at the same time, their dQ
+// reduce-adds and Q and dO loads meeting in L2 (docs/benchmarks.md, "Session 28": 1-2% less
+// backward time than cutting each run into even pieces, at d128 and in dense attention).
 inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
                                         const Lrsa& lrsa, int group, std::optional<int> fixed = std::nullopt) {
   const std::vector<int> padded_begin = padded_begins(doc_start, lrsa);
@@ -649,16 +652,18 @@ inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const
     const int unit = fixed.value_or(unit_query_tiles(n, group));
     for (int tile = 0; tile < tiles; ++tile) {
       const KeyTile key_tile(lrsa, tile, n);
-      const int pieces = (key_tile.m_tiles + unit - 1) / unit;
-      for (int piece = 0, m = key_tile.m_first; piece < pieces; ++piece) {
-        const int count = (key_tile.m_first + key_tile.m_tiles - m) / (pieces - piece);  // even pieces
-        units.push_back({tile, m, count, doc_start[b], n, padded_begin[b], compacted_start[b], doc_compacted});
-        m += count;
+      const int end = key_tile.m_first + key_tile.m_tiles;
+      for (int m = key_tile.m_first; m < end;) {
+        const int next = std::min(end, (m / unit + 1) * unit);
+        units.push_back({tile, m, next - m, doc_start[b], n, padded_begin[b], compacted_start[b], doc_compacted});
+        m = next;
       }
     }
   }
-  std::stable_sort(units.begin(), units.end(),
-                   [](const WorkUnit& a, const WorkUnit& b) { return a.m_count > b.m_count; });
+  std::stable_sort(units.begin(), units.end(), [](const WorkUnit& a, const WorkUnit& b) {
+    return a.m_count != b.m_count ? a.m_count > b.m_count
+                                   : a.padded_begin + a.m_begin * kBlock < b.padded_begin + b.m_begin * kBlock;
+  });
   return units;
 }
 
