@@ -640,8 +640,8 @@ inline std::vector<int> padded_sources(const std::vector<int>& padded, int padde
 // Each key tile's query run is cut where the query tile is a multiple of the unit, unit_query_tiles(
 // length, group) or `fixed` (the dev harness's comparisons): the units of the many key tiles that see
 // the same query tiles then cover the same ones, and so sorted they run at the same time, their dQ
-// reduce-adds and Q and dO loads meeting in L2 (docs/benchmarks.md, "Session 28": 1-2% less
-// backward time than cutting each run into even pieces, at d128 and in dense attention).
+// reduce-adds and Q and dO loads meeting in L2 (docs/benchmarks.md, "Session 28": at 32K, 40% less
+// DRAM traffic and 1.8% less time in the d128 LRSA backward, 1.7-2.4% less in the dense one).
 inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
                                         const Lrsa& lrsa, int group, std::optional<int> fixed = std::nullopt) {
   const std::vector<int> padded_begin = padded_begins(doc_start, lrsa);

@@ -12,8 +12,8 @@ namespace lrsa::cuda::wgmma::bwd {
 // 12); below, about 96 steps (12 tiles at 14:2, 24 at 32:8; 64K as four documents at 14:2: 4.42 ms
 // against 4.86 with 48); documents of up to 24 tiles keep each key tile's run whole (2K-token
 // documents at 14:2: 0.955 ms against 0.995 with 12). Since the runs are cut at multiples of the
-// unit (work_units), 24 from 32K (session 28, lrsa-bench at 32K: LRSA forward + backward 1% less
-// time than with 48 at d128, 0.5% at d64).
+// unit (work_units), 24 from 32K (session 28, lrsa-bench at 32K, both cut at multiples: LRSA forward
+// + backward 1.1% less time than with 48 at d128, 0.7% at d64).
 constexpr int unit_query_tiles(int tokens, int group) {
   if (tokens >= 32768) return 24;
   const int by_steps = 96 / group >= 48 ? 48 : 96 / group >= 24 ? 24 : 12;
