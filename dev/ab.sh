@@ -21,22 +21,20 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 baseline=.ab-baseline
-# Waits for the background builds of both sides; exits naming their logs ($1) if one failed.
+# Waits for the background builds of both sides, exiting with their logs' names ($1) if one failed;
+# then names both sides: the baseline's commit, and the tree's with a note of changes under the
+# paths after $1 (the tree is what was copied here, which may differ from the commit its .git names).
 builds_done() {
-  local failed=0 job
+  local logs=$1 failed=0 job tree
+  shift
   for job in $(jobs -p); do wait "$job" || failed=1; done
   if [ $failed -ne 0 ]; then
-    echo "dev/ab.sh: a build failed (see $1)" >&2
+    echo "dev/ab.sh: a build failed (see $logs)" >&2
     exit 1
   fi
-}
-# The tree's commit, noting changes under the given paths: the tree is what was copied here, which
-# may differ from the commit its .git names.
-tree_name() {
-  local name
-  name=$(git rev-parse --short HEAD 2>/dev/null) || name="(no git here)"
-  git diff --quiet HEAD -- "$@" 2>/dev/null || name="$name + changes in $*"
-  echo "$name"
+  tree=$(git rev-parse --short HEAD 2>/dev/null) || tree="(no git here)"
+  git diff --quiet HEAD -- "$@" 2>/dev/null || tree="$tree + changes in $*"
+  echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $tree"
 }
 usage() {
   echo "usage: bash dev/ab.sh save <commit> | run <name> [rounds] [flag] | bench <pairs> <lrsa-bench attention args>..." >&2
@@ -62,9 +60,8 @@ case "${1:-}" in
     source dev/build_harness.sh
     build_harness "$baseline" "$name" "build-gpu/ab-$name-baseline" "$out/ab-$name-baseline.build.log" &
     build_harness . "$name" "build-gpu/ab-$name-tree" "$out/ab-$name-tree.build.log" &
-    builds_done "$out/ab-$name-*.build.log"
+    builds_done "$out/ab-$name-*.build.log" kernels dev
     status=0
-    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(tree_name kernels dev)"
     for round in $(seq "$rounds"); do
       for side in baseline tree; do
         log="$out/ab-$name-$side-$round.log"
@@ -89,9 +86,8 @@ case "${1:-}" in
     source scripts/gpu/cmake_build.sh
     cmake_build "$baseline" build-ab-baseline "${CUDA_ARCH:-90a}" lrsa-bench >"$out/ab-bench-baseline.build.log" 2>&1 &
     cmake_build . build-gpu "${CUDA_ARCH:-90a}" lrsa-bench >"$out/ab-bench-tree.build.log" 2>&1 &
-    builds_done "$out/ab-bench-*.build.log"
+    builds_done "$out/ab-bench-*.build.log" .
     status=0
-    echo "dev/ab.sh: baseline $(cat "$baseline/COMMIT"), tree $(tree_name .)"
     for pair in $(seq "$pairs"); do
       for side in baseline tree; do
         bin="build-gpu/lrsa-bench"
