@@ -177,18 +177,13 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaMalloc(&dq, p.q.size() * 2));
   CHECK_CUDA(cudaMalloc(&dk, p.k.size() * 2));
   CHECK_CUDA(cudaMalloc(&dv, p.k.size() * 2));
-  // As attn_wgmma.cu's backward_at: lse (log2 units) and D [Hq, padded_rows], the fp32 sums of dQ
-  // [Hq, padded_rows, kHeadDim], of the raw [T, Hk, kHeadDim] and compacted [max(rows, 1), Hk,
-  // kHeadDim] rows' dK / dV in one buffer, which the D pass fills and zeroes.
-  const size_t stats = size_t(Hq) * padded_rows, raw = p.k.size();
-  const size_t compacted_size = size_t(std::max(compacted_rows, 1)) * Hk * kHeadDim;
-  const size_t sums_size = 2 * stats + stats * kHeadDim + 2 * raw + 2 * compacted_size;
+  // As attn_wgmma.cu's backward_at (BackwardSums), which the D pass fills and zeroes.
+  const BackwardSums layout(Hq, padded_rows, T, Hk, compacted_rows, kHeadDim);
   float* sums;
-  CHECK_CUDA(cudaMalloc(&sums, sums_size * 4));
-  float *lse = sums, *d_sum = lse + stats, *dq_accum = d_sum + stats, *dk_raw = dq_accum + stats * kHeadDim;
-  float *dv_raw = dk_raw + raw, *dkc = dv_raw + raw, *dvc = dkc + compacted_size;
-  const lrsa::cuda::DeltaExtras extras{saved_lse, lrsa::cuda::wgmma::kLog2e, lse,
-                                       reinterpret_cast<float4*>(dq_accum), int64_t(sums_size - 2 * stats) / 4};
+  CHECK_CUDA(cudaMalloc(&sums, size_t(layout.floats()) * 4));
+  const BackwardSums::Parts part = layout.parts(sums);
+  const lrsa::cuda::DeltaExtras extras{saved_lse, lrsa::cuda::wgmma::kLog2e, part.lse,
+                                       reinterpret_cast<float4*>(sums + layout.zeroed_from()), layout.zeroed() / 4};
   constexpr int kStepRows = Shape<kHeadDim>::kStepRows;
   const CUtensorMap q_map = tensor_map(q, T, Hq, kStepRows, kHeadDim);
   const CUtensorMap do_map = tensor_map(d_o, T, Hq, kStepRows, kHeadDim);
@@ -206,17 +201,18 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   WorkUnit* units = upload(units_host);
   const dim3 grid(unsigned(units_host.size()), Hk);
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
-    kernel<<<grid, kThreads<kDq>, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units, lse, d_sum,
-                                                padded_rows, dq_accum, dk_raw, dv_raw, dkc, dvc, Hq, Hk, scale, spans);
+    kernel<<<grid, kThreads<kDq>, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units, part.lse,
+                                                part.d, padded_rows, part.dq, part.dk, part.dv, part.dkc, part.dvc, Hq,
+                                                Hk, scale, spans);
   };
   auto backward = [&] {
     const int64_t q_stride = int64_t(Hq) * kHeadDim, k_stride = int64_t(Hk) * kHeadDim;
     lrsa::cuda::delta_kernel<<<lrsa::cuda::delta_blocks<__nv_bfloat16>(padded_rows, Hq, kHeadDim), 256>>>(
-        o, q_stride, d_o, q_stride, padded_source, T, Hq, kHeadDim, padded_rows, true, d_sum, extras);
+        o, q_stride, d_o, q_stride, padded_source, T, Hq, kHeadDim, padded_rows, true, part.d, extras);
     backward_kernel();
-    round_dq_kernel<kHeadDim><<<dim3(128, Hq), 256>>>(dq_accum, padded_source, scale, dq, q_stride, padded_rows);
-    finalize_kv_kernel<kHeadDim><<<dim3(512, Hk), 256>>>(dk_raw, dv_raw, dkc, dvc, compacted_row, dk, k_stride, dv,
-                                                         k_stride, T, Hk);
+    round_dq_kernel<kHeadDim><<<dim3(128, Hq), 256>>>(part.dq, padded_source, scale, dq, q_stride, padded_rows);
+    finalize_kv_kernel<kHeadDim><<<dim3(512, Hk), 256>>>(part.dk, part.dv, part.dkc, part.dvc, compacted_row, dk,
+                                                         k_stride, dv, k_stride, T, Hk);
   };
   backward();
   CHECK_CUDA(cudaGetLastError());

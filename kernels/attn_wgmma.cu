@@ -315,27 +315,19 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
     LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): compacted rows' positions");
   }
 
-  // lse (in log2 units) and D = rowsum(dO O) [Hq, padded], tile-padded per document; fp32 sums of dQ
-  // [Hq, padded, D], of the raw [T, Hk, D] and compacted [rows, Hk, D] rows' dK / dV: one buffer
-  // (every part a multiple of 16 bytes long, so each starts 16-byte aligned). The D pass writes lse
-  // and D at every padded row (0 at the pads, which the backward streams too) and zeroes the sums.
+  // lse, D and the sums, tile-padded per document (BackwardSums): the D pass writes lse and D at every
+  // padded row (0 at the pads, which the backward streams too) and zeroes the sums.
   const int padded = plan.padded_rows;
-  const int64_t stats = Hq * padded, raw = T * Hk * kHeadDim;
-  const int64_t compacted_sums = int64_t(std::max(rows, 1)) * Hk * kHeadDim;
-  const Tensor sums = Tensor::empty({2 * stats + stats * kHeadDim + 2 * raw + 2 * compacted_sums}, DType::F32, device);
-  float* const lse = sums.data_as<float>();
-  float* const d_sum = lse + stats;
-  float* const dq_sums = d_sum + stats;
-  float* const dk_sums = dq_sums + stats * kHeadDim;
-  float* const dv_sums = dk_sums + raw;
-  float* const dkc_sums = dv_sums + raw;
-  float* const dvc_sums = dkc_sums + compacted_sums;
-  const DeltaExtras extras{saved.lse.data_as<float>(), wgmma::kLog2e, lse, reinterpret_cast<float4*>(dq_sums),
-                           (sums.numel() - 2 * stats) / 4};  // dq_sums to the end
+  const wgmma::bwd::BackwardSums sums_layout(Hq, padded, T, Hk, rows, kHeadDim);
+  const Tensor sums = Tensor::empty({sums_layout.floats()}, DType::F32, device);
+  const wgmma::bwd::BackwardSums::Parts part = sums_layout.parts(sums.data_as<float>());
+  const DeltaExtras extras{saved.lse.data_as<float>(), wgmma::kLog2e, part.lse,
+                           reinterpret_cast<float4*>(sums.data_as<float>() + sums_layout.zeroed_from()),
+                           sums_layout.zeroed() / 4};
   // check_rows above: both 16-byte aligned, so 16-byte loads
   delta_kernel<<<delta_blocks<bf16_t>(padded, int(Hq), kHeadDim), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), plan.padded_source.data_as<int32_t>(), int(T), int(Hq), kHeadDim, padded, true, d_sum, extras);
+      dout.stride(0), plan.padded_source.data_as<int32_t>(), int(T), int(Hq), kHeadDim, padded, true, part.d, extras);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): lse, D and the zeroed sums");
 
   using wgmma::bwd::kBlock;
@@ -353,8 +345,8 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
   const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
   kernel<<<grid, wgmma::bwd::kThreads<kDq>, kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
-      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), lse, d_sum, padded, dq_sums,
-      dk_sums, dv_sums, dkc_sums, dvc_sums, int(Hq), int(Hk), scale, nullptr);
+      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), part.lse, part.d, padded, part.dq,
+      part.dk, part.dv, part.dkc, part.dvc, int(Hq), int(Hk), scale, nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
   // A thread per 8 columns of a row (dQ: of two padded rows), the heads along y; about one wave of
@@ -363,10 +355,10 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
     return dim3(unsigned((grid_size(rows * 8 * heads, 256) + heads - 1) / heads), unsigned(heads));
   };
   wgmma::bwd::round_dq_kernel<kHeadDim><<<rows_grid(padded / 2, Hq), 256, 0, stream>>>(
-      dq_sums, plan.padded_source.data_as<int32_t>(), scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), padded);
+      part.dq, plan.padded_source.data_as<int32_t>(), scale, static_cast<bf16_t*>(dq.data()), dq.stride(0), padded);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dQ");
   wgmma::bwd::finalize_kv_kernel<kHeadDim><<<rows_grid(T, Hk), 256, 0, stream>>>(
-      dk_sums, dv_sums, dkc_sums, dvc_sums, compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()),
+      part.dk, part.dv, part.dkc, part.dvc, compacted_row.data_as<int32_t>(), static_cast<bf16_t*>(dk.data()),
       dk.stride(0), static_cast<bf16_t*>(dv.data()), dv.stride(0), int(T), int(Hk));
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): dK, dV");
 }

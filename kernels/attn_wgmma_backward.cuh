@@ -667,4 +667,30 @@ inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const
   return units;
 }
 
+// The backward's fp32 workspace, one buffer of floats() (the launcher's and the dev harness's): lse
+// (log2 units) and D [Hq, padded_rows]; dQ's sums [Hq, padded_rows, kHeadDim]; the raw [T, Hk,
+// kHeadDim] and compacted [max(rows, 1), Hk, kHeadDim] rows' dK and dV sums. Every part is a
+// multiple of 16 bytes long, so each starts 16-byte aligned. The D pass writes lse and D and zeroes
+// the rest (zeroed() floats from zeroed_from()).
+struct BackwardSums {
+  int64_t stats, dq, raw, compacted;
+  BackwardSums(int64_t Hq, int64_t padded_rows, int64_t T, int64_t Hk, int64_t compacted_rows, int64_t head_dim)
+      : stats(Hq * padded_rows),
+        dq(stats * head_dim),
+        raw(T * Hk * head_dim),
+        compacted(std::max<int64_t>(compacted_rows, 1) * Hk * head_dim) {}
+  int64_t floats() const { return 2 * stats + dq + 2 * raw + 2 * compacted; }
+  int64_t zeroed_from() const { return 2 * stats; }
+  int64_t zeroed() const { return floats() - zeroed_from(); }
+  struct Parts {
+    float *lse, *d, *dq, *dk, *dv, *dkc, *dvc;
+  };
+  Parts parts(float* base) const {
+    Parts p;
+    p.lse = base, p.d = p.lse + stats, p.dq = p.d + stats, p.dk = p.dq + dq, p.dv = p.dk + raw;
+    p.dkc = p.dv + raw, p.dvc = p.dkc + compacted;
+    return p;
+  }
+};
+
 }  // namespace lrsa::cuda::wgmma::bwd
