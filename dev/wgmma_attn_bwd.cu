@@ -182,8 +182,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   float* sums;
   CHECK_CUDA(cudaMalloc(&sums, size_t(layout.floats()) * 4));
   const BackwardSums::Parts part = layout.parts(sums);
-  const lrsa::cuda::DeltaExtras extras{saved_lse, lrsa::cuda::wgmma::kLog2e, part.lse,
-                                       reinterpret_cast<float4*>(sums + layout.zeroed_from()), layout.zeroed() / 4};
+  const lrsa::cuda::DeltaExtras extras = layout.delta_extras(sums, saved_lse);
   constexpr int kStepRows = Shape<kHeadDim>::kStepRows;
   const CUtensorMap q_map = tensor_map(q, T, Hq, kStepRows, kHeadDim);
   const CUtensorMap do_map = tensor_map(d_o, T, Hq, kStepRows, kHeadDim);

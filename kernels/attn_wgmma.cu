@@ -321,13 +321,11 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
   const wgmma::bwd::BackwardSums sums_layout(Hq, padded, T, Hk, rows, kHeadDim);
   const Tensor sums = Tensor::empty({sums_layout.floats()}, DType::F32, device);
   const wgmma::bwd::BackwardSums::Parts part = sums_layout.parts(sums.data_as<float>());
-  const DeltaExtras extras{saved.lse.data_as<float>(), wgmma::kLog2e, part.lse,
-                           reinterpret_cast<float4*>(sums.data_as<float>() + sums_layout.zeroed_from()),
-                           sums_layout.zeroed() / 4};
   // check_rows above: both 16-byte aligned, so 16-byte loads
   delta_kernel<<<delta_blocks<bf16_t>(padded, int(Hq), kHeadDim), 256, 0, stream>>>(
       static_cast<const bf16_t*>(saved.out.data()), saved.out.stride(0), static_cast<const bf16_t*>(dout.data()),
-      dout.stride(0), plan.padded_source.data_as<int32_t>(), int(T), int(Hq), kHeadDim, padded, true, part.d, extras);
+      dout.stride(0), plan.padded_source.data_as<int32_t>(), int(T), int(Hq), kHeadDim, padded, true, part.d,
+      sums_layout.delta_extras(sums.data_as<float>(), saved.lse.data_as<float>()));
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): lse, D and the zeroed sums");
 
   using wgmma::bwd::kBlock;

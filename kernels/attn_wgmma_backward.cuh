@@ -671,7 +671,7 @@ inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const
 // (log2 units) and D [Hq, padded_rows]; dQ's sums [Hq, padded_rows, kHeadDim]; the raw [T, Hk,
 // kHeadDim] and compacted [max(rows, 1), Hk, kHeadDim] rows' dK and dV sums. Every part is a
 // multiple of 16 bytes long, so each starts 16-byte aligned. The D pass writes lse and D and zeroes
-// the rest (zeroed() floats from zeroed_from()).
+// the rest (zeroed() floats from zeroed_from(); delta_extras).
 struct BackwardSums {
   int64_t stats, dq, raw, compacted;
   BackwardSums(int64_t Hq, int64_t padded_rows, int64_t T, int64_t Hk, int64_t compacted_rows, int64_t head_dim)
@@ -690,6 +690,11 @@ struct BackwardSums {
     p.lse = base, p.d = p.lse + stats, p.dq = p.d + stats, p.dk = p.dq + dq, p.dv = p.dk + raw;
     p.dkc = p.dv + raw, p.dvc = p.dkc + compacted;
     return p;
+  }
+  // What the D pass writes besides D: the forward's lse [Hq, T] in log2 units at every padded row,
+  // and the zeroed sums.
+  DeltaExtras delta_extras(float* base, const float* saved_lse) const {
+    return {saved_lse, kLog2e, parts(base).lse, reinterpret_cast<float4*>(base + zeroed_from()), zeroed() / 4};
   }
 };
 
