@@ -8,6 +8,7 @@
 // adding dQ.
 //
 //   build-gpu/dev-wgmma_attn_bwd [--check | --d128 | --units | --lrsa]   (or: bash dev/run.sh wgmma_attn_bwd)
+#include <climits>
 #include <future>
 
 #include "../kernels/attn_wgmma_backward.cuh"
@@ -112,13 +113,55 @@ bool padding_check(const Problem& p) {
   return ok;
 }
 
+// The units' order on `sms` SMs: a tail of the shortest units, at least two waves of CTAs (or every
+// unit) and no more lengths than that takes, the longest first; before it, the units block by block
+// (a document's query tiles over its unit length), the longest first within a block. The CTAs take
+// each unit once per KV head: head by head before the tail, every head in turn through it.
+bool order_check(const Problem& p, const WorkUnits& plan, std::optional<int> unit_query_tiles, int sms) {
+  const std::vector<WorkUnit>& units = plan.units;
+  const int n = int(units.size()), group = p.Hq / p.Hk;
+  auto block = [&](const WorkUnit& u) {
+    return std::pair{u.padded_begin,
+                     u.m_begin / unit_query_tiles.value_or(lrsa::cuda::wgmma::bwd::unit_query_tiles(u.length, group))};
+  };
+  // The last two waves' units (or all) are the tail's shortest: the tail is every unit no longer than
+  // the first of them.
+  const int tail_units = std::min(n, (2 * sms + p.Hk - 1) / p.Hk);
+  const int longest = tail_units ? units[size_t(n - tail_units)].m_count : 0;
+  int tail = n;
+  while (tail > 0 && units[size_t(tail - 1)].m_count <= longest) --tail;
+  bool ok = plan.order.head_major == tail;
+  for (int i = 0; i < n; ++i)
+    ok = ok && (i < tail ? units[size_t(i)].m_count > longest : i == tail || units[i].m_count <= units[i - 1].m_count);
+  for (int i = 1; i < tail; ++i)
+    ok = ok && (block(units[i - 1]) < block(units[i]) ||
+                (block(units[i - 1]) == block(units[i]) && units[i - 1].m_count >= units[i].m_count));
+  std::vector<int> taken(size_t(n) * p.Hk, 0);
+  for (int cta = 0; cta < n * p.Hk; ++cta) {
+    const int2 at = plan.order.unit_and_head(cta, p.Hk);
+    const int2 expected = cta < tail * p.Hk ? int2{cta % tail, cta / tail}
+                                            : int2{tail + (cta - tail * p.Hk) / p.Hk, (cta - tail * p.Hk) % p.Hk};
+    ok = ok && at.x == expected.x && at.y == expected.y && ++taken[size_t(at.x) * p.Hk + at.y] == 1;
+  }
+  if (!ok)
+    std::printf("backward plan of T=%d (%d docs) on %d SMs: %d units, a tail of %d: not in block, tail or head order\n",
+                p.T, p.documents(), sms, n, n - tail);
+  return ok;
+}
+
 // The plan on the CPU: the work units' steps (of step_rows queries), through the kernel's masks (none
 // on whole steps), let every query see each of its keys once (PairCounts), and a tile's rows outside
-// its document (before it: the tile grid's shift) or its compacted rows reach no query and see no key.
+// its document (before it: the tile grid's shift) or its compacted rows reach no query and see no key;
+// and the units run in order_check's order, on an H200's 132 SMs and on 4.
 bool plan_check(const Problem& p, std::optional<int> unit_query_tiles) {
   const Lrsa lrsa = p.lrsa();
   const int rows_per_step = step_rows(p);
-  const std::vector<WorkUnit> units = work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, unit_query_tiles);
+  for (int sms : {4, 132})
+    if (!order_check(p, work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, p.Hk, sms, unit_query_tiles),
+                     unit_query_tiles, sms))
+      return false;
+  const std::vector<WorkUnit> units =
+      work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, p.Hk, 132, unit_query_tiles).units;
   for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
     PairCounts counts(p, kv_head);
     for (const WorkUnit& unit : units) {
@@ -195,14 +238,19 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const float scale = 1.0f / std::sqrt(float(kHeadDim));
   const Lrsa lrsa = p.lrsa();
-  const std::vector<WorkUnit> units_host =
-      work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, unit_query_tiles);
-  WorkUnit* units = upload(units_host);
-  const dim3 grid(unsigned(units_host.size()), Hk);
+  int device = 0, sms = 0;
+  CHECK_CUDA(cudaGetDevice(&device));
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // Checked (untimed) runs plan for 4 SMs: on 132, a small problem's units would all be the tail's, and
+  // the CTAs before the tail would go unchecked.
+  const WorkUnits plan =
+      work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, Hk, repeats > 0 ? sms : 4, unit_query_tiles);
+  WorkUnit* units = upload(plan.units);
+  const unsigned grid = unsigned(plan.units.size()) * Hk;  // a CTA per unit and KV head
   auto backward_kernel = [&](CtaSpan* spans = nullptr) {
-    kernel<<<grid, kThreads<kDq>, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units, part.lse,
-                                                part.d, padded_rows, part.dq, part.dk, part.dv, part.dkc, part.dvc, Hq,
-                                                Hk, scale, spans);
+    kernel<<<grid, kThreads<kDq>, kSmemBytes>>>(q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa, units, plan.order,
+                                                part.lse, part.d, padded_rows, part.dq, part.dk, part.dv, part.dkc,
+                                                part.dvc, Hq, Hk, scale, spans);
   };
   auto backward = [&] {
     const int64_t q_stride = int64_t(Hq) * kHeadDim, k_stride = int64_t(Hk) * kHeadDim;
@@ -226,7 +274,7 @@ BackwardRun run_backward(const Problem& p, const Reference& fwd, const std::vect
   if (repeats > 0) {
     out.ms = time_ms(backward, repeats);
     out.kernel_ms = time_ms([&] { backward_kernel(); }, repeats);
-    out.spans = record_spans(backward_kernel, size_t(grid.x) * grid.y);
+    out.spans = record_spans(backward_kernel, grid);
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)o, (void*)d_o, (void*)dq, (void*)dk, (void*)dv,
                     (void*)sums, (void*)saved_lse, (void*)compacted_row, (void*)padded_source, (void*)units})

@@ -42,6 +42,7 @@ int forward_block_rows(int64_t head_dim) {
 struct Plan {
   std::vector<int> doc_start, compacted_start;  // [B + 1]
   int padded_rows = 0, n_query_tiles = 0, n_units = 0;
+  wgmma::bwd::UnitOrder unit_order{};
   Tensor query_tiles, units, padded_source, compacted_source;  // i32 on the device
   // The persistent forward's item counter (ForwardItems), zero between launches: so one forward
   // launch at a time per plan, as on the one stream that runs a model's layers.
@@ -79,11 +80,13 @@ Plan build_plan(const attn::AttentionConfig& config, const attn::SeqLayout& layo
   const std::vector<int> rows = wgmma::bwd::padded_rows_of(plan.doc_start, intervals);
   const auto tiles =
       wgmma::fwd::query_tiles(plan.doc_start, plan.compacted_start, intervals, forward_block_rows(head_dim));
-  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, int(Hq / Hk));
+  const auto units = wgmma::bwd::work_units(plan.doc_start, plan.compacted_start, intervals, int(Hq / Hk), int(Hk),
+                                            multiprocessor_count());
   plan.n_query_tiles = int(tiles.size());
-  plan.n_units = int(units.size());
+  plan.n_units = int(units.units.size());
+  plan.unit_order = units.order;
   plan.query_tiles = upload_items(tiles, device);
-  plan.units = upload_items(units, device);
+  plan.units = upload_items(units.units, device);
   const std::vector<int> sources = wgmma::bwd::padded_sources(rows, plan.padded_rows);
   plan.padded_source = Tensor::from_ints(std::vector<int64_t>(sources.begin(), sources.end()),
                                          {int64_t(sources.size())}, DType::I32, device);
@@ -340,11 +343,11 @@ void backward_at(const char* op, const attn::AttentionConfig& config, const Tens
   LRSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   // The kernel leaves dQ / scale in the sums; rounding scales it.
   const float scale = 1.0f / std::sqrt(float(kHeadDim));
-  const dim3 grid(unsigned(plan.n_units), unsigned(Hk));
+  const unsigned grid = unsigned(plan.n_units * Hk);  // a CTA per unit and KV head (work_units)
   kernel<<<grid, wgmma::bwd::kThreads<kDq>, kSmemBytes, stream>>>(
       q_map, k_map, v_map, ck_map, cv_map, do_map, lrsa_of(config),
-      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), part.lse, part.d, padded, part.dq,
-      part.dk, part.dv, part.dkc, part.dvc, int(Hq), int(Hk), scale, nullptr);
+      reinterpret_cast<const wgmma::bwd::WorkUnit*>(plan.units.data_as<int32_t>()), plan.unit_order, part.lse, part.d,
+      padded, part.dq, part.dk, part.dv, part.dkc, part.dvc, int(Hq), int(Hk), scale, nullptr);
   LRSA_CUDA_CHECK_LAUNCH("attention (wgmma): backward");
 
   // A thread per 8 columns of a row (dQ: of two padded rows), the heads along y; about one wave of

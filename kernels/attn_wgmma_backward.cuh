@@ -165,6 +165,16 @@ struct WorkUnit {
   int tile, m_begin, m_count, begin, length, padded_begin, compacted_begin, compacted_rows;
 };
 
+// Which unit and KV head CTA `cta` takes (work_units): KV head by KV head through the first `head_major`
+// units, then the tail's units with every KV head in turn.
+struct UnitOrder {
+  int head_major;
+  __host__ __device__ int2 unit_and_head(int cta, int Hk) const {
+    const int tail_cta = cta - head_major * Hk;
+    return tail_cta < 0 ? int2{cta % head_major, cta / head_major} : int2{head_major + tail_cta / Hk, tail_cta % Hk};
+  }
+};
+
 __device__ inline void bulk_reduce_add(float* dst, uint32_t src, uint32_t bytes) {
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
                "r"(bytes)
@@ -194,8 +204,9 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
     attn_bwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                     const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap ck_map,
                     const __grid_constant__ CUtensorMap cv_map, const __grid_constant__ CUtensorMap do_map, Lrsa lrsa,
-                    const WorkUnit* units, const float* lse, const float* d_sum, int padded_rows, float* dq_accum,
-                    float* dk, float* dv, float* dkc, float* dvc, int Hq, int Hk, float scale, CtaSpan* spans) {
+                    const WorkUnit* units, UnitOrder order, const float* lse, const float* d_sum, int padded_rows,
+                    float* dq_accum, float* dk, float* dv, float* dkc, float* dvc, int Hq, int Hk, float scale,
+                    CtaSpan* spans) {
   using S = Shape<kHeadDim>;
   using L = Smem<kHeadDim, kDq>;
   constexpr int kStages = L::kStages, kRows = S::kStepRows;
@@ -208,8 +219,9 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
   const uint32_t dq_staging = base + L::kDqStaging;
   const float* stats = reinterpret_cast<const float*>(
       smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))) + L::kStats);
-  const int kv_head = blockIdx.y, group = Hq / Hk;
-  const WorkUnit unit = units[blockIdx.x];
+  const int2 unit_and_head = order.unit_and_head(blockIdx.x, Hk);
+  const int kv_head = unit_and_head.y, group = Hq / Hk;
+  const WorkUnit unit = units[unit_and_head.x];
   const int T = unit.length;
   const KeyTile tile(lrsa, unit.tile, T);
   const int key_begin = tile.key_begin, m_first = unit.m_begin;
@@ -535,7 +547,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
   if (spans) {
     named_barrier_sync(4, 256);  // every consumer is done (kWriter's producer has returned)
     if (threadIdx.x == 0)
-      spans[blockIdx.y * gridDim.x + blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
+      spans[blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
                                                     masked_steps};
   }
 }
@@ -636,16 +648,24 @@ inline std::vector<int> padded_sources(const std::vector<int>& padded, int padde
 }
 
 // The CTAs' work over the documents doc_start [B + 1] (compacted rows from compacted_start [B + 1];
-// all zeros for dense attention), the longest first, units of one length by their first query tile.
-// Each key tile's query run is cut where the query tile is a multiple of the unit, unit_query_tiles(
-// length, group) or `fixed` (the dev harness's comparisons): the units of the many key tiles that see
-// the same query tiles then cover the same ones, and so sorted they run at the same time, their dQ
-// reduce-adds and Q and dO loads meeting in L2 (docs/benchmarks.md, "Session 28": at 32K, 40% less
-// DRAM traffic and 1.8% less time in the d128 LRSA backward, 1.7-2.4% less in the dense one).
-inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
-                                        const Lrsa& lrsa, int group, std::optional<int> fixed = std::nullopt) {
+// all zeros for dense attention), for `kv_heads` KV heads on `sms` SMs, and the order CTAs take it in.
+// Each key tile's query run is cut where the query tile is a multiple of the unit,
+// unit_query_tiles(length, group) or `fixed` (the dev harness's comparisons): a unit then lies in one
+// block of `unit` query tiles, and the units of the many key tiles that see a block cover the same
+// query tiles. Per KV head they run block by block, the longest first within one, so a block's dQ
+// reduce-adds and Q and dO loads meet in L2 instead of leaving it between sweeps (docs/benchmarks.md,
+// "Session 31"). So that no CTA outlasts the rest, the shortest units, at least two waves of CTAs over
+// the KV heads, run last for every KV head, the longest first.
+struct WorkUnits {
+  std::vector<WorkUnit> units;
+  UnitOrder order;
+};
+inline WorkUnits work_units(const std::vector<int>& doc_start, const std::vector<int>& compacted_start,
+                            const Lrsa& lrsa, int group, int kv_heads, int sms,
+                            std::optional<int> fixed = std::nullopt) {
   const std::vector<int> padded_begin = padded_begins(doc_start, lrsa);
   std::vector<WorkUnit> units;
+  std::vector<int> block;  // of each unit: its first query tile over the unit, within its document
   for (size_t b = 0; b + 1 < doc_start.size(); ++b) {
     const int n = doc_start[b + 1] - doc_start[b], doc_compacted = compacted_start[b + 1] - compacted_start[b];
     const int tiles = lrsa.grid_tiles(n) + (doc_compacted + kBlock - 1) / kBlock;
@@ -656,15 +676,33 @@ inline std::vector<WorkUnit> work_units(const std::vector<int>& doc_start, const
       for (int m = key_tile.m_first; m < end;) {
         const int next = std::min(end, (m / unit + 1) * unit);
         units.push_back({tile, m, next - m, doc_start[b], n, padded_begin[b], compacted_start[b], doc_compacted});
+        block.push_back(m / unit);
         m = next;
       }
     }
   }
-  std::stable_sort(units.begin(), units.end(), [](const WorkUnit& a, const WorkUnit& b) {
-    return a.m_count != b.m_count ? a.m_count > b.m_count
-                                   : a.padded_begin + a.m_begin * kBlock < b.padded_begin + b.m_begin * kBlock;
+  std::vector<int> lengths;
+  for (const WorkUnit& u : units) lengths.push_back(u.m_count);
+  std::sort(lengths.begin(), lengths.end());
+  const size_t tail_units = size_t((2 * sms + kv_heads - 1) / kv_heads);
+  const int tail_length = lengths.empty() ? 0 : lengths[std::min(tail_units, lengths.size()) - 1];
+  std::vector<int> order(units.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+  auto first_row = [&](int i) { return units[i].padded_begin + units[i].m_begin * kBlock; };
+  std::sort(order.begin(), order.end(), [&](int a, int b) {
+    const WorkUnit &x = units[a], &y = units[b];
+    const bool x_tail = x.m_count <= tail_length, y_tail = y.m_count <= tail_length;
+    if (x_tail != y_tail) return y_tail;
+    if (!x_tail && (x.padded_begin != y.padded_begin || block[a] != block[b]))
+      return x.padded_begin != y.padded_begin ? x.padded_begin < y.padded_begin : block[a] < block[b];
+    if (x.m_count != y.m_count) return x.m_count > y.m_count;
+    return first_row(a) != first_row(b) ? first_row(a) < first_row(b) : x.tile < y.tile;
   });
-  return units;
+  WorkUnits out;
+  for (int i : order) out.units.push_back(units[i]);
+  out.order.head_major =
+      int(std::count_if(units.begin(), units.end(), [&](const WorkUnit& u) { return u.m_count > tail_length; }));
+  return out;
 }
 
 // The backward's fp32 workspace, one buffer of floats() (the launcher's and the dev harness's): lse
