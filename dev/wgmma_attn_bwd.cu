@@ -8,7 +8,6 @@
 // adding dQ.
 //
 //   build-gpu/dev-wgmma_attn_bwd [--check | --d128 | --units | --lrsa]   (or: bash dev/run.sh wgmma_attn_bwd)
-#include <climits>
 #include <future>
 
 #include "../kernels/attn_wgmma_backward.cuh"
@@ -156,12 +155,12 @@ bool order_check(const Problem& p, const WorkUnits& plan, std::optional<int> uni
 bool plan_check(const Problem& p, std::optional<int> unit_query_tiles) {
   const Lrsa lrsa = p.lrsa();
   const int rows_per_step = step_rows(p);
-  for (int sms : {4, 132})
-    if (!order_check(p, work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, p.Hk, sms, unit_query_tiles),
-                     unit_query_tiles, sms))
-      return false;
-  const std::vector<WorkUnit> units =
-      work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, p.Hk, 132, unit_query_tiles).units;
+  const auto plan_on = [&](int sms) {
+    return work_units(p.doc_start, p.compacted_start, lrsa, p.Hq / p.Hk, p.Hk, sms, unit_query_tiles);
+  };
+  const WorkUnits plan = plan_on(132);
+  if (!order_check(p, plan_on(4), unit_query_tiles, 4) || !order_check(p, plan, unit_query_tiles, 132)) return false;
+  const std::vector<WorkUnit>& units = plan.units;
   for (int kv_head = 0; kv_head < p.Hk; ++kv_head) {
     PairCounts counts(p, kv_head);
     for (const WorkUnit& unit : units) {

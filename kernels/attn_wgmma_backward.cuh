@@ -547,8 +547,7 @@ __global__ void __launch_bounds__(kThreads<kDq>, 1)
   if (spans) {
     named_barrier_sync(4, 256);  // every consumer is done (kWriter's producer has returned)
     if (threadIdx.x == 0)
-      spans[blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps,
-                                                    masked_steps};
+      spans[blockIdx.x] = {began, first_step, last_step, global_ns(), sm_id(), steps, masked_steps};
   }
 }
 
