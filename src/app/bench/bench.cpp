@@ -21,6 +21,10 @@ namespace lrsa::bench {
 void add_common_options(CLI::App* app, CommonOptions& options) {
   app->add_option("--json", options.json, "write the results as JSON lines to this file");
   app->add_option("--warmup", options.warmup, "untimed runs before timing")->check(CLI::NonNegativeNumber);
+  app->add_option("--warmup-ms", options.warmup_ms,
+                  "untimed runs go on until they took this many milliseconds (the clocks settle under a power cap)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app->add_option("--repeats", options.repeats, "timed runs; the median is reported")->check(CLI::PositiveNumber);
 }
 
@@ -70,26 +74,29 @@ std::string device_name() {
   return prop.name;
 }
 
-double time_ms(const std::function<void()>& fn, int warmup, int repeats) {
+double time_ms(const std::function<void()>& fn, const CommonOptions& timing) {
   cudaStream_t stream = cuda::current_stream();
-  for (int i = 0; i < warmup; ++i) fn();
-  // Written before every sample: evicts fn's data from the L2 (50 MB on H100/H200), and keeps the
+  // Written before every call: evicts fn's data from the L2 (50 MB on H100/H200), and keeps the
   // GPU busy while the host prepares fn's launches, so launch overhead stays outside the timing.
   static Tensor scratch = Tensor::empty({int64_t(256) << 20}, DType::U8, Device::cuda(0));
   cudaEvent_t start = nullptr, stop = nullptr;
   LRSA_CUDA_CHECK(cudaEventCreate(&start));
   LRSA_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    LRSA_CUDA_CHECK(cudaMemsetAsync(scratch.data(), i & 0xff, scratch.nbytes(), stream));
+  int calls = 0;
+  auto call = [&] {
+    LRSA_CUDA_CHECK(cudaMemsetAsync(scratch.data(), calls++ & 0xff, scratch.nbytes(), stream));
     LRSA_CUDA_CHECK(cudaEventRecord(start, stream));
     fn();
     LRSA_CUDA_CHECK(cudaEventRecord(stop, stream));
     LRSA_CUDA_CHECK(cudaEventSynchronize(stop));
     float ms = 0;
     LRSA_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
+    return double(ms);
+  };
+  double warm_ms = 0;
+  for (int i = 0; i < timing.warmup || warm_ms < timing.warmup_ms; ++i) warm_ms += call();
+  std::vector<double> times;
+  for (int i = 0; i < timing.repeats; ++i) times.push_back(call());
   LRSA_CUDA_CHECK(cudaEventDestroy(start));
   LRSA_CUDA_CHECK(cudaEventDestroy(stop));
   return median(std::move(times));
@@ -105,13 +112,13 @@ void cublas_gemm(const Tensor& a, const Tensor& b, Tensor& c, bool trans_a, bool
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-Ceilings measure_ceilings(int warmup, int repeats) {
+Ceilings measure_ceilings(const CommonOptions& timing) {
   const Device gpu = Device::cuda(0);
   Ceilings ceilings;
   {
     const int64_t bytes = int64_t(1) << 30;
     Tensor src = Tensor::zeros({bytes}, DType::U8, gpu), dst = Tensor::empty({bytes}, DType::U8, gpu);
-    const double ms = time_ms([&] { cuda::memcpy_bytes(dst.data(), gpu, src.data(), gpu, size_t(bytes)); }, warmup, repeats);
+    const double ms = time_ms([&] { cuda::memcpy_bytes(dst.data(), gpu, src.data(), gpu, size_t(bytes)); }, timing);
     ceilings.copy_tbps = 2.0 * double(bytes) / (ms * 1e-3) / 1e12;
   }
   {
@@ -119,7 +126,7 @@ Ceilings measure_ceilings(int warmup, int repeats) {
     Tensor a = Tensor::normal({n, n}, 1, 0, 0.0f, 1.0f, DType::BF16, gpu);
     Tensor b = Tensor::normal({n, n}, 1, 1, 0.0f, 1.0f, DType::BF16, gpu);
     Tensor c = Tensor::empty({n, n}, DType::BF16, gpu);
-    const double ms = time_ms([&] { cublas_gemm(a, b, c, false, true, 0.0f); }, warmup, repeats);
+    const double ms = time_ms([&] { cublas_gemm(a, b, c, false, true, 0.0f); }, timing);
     ceilings.gemm_tflops = 2.0 * double(n) * double(n) * double(n) / (ms * 1e-3) / 1e12;
   }
   return ceilings;
@@ -128,9 +135,9 @@ Ceilings measure_ceilings(int warmup, int repeats) {
 #else  // built without CUDA: require_gpu() has already refused, nothing below is reached
 
 std::string device_name() { return "none"; }
-double time_ms(const std::function<void()>&, int, int) { fail("lrsa-bench: built without CUDA"); }
+double time_ms(const std::function<void()>&, const CommonOptions&) { fail("lrsa-bench: built without CUDA"); }
 void cublas_gemm(const Tensor&, const Tensor&, Tensor&, bool, bool, float) { fail("lrsa-bench: built without CUDA"); }
-Ceilings measure_ceilings(int, int) { fail("lrsa-bench: built without CUDA"); }
+Ceilings measure_ceilings(const CommonOptions&) { fail("lrsa-bench: built without CUDA"); }
 
 #endif
 

@@ -6,7 +6,7 @@
 //
 // Adding a family: write src/app/bench/<family>.cpp with `Subcommand register_<family>(CLI::App&)`,
 // declare it below and list it in main.cpp. Every subcommand takes the common options
-// (add_common_options: --json, --warmup, --repeats) so scripts/gpu/run.sh can run them all alike.
+// (add_common_options: --json, --warmup, --warmup-ms, --repeats) so scripts/gpu/run.sh can run them all alike.
 #include <CLI/CLI.hpp>
 
 #include <functional>
@@ -29,6 +29,9 @@ Subcommand register_infer(CLI::App& app);
 struct CommonOptions {
   std::string json;  // JSON lines output; empty: none
   int warmup = 3;
+  // Untimed runs go on until they took this long (at least `warmup` of them): under a power cap
+  // the clocks take a fraction of a second to settle to a new load.
+  double warmup_ms = 0;
   int repeats = 10;
 };
 void add_common_options(CLI::App* app, CommonOptions& options);
@@ -40,17 +43,17 @@ std::string device_name();
 // The median of `values` (the mean of the middle two for an even count; not empty).
 double median(std::vector<double> values);
 
-// Median time in milliseconds of fn on the current CUDA stream: `warmup` untimed calls, then
-// `repeats` calls each bracketed by CUDA events, each after a 256 MiB memset that flushes the L2
-// (cold-cache numbers; the memset also hides the host's launch overhead). fn may synchronize
-// (its waits are timed too).
-double time_ms(const std::function<void()>& fn, int warmup, int repeats);
+// Median time in milliseconds of fn on the current CUDA stream: `repeats` calls each bracketed by
+// CUDA events, each after a 256 MiB memset that flushes the L2 (cold-cache numbers; the memset also
+// hides the host's launch overhead), after untimed calls made the same way (`warmup` of them, more
+// until `warmup_ms` passed). fn may synchronize (its waits are timed too).
+double time_ms(const std::function<void()>& fn, const CommonOptions& timing);
 
 struct Ceilings {
   double copy_tbps = 0;    // device-to-device copy, counting read + write bytes
   double gemm_tflops = 0;  // cuBLAS bf16 GEMM (fp32 accumulation), square 8192
 };
-Ceilings measure_ceilings(int warmup, int repeats);
+Ceilings measure_ceilings(const CommonOptions& timing);
 
 // C = op(A) @ op(B) + beta * C (row-major, as ops::matmul; no batch) through cublasGemmEx: the
 // reference our cuBLASLt path is held to.

@@ -144,6 +144,8 @@ bool run_checks(Report& report, model::Decoder& decoder, const infer::CacheSpec&
 }
 
 int run_infer(const InferOptions& options) {
+  // Every decode step grows the cache by a row, so the cache is sized for a known count of calls.
+  if (options.common.warmup_ms > 0) fail("--warmup-ms is not supported (use --warmup)");
   if (!require_gpu("lrsa-bench infer")) return 2;
   const model::ModelConfig c = qwen25_05b();
   model::DecoderOptions decoder_options;
@@ -155,7 +157,7 @@ int run_infer(const InferOptions& options) {
   params.ratio = options.ratio;
   const infer::CacheSpec lagkv = infer::CacheSpec::lagkv(params), dense = infer::CacheSpec::dense();
 
-  const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
+  const Ceilings ceilings = measure_ceilings(options.common);
   Report report("infer", options.common, ceilings);
   std::string check;
   if (!options.skip_checks) check = run_checks(report, decoder, lagkv) ? "PASS" : "FAIL";
@@ -190,7 +192,7 @@ int run_infer(const InferOptions& options) {
               cache = std::make_unique<infer::KvCache>(engine.make_cache(1, capacity));
               engine.prefill_whole(*cache, {prompt});
             },
-            warmup, repeats);
+            options.common);
         m[i].rows = cache->rows(0);
       }
       for (int64_t batch : options.decode_batches) {
@@ -203,7 +205,7 @@ int run_infer(const InferOptions& options) {
           engine.decode_graphs = graphs;
           if (graphs)  // untimed whatever --warmup: the eager first step and the capture
             for (int k = 0; k < 2; ++k) engine.step(cache, seqs, ids, false);
-          decode_ms[i].push_back(time_ms([&] { engine.step(cache, seqs, ids, false); }, warmup, repeats));
+          decode_ms[i].push_back(time_ms([&] { engine.step(cache, seqs, ids, false); }, options.common));
         }
       }
 

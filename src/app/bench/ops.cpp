@@ -458,8 +458,8 @@ class Bench {
     row.family = "ops";
     row.dtype = row.dtype.empty() ? "bf16" : row.dtype;
     row.check = checks_.status(row.check);
-    row.ms = time_ms(fn, options_.common.warmup, options_.common.repeats);
-    if (reference) row.ref_ms = time_ms(reference, options_.common.warmup, options_.common.repeats);
+    row.ms = time_ms(fn, options_.common);
+    if (reference) row.ref_ms = time_ms(reference, options_.common);
     if (note) row.note = note(row.ms);
     report_.add(row);
     return row.ms;
@@ -718,7 +718,7 @@ int run_ops(const OpsOptions& options) {
     models.push_back(*it);
   }
   ops::set_gemm_candidates(options.gemm_candidates);
-  const Ceilings ceilings = measure_ceilings(options.common.warmup, options.common.repeats);
+  const Ceilings ceilings = measure_ceilings(options.common);
   Report report("ops", options.common, ceilings);
   const int candidates = ops::gemm_candidates();  // LRSA_GEMM_CANDIDATES may override the option
   fmt::print("ops::matmul algorithm: {}\n", candidates == 1 ? std::string("cuBLASLt's first heuristic choice")
