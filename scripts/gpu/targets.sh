@@ -15,7 +15,8 @@
 #            (attention.backend wgmma), with the bench's self-checks;
 #   e2e-wgmma  the headline group again with attention.backend=wgmma.
 #   rounds   lrsa-bench attention at 32K, both head shapes, cuDNN and wgmma, every case timed once
-#            a round in 7 rounds: issue 5's LRSA / dense ratio (docs/benchmarks.md, "Session 26").
+#            a round in 7 rounds, each pass after 200 ms of untimed calls: issue 5's LRSA / dense
+#            ratio (docs/benchmarks.md, "Session 26" and "Session 33").
 # Writes to $OUT (default out/): targets.txt (every part's tail) and one log per part.
 # Environment: BUILD_DIR (build-gpu), PARTS (default: tests attention e2e infer).
 set -uo pipefail
